@@ -1,0 +1,98 @@
+//! Command-line definitions.
+
+use std::path::PathBuf;
+
+use cepa::data::Split;
+use cepa::model::{Layout, ModelSpec, OutputKind, parse_floats};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cepa",
+    version,
+    about = "Detect backdoors (trojans) in image classifiers exported to ONNX"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr; no progress bars.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show a model's inputs, outputs, resolved spec and layers (and accuracy with --data).
+    Inspect(InspectArgs),
+}
+
+/// Output format of a report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// How the model expects its input and what its output is. Flags override the sidecar
+/// `MODEL.cepa.toml` beside the model.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// The ONNX model file.
+    pub model: PathBuf,
+    /// Input layout: nchw or nhwc (default nchw, or detected from the input shape).
+    #[arg(long, value_parser = |s: &str| s.parse::<Layout>())]
+    pub layout: Option<Layout>,
+    /// Per-channel mean M or M,M,M: the model takes (pixel/255 - mean) / std. Default 0.
+    #[arg(long, allow_hyphen_values = true)]
+    pub mean: Option<String>,
+    /// Per-channel std S or S,S,S. Default 1.
+    #[arg(long)]
+    pub std: Option<String>,
+    /// What the model outputs: logits, probs or auto (a trailing Softmax means probs).
+    #[arg(long, value_parser = |s: &str| s.parse::<OutputKind>())]
+    pub output: Option<OutputKind>,
+    /// Number of classes (checked against the model's output).
+    #[arg(long)]
+    pub num_classes: Option<usize>,
+}
+
+impl ModelArgs {
+    /// The spec the flags declare.
+    pub fn spec(&self) -> anyhow::Result<ModelSpec> {
+        Ok(ModelSpec {
+            layout: self.layout,
+            mean: self.mean.as_deref().map(parse_floats).transpose()?,
+            std: self.std.as_deref().map(parse_floats).transpose()?,
+            output: self.output,
+            num_classes: self.num_classes,
+        })
+    }
+}
+
+/// Where clean images come from.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Images: a folder of IDX files, CIFAR-style binary batches, an ImageFolder, or a .npy.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Which split of the data folder to read.
+    #[arg(long, default_value = "test", value_parser = |s: &str| s.parse::<Split>())]
+    pub split: Split,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Report format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Evaluate accuracy on at most this many images of --data (default: all).
+    #[arg(long)]
+    pub limit: Option<usize>,
+}

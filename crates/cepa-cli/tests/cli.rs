@@ -1,0 +1,244 @@
+//! The `cepa` binary end to end: exit codes, messages and reports on real files.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use onnx_ir::{Message, ModelProto};
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared")
+}
+
+fn real(name: &str) -> PathBuf {
+    shared().join("models/real").join(name)
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../cepa/tests/fixtures")
+        .join(name)
+}
+
+fn cepa(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cepa"))
+        .args(args)
+        .output()
+        .expect("run cepa")
+}
+
+fn tmp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cepa-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Exit code 2 and a single line on stderr that contains every needle.
+fn assert_error(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "exit code; stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one-line error expected, got: {stderr}");
+    for n in needles {
+        assert!(lines[0].contains(n), "error line lacks '{n}': {}", lines[0]);
+    }
+}
+
+fn inspect_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["inspect", "--format", "json", "-q"];
+    all.extend_from_slice(args);
+    let out = cepa(&all);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json report")
+}
+
+#[test]
+fn inspect_reports_accuracy_of_the_real_models() {
+    let mnist = shared().join("data/mnist");
+    let cifar = shared().join("data/cifar10");
+    let cases: [(&str, &Path, &[&str], f64, f64); 4] = [
+        (
+            "badnets-pytorch-mnist.onnx",
+            &mnist,
+            &["--mean", "0.5", "--std", "0.5"],
+            0.975,
+            1.0,
+        ),
+        ("cs612-clean-mnist-mlp.onnx", &mnist, &[], 0.93, 1.0),
+        (
+            "badnets-pytorch-cifar10.onnx",
+            &cifar,
+            &["--mean", "0.5", "--std", "0.5"],
+            0.48,
+            0.54,
+        ),
+        ("cs612-clean-cifar10-cnn.onnx", &cifar, &[], 0.60, 1.0),
+    ];
+    for (name, data, spec, lo, hi) in cases {
+        let model = real(name);
+        let mut args = vec![model.to_str().unwrap(), "--data", data.to_str().unwrap()];
+        args.extend_from_slice(spec);
+        let r = inspect_json(&args);
+        let acc = r["accuracy"].as_f64().expect("accuracy");
+        assert!(
+            (lo..=hi).contains(&acc),
+            "{name}: accuracy {acc} not in [{lo}, {hi}]"
+        );
+        assert_eq!(r["num_classes"], 10, "{name}");
+        assert_eq!(r["data"]["images"], 10000, "{name}: the whole test split");
+    }
+}
+
+#[test]
+fn inspect_lists_layers_by_onnx_name_and_detects_softmax() {
+    let model = real("badnets-pytorch-mnist.onnx");
+    let r = inspect_json(&[model.to_str().unwrap()]);
+    assert!(r["accuracy"].is_null());
+    assert_eq!(
+        r["spec"]["output"], "probs",
+        "a trailing Softmax means probabilities"
+    );
+    let layers = r["layers"].as_array().expect("layers");
+    // Every layer has its ONNX name and a shape; the candidates are inputs of the last linear layers.
+    assert!(layers.len() > 5);
+    let logits = r["spec"]["logits_tensor"].as_str().unwrap();
+    assert!(
+        layers.iter().any(|l| l["name"] == logits),
+        "the Softmax input is a listed layer"
+    );
+    let candidates: Vec<&serde_json::Value> =
+        layers.iter().filter(|l| l["candidate"] == true).collect();
+    assert!(!candidates.is_empty());
+    for c in &candidates {
+        assert_eq!(c["cut"], true);
+        assert!(
+            c["shape"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|d| d.as_u64().unwrap() > 0)
+        );
+    }
+    // The input of the last Gemm (512 features) is a candidate.
+    assert!(
+        candidates
+            .iter()
+            .any(|c| c["shape"] == serde_json::json!([512])),
+        "{candidates:?}"
+    );
+}
+
+#[test]
+fn text_report_names_the_spec_and_notes() {
+    let model = real("cs612-clean-mnist-mlp.onnx");
+    let out = cepa(&["inspect", model.to_str().unwrap(), "-q"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("nchw 1x28x28"), "{text}");
+    assert!(text.contains("output treated as logits"), "{text}");
+}
+
+#[test]
+fn missing_model_is_a_one_line_error() {
+    let out = cepa(&["inspect", "/nonexistent/model.onnx"]);
+    assert_error(&out, &["/nonexistent/model.onnx"]);
+}
+
+#[test]
+fn truncated_model_is_a_one_line_error() {
+    let bytes = std::fs::read(real("cs612-clean-mnist-mlp.onnx")).unwrap();
+    let path = tmp_dir("trunc").join("truncated.onnx");
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let out = cepa(&["inspect", path.to_str().unwrap()]);
+    assert_error(&out, &["truncated.onnx", "truncated"]);
+}
+
+#[test]
+fn non_onnx_file_is_a_one_line_error() {
+    let path = tmp_dir("text").join("notes.onnx");
+    std::fs::write(&path, "this is not a model\n").unwrap();
+    let out = cepa(&["inspect", path.to_str().unwrap()]);
+    assert_error(&out, &["notes.onnx", "ONNX"]);
+}
+
+#[test]
+fn unsupported_op_names_op_node_and_opset() {
+    let bytes = std::fs::read(real("cs612-clean-mnist-mlp.onnx")).unwrap();
+    let mut model = ModelProto::parse_from_bytes(&bytes).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let node = graph
+        .node
+        .iter_mut()
+        .find(|n| n.op_type == "Relu")
+        .expect("a Relu");
+    node.op_type = "Einsum".to_string();
+    let node_name = node.name.clone();
+    let path = tmp_dir("unsup").join("einsum.onnx");
+    std::fs::write(&path, model.write_to_bytes().unwrap()).unwrap();
+    let out = cepa(&["inspect", path.to_str().unwrap()]);
+    assert_error(
+        &out,
+        &[
+            "unsupported ONNX op 'Einsum'",
+            &format!("'{node_name}'"),
+            "opset 13",
+        ],
+    );
+}
+
+#[test]
+fn nan_weights_are_refused() {
+    let bytes = std::fs::read(real("cs612-clean-mnist-mlp.onnx")).unwrap();
+    let mut model = ModelProto::parse_from_bytes(&bytes).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let init = graph
+        .initializer
+        .iter_mut()
+        .find(|t| t.dims.len() == 2)
+        .expect("a weight");
+    let name = init.name.clone();
+    if init.raw_data.is_empty() {
+        init.float_data[0] = f32::NAN;
+    } else {
+        let mut raw = init.raw_data.to_vec();
+        raw[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        init.raw_data = raw.into();
+    }
+    let path = tmp_dir("nan").join("nan.onnx");
+    std::fs::write(&path, model.write_to_bytes().unwrap()).unwrap();
+    let out = cepa(&["inspect", path.to_str().unwrap()]);
+    assert_error(&out, &["nan.onnx", &name, "not finite"]);
+}
+
+#[test]
+fn wrong_image_size_is_a_one_line_error() {
+    let model = real("badnets-pytorch-mnist.onnx");
+    let cifar = shared().join("data/cifar10");
+    let out = cepa(&[
+        "inspect",
+        model.to_str().unwrap(),
+        "--data",
+        cifar.to_str().unwrap(),
+        "--limit",
+        "10",
+    ]);
+    assert_error(&out, &["cifar10", "32"]);
+}
+
+#[test]
+fn class_count_mismatch_is_a_one_line_error() {
+    let model = real("badnets-pytorch-mnist.onnx");
+    let out = cepa(&["inspect", model.to_str().unwrap(), "--num-classes", "43"]);
+    assert_error(&out, &["43", "10"]);
+}
+
+#[test]
+fn dynamo_export_with_external_data_loads() {
+    let r = inspect_json(&[fixture("mobilenet-dynamo.onnx").to_str().unwrap()]);
+    assert_eq!(r["num_classes"], 10);
+    assert_eq!(r["opset"], 20);
+}

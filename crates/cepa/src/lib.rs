@@ -1,0 +1,17 @@
+//! # cepa: backdoor detection for image classifiers
+//!
+//! `cepa` reads an image classifier exported to ONNX, runs it through its own differentiable
+//! interpreter on burn tensors, and looks for a backdoor with the consensus embedded perturbation
+//! method (CEPA, arXiv 2402.02034).
+//!
+//! Floors, each using only those below it:
+//! - [`onnx`]: parse an ONNX file, keep the original tensor names, evaluate it with taps.
+//! - [`data`]: read clean images (IDX, CIFAR binary, ImageFolder, `.npy`).
+//! - [`model`]: a classifier with its input spec: forward, embed at a layer, gradients.
+
+pub mod data;
+pub mod error;
+pub mod model;
+pub mod onnx;
+
+pub use error::{Error, Result};

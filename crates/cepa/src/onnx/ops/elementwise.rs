@@ -1,0 +1,268 @@
+//! Activations, arithmetic, Clip, PRelu and BatchNormalization.
+
+use burn::tensor::activation;
+
+use super::Inputs;
+use crate::error::Result;
+use crate::map_rank;
+use crate::onnx::attrs::Attrs;
+use crate::onnx::host::{HostData, HostTensor};
+use crate::onnx::value::{FTensor, Value};
+
+/// One-input elementwise ops.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Unary {
+    Relu,
+    Sigmoid,
+    Tanh,
+    Exp,
+    Log,
+    Sqrt,
+    Neg,
+    Abs,
+    Erf,
+    Softplus,
+    HardSwish,
+    Reciprocal,
+    Floor,
+    Ceil,
+    LeakyRelu(f32),
+    Elu(f32),
+    HardSigmoid(f32, f32),
+    /// `true`: the tanh approximation.
+    Gelu(bool),
+}
+
+pub(super) fn parse_unary(op: &str, a: &Attrs) -> Result<Unary> {
+    Ok(match op {
+        "Relu" => Unary::Relu,
+        "Sigmoid" => Unary::Sigmoid,
+        "Tanh" => Unary::Tanh,
+        "Exp" => Unary::Exp,
+        "Log" => Unary::Log,
+        "Sqrt" => Unary::Sqrt,
+        "Neg" => Unary::Neg,
+        "Abs" => Unary::Abs,
+        "Erf" => Unary::Erf,
+        "Softplus" => Unary::Softplus,
+        "HardSwish" => Unary::HardSwish,
+        "Reciprocal" => Unary::Reciprocal,
+        "Floor" => Unary::Floor,
+        "Ceil" => Unary::Ceil,
+        other => return Err(a.unsupported(format!("unary op '{other}'"))),
+    })
+}
+
+pub(super) fn unary(u: &Unary, x: FTensor) -> FTensor {
+    match *u {
+        Unary::Relu => map_rank!(x, t => activation::relu(t)),
+        Unary::Sigmoid => map_rank!(x, t => activation::sigmoid(t)),
+        Unary::Tanh => map_rank!(x, t => t.tanh()),
+        Unary::Exp => map_rank!(x, t => t.exp()),
+        Unary::Log => map_rank!(x, t => t.log()),
+        Unary::Sqrt => map_rank!(x, t => t.sqrt()),
+        Unary::Neg => map_rank!(x, t => t.neg()),
+        Unary::Abs => map_rank!(x, t => t.abs()),
+        Unary::Erf => map_rank!(x, t => t.erf()),
+        Unary::Softplus => map_rank!(x, t => activation::softplus(t, 1.0)),
+        Unary::HardSwish => {
+            // x * clip(x/6 + 1/2, 0, 1), written out so the gradient is the textbook one.
+            map_rank!(x, t => t.clone() * (t / 6.0 + 0.5).clamp(0.0, 1.0))
+        }
+        Unary::Reciprocal => map_rank!(x, t => t.recip()),
+        Unary::Floor => map_rank!(x, t => t.floor()),
+        Unary::Ceil => map_rank!(x, t => t.ceil()),
+        Unary::LeakyRelu(alpha) => map_rank!(x, t => activation::leaky_relu(t, f64::from(alpha))),
+        Unary::Elu(alpha) => map_rank!(x, t => activation::elu(t, f64::from(alpha))),
+        Unary::HardSigmoid(alpha, beta) => {
+            map_rank!(x, t => (t * alpha + beta).clamp(0.0, 1.0))
+        }
+        Unary::Gelu(false) => map_rank!(x, t => activation::gelu(t)),
+        Unary::Gelu(true) => map_rank!(x, t => activation::gelu_approximate(t)),
+    }
+}
+
+/// Two-input arithmetic with numpy broadcasting.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Pow,
+}
+
+pub(super) fn parse_binary(op: &str) -> Binary {
+    match op {
+        "Add" => Binary::Add,
+        "Sub" => Binary::Sub,
+        "Mul" => Binary::Mul,
+        "Div" => Binary::Div,
+        _ => Binary::Pow,
+    }
+}
+
+/// Host arithmetic for shape computations: same shapes, or one side a single value.
+fn host_binary(b: Binary, x: &HostTensor, y: &HostTensor) -> Option<HostTensor> {
+    let (nx, ny) = (x.data.len(), y.data.len());
+    let shape = if x.shape == y.shape {
+        x.shape.clone()
+    } else if nx == 1 && x.shape.len() <= y.shape.len() {
+        y.shape.clone()
+    } else if ny == 1 && y.shape.len() <= x.shape.len() {
+        x.shape.clone()
+    } else {
+        return None;
+    };
+    let n = nx.max(ny);
+    let at = |len: usize, i: usize| if len == 1 { 0 } else { i };
+    match (&x.data, &y.data) {
+        (HostData::I64(a), HostData::I64(c)) => {
+            let mut out = Vec::with_capacity(n);
+            for i in 0..n {
+                let (p, q) = (a[at(nx, i)], c[at(ny, i)]);
+                out.push(match b {
+                    Binary::Add => p.checked_add(q)?,
+                    Binary::Sub => p.checked_sub(q)?,
+                    Binary::Mul => p.checked_mul(q)?,
+                    Binary::Div => p.checked_div(q)?,
+                    Binary::Pow => p.checked_pow(u32::try_from(q).ok()?)?,
+                });
+            }
+            Some(HostTensor::i64(shape, out))
+        }
+        _ => {
+            let (a, c) = (x.as_f32(), y.as_f32());
+            let out = (0..n)
+                .map(|i| {
+                    let (p, q) = (a[at(nx, i)], c[at(ny, i)]);
+                    match b {
+                        Binary::Add => p + q,
+                        Binary::Sub => p - q,
+                        Binary::Mul => p * q,
+                        Binary::Div => p / q,
+                        Binary::Pow => p.powf(q),
+                    }
+                })
+                .collect();
+            Some(HostTensor::f32(shape, out))
+        }
+    }
+}
+
+pub(super) fn binary(b: Binary, inputs: &Inputs) -> Result<Value> {
+    if inputs.all_host() {
+        let (x, y) = (inputs.host(0)?, inputs.host(1)?);
+        if let Some(out) = host_binary(b, &x, &y) {
+            return Ok(Value::Host(out));
+        }
+    }
+    let (x, y) = (inputs.float(0)?, inputs.float(1)?);
+    let (dx, dy) = (x.dims(), y.dims());
+    let out = match b {
+        Binary::Add => x.add(y),
+        Binary::Sub => x.sub(y),
+        Binary::Mul => x.mul(y),
+        Binary::Div => x.div(y),
+        Binary::Pow => x.pow(y),
+    };
+    out.map(Value::Float).ok_or_else(|| {
+        inputs
+            .ctx
+            .err(format!("shapes {dx:?} and {dy:?} do not broadcast"))
+    })
+}
+
+pub(super) fn variadic(max: bool, inputs: &Inputs) -> Result<FTensor> {
+    let mut acc = inputs.float(0)?;
+    for i in 1..inputs.len() {
+        let next = inputs.float(i)?;
+        let (da, db) = (acc.dims(), next.dims());
+        acc = if max {
+            acc.max_pair(next)
+        } else {
+            acc.min_pair(next)
+        }
+        .ok_or_else(|| {
+            inputs
+                .ctx
+                .err(format!("shapes {da:?} and {db:?} do not broadcast"))
+        })?;
+    }
+    Ok(acc)
+}
+
+pub(super) fn clip(min: Option<f32>, max: Option<f32>, inputs: &Inputs) -> Result<FTensor> {
+    let scalar = |i: usize, default: f32| -> Result<f32> {
+        match inputs.opt_host(i)? {
+            None => Ok(default),
+            Some(h) => h
+                .as_f32()
+                .first()
+                .copied()
+                .ok_or_else(|| inputs.ctx.err(format!("input {i} is empty"))),
+        }
+    };
+    let lo = match min {
+        Some(v) => v,
+        None => scalar(1, f32::NEG_INFINITY)?,
+    };
+    let hi = match max {
+        Some(v) => v,
+        None => scalar(2, f32::INFINITY)?,
+    };
+    let x = inputs.float(0)?;
+    Ok(match (lo.is_finite(), hi.is_finite()) {
+        (true, true) => map_rank!(x, t => t.clamp(lo, hi)),
+        (true, false) => map_rank!(x, t => t.clamp_min(lo)),
+        (false, true) => map_rank!(x, t => t.clamp_max(hi)),
+        (false, false) => x,
+    })
+}
+
+pub(super) fn prelu(inputs: &Inputs) -> Result<FTensor> {
+    let x = inputs.float(0)?;
+    let slope = inputs.float(1)?;
+    let dims = x.dims();
+    // PyTorch exports the per-channel slope as [C, 1, 1]: it broadcasts against N x C x H x W.
+    let pos = map_rank!(x.clone(), t => activation::relu(t));
+    let neg = map_rank!(x, t => t.clamp_max(0.0));
+    let scaled = neg.mul(slope).ok_or_else(|| {
+        inputs
+            .ctx
+            .err(format!("slope does not broadcast against {dims:?}"))
+    })?;
+    pos.add(scaled)
+        .ok_or_else(|| inputs.ctx.err("PRelu broadcast"))
+}
+
+pub(super) fn batch_norm(epsilon: f32, inputs: &Inputs) -> Result<FTensor> {
+    let x = inputs.float(0)?;
+    let dims = x.dims();
+    if dims.len() < 2 {
+        return Err(inputs
+            .ctx
+            .err(format!("input of shape {dims:?}, expected N x C x ...")));
+    }
+    let c = dims[1];
+    let mut shape = vec![1; dims.len()];
+    shape[1] = c;
+    let param = |i: usize| -> Result<FTensor> {
+        let p = inputs.float(i)?;
+        if p.num_elements() != c {
+            return Err(inputs.ctx.err(format!(
+                "parameter {i} has {} values, the input has {c} channels",
+                p.num_elements()
+            )));
+        }
+        Ok(p.reshape(&shape))
+    };
+    let (scale, bias, mean, var) = (param(1)?, param(2)?, param(3)?, param(4)?);
+    let inv_std = map_rank!(var, t => (t + epsilon).sqrt().recip());
+    let err = || inputs.ctx.err("BatchNormalization broadcast");
+    let a = scale.mul(inv_std).ok_or_else(err)?;
+    let b = bias
+        .sub(mean.mul(a.clone()).ok_or_else(err)?)
+        .ok_or_else(err)?;
+    x.mul(a).ok_or_else(err)?.add(b).ok_or_else(err)
+}

@@ -1,0 +1,405 @@
+//! The ONNX ops the interpreter implements, one family per file. Each op is parsed once, at load
+//! time, into a typed form (unknown attributes and unsupported settings fail there), then
+//! evaluated on burn tensors.
+
+mod conv;
+mod elementwise;
+mod linear;
+mod reduce;
+mod shape;
+
+use burn::prelude::Device;
+
+use crate::error::{Error, Result};
+use crate::onnx::attrs::Attrs;
+use crate::onnx::host::HostTensor;
+use crate::onnx::value::{FTensor, Value};
+
+pub(crate) use conv::{ConvSpec, PoolSpec};
+pub(crate) use elementwise::{Binary, Unary};
+
+/// A parsed op with its checked attributes.
+#[derive(Clone, Debug)]
+pub(crate) enum Op {
+    Conv(ConvSpec),
+    MaxPool(PoolSpec),
+    AveragePool(PoolSpec),
+    GlobalAveragePool,
+    GlobalMaxPool,
+    BatchNorm {
+        epsilon: f32,
+    },
+    Unary(Unary),
+    Binary(Binary),
+    /// Elementwise max/min over any number of inputs.
+    Variadic {
+        max: bool,
+    },
+    Clip {
+        min: Option<f32>,
+        max: Option<f32>,
+    },
+    PRelu,
+    MatMul,
+    Gemm {
+        alpha: f32,
+        beta: f32,
+        trans_a: bool,
+        trans_b: bool,
+    },
+    Flatten {
+        axis: i64,
+    },
+    Reshape {
+        allow_zero: bool,
+    },
+    Transpose {
+        perm: Option<Vec<i64>>,
+    },
+    Concat {
+        axis: i64,
+    },
+    Softmax {
+        axis: i64,
+        log: bool,
+        legacy: bool,
+    },
+    Reduce {
+        kind: reduce::ReduceKind,
+        axes: Option<Vec<i64>>,
+        keep_dims: bool,
+        noop_empty: bool,
+    },
+    Identity,
+    Dropout,
+    Constant(HostTensor),
+    ConstantOfShape(HostTensor),
+    Pad {
+        mode: shape::PadMode,
+        pads: Option<Vec<i64>>,
+        value: f32,
+    },
+    Shape {
+        start: i64,
+        end: Option<i64>,
+    },
+    Gather {
+        axis: i64,
+    },
+    Unsqueeze {
+        axes: Option<Vec<i64>>,
+    },
+    Squeeze {
+        axes: Option<Vec<i64>>,
+    },
+    Slice {
+        attrs: Option<shape::SliceAttrs>,
+    },
+    Cast {
+        to: i32,
+    },
+}
+
+/// Parse a node's op type and attributes. Unknown ops and attributes are errors.
+pub(crate) fn parse(op_type: &str, a: &Attrs) -> Result<Op> {
+    let opset = a.opset;
+    let op = match op_type {
+        "Conv" => Op::Conv(conv::parse_conv(a)?),
+        "MaxPool" => Op::MaxPool(conv::parse_pool(a, true)?),
+        "AveragePool" => Op::AveragePool(conv::parse_pool(a, false)?),
+        "GlobalAveragePool" => Op::GlobalAveragePool,
+        "GlobalMaxPool" => Op::GlobalMaxPool,
+        "BatchNormalization" => {
+            if a.int("training_mode", 0)? != 0 {
+                return Err(a.unsupported("training_mode=1"));
+            }
+            if a.int("spatial", 1)? != 1 {
+                return Err(a.unsupported("spatial=0"));
+            }
+            if a.has("is_test") && a.int("is_test", 1)? == 0 {
+                return Err(a.unsupported("is_test=0"));
+            }
+            a.ignore(&["momentum", "consumed_inputs"]);
+            Op::BatchNorm {
+                epsilon: a.float("epsilon", 1e-5)?,
+            }
+        }
+        "Relu" | "Sigmoid" | "Tanh" | "Exp" | "Log" | "Sqrt" | "Neg" | "Abs" | "Erf"
+        | "Softplus" | "HardSwish" | "Reciprocal" | "Floor" | "Ceil" => {
+            Op::Unary(elementwise::parse_unary(op_type, a)?)
+        }
+        "LeakyRelu" => Op::Unary(Unary::LeakyRelu(a.float("alpha", 0.01)?)),
+        "Elu" => Op::Unary(Unary::Elu(a.float("alpha", 1.0)?)),
+        "HardSigmoid" => Op::Unary(Unary::HardSigmoid(
+            a.float("alpha", 0.2)?,
+            a.float("beta", 0.5)?,
+        )),
+        "Gelu" => {
+            let approximate = a.string("approximate", "none")?;
+            Op::Unary(Unary::Gelu(approximate == "tanh"))
+        }
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" => {
+            if a.has("broadcast") || a.has("axis") {
+                return Err(a.unsupported("legacy 'broadcast'/'axis' attribute (opset < 7)"));
+            }
+            Op::Binary(elementwise::parse_binary(op_type))
+        }
+        "Max" | "Min" => Op::Variadic {
+            max: op_type == "Max",
+        },
+        "Clip" => {
+            if opset < 11 {
+                Op::Clip {
+                    min: Some(a.float("min", f32::NEG_INFINITY)?),
+                    max: Some(a.float("max", f32::INFINITY)?),
+                }
+            } else {
+                Op::Clip {
+                    min: None,
+                    max: None,
+                }
+            }
+        }
+        "PRelu" => Op::PRelu,
+        "MatMul" => Op::MatMul,
+        "Gemm" => Op::Gemm {
+            alpha: a.float("alpha", 1.0)?,
+            beta: a.float("beta", 1.0)?,
+            trans_a: a.int("transA", 0)? != 0,
+            trans_b: a.int("transB", 0)? != 0,
+        },
+        "Flatten" => Op::Flatten {
+            axis: a.int("axis", 1)?,
+        },
+        "Reshape" => Op::Reshape {
+            allow_zero: a.int("allowzero", 0)? != 0,
+        },
+        "Transpose" => Op::Transpose {
+            perm: a.ints("perm")?,
+        },
+        "Concat" => Op::Concat {
+            axis: a.int("axis", 0)?,
+        },
+        "Softmax" | "LogSoftmax" => Op::Softmax {
+            axis: a.int("axis", if opset >= 13 { -1 } else { 1 })?,
+            log: op_type == "LogSoftmax",
+            legacy: opset < 13,
+        },
+        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" => reduce::parse(op_type, a)?,
+        "Identity" => Op::Identity,
+        "Dropout" => {
+            a.ignore(&["ratio", "seed", "is_test"]);
+            Op::Dropout
+        }
+        "Constant" => Op::Constant(shape::parse_constant(a)?),
+        "ConstantOfShape" => Op::ConstantOfShape(
+            a.tensor("value")?
+                .unwrap_or_else(|| HostTensor::f32(vec![1], vec![0.0])),
+        ),
+        "Pad" => shape::parse_pad(a)?,
+        "Shape" => Op::Shape {
+            start: a.int("start", 0)?,
+            end: a.has("end").then(|| a.int("end", 0)).transpose()?,
+        },
+        "Gather" => Op::Gather {
+            axis: a.int("axis", 0)?,
+        },
+        "Unsqueeze" => Op::Unsqueeze {
+            axes: a.ints("axes")?,
+        },
+        "Squeeze" => Op::Squeeze {
+            axes: a.ints("axes")?,
+        },
+        "Slice" => Op::Slice {
+            attrs: shape::parse_slice(a)?,
+        },
+        "Cast" => {
+            a.ignore(&["saturate", "round_mode"]);
+            Op::Cast {
+                to: a.int("to", 1)? as i32,
+            }
+        }
+        _ => {
+            return Err(Error::UnsupportedOp {
+                op: op_type.to_string(),
+                node: a.node.to_string(),
+                opset,
+                detail: String::new(),
+            });
+        }
+    };
+    a.finish()?;
+    Ok(op)
+}
+
+/// Where an op is being evaluated, for error messages and uploads.
+pub(crate) struct Ctx<'a> {
+    pub node: &'a str,
+    pub op: &'a str,
+    pub opset: i64,
+    pub device: &'a Device,
+}
+
+impl Ctx<'_> {
+    pub fn err(&self, msg: impl Into<String>) -> Error {
+        Error::Graph {
+            node: self.node.to_string(),
+            op: self.op.to_string(),
+            msg: msg.into(),
+        }
+    }
+
+    pub fn unsupported(&self, detail: impl std::fmt::Display) -> Error {
+        Error::UnsupportedOp {
+            op: self.op.to_string(),
+            node: self.node.to_string(),
+            opset: self.opset,
+            detail: format!(": {detail}"),
+        }
+    }
+}
+
+/// A node's input values, with accessors that convert and check.
+pub(crate) struct Inputs<'a> {
+    pub vals: Vec<Option<&'a Value>>,
+    pub ctx: &'a Ctx<'a>,
+}
+
+impl Inputs<'_> {
+    pub fn len(&self) -> usize {
+        self.vals.len()
+    }
+
+    pub fn present(&self, i: usize) -> bool {
+        self.vals.get(i).copied().flatten().is_some()
+    }
+
+    fn get(&self, i: usize) -> Result<&Value> {
+        self.vals
+            .get(i)
+            .copied()
+            .flatten()
+            .ok_or_else(|| self.ctx.err(format!("missing input {i}")))
+    }
+
+    /// Input `i` as a device float tensor (host constants are uploaded).
+    pub fn float(&self, i: usize) -> Result<FTensor> {
+        match self.get(i)? {
+            Value::Float(t) => Ok(t.clone()),
+            Value::Host(h) => Ok(FTensor::from_host(h.as_f32(), &h.shape, self.ctx.device)),
+        }
+    }
+
+    pub fn opt_float(&self, i: usize) -> Result<Option<FTensor>> {
+        if self.present(i) {
+            self.float(i).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Input `i` as a host tensor: it must be a constant or computed from shapes.
+    pub fn host(&self, i: usize) -> Result<HostTensor> {
+        match self.get(i)? {
+            Value::Host(h) => Ok(h.clone()),
+            Value::Float(_) => Err(self.ctx.unsupported(format!(
+                "input {i} must be a constant (or computed from shapes), but it depends on the image"
+            ))),
+        }
+    }
+
+    pub fn opt_host(&self, i: usize) -> Result<Option<HostTensor>> {
+        if self.present(i) {
+            self.host(i).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    pub fn value(&self, i: usize) -> Result<Value> {
+        self.get(i).cloned()
+    }
+
+    /// True when every present input lives on the host (the op can be folded there).
+    pub fn all_host(&self) -> bool {
+        self.vals
+            .iter()
+            .flatten()
+            .all(|v| matches!(v, Value::Host(_)))
+    }
+}
+
+/// Normalise a possibly negative axis against `rank`.
+pub(crate) fn norm_axis(axis: i64, rank: usize, ctx: &Ctx) -> Result<usize> {
+    let r = rank as i64;
+    let a = if axis < 0 { axis + r } else { axis };
+    if a < 0 || a >= r.max(1) {
+        return Err(ctx.err(format!("axis {axis} out of range for rank {rank}")));
+    }
+    Ok(a as usize)
+}
+
+/// Evaluate a parsed op.
+pub(crate) fn eval(op: &Op, inputs: &Inputs, n_outputs: usize) -> Result<Vec<Value>> {
+    let ctx = inputs.ctx;
+    if n_outputs > 1 && !matches!(op, Op::Dropout) {
+        return Err(ctx.unsupported(format!(
+            "{n_outputs} outputs (only the first is implemented)"
+        )));
+    }
+    let out = match op {
+        Op::Conv(spec) => Value::Float(conv::conv(spec, inputs)?),
+        Op::MaxPool(spec) => Value::Float(conv::pool(spec, true, inputs)?),
+        Op::AveragePool(spec) => Value::Float(conv::pool(spec, false, inputs)?),
+        Op::GlobalAveragePool => Value::Float(conv::global_pool(false, inputs)?),
+        Op::GlobalMaxPool => Value::Float(conv::global_pool(true, inputs)?),
+        Op::BatchNorm { epsilon } => Value::Float(elementwise::batch_norm(*epsilon, inputs)?),
+        Op::Unary(u) => Value::Float(elementwise::unary(u, inputs.float(0)?)),
+        Op::Binary(b) => elementwise::binary(*b, inputs)?,
+        Op::Variadic { max } => Value::Float(elementwise::variadic(*max, inputs)?),
+        Op::Clip { min, max } => Value::Float(elementwise::clip(*min, *max, inputs)?),
+        Op::PRelu => Value::Float(elementwise::prelu(inputs)?),
+        Op::MatMul => Value::Float(linear::matmul(inputs)?),
+        Op::Gemm {
+            alpha,
+            beta,
+            trans_a,
+            trans_b,
+        } => Value::Float(linear::gemm(*alpha, *beta, *trans_a, *trans_b, inputs)?),
+        Op::Flatten { axis } => shape::flatten(*axis, inputs)?,
+        Op::Reshape { allow_zero } => shape::reshape(*allow_zero, inputs)?,
+        Op::Transpose { perm } => shape::transpose(perm.as_deref(), inputs)?,
+        Op::Concat { axis } => shape::concat(*axis, inputs)?,
+        Op::Softmax { axis, log, legacy } => {
+            Value::Float(reduce::softmax(*axis, *log, *legacy, inputs)?)
+        }
+        Op::Reduce {
+            kind,
+            axes,
+            keep_dims,
+            noop_empty,
+        } => reduce::reduce(*kind, axes.as_deref(), *keep_dims, *noop_empty, inputs)?,
+        Op::Identity => inputs.value(0)?,
+        Op::Dropout => {
+            if let Some(train) = inputs.opt_host(2)?
+                && train.as_i64().first().copied().unwrap_or(0) != 0
+            {
+                return Err(ctx.unsupported("training_mode=true"));
+            }
+            if n_outputs > 1 {
+                return Err(ctx.unsupported("the mask output"));
+            }
+            inputs.value(0)?
+        }
+        Op::Constant(t) => Value::Host(t.clone()),
+        Op::ConstantOfShape(v) => shape::constant_of_shape(v, inputs)?,
+        Op::Pad { mode, pads, value } => shape::pad(*mode, pads.as_deref(), *value, inputs)?,
+        Op::Shape { start, end } => shape::shape(*start, *end, inputs)?,
+        Op::Gather { axis } => shape::gather(*axis, inputs)?,
+        Op::Unsqueeze { axes } => shape::unsqueeze(axes.as_deref(), inputs)?,
+        Op::Squeeze { axes } => shape::squeeze(axes.as_deref(), inputs)?,
+        Op::Slice { attrs } => shape::slice(attrs.as_ref(), inputs)?,
+        Op::Cast { to } => shape::cast(*to, inputs)?,
+    };
+    Ok(vec![out])
+}

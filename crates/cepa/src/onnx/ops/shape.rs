@@ -1,0 +1,534 @@
+//! Shape and layout ops: Flatten, Reshape, Transpose, Concat, Shape, Gather, (Un)Squeeze, Slice,
+//! Cast, Constant, ConstantOfShape and Pad. Each works on host values (shape arithmetic and
+//! constants) and on device tensors.
+
+use burn::prelude::{Int, Tensor};
+use burn::tensor::TensorData;
+use burn::tensor::ops::PadMode as BurnPad;
+
+use super::{Inputs, Op, norm_axis};
+use crate::error::Result;
+use crate::onnx::attrs::Attrs;
+use crate::onnx::host::{HostData, HostTensor, strides};
+use crate::onnx::proto::dtype;
+use crate::onnx::value::{FTensor, MAX_RANK, Value};
+
+/// Reshape a value (host or device) to `dims`.
+fn reshape_value(v: Value, dims: Vec<usize>, inputs: &Inputs) -> Result<Value> {
+    if dims.len() > MAX_RANK {
+        return Err(inputs
+            .ctx
+            .unsupported(format!("rank {} (at most {MAX_RANK})", dims.len())));
+    }
+    Ok(match v {
+        Value::Host(h) => Value::Host(HostTensor {
+            shape: dims,
+            data: h.data,
+        }),
+        Value::Float(t) => Value::Float(t.reshape(&dims)),
+    })
+}
+
+pub(super) fn flatten(axis: i64, inputs: &Inputs) -> Result<Value> {
+    let v = inputs.value(0)?;
+    let dims = v.dims();
+    let r = dims.len() as i64;
+    let axis = if axis < 0 { axis + r } else { axis };
+    if axis < 0 || axis > r {
+        return Err(inputs
+            .ctx
+            .err(format!("axis {axis} out of range for shape {dims:?}")));
+    }
+    let a = axis as usize;
+    let outer = dims[..a].iter().product();
+    let inner = dims[a..].iter().product();
+    reshape_value(v, vec![outer, inner], inputs)
+}
+
+pub(super) fn reshape(allow_zero: bool, inputs: &Inputs) -> Result<Value> {
+    let v = inputs.value(0)?;
+    let dims = v.dims();
+    let spec = inputs.host(1)?.as_i64();
+    let total: usize = dims.iter().product();
+    let mut out = Vec::with_capacity(spec.len());
+    let mut infer = None;
+    for (i, &s) in spec.iter().enumerate() {
+        match s {
+            0 if !allow_zero => out.push(*dims.get(i).ok_or_else(|| {
+                inputs
+                    .ctx
+                    .err(format!("shape {spec:?} copies dimension {i} of {dims:?}"))
+            })?),
+            -1 if infer.is_none() => {
+                infer = Some(i);
+                out.push(1);
+            }
+            s if s >= 0 => out.push(s as usize),
+            _ => return Err(inputs.ctx.err(format!("invalid target shape {spec:?}"))),
+        }
+    }
+    let known: usize = out.iter().product();
+    if let Some(i) = infer {
+        if known == 0 || total % known != 0 {
+            return Err(inputs
+                .ctx
+                .err(format!("cannot reshape {dims:?} to {spec:?}")));
+        }
+        out[i] = total / known;
+    }
+    if out.iter().product::<usize>() != total {
+        return Err(inputs.ctx.err(format!(
+            "cannot reshape {dims:?} ({total} values) to {spec:?} (wrong image size for this model?)"
+        )));
+    }
+    reshape_value(v, out, inputs)
+}
+
+fn permute_float(t: FTensor, p: &[usize]) -> FTensor {
+    match t {
+        FTensor::R1(x) => FTensor::R1(x),
+        FTensor::R2(x) => FTensor::R2(x.permute([p[0], p[1]])),
+        FTensor::R3(x) => FTensor::R3(x.permute([p[0], p[1], p[2]])),
+        FTensor::R4(x) => FTensor::R4(x.permute([p[0], p[1], p[2], p[3]])),
+        FTensor::R5(x) => FTensor::R5(x.permute([p[0], p[1], p[2], p[3], p[4]])),
+        FTensor::R6(x) => FTensor::R6(x.permute([p[0], p[1], p[2], p[3], p[4], p[5]])),
+    }
+}
+
+fn permute_host(h: &HostTensor, p: &[usize]) -> HostTensor {
+    let src_strides = h.strides();
+    let shape: Vec<usize> = p.iter().map(|&i| h.shape[i]).collect();
+    let n: usize = shape.iter().product();
+    let dst_strides = strides(&shape);
+    let order: Vec<usize> = (0..n)
+        .map(|flat| {
+            let mut rem = flat;
+            let mut src = 0;
+            for (d, &s) in dst_strides.iter().enumerate() {
+                let idx = rem / s;
+                rem %= s;
+                src += idx * src_strides[p[d]];
+            }
+            src
+        })
+        .collect();
+    h.take(shape, &order)
+}
+
+pub(super) fn transpose(perm: Option<&[i64]>, inputs: &Inputs) -> Result<Value> {
+    let v = inputs.value(0)?;
+    let rank = v.dims().len();
+    let perm: Vec<usize> = match perm {
+        None => (0..rank).rev().collect(),
+        Some(p) => p
+            .iter()
+            .map(|&a| norm_axis(a, rank, inputs.ctx))
+            .collect::<Result<_>>()?,
+    };
+    let mut sorted = perm.clone();
+    sorted.sort_unstable();
+    if sorted != (0..rank).collect::<Vec<_>>() {
+        return Err(inputs
+            .ctx
+            .err(format!("perm {perm:?} is not a permutation of rank {rank}")));
+    }
+    Ok(match v {
+        Value::Host(h) => Value::Host(permute_host(&h, &perm)),
+        Value::Float(t) => Value::Float(permute_float(t, &perm)),
+    })
+}
+
+pub(super) fn concat(axis: i64, inputs: &Inputs) -> Result<Value> {
+    let first = inputs.value(0)?;
+    let rank = first.dims().len();
+    let axis = norm_axis(axis, rank, inputs.ctx)?;
+    if inputs.all_host() {
+        let parts = (0..inputs.len())
+            .map(|i| inputs.host(i))
+            .collect::<Result<Vec<_>>>()?;
+        return HostTensor::concat(&parts, axis)
+            .map(Value::Host)
+            .ok_or_else(|| inputs.ctx.err("inputs have mismatched shapes"));
+    }
+    let parts = (0..inputs.len())
+        .map(|i| inputs.float(i))
+        .collect::<Result<Vec<_>>>()?;
+    let shapes: Vec<Vec<usize>> = parts.iter().map(FTensor::dims).collect();
+    let ok = shapes
+        .iter()
+        .all(|s| s.len() == rank && (0..rank).all(|d| d == axis || s[d] == shapes[0][d]));
+    if !ok {
+        return Err(inputs.ctx.err(format!(
+            "cannot concatenate shapes {shapes:?} on axis {axis}"
+        )));
+    }
+    macro_rules! cat {
+        ($variant:ident) => {{
+            let v: Vec<_> = parts
+                .into_iter()
+                .map(|p| match p {
+                    FTensor::$variant(x) => x,
+                    _ => unreachable!("ranks checked"),
+                })
+                .collect();
+            FTensor::$variant(Tensor::cat(v, axis))
+        }};
+    }
+    Ok(Value::Float(match rank {
+        1 => cat!(R1),
+        2 => cat!(R2),
+        3 => cat!(R3),
+        4 => cat!(R4),
+        5 => cat!(R5),
+        _ => cat!(R6),
+    }))
+}
+
+pub(super) fn shape(start: i64, end: Option<i64>, inputs: &Inputs) -> Result<Value> {
+    let dims = inputs.value(0)?.dims();
+    let r = dims.len() as i64;
+    let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+    let (s, e) = (clamp(start), clamp(end.unwrap_or(r)));
+    let vals: Vec<i64> = dims[s..e.max(s)].iter().map(|&d| d as i64).collect();
+    Ok(Value::Host(HostTensor::i64(vec![vals.len()], vals)))
+}
+
+pub(super) fn gather(axis: i64, inputs: &Inputs) -> Result<Value> {
+    let data = inputs.value(0)?;
+    let idx = inputs.host(1)?;
+    let dims = data.dims();
+    let axis = norm_axis(axis, dims.len(), inputs.ctx)?;
+    let n = dims[axis] as i64;
+    let indices: Vec<usize> = idx
+        .as_i64()
+        .into_iter()
+        .map(|i| {
+            let j = if i < 0 { i + n } else { i };
+            if j < 0 || j >= n {
+                Err(inputs
+                    .ctx
+                    .err(format!("index {i} out of range for axis of size {n}")))
+            } else {
+                Ok(j as usize)
+            }
+        })
+        .collect::<Result<_>>()?;
+    match data {
+        Value::Host(h) => Ok(Value::Host(h.gather(axis, &indices, &idx.shape))),
+        Value::Float(t) => {
+            if idx.shape.len() > 1 {
+                return Err(inputs
+                    .ctx
+                    .unsupported("multi-dimensional indices on a float tensor"));
+            }
+            let ids: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
+            let ids = Tensor::<1, Int>::from_data(
+                TensorData::new(ids, [indices.len()]),
+                inputs.ctx.device,
+            );
+            let picked = crate::map_rank!(t, x => x.select(axis, ids.clone()));
+            let mut shape = dims[..axis].to_vec();
+            shape.extend_from_slice(&idx.shape);
+            shape.extend_from_slice(&dims[axis + 1..]);
+            if shape.is_empty() {
+                shape.push(1);
+            }
+            Ok(Value::Float(picked.reshape(&shape)))
+        }
+    }
+}
+
+/// Axes from the attribute (old opsets) or the second input (opset 13+).
+fn axes_of(attr: Option<&[i64]>, inputs: &Inputs) -> Result<Option<Vec<i64>>> {
+    Ok(match attr {
+        Some(a) => Some(a.to_vec()),
+        None => inputs.opt_host(1)?.map(|h| h.as_i64()),
+    })
+}
+
+pub(super) fn unsqueeze(attr: Option<&[i64]>, inputs: &Inputs) -> Result<Value> {
+    let v = inputs.value(0)?;
+    let dims = v.dims();
+    let axes = axes_of(attr, inputs)?.ok_or_else(|| inputs.ctx.err("no axes given"))?;
+    let out_rank = dims.len() + axes.len();
+    let mut axes: Vec<usize> = axes
+        .iter()
+        .map(|&a| norm_axis(a, out_rank, inputs.ctx))
+        .collect::<Result<_>>()?;
+    axes.sort_unstable();
+    let mut out = dims.clone();
+    for a in axes {
+        out.insert(a.min(out.len()), 1);
+    }
+    reshape_value(v, out, inputs)
+}
+
+pub(super) fn squeeze(attr: Option<&[i64]>, inputs: &Inputs) -> Result<Value> {
+    let v = inputs.value(0)?;
+    let dims = v.dims();
+    let axes: Vec<usize> = match axes_of(attr, inputs)? {
+        None => (0..dims.len()).filter(|&d| dims[d] == 1).collect(),
+        Some(a) => a
+            .iter()
+            .map(|&x| norm_axis(x, dims.len(), inputs.ctx))
+            .collect::<Result<_>>()?,
+    };
+    if let Some(&bad) = axes.iter().find(|&&a| dims[a] != 1) {
+        return Err(inputs
+            .ctx
+            .err(format!("cannot squeeze axis {bad} of shape {dims:?}")));
+    }
+    let out: Vec<usize> = dims
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !axes.contains(i))
+        .map(|(_, &d)| d)
+        .collect();
+    match (&v, out.is_empty()) {
+        (Value::Host(h), true) => Ok(Value::Host(HostTensor {
+            shape: vec![],
+            data: h.data.clone(),
+        })),
+        (_, true) => reshape_value(v, vec![1], inputs),
+        _ => reshape_value(v, out, inputs),
+    }
+}
+
+/// Slice parameters given as attributes (opset < 10).
+#[derive(Clone, Debug)]
+pub(crate) struct SliceAttrs {
+    starts: Vec<i64>,
+    ends: Vec<i64>,
+    axes: Option<Vec<i64>>,
+}
+
+pub(super) fn parse_slice(a: &Attrs) -> Result<Option<SliceAttrs>> {
+    if a.opset >= 10 {
+        return Ok(None);
+    }
+    Ok(Some(SliceAttrs {
+        starts: a
+            .ints("starts")?
+            .ok_or_else(|| a.err("starts is required"))?,
+        ends: a.ints("ends")?.ok_or_else(|| a.err("ends is required"))?,
+        axes: a.ints("axes")?,
+    }))
+}
+
+pub(super) fn slice(attrs: Option<&SliceAttrs>, inputs: &Inputs) -> Result<Value> {
+    let v = inputs.value(0)?;
+    let dims = v.dims();
+    let (starts, ends, axes, steps) = match attrs {
+        Some(s) => (s.starts.clone(), s.ends.clone(), s.axes.clone(), None),
+        None => (
+            inputs.host(1)?.as_i64(),
+            inputs.host(2)?.as_i64(),
+            inputs.opt_host(3)?.map(|h| h.as_i64()),
+            inputs.opt_host(4)?.map(|h| h.as_i64()),
+        ),
+    };
+    let axes = axes.unwrap_or_else(|| (0..starts.len() as i64).collect());
+    let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
+    if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
+        return Err(inputs
+            .ctx
+            .err("starts, ends, axes and steps differ in length"));
+    }
+    // Per axis: (start, step, count).
+    let mut ranges: Vec<(usize, i64, usize)> = dims.iter().map(|&d| (0, 1, d)).collect();
+    for i in 0..starts.len() {
+        let axis = norm_axis(axes[i], dims.len(), inputs.ctx)?;
+        let n = dims[axis] as i64;
+        let step = steps[i];
+        if step == 0 {
+            return Err(inputs.ctx.err("step 0"));
+        }
+        let fix = |v: i64, lo: i64, hi: i64| (if v < 0 { v + n } else { v }).clamp(lo, hi);
+        let (s, e) = if step > 0 {
+            (fix(starts[i], 0, n), fix(ends[i], 0, n))
+        } else {
+            (fix(starts[i], 0, n - 1), fix(ends[i], -1, n - 1))
+        };
+        let count = if step > 0 {
+            if e > s { (e - s + step - 1) / step } else { 0 }
+        } else if s > e {
+            (s - e + (-step) - 1) / (-step)
+        } else {
+            0
+        };
+        ranges[axis] = (s.max(0) as usize, step, count as usize);
+    }
+    let out_shape: Vec<usize> = ranges.iter().map(|r| r.2).collect();
+    match v {
+        Value::Host(h) => {
+            let src = h.strides();
+            let dst = strides(&out_shape);
+            let n: usize = out_shape.iter().product();
+            let order: Vec<usize> = (0..n)
+                .map(|flat| {
+                    let mut rem = flat;
+                    let mut at = 0i64;
+                    for d in 0..out_shape.len() {
+                        let k = (rem / dst[d]) as i64;
+                        rem %= dst[d];
+                        at += (ranges[d].0 as i64 + k * ranges[d].1) * src[d] as i64;
+                    }
+                    at as usize
+                })
+                .collect();
+            Ok(Value::Host(h.take(out_shape, &order)))
+        }
+        Value::Float(mut t) => {
+            if out_shape.contains(&0) {
+                return Err(inputs.ctx.unsupported("an empty slice of a float tensor"));
+            }
+            for (d, &(s, step, count)) in ranges.iter().enumerate() {
+                if count == dims[d] && step == 1 {
+                    continue;
+                }
+                if step != 1 {
+                    return Err(inputs
+                        .ctx
+                        .unsupported(format!("step {step} on a float tensor")));
+                }
+                t = crate::map_rank!(t, x => x.narrow(d, s, count));
+            }
+            Ok(Value::Float(t))
+        }
+    }
+}
+
+pub(super) fn cast(to: i32, inputs: &Inputs) -> Result<Value> {
+    let v = inputs.value(0)?;
+    match (v, to) {
+        (Value::Float(t), dtype::FLOAT) => Ok(Value::Float(t)),
+        (Value::Float(_), other) => Err(inputs.ctx.unsupported(format!(
+            "cast of an image-dependent tensor to {}",
+            dtype::name(other)
+        ))),
+        (Value::Host(h), dtype::FLOAT | dtype::DOUBLE) => {
+            Ok(Value::Host(HostTensor::f32(h.shape.clone(), h.as_f32())))
+        }
+        (Value::Host(h), dtype::INT64 | dtype::INT32 | dtype::INT8 | dtype::UINT8) => {
+            Ok(Value::Host(HostTensor::i64(h.shape.clone(), h.as_i64())))
+        }
+        (Value::Host(h), dtype::BOOL) => Ok(Value::Host(HostTensor::i64(
+            h.shape.clone(),
+            h.as_f32().iter().map(|&x| i64::from(x != 0.0)).collect(),
+        ))),
+        (_, other) => Err(inputs
+            .ctx
+            .unsupported(format!("cast to {}", dtype::name(other)))),
+    }
+}
+
+pub(super) fn parse_constant(a: &Attrs) -> Result<HostTensor> {
+    if let Some(t) = a.tensor("value")? {
+        return Ok(t);
+    }
+    if a.has("value_float") {
+        return Ok(HostTensor::f32(vec![], vec![a.float("value_float", 0.0)?]));
+    }
+    if let Some(v) = a.floats("value_floats")? {
+        return Ok(HostTensor::f32(vec![v.len()], v));
+    }
+    if a.has("value_int") {
+        return Ok(HostTensor::i64(vec![], vec![a.int("value_int", 0)?]));
+    }
+    if let Some(v) = a.ints("value_ints")? {
+        return Ok(HostTensor::i64(vec![v.len()], v));
+    }
+    Err(a.unsupported("a Constant without a tensor, float or int value"))
+}
+
+pub(super) fn constant_of_shape(value: &HostTensor, inputs: &Inputs) -> Result<Value> {
+    let shape: Vec<usize> = inputs
+        .host(0)?
+        .as_i64()
+        .iter()
+        .map(|&d| d.max(0) as usize)
+        .collect();
+    let n: usize = shape.iter().product();
+    let data = match &value.data {
+        HostData::F32(v) => HostData::F32(vec![v.first().copied().unwrap_or(0.0); n]),
+        HostData::I64(v) => HostData::I64(vec![v.first().copied().unwrap_or(0); n]),
+    };
+    Ok(Value::Host(HostTensor { shape, data }))
+}
+
+/// Pad modes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum PadMode {
+    Constant,
+    Reflect,
+    Edge,
+}
+
+pub(super) fn parse_pad(a: &Attrs) -> Result<Op> {
+    let mode = match a.string("mode", "constant")?.as_str() {
+        "constant" => PadMode::Constant,
+        "reflect" => PadMode::Reflect,
+        "edge" => PadMode::Edge,
+        other => return Err(a.unsupported(format!("mode '{other}'"))),
+    };
+    let (pads, value) = if a.opset < 11 {
+        (a.ints("pads")?, a.float("value", 0.0)?)
+    } else {
+        (None, 0.0)
+    };
+    Ok(Op::Pad { mode, pads, value })
+}
+
+pub(super) fn pad(
+    mode: PadMode,
+    attr_pads: Option<&[i64]>,
+    value: f32,
+    inputs: &Inputs,
+) -> Result<Value> {
+    let x = inputs.float(0)?;
+    let dims = x.dims();
+    let rank = dims.len();
+    let pads = match attr_pads {
+        Some(p) => p.to_vec(),
+        None => inputs.host(1)?.as_i64(),
+    };
+    let value = match inputs.opt_host(2)? {
+        Some(v) if attr_pads.is_none() => v.as_f32().first().copied().unwrap_or(0.0),
+        _ => value,
+    };
+    let axes: Vec<usize> = match inputs.opt_host(3)? {
+        Some(a) if attr_pads.is_none() => a
+            .as_i64()
+            .iter()
+            .map(|&v| norm_axis(v, rank, inputs.ctx))
+            .collect::<Result<_>>()?,
+        _ => (0..rank).collect(),
+    };
+    if pads.len() != 2 * axes.len() {
+        return Err(inputs
+            .ctx
+            .err(format!("{} pads for {} axes", pads.len(), axes.len())));
+    }
+    if pads.iter().any(|&p| p < 0) {
+        return Err(inputs.ctx.unsupported(format!("negative pads {pads:?}")));
+    }
+    let mut pairs = vec![(0usize, 0usize); rank];
+    for (i, &axis) in axes.iter().enumerate() {
+        pairs[axis] = (pads[i] as usize, pads[i + axes.len()] as usize);
+    }
+    if matches!(mode, PadMode::Reflect)
+        && pairs.iter().zip(&dims).any(|(p, &d)| p.0 >= d || p.1 >= d)
+    {
+        return Err(inputs
+            .ctx
+            .err(format!("reflect pads {pads:?} too large for {dims:?}")));
+    }
+    let mode = match mode {
+        PadMode::Constant => BurnPad::Constant(value),
+        PadMode::Reflect => BurnPad::Reflect,
+        PadMode::Edge => BurnPad::Edge,
+    };
+    Ok(Value::Float(
+        crate::map_rank!(x, t => t.pad(pairs.clone(), mode)),
+    ))
+}
