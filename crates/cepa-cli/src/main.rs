@@ -72,9 +72,8 @@ pub fn out(text: &str) {
     if let Err(e) = stdout
         .write_all(text.as_bytes())
         .and_then(|()| stdout.flush())
+        && e.kind() == std::io::ErrorKind::BrokenPipe
     {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
+        std::process::exit(0);
     }
 }

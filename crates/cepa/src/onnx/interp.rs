@@ -193,7 +193,7 @@ impl Interpreter {
                 (None, v) => v,
                 (Some(delta), Value::Float(t)) => {
                     let (dt, dd) = (t.dims(), delta.dims());
-                    Value::Float(t.add(delta).ok_or_else(|| {
+                    Value::Float(t.add_bc(delta).ok_or_else(|| {
                         Error::Mismatch(format!(
                             "perturbation of shape {dd:?} does not fit tensor '{}' of shape {dt:?}",
                             g.slot_names[s]
@@ -210,8 +210,8 @@ impl Interpreter {
             values[s] = Some(v);
             Ok(())
         };
-        for s in 0..n_slots {
-            if let Some(t) = replaced[s].take() {
+        for (s, r) in replaced.iter_mut().enumerate() {
+            if let Some(t) = r.take() {
                 set(&mut values, s, Value::Float(t))?;
             }
         }

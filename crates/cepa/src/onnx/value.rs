@@ -123,6 +123,8 @@ impl FTensor {
         self.reshape(&new)
     }
 
+    /// (The `*_bc` methods below broadcast; `None` when the shapes do not.)
+    ///
     /// Apply a same-rank binary function after numpy-style broadcasting alignment. `None` when
     /// the shapes do not broadcast.
     pub fn broadcast_with(
@@ -148,23 +150,23 @@ impl FTensor {
         op(self.unsqueeze_front(rank), other.unsqueeze_front(rank))
     }
 
-    pub fn add(self, other: FTensor) -> Option<FTensor> {
+    pub fn add_bc(self, other: FTensor) -> Option<FTensor> {
         self.broadcast_with(other, |a, b| zip_rank!(a, b, x, y => x + y))
     }
 
-    pub fn sub(self, other: FTensor) -> Option<FTensor> {
+    pub fn sub_bc(self, other: FTensor) -> Option<FTensor> {
         self.broadcast_with(other, |a, b| zip_rank!(a, b, x, y => x - y))
     }
 
-    pub fn mul(self, other: FTensor) -> Option<FTensor> {
+    pub fn mul_bc(self, other: FTensor) -> Option<FTensor> {
         self.broadcast_with(other, |a, b| zip_rank!(a, b, x, y => x * y))
     }
 
-    pub fn div(self, other: FTensor) -> Option<FTensor> {
+    pub fn div_bc(self, other: FTensor) -> Option<FTensor> {
         self.broadcast_with(other, |a, b| zip_rank!(a, b, x, y => x / y))
     }
 
-    pub fn pow(self, other: FTensor) -> Option<FTensor> {
+    pub fn pow_bc(self, other: FTensor) -> Option<FTensor> {
         self.broadcast_with(other, |a, b| zip_rank!(a, b, x, y => x.powf(y)))
     }
 
@@ -270,6 +272,7 @@ pub fn expand_to(t: FTensor, target: &[usize]) -> FTensor {
 
 /// A value in the interpreter: a device tensor or a host tensor.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // moved rarely; boxing would cost an allocation per op
 pub enum Value {
     Float(FTensor),
     Host(HostTensor),

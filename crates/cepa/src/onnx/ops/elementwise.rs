@@ -160,11 +160,11 @@ pub(super) fn binary(b: Binary, inputs: &Inputs) -> Result<Value> {
     let (x, y) = (inputs.float(0)?, inputs.float(1)?);
     let (dx, dy) = (x.dims(), y.dims());
     let out = match b {
-        Binary::Add => x.add(y),
-        Binary::Sub => x.sub(y),
-        Binary::Mul => x.mul(y),
-        Binary::Div => x.div(y),
-        Binary::Pow => x.pow(y),
+        Binary::Add => x.add_bc(y),
+        Binary::Sub => x.sub_bc(y),
+        Binary::Mul => x.mul_bc(y),
+        Binary::Div => x.div_bc(y),
+        Binary::Pow => x.pow_bc(y),
     };
     out.map(Value::Float).ok_or_else(|| {
         inputs
@@ -227,12 +227,12 @@ pub(super) fn prelu(inputs: &Inputs) -> Result<FTensor> {
     // PyTorch exports the per-channel slope as [C, 1, 1]: it broadcasts against N x C x H x W.
     let pos = map_rank!(x.clone(), t => activation::relu(t));
     let neg = map_rank!(x, t => t.clamp_max(0.0));
-    let scaled = neg.mul(slope).ok_or_else(|| {
+    let scaled = neg.mul_bc(slope).ok_or_else(|| {
         inputs
             .ctx
             .err(format!("slope does not broadcast against {dims:?}"))
     })?;
-    pos.add(scaled)
+    pos.add_bc(scaled)
         .ok_or_else(|| inputs.ctx.err("PRelu broadcast"))
 }
 
@@ -260,9 +260,9 @@ pub(super) fn batch_norm(epsilon: f32, inputs: &Inputs) -> Result<FTensor> {
     let (scale, bias, mean, var) = (param(1)?, param(2)?, param(3)?, param(4)?);
     let inv_std = map_rank!(var, t => (t + epsilon).sqrt().recip());
     let err = || inputs.ctx.err("BatchNormalization broadcast");
-    let a = scale.mul(inv_std).ok_or_else(err)?;
+    let a = scale.mul_bc(inv_std).ok_or_else(err)?;
     let b = bias
-        .sub(mean.mul(a.clone()).ok_or_else(err)?)
+        .sub_bc(mean.mul_bc(a.clone()).ok_or_else(err)?)
         .ok_or_else(err)?;
-    x.mul(a).ok_or_else(err)?.add(b).ok_or_else(err)
+    x.mul_bc(a).ok_or_else(err)?.add_bc(b).ok_or_else(err)
 }

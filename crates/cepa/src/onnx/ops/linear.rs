@@ -92,7 +92,7 @@ pub(super) fn gemm(
         } else {
             c
         };
-        y = y.add(c).ok_or_else(|| {
+        y = y.add_bc(c).ok_or_else(|| {
             inputs
                 .ctx
                 .err(format!("C of shape {dc:?} does not broadcast"))

@@ -69,7 +69,7 @@ pub(super) fn reshape(allow_zero: bool, inputs: &Inputs) -> Result<Value> {
     }
     let known: usize = out.iter().product();
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(inputs
                 .ctx
                 .err(format!("cannot reshape {dims:?} to {spec:?}")));
