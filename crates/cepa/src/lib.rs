@@ -8,8 +8,10 @@
 //! - [`onnx`]: parse an ONNX file, keep the original tensor names, evaluate it with taps.
 //! - [`data`]: read clean images (IDX, CIFAR binary, ImageFolder, `.npy`).
 //! - [`model`]: a classifier with its input spec: forward, embed at a layer, gradients.
+//! - [`detect`]: the detector's statistics (MAD anomaly indices, p-values).
 
 pub mod data;
+pub mod detect;
 pub mod error;
 pub mod model;
 pub mod onnx;
