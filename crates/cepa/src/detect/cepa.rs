@@ -163,7 +163,7 @@ struct Problem {
     last: Option<TargetResult>,
 }
 
-/// Mean of each row-group's values, as host numbers.
+/// Copy a 1-D tensor to the host.
 fn host(t: Tensor<1>) -> Vec<f32> {
     t.try_into_vec_as::<f32>().unwrap_or_default()
 }

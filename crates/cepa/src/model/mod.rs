@@ -188,7 +188,7 @@ impl Classifier {
             0.5,
             self.interp.device(),
         );
-        let out = self.run_raw(probe.clone(), &[], true)?.0;
+        let out = self.run_raw(probe, &[])?.0;
         let dims = out.dims();
         let k = match dims.as_slice() {
             [_, k] => *k,
@@ -352,37 +352,20 @@ impl Classifier {
         )
     }
 
-    fn run_raw(
-        &self,
-        model_input: Tensor<4>,
-        capture: &[String],
-        logits: bool,
-    ) -> Result<(FTensor, Vec<FTensor>)> {
-        let input = self.to_model_input(model_input);
-        self.run_model(
-            Run {
-                input: Some(input),
-                capture: capture.to_vec(),
-                ..Default::default()
-            },
-            logits,
-        )
+    /// Run on images in `[0,1]`, capturing the logits tensor and then `capture`.
+    fn run_raw(&self, x01: Tensor<4>, capture: &[String]) -> Result<(FTensor, Vec<FTensor>)> {
+        let input = self.to_model_input(x01);
+        self.run_model(Run {
+            input: Some(input),
+            capture: capture.to_vec(),
+            ..Default::default()
+        })
     }
 
     /// Run with the logits tensor captured first, then `run.capture`.
-    fn run_model(&self, mut run: Run, want_logits: bool) -> Result<(FTensor, Vec<FTensor>)> {
-        if want_logits {
-            run.capture.insert(0, self.spec.logits_tensor.clone());
-        }
-        let r = self.interp.run(run)?;
-        let mut captured = r.captured;
-        if !want_logits {
-            let dummy = captured
-                .first()
-                .cloned()
-                .ok_or_else(|| Error::Mismatch("nothing captured".into()))?;
-            return Ok((dummy, captured));
-        }
+    fn run_model(&self, mut run: Run) -> Result<(FTensor, Vec<FTensor>)> {
+        run.capture.insert(0, self.spec.logits_tensor.clone());
+        let mut captured = self.interp.run(run)?.captured;
         let logits = captured.remove(0);
         Ok((logits, captured))
     }
@@ -398,7 +381,7 @@ impl Classifier {
 
     /// Logits for images in `[0,1]`, NCHW.
     pub fn logits(&self, x01: Tensor<4>) -> Result<Tensor<2>> {
-        let (l, _) = self.run_raw(x01, &[], true)?;
+        let (l, _) = self.run_raw(x01, &[])?;
         Ok(self.finish_logits(l))
     }
 
@@ -408,7 +391,7 @@ impl Classifier {
         x01: Tensor<4>,
         layers: &[String],
     ) -> Result<(Tensor<2>, Vec<Tensor<2>>)> {
-        let (l, caps) = self.run_raw(x01, layers, true)?;
+        let (l, caps) = self.run_raw(x01, layers)?;
         Ok((
             self.finish_logits(l),
             caps.into_iter().map(FTensor::flatten2).collect(),
@@ -447,7 +430,7 @@ impl Classifier {
             replace: vec![(layer.to_string(), v)],
             ..Default::default()
         };
-        let (l, _) = self.run_model(run, true)?;
+        let (l, _) = self.run_model(run)?;
         Ok(self.finish_logits(l))
     }
 
@@ -466,7 +449,7 @@ impl Classifier {
             add: vec![(layer.to_string(), FTensor::R2(delta).reshape(&shape))],
             ..Default::default()
         };
-        let (l, _) = self.run_model(run, true)?;
+        let (l, _) = self.run_model(run)?;
         Ok(self.finish_logits(l))
     }
 

@@ -1,0 +1,63 @@
+//! The classifier wrapper: preprocessing, logits behind a Softmax, and layer taps agree with each
+//! other on a real third-party model.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use cepa::data::{Split, load};
+use cepa::model::{Classifier, ModelSpec, OutputKind, cpu_device};
+
+fn real(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/models/real")
+        .join(name)
+}
+
+fn close(a: &Tensor<2>, b: &Tensor<2>) -> f32 {
+    (a.clone() - b.clone()).abs().max().into_scalar::<f32>()
+}
+
+#[test]
+fn layer_taps_reproduce_the_logits() {
+    let spec = ModelSpec {
+        mean: Some(vec![0.5]),
+        std: Some(vec![0.5]),
+        ..Default::default()
+    };
+    let model = Classifier::load(
+        &real("badnets-pytorch-mnist.onnx"),
+        &spec,
+        &cpu_device(true),
+    )
+    .unwrap();
+    assert_eq!(model.spec().output, OutputKind::Probs);
+    let set = load(&real("").join("../../data/mnist"), Split::Test)
+        .unwrap()
+        .subset(&[0, 1, 2, 3, 4, 5]);
+    let x = model.images_tensor(&set.pixels, set.len());
+    let logits = model.logits(x.clone()).unwrap();
+    // Logits, not probabilities: rows do not sum to 1, and their argmax is the right digit.
+    let row_sum = burn::tensor::activation::softmax(logits.clone(), 1).sum_dim(1);
+    assert!((row_sum.mean().into_scalar::<f32>() - 1.0).abs() < 1e-5);
+    assert!(logits.clone().sum_dim(1).abs().max().into_scalar::<f32>() > 1.5);
+    let preds: Vec<i64> = logits.clone().argmax(1).try_into_vec_as::<i64>().unwrap();
+    assert_eq!(preds, vec![7, 2, 1, 0, 4, 1]);
+    for layer in model.layers().iter().filter(|l| l.candidate) {
+        let emb = model.embed(x.clone(), &layer.name).unwrap();
+        assert_eq!(emb.dims()[1], layer.shape.iter().product::<usize>());
+        // Replacing a cut layer by its own value gives the same logits ...
+        let again = model
+            .logits_from_layer(&layer.name, emb.clone(), None)
+            .unwrap();
+        assert!(close(&again, &logits) < 1e-4, "{}", layer.name);
+        // ... adding zero changes nothing, and adding something changes the logits.
+        let zero = model
+            .logits_with_added(x.clone(), &layer.name, emb.zeros_like())
+            .unwrap();
+        assert!(close(&zero, &logits) < 1e-4, "{}", layer.name);
+        let moved = model
+            .logits_with_added(x.clone(), &layer.name, emb.ones_like())
+            .unwrap();
+        assert!(close(&moved, &logits) > 1e-3, "{}", layer.name);
+    }
+}
