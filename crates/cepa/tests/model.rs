@@ -7,10 +7,10 @@ use burn::prelude::*;
 use cepa::data::{Split, load};
 use cepa::model::{Classifier, ModelSpec, OutputKind, cpu_device};
 
-fn real(name: &str) -> std::path::PathBuf {
+fn shared(rel: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/models/real")
-        .join(name)
+        .join("../../../shared")
+        .join(rel)
 }
 
 fn close(a: &Tensor<2>, b: &Tensor<2>) -> f32 {
@@ -25,13 +25,13 @@ fn layer_taps_reproduce_the_logits() {
         ..Default::default()
     };
     let model = Classifier::load(
-        &real("badnets-pytorch-mnist.onnx"),
+        &shared("models/real/badnets-pytorch-mnist.onnx"),
         &spec,
         &cpu_device(true),
     )
     .unwrap();
     assert_eq!(model.spec().output, OutputKind::Probs);
-    let set = load(&real("").join("../../data/mnist"), Split::Test)
+    let set = load(&shared("data/mnist"), Split::Test)
         .unwrap()
         .subset(&[0, 1, 2, 3, 4, 5]);
     let x = model.images_tensor(&set.pixels, set.len());

@@ -397,29 +397,22 @@ mod tests {
     #[test]
     fn config_is_validated_before_compute() {
         assert!(CepaConfig::default().validate().is_ok());
-        assert!(
+        let bad = [
             CepaConfig {
                 lr: 0.0,
                 ..Default::default()
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
+            },
             CepaConfig {
                 pi: 1.5,
                 ..Default::default()
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
+            },
             CepaConfig {
                 lambda_factor: 1.0,
                 ..Default::default()
-            }
-            .validate()
-            .is_err()
-        );
+            },
+        ];
+        for cfg in bad {
+            assert!(cfg.validate().is_err(), "{cfg:?}");
+        }
     }
 }

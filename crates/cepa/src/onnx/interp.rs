@@ -268,7 +268,7 @@ impl Interpreter {
             }
         }
 
-        let float_of = |s: usize, values: &mut Vec<Option<Value>>| -> Result<FTensor> {
+        let float_of = |s: usize, values: &[Option<Value>]| -> Result<FTensor> {
             match values[s].clone().or_else(|| self.consts[s].clone()) {
                 Some(Value::Float(t)) => Ok(t),
                 Some(Value::Host(h)) => Ok(FTensor::from_host(h.as_f32(), &h.shape, &self.device)),
@@ -279,13 +279,13 @@ impl Interpreter {
             }
         };
         let output = if run.output {
-            Some(float_of(g.output_slot, &mut values)?)
+            Some(float_of(g.output_slot, &values)?)
         } else {
             None
         };
         let captured = captures
             .iter()
-            .map(|&s| float_of(s, &mut values))
+            .map(|&s| float_of(s, &values))
             .collect::<Result<_>>()?;
         Ok((RunResult { output, captured }, values))
     }
