@@ -27,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Show a model's inputs, outputs, resolved spec and layers (and accuracy with --data).
     Inspect(InspectArgs),
+    /// Decide whether a model is backdoored and which class the backdoor targets.
+    Scan(ScanArgs),
 }
 
 /// Output format of a report.
@@ -95,4 +97,43 @@ pub struct InspectArgs {
     /// Evaluate accuracy on at most this many images of --data (default: all).
     #[arg(long)]
     pub limit: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct ScanArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Clean images: a folder of IDX files, CIFAR-style binary batches, an ImageFolder, or a .npy.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Which split of the data folder to read.
+    #[arg(long, default_value = "test", value_parser = |s: &str| s.parse::<Split>())]
+    pub split: Split,
+    /// Clean images per class used in the optimisation.
+    #[arg(long, default_value_t = 10)]
+    pub per_class: usize,
+    /// Held-out clean images per class for the transfer statistic (default: as many as --per-class).
+    #[arg(long)]
+    pub holdout_per_class: Option<usize>,
+    /// Layer(s) to work at, by ONNX tensor name (comma-separated), or `auto`.
+    #[arg(long, default_value = "auto")]
+    pub layer: String,
+    /// Seed of the image sampling and the initial perturbations.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Optimisation steps per class (default from the detector's config).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Adam learning rate in pixel units.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Combined anomaly index above which the model is called backdoored.
+    #[arg(long)]
+    pub threshold: Option<f64>,
+    /// Report format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Write report.json and the flagged class's per-sample perturbations (PNG) here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }

@@ -2,6 +2,7 @@
 
 mod args;
 mod inspect;
+mod scan;
 
 use std::process::ExitCode;
 
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
 fn run(cli: args::Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
         args::Command::Inspect(a) => inspect::run(a),
+        args::Command::Scan(a) => scan::run(a),
     }
 }
 
@@ -51,7 +53,7 @@ fn init_logging(verbose: u8, quiet: bool) {
     use tracing_subscriber::EnvFilter;
     let default = match (quiet, verbose) {
         (true, _) => "error",
-        (false, 0) => "warn,cepa=info",
+        (false, 0) => "warn",
         (false, 1) => "info",
         (false, _) => "debug",
     };

@@ -242,3 +242,86 @@ fn dynamo_export_with_external_data_loads() {
     assert_eq!(r["num_classes"], 10);
     assert_eq!(r["opset"], 20);
 }
+
+/// A short scan (few steps, few images): the tests check the plumbing, not the verdict quality
+/// (EVALUATION.md measures that).
+fn quick_scan(extra: &[&str]) -> (Output, serde_json::Value) {
+    let model = real("badnets-pytorch-mnist.onnx");
+    let data = shared().join("data/mnist");
+    let mut args = vec![
+        "scan",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--mean",
+        "0.5",
+        "--std",
+        "0.5",
+        "--per-class",
+        "4",
+        "--steps",
+        "8",
+        "--format",
+        "json",
+        "-q",
+    ];
+    args.extend_from_slice(extra);
+    let out = cepa(&args);
+    let json = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out, json)
+}
+
+#[test]
+fn scan_is_reproducible_and_its_exit_code_follows_the_verdict() {
+    let (out1, mut a) = quick_scan(&["--seed", "3"]);
+    let (_, mut b) = quick_scan(&["--seed", "3"]);
+    for key in [
+        "verdict", "target", "score", "p_value", "sources", "layer", "config", "seconds",
+    ] {
+        assert!(a.get(key).is_some(), "report lacks '{key}'");
+    }
+    let classes = a["decision"]["classes"].as_array().unwrap();
+    assert_eq!(classes.len(), 10);
+    assert_eq!(a["config"]["seed"], 3);
+    let code = if a["verdict"] == "backdoored" { 1 } else { 0 };
+    assert_eq!(out1.status.code(), Some(code));
+    a.as_object_mut().unwrap().remove("seconds");
+    b.as_object_mut().unwrap().remove("seconds");
+    assert_eq!(a, b, "same command, same seed, same report");
+    let (_, c) = quick_scan(&["--seed", "4"]);
+    assert_ne!(
+        a["decision"]["classes"], c["decision"]["classes"],
+        "another seed samples other images"
+    );
+}
+
+#[test]
+fn scan_out_writes_report_and_perturbation_pictures() {
+    let dir = tmp_dir("scanout");
+    let (_, r) = quick_scan(&["--out", dir.to_str().unwrap()]);
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(written["verdict"], r["verdict"]);
+    let class = r["decision"]["most_anomalous"].as_u64().unwrap();
+    let pics = std::fs::read_dir(dir.join(format!("perturbations-class{class}")))
+        .unwrap()
+        .count();
+    // 4 images from each of the 9 other classes, each as perturbed image and as perturbation.
+    assert_eq!(pics, 2 * 9 * 4);
+}
+
+#[test]
+fn scan_rejects_an_unknown_layer_naming_it() {
+    let model = real("badnets-pytorch-mnist.onnx");
+    let data = shared().join("data/mnist");
+    let out = cepa(&[
+        "scan",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--layer",
+        "fc9",
+    ]);
+    assert_error(&out, &["fc9"]);
+}

@@ -40,8 +40,11 @@ pub struct CepaConfig {
     pub init_max: f64,
     /// Converged when the relative change of J stays below this for `patience` checks. Default 1e-5.
     pub tol: f64,
-    /// Checks without improvement (of J, or of the best feasible dispersion) before stopping. Default 10.
+    /// Checks with a relative change of J below `tol` before a target stops. Default 10.
     pub patience: usize,
+    /// A target that has not reached `pi` within `steps` keeps going, up to this many times
+    /// `steps` in all, so a hard-to-flip class is not called infeasible too early [ours]. Default 3.
+    pub infeasible_factor: usize,
     /// Seed of the initial perturbations. Default 0.
     pub seed: u64,
 }
@@ -59,6 +62,7 @@ impl Default for CepaConfig {
             init_max: 0.1,
             tol: 1e-5,
             patience: 10,
+            infeasible_factor: 3,
             seed: 0,
         }
     }
@@ -68,8 +72,8 @@ impl CepaConfig {
     /// Reject values that would make the optimisation meaningless, before any compute.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
-        if self.steps == 0 || self.check_every == 0 {
-            return bad("steps and check_every must be at least 1".into());
+        if self.steps == 0 || self.check_every == 0 || self.infeasible_factor == 0 {
+            return bad("steps, check_every and infeasible_factor must be at least 1".into());
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad(format!("lr {} must be positive", self.lr));
@@ -118,6 +122,21 @@ impl LambdaSchedule {
     }
 }
 
+/// Statistics of one target at one layer.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayerStats {
+    /// `||mu_t||_2`.
+    pub mu_norm: f64,
+    /// Mean `||Delta_n - mu||^2 / ||mu||^2`.
+    pub dispersion: f64,
+    /// Fraction of held-out clean non-target images sent to the target by `h(g(x) + mu_t)`
+    /// (`None` without held-out images).
+    pub transfer: Option<f64>,
+    /// `mu_t` (length d).
+    #[serde(skip)]
+    pub mu: Vec<f32>,
+}
+
 /// The outcome of one target's problem, at its best feasible iterate (or its last one).
 #[derive(Clone, Debug, Serialize)]
 pub struct TargetResult {
@@ -128,27 +147,31 @@ pub struct TargetResult {
     /// Fraction of samples classified as the target at the reported iterate.
     pub rho: f64,
     pub lambda: f64,
-    /// `||mu_t||_2`.
-    pub mu_norm: f64,
     /// Mean `||delta_n||_2`.
     pub delta_norm: f64,
-    /// Mean `||Delta_n - mu||^2 / ||mu||^2`.
-    pub dispersion: f64,
+    /// Per layer, in the order the layers were given.
+    pub layers: Vec<LayerStats>,
     /// Per sample: its true class and `||delta_n||_2`.
     pub sources: Vec<usize>,
     pub sample_delta_norms: Vec<f64>,
-    /// `mu_t` (length d).
-    #[serde(skip)]
-    pub mu: Vec<f32>,
     /// The per-sample perturbations, CHW each.
     #[serde(skip)]
     pub deltas: Vec<f32>,
 }
 
+impl TargetResult {
+    /// Mean dispersion over the layers: the quantity the best iterate minimises.
+    pub fn mean_dispersion(&self) -> f64 {
+        self.layers.iter().map(|l| l.dispersion).sum::<f64>() / self.layers.len().max(1) as f64
+    }
+}
+
 /// Per-target optimisation state.
 struct Problem {
+    target: usize,
     x: Tensor<4>,
-    clean: Tensor<2>,
+    /// Clean embeddings at each layer.
+    clean: Vec<Tensor<2>>,
     sources: Vec<usize>,
     delta: Tensor<4>,
     m: Tensor<4>,
@@ -157,7 +180,6 @@ struct Problem {
     steps: usize,
     last_j: f64,
     stall: usize,
-    since_best: usize,
     done: bool,
     best: Option<TargetResult>,
     last: Option<TargetResult>,
@@ -168,22 +190,61 @@ fn host(t: Tensor<1>) -> Vec<f32> {
     t.try_into_vec_as::<f32>().unwrap_or_default()
 }
 
-/// Run stage 1 for every target class at `layer`. `images` are the clean samples (all classes).
+fn first(t: Tensor<1>) -> f64 {
+    host(t).first().copied().map_or(f64::NAN, f64::from)
+}
+
+fn select_rows<const D: usize>(t: Tensor<D>, idx: &[usize], device: &Device) -> Tensor<D> {
+    let ids = idx.iter().map(|&i| i as i64).collect::<Vec<_>>();
+    t.select(
+        0,
+        Tensor::<1, Int>::from_data(TensorData::new(ids, [idx.len()]), device),
+    )
+}
+
+/// The consensus embedded perturbation: `mean_n Delta_n`, the exact minimiser of
+/// `sum_n ||Delta_n - mu||^2` for fixed `Delta` (`[n, d]` -> `[1, d]`).
+pub fn consensus(delta_emb: Tensor<2>) -> Tensor<2> {
+    delta_emb.mean_dim(0)
+}
+
+/// Per-sample consensus penalty `||Delta_n - mu||^2` (`[n, 1]`).
+pub fn penalty(delta_emb: Tensor<2>, mu: Tensor<2>) -> Tensor<2> {
+    (delta_emb - mu).powi_scalar(2).sum_dim(1)
+}
+
+/// Measures of one problem at the current iterate, still on the device.
+struct Measures {
+    j: Tensor<1>,
+    hits: Tensor<1, Int>,
+    mu_sq: Vec<Tensor<1>>,
+    dev2: Vec<Tensor<1>>,
+    norms: Tensor<1>,
+}
+
+/// Run stage 1 for every target class at `layers` (penalties summed, each divided by its
+/// dimension). `images` are the clean samples (all classes); `holdout`, if given, other clean
+/// images for the transfer statistic.
 pub fn stage1(
     model: &Classifier,
     images: &ImageSet,
-    layer: &str,
+    holdout: Option<&ImageSet>,
+    layers: &[String],
     cfg: &CepaConfig,
 ) -> Result<Vec<TargetResult>> {
     cfg.validate()?;
     model.check_images(images)?;
+    if layers.is_empty() {
+        return Err(Error::Config("no layer to work at".into()));
+    }
     let k = model.num_classes();
     let device = model.device().clone();
     let per = images.image_len();
     let dims = [images.channels, images.height, images.width];
     let x_all = model.images_tensor(&images.pixels, images.len());
-    let clean_all = model.embed(x_all.clone(), layer)?.detach();
-    let d = clean_all.dims()[1] as f64;
+    let (_, clean_all) = model.logits_and_layers(x_all.clone(), layers)?;
+    let clean_all: Vec<Tensor<2>> = clean_all.into_iter().map(Tensor::detach).collect();
+    let d: Vec<f64> = clean_all.iter().map(|c| c.dims()[1] as f64).collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
 
     let mut problems: Vec<Problem> = Vec::with_capacity(k);
@@ -196,18 +257,15 @@ pub fn stage1(
                 "no clean images outside class {target}"
             )));
         }
-        let ids = Tensor::<1, Int>::from_data(
-            TensorData::new(
-                idx.iter().map(|&i| i as i64).collect::<Vec<_>>(),
-                [idx.len()],
-            ),
-            &device,
-        );
-        let x = x_all.clone().select(0, ids.clone());
-        let clean = clean_all.clone().select(0, ids);
+        let x = select_rows(x_all.clone(), &idx, &device);
+        let clean = clean_all
+            .iter()
+            .map(|c| select_rows(c.clone(), &idx, &device))
+            .collect();
         let n = idx.len();
+        let hi = cfg.init_max.max(1e-12);
         let init: Vec<f32> = (0..n * per)
-            .map(|_| rng.random_range(0.0..cfg.init_max.max(1e-12)) as f32)
+            .map(|_| rng.random_range(0.0..hi) as f32)
             .collect();
         let delta0 = Tensor::<4>::from_data(
             TensorData::new(init, [n, dims[0], dims[1], dims[2]]),
@@ -215,6 +273,7 @@ pub fn stage1(
         );
         let delta = (x.clone() + delta0).clamp(0.0, 1.0) - x.clone();
         problems.push(Problem {
+            target,
             x,
             clean,
             sources: idx.iter().map(|&i| images.labels[i]).collect(),
@@ -225,62 +284,93 @@ pub fn stage1(
             steps: 0,
             last_j: f64::INFINITY,
             stall: 0,
-            since_best: 0,
             done: false,
             best: None,
             last: None,
         });
     }
 
+    // The problems are independent: split them over the cores, each share one batch.
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, k);
+    let chunk = k.div_ceil(threads);
+    let outcome: Vec<Result<()>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = problems
+            .chunks_mut(chunk)
+            .map(|part| scope.spawn(|| optimise(model, part, layers, &d, cfg)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::Mismatch("a stage-1 worker panicked".into())))
+            })
+            .collect()
+    });
+    outcome.into_iter().collect::<Result<Vec<()>>>()?;
+    finish(model, problems, holdout, layers, dims)
+}
+
+/// Run the optimisation of `problems` (batched together) to their ends.
+fn optimise(
+    model: &Classifier,
+    problems: &mut [Problem],
+    layers: &[String],
+    d: &[f64],
+    cfg: &CepaConfig,
+) -> Result<()> {
     let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
-    for step in 0..cfg.steps {
-        let active: Vec<usize> = (0..k).filter(|&t| !problems[t].done).collect();
+    let budget = cfg.steps * cfg.infeasible_factor;
+    for step in 0..budget {
+        let active: Vec<usize> = (0..problems.len()).filter(|&i| !problems[i].done).collect();
         if active.is_empty() {
             break;
         }
         let leaves: Vec<Tensor<4>> = active
             .iter()
-            .map(|&t| problems[t].delta.clone().detach().require_grad())
+            .map(|&i| problems[i].delta.clone().detach().require_grad())
             .collect();
         let xs: Vec<Tensor<4>> = active
             .iter()
             .zip(&leaves)
-            .map(|(&t, dl)| problems[t].x.clone() + dl.clone())
+            .map(|(&i, dl)| problems[i].x.clone() + dl.clone())
             .collect();
-        let (logits, mut embs) =
-            model.logits_and_layers(Tensor::cat(xs, 0), &[layer.to_string()])?;
-        let emb = embs.remove(0);
+        let (logits, embs) = model.logits_and_layers(Tensor::cat(xs, 0), layers)?;
         let mut total: Option<Tensor<1>> = None;
         let mut row = 0;
         let mut measures = Vec::with_capacity(active.len());
-        for (&t, leaf) in active.iter().zip(&leaves) {
-            let p = &problems[t];
+        for (&i, leaf) in active.iter().zip(&leaves) {
+            let p = &problems[i];
+            let t = p.target;
             let n = p.sources.len();
             let lt = logits.clone().narrow(0, row, n);
-            let delta_emb = emb.clone().narrow(0, row, n) - p.clean.clone();
-            row += n;
-            let mu = delta_emb.clone().mean_dim(0).detach();
-            let dev2 = (delta_emb - mu.clone()).powi_scalar(2).sum_dim(1);
+            let lambda = p.schedule.lambda;
             let ce = log_softmax(lt.clone(), 1).narrow(1, t, 1).neg();
             let l2 = leaf
                 .clone()
                 .powi_scalar(2)
                 .sum_dims(&[1, 2, 3])
                 .reshape([n, 1]);
-            let lambda = p.schedule.lambda;
-            let j = ce.clone().mean()
-                + dev2.clone().mean() * (lambda / d)
-                + l2.clone().mean() * cfg.beta;
-            // Measures at this iterate (before the step): rho, J, ||mu||, dispersion, ||delta_n||.
-            let hit = lt.argmax(1).equal_elem(t as i64).int().sum();
-            let mu_sq = mu.powi_scalar(2).sum();
-            measures.push((
-                j.clone().detach(),
-                hit,
+            let mut j = ce.mean() + l2.clone().mean() * cfg.beta;
+            let (mut mu_sq, mut dev2s) = (Vec::new(), Vec::new());
+            for (l, emb) in embs.iter().enumerate() {
+                let delta_emb = emb.clone().narrow(0, row, n) - p.clean[l].clone();
+                // mu at its exact minimiser for the current delta, held fixed for this step.
+                let mu = consensus(delta_emb.clone()).detach();
+                let dev2 = penalty(delta_emb, mu.clone());
+                j = j + dev2.clone().mean() * (lambda / d[l]);
+                mu_sq.push(mu.powi_scalar(2).sum());
+                dev2s.push(dev2.detach().mean());
+            }
+            row += n;
+            measures.push(Measures {
+                j: j.clone().detach(),
+                hits: lt.argmax(1).equal_elem(t as i64).int().sum(),
                 mu_sq,
-                dev2.detach().mean(),
-                l2.detach().sqrt().reshape([n]),
-            ));
+                dev2: dev2s,
+                norms: l2.detach().sqrt().reshape([n]),
+            });
             total = Some(match total {
                 None => j,
                 Some(acc) => acc + j,
@@ -289,8 +379,9 @@ pub fn stage1(
         let grads = total.expect("at least one active problem").backward();
         let bc1 = 1.0 - b1.powi(step as i32 + 1);
         let bc2 = 1.0 - b2.powi(step as i32 + 1);
-        for ((&t, leaf), (j, hit, mu_sq, disp, norms)) in active.iter().zip(&leaves).zip(measures) {
-            let p = &mut problems[t];
+        for ((&i, leaf), m) in active.iter().zip(&leaves).zip(measures) {
+            let p = &mut problems[i];
+            let t = p.target;
             let n = p.sources.len();
             let g = leaf
                 .grad(&grads)
@@ -298,36 +389,49 @@ pub fn stage1(
             p.m = p.m.clone() * b1 + g.clone() * (1.0 - b1);
             p.v = p.v.clone() * b2 + g.powi_scalar(2) * (1.0 - b2);
             let update = (p.m.clone() / bc1) / ((p.v.clone() / bc2).sqrt() + eps) * cfg.lr;
+            // The measures below belong to the iterate before this update.
+            let before = p.delta.clone();
             let moved = p.delta.clone() - update;
             p.delta = (p.x.clone() + moved).clamp(0.0, 1.0) - p.x.clone();
             p.steps += 1;
 
-            let j = f64::from(host(j)[0]);
-            let rho = host(hit.float())[0] as f64 / n as f64;
-            let mu_norm = f64::from(host(mu_sq)[0]).sqrt();
-            let dispersion = f64::from(host(disp)[0]) / (mu_norm * mu_norm).max(1e-30);
-            let sample_norms: Vec<f64> = host(norms).into_iter().map(f64::from).collect();
+            let j = first(m.j);
+            let rho = host(m.hits.float())[0] as f64 / n as f64;
+            let layer_stats: Vec<LayerStats> = m
+                .mu_sq
+                .into_iter()
+                .zip(m.dev2)
+                .map(|(mu_sq, dev2)| {
+                    let mu_norm = first(mu_sq).sqrt();
+                    LayerStats {
+                        mu_norm,
+                        dispersion: first(dev2) / (mu_norm * mu_norm).max(1e-30),
+                        transfer: None,
+                        mu: Vec::new(),
+                    }
+                })
+                .collect();
+            let sample_norms: Vec<f64> = host(m.norms).into_iter().map(f64::from).collect();
             let current = TargetResult {
                 target: t,
                 feasible: rho >= cfg.pi,
                 steps: p.steps,
                 rho,
                 lambda: p.schedule.lambda,
-                mu_norm,
                 delta_norm: sample_norms.iter().sum::<f64>() / n as f64,
-                dispersion,
+                layers: layer_stats,
                 sources: p.sources.clone(),
                 sample_delta_norms: sample_norms,
-                mu: Vec::new(),
                 deltas: Vec::new(),
             };
-            if current.feasible && p.best.as_ref().is_none_or(|b| dispersion < b.dispersion) {
+            let better = p
+                .best
+                .as_ref()
+                .is_none_or(|b| current.mean_dispersion() < b.mean_dispersion());
+            if current.feasible && better {
                 let mut best = current.clone();
-                best.deltas = p.delta.clone().try_into_vec_as::<f32>().unwrap_or_default();
+                best.deltas = before.try_into_vec_as::<f32>().unwrap_or_default();
                 p.best = Some(best);
-                p.since_best = 0;
-            } else {
-                p.since_best += 1;
             }
             p.last = Some(current);
             if p.steps.is_multiple_of(cfg.check_every) {
@@ -335,35 +439,83 @@ pub fn stage1(
                 let rel = (j - p.last_j).abs() / j.abs().max(1e-12);
                 p.stall = if rel < cfg.tol { p.stall + 1 } else { 0 };
                 p.last_j = j;
-                let no_progress =
-                    p.best.is_some() && p.since_best >= cfg.patience * cfg.check_every;
-                if p.stall >= cfg.patience || no_progress {
+                if p.stall >= cfg.patience {
                     p.done = true;
                 }
             }
+            if (p.steps >= cfg.steps && p.best.is_some()) || p.steps >= budget {
+                p.done = true;
+            }
         }
     }
-    // The consensus mu_t at the reported iterate, for the transfer statistic and reports.
-    let mut out = Vec::with_capacity(k);
+    Ok(())
+}
+
+/// At each target's reported iterate: `mu_t` per layer and, with held-out images, the transfer.
+fn finish(
+    model: &Classifier,
+    problems: Vec<Problem>,
+    holdout: Option<&ImageSet>,
+    layers: &[String],
+    dims: [usize; 3],
+) -> Result<Vec<TargetResult>> {
+    let device = model.device().clone();
+    let held = match holdout {
+        Some(h) => {
+            model.check_images(h)?;
+            let x = model.images_tensor(&h.pixels, h.len());
+            let (_, embs) = model.logits_and_layers(x.clone(), layers)?;
+            Some((
+                h,
+                x,
+                embs.into_iter().map(Tensor::detach).collect::<Vec<_>>(),
+            ))
+        }
+        None => None,
+    };
+    let mut out = Vec::with_capacity(problems.len());
     for p in problems {
         let mut r = p.best.or(p.last).expect("at least one step ran");
         r.steps = p.steps;
-        let delta = if r.deltas.is_empty() {
-            p.delta.clone()
-        } else {
-            Tensor::<4>::from_data(
-                TensorData::new(
-                    r.deltas.clone(),
-                    [p.sources.len(), dims[0], dims[1], dims[2]],
-                ),
-                &device,
-            )
-        };
+        let n = p.sources.len();
         if r.deltas.is_empty() {
-            r.deltas = delta.clone().try_into_vec_as::<f32>().unwrap_or_default();
+            r.deltas = p.delta.clone().try_into_vec_as::<f32>().unwrap_or_default();
         }
-        let emb = model.embed(p.x.clone() + delta, layer)?.detach();
-        r.mu = host((emb - p.clean).mean_dim(0).flatten(0, 1));
+        let delta = Tensor::<4>::from_data(
+            TensorData::new(r.deltas.clone(), [n, dims[0], dims[1], dims[2]]),
+            &device,
+        );
+        let (_, embs) = model.logits_and_layers(p.x.clone() + delta, layers)?;
+        for (l, emb) in embs.into_iter().enumerate() {
+            let mu = consensus(emb.detach() - p.clean[l].clone());
+            if let Some((h, x, clean)) = &held {
+                let idx: Vec<usize> = (0..h.len()).filter(|&i| h.labels[i] != r.target).collect();
+                if !idx.is_empty() {
+                    let e = select_rows(clean[l].clone(), &idx, &device) + mu.clone();
+                    let info = model.layer(&layers[l])?;
+                    let logits = if info.cut {
+                        model.logits_from_layer(&layers[l], e, None)?
+                    } else {
+                        let xs = select_rows(x.clone(), &idx, &device);
+                        model.logits_with_added(
+                            xs,
+                            &layers[l],
+                            mu.clone().expand([idx.len(), mu.dims()[1]]),
+                        )?
+                    };
+                    let hits = host(
+                        logits
+                            .argmax(1)
+                            .equal_elem(r.target as i64)
+                            .int()
+                            .sum()
+                            .float(),
+                    );
+                    r.layers[l].transfer = Some(f64::from(hits[0]) / idx.len() as f64);
+                }
+            }
+            r.layers[l].mu = host(mu.flatten(0, 1));
+        }
         out.push(r);
     }
     Ok(out)
@@ -372,6 +524,31 @@ pub fn stage1(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn closed_form_mu_minimises_the_penalty() {
+        let device = crate::model::cpu_device(false);
+        let delta_emb = Tensor::<2>::random([12, 5], Distribution::Normal(0.3, 2.0), &device);
+        let mu = consensus(delta_emb.clone());
+        let at = |m: Tensor<2>| penalty(delta_emb.clone(), m).sum().into_scalar::<f32>();
+        let best = at(mu.clone());
+        for seed in 0..20 {
+            let step = Tensor::<2>::random(
+                [1, 5],
+                Distribution::Normal(0.0, 0.1 * (1 + seed % 5) as f64),
+                &device,
+            );
+            assert!(at(mu.clone() + step) > best, "a moved mu scored lower");
+        }
+        // And the gradient of the penalty with respect to mu vanishes there: sum_n (mu - Delta_n) = 0.
+        let grad = (mu.clone().expand([12, 5]) - delta_emb)
+            .sum_dim(0)
+            .abs()
+            .max()
+            .into_scalar::<f32>();
+        assert!(grad < 1e-4, "{grad}");
+    }
 
     #[test]
     fn lambda_rises_when_feasible_and_falls_when_not() {

@@ -1,5 +1,13 @@
-//! Backdoor detection. `stats.rs`: the per-class statistics turned into anomaly indices and a
-//! p-value. (Stage 1 of CEPA, `cepa.rs`, and the Neural Cleanse baseline arrive with their issues.)
+//! Backdoor detection with CEPA.
+//!
+//! - `cepa.rs`: stage 1, the K per-class problems (perturbations and consensus `mu`).
+//! - `stats.rs`: MAD anomaly indices and the Gamma p-value.
+//! - `verdict.rs`: statistics -> combined index -> verdict, target, sources.
+//! - `scan.rs`: a whole scan (sampling, layer choice, stage 1, decision, report).
 
 pub mod cepa;
+pub mod scan;
 pub mod stats;
+pub mod verdict;
+
+pub use scan::{LayerChoice, ScanConfig, ScanReport, scan};

@@ -1,0 +1,179 @@
+//! `cepa scan`: is the model backdoored, which class is the target.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context;
+use cepa::data::save_png;
+use cepa::detect::{LayerChoice, ScanConfig, ScanReport, scan};
+use cepa::model::{Classifier, cpu_device};
+
+use crate::args::{Format, ScanArgs};
+use crate::{ExitStatus, out};
+
+pub fn run(a: ScanArgs) -> anyhow::Result<ExitStatus> {
+    let spec = a.model.spec()?;
+    let path = &a.model.model;
+    let model = Classifier::load(path, &spec, &cpu_device(true)).context("cannot load model")?;
+    let data = cepa::data::load(&a.data, a.split).context("cannot read images")?;
+    let mut cfg = ScanConfig {
+        per_class: a.per_class,
+        seed: a.seed,
+        ..Default::default()
+    };
+    if let Some(h) = a.holdout_per_class {
+        cfg.holdout_per_class = h;
+    }
+    if a.layer != "auto" {
+        cfg.layer = LayerChoice::Named(a.layer.split(',').map(|s| s.trim().to_string()).collect());
+    }
+    if let Some(s) = a.steps {
+        cfg.cepa.steps = s;
+    }
+    if let Some(lr) = a.lr {
+        cfg.cepa.lr = lr;
+    }
+    if let Some(t) = a.threshold {
+        cfg.decision.threshold = t;
+    }
+    tracing::info!("model {}: {}", path.display(), model.spec().summary());
+    for n in &model.spec().notes {
+        tracing::info!("note: {n}");
+    }
+    let report = scan(&model, &data, &cfg).context("scan failed")?;
+    if let Some(dir) = &a.out {
+        write_out(dir, &report).with_context(|| format!("cannot write {}", dir.display()))?;
+    }
+    match a.format {
+        Format::Json => out(&(serde_json::to_string_pretty(&report)? + "\n")),
+        Format::Text => out(&text(&report, path)?),
+    }
+    Ok(if report.decision.backdoored {
+        ExitStatus::Backdoor
+    } else {
+        ExitStatus::Success
+    })
+}
+
+fn text(r: &ScanReport, path: &Path) -> anyhow::Result<String> {
+    let mut t = String::new();
+    writeln!(t, "model   {}", path.display())?;
+    writeln!(t, "spec    {}", r.spec.summary())?;
+    writeln!(t, "layers  {} ({})", r.layer, r.layer_rule)?;
+    writeln!(
+        t,
+        "images  {} clean per class (+{} held out) from {}",
+        r.images.per_class, r.images.holdout_per_class, r.images.source
+    )?;
+    let chosen: Vec<&str> = r
+        .config
+        .decision
+        .statistics
+        .iter()
+        .map(|s| s.name())
+        .collect();
+    writeln!(
+        t,
+        "\nper class: anomaly index of each statistic (one-sided MAD; combined = mean of {})",
+        chosen.join(", ")
+    )?;
+    let first = &r.decision.classes[0];
+    let heads: Vec<String> = first
+        .statistics
+        .iter()
+        .enumerate()
+        .map(|(i, s)| match &s.layer {
+            None => s.statistic.name().to_string(),
+            Some(_) => format!(
+                "{}@L{}",
+                s.statistic.name(),
+                1 + r
+                    .layers
+                    .iter()
+                    .position(|l| Some(l) == s.layer.as_ref())
+                    .unwrap_or(i)
+            ),
+        })
+        .collect();
+    write!(t, "{:>5} {:>8} {:>5}", "class", "feasible", "steps")?;
+    for h in &heads {
+        write!(t, " {h:>14}")?;
+    }
+    writeln!(t, " {:>9}", "combined")?;
+    for c in &r.decision.classes {
+        write!(
+            t,
+            "{:>5} {:>8} {:>5}",
+            c.class,
+            if c.feasible { "yes" } else { "no" },
+            c.steps
+        )?;
+        for s in &c.statistics {
+            write!(t, " {:>14.2}", s.anomaly_index)?;
+        }
+        let mark = if Some(c.class) == r.target {
+            "  <- target"
+        } else {
+            ""
+        };
+        writeln!(t, " {:>9.2}{mark}", c.anomaly_index)?;
+    }
+    for (i, l) in r.layers.iter().enumerate() {
+        writeln!(t, "L{} = {l}", i + 1)?;
+    }
+    for n in &r.decision.notes {
+        writeln!(t, "note: {n}")?;
+    }
+    writeln!(t)?;
+    match r.target {
+        Some(target) => writeln!(
+            t,
+            "verdict: BACKDOORED, target class {target} (score {:.2} > {:.2}, p = {:.2e}), suspected sources {:?}, {:.1} s",
+            r.score, r.config.decision.threshold, r.p_value, r.sources, r.seconds
+        )?,
+        None => writeln!(
+            t,
+            "verdict: clean (largest score {:.2} at class {}, threshold {:.2}, p = {:.2e}), {:.1} s",
+            r.score, r.decision.most_anomalous, r.config.decision.threshold, r.p_value, r.seconds
+        )?,
+    }
+    Ok(t)
+}
+
+/// `report.json` and, for the most anomalous class, the per-sample perturbations as PNG.
+fn write_out(dir: &Path, r: &ScanReport) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(r)? + "\n",
+    )?;
+    let class = r.decision.most_anomalous;
+    let (Some(res), Some(fit)) = (r.results.get(class), r.fit_images.as_ref()) else {
+        return Ok(());
+    };
+    let sub = dir.join(format!("perturbations-class{class}"));
+    std::fs::create_dir_all(&sub)?;
+    let (c, h, w) = (fit.channels, fit.height, fit.width);
+    let per = c * h * w;
+    let idx: Vec<usize> = (0..fit.len()).filter(|&i| fit.labels[i] != class).collect();
+    for (k, &i) in idx.iter().enumerate() {
+        let Some(delta) = res.deltas.get(k * per..(k + 1) * per) else {
+            break;
+        };
+        let x = fit.image(i);
+        let perturbed: Vec<f32> = x.iter().zip(delta).map(|(a, d)| a + d).collect();
+        // The perturbation itself, mid-grey = 0, scaled to its largest magnitude.
+        let m = delta.iter().fold(1e-6f32, |a, v| a.max(v.abs()));
+        let shown: Vec<f32> = delta.iter().map(|d| 0.5 + 0.5 * d / m).collect();
+        let stem = format!("{k:03}-from{}", fit.labels[i]);
+        save_png(
+            &sub.join(format!("{stem}-perturbed.png")),
+            &perturbed,
+            c,
+            h,
+            w,
+        )?;
+        save_png(&sub.join(format!("{stem}-delta.png")), &shown, c, h, w)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,362 @@
+//! From stage-1 results to a verdict: per-class statistics become one-sided MAD anomaly indices,
+//! the chosen ones are averaged into one index per class, and the most anomalous class decides.
+
+use serde::{Deserialize, Serialize};
+
+use crate::detect::cepa::TargetResult;
+use crate::detect::stats::{Tail, anomaly_indices, max_p_value, median};
+use crate::error::{Error, Result};
+
+/// A per-class statistic of stage 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Statistic {
+    /// `||mu_t||_2`, large is suspicious [paper].
+    MuNorm,
+    /// Mean `||delta_n||_2`, small is suspicious: the backdoor makes misclassification cheap.
+    DeltaNorm,
+    /// Mean `||Delta_n - mu||^2 / ||mu||^2`, small is suspicious: the perturbations agree.
+    Dispersion,
+    /// Share of held-out images that `mu_t` alone sends to `t`, large is suspicious.
+    Transfer,
+}
+
+impl Statistic {
+    pub fn tail(self) -> Tail {
+        match self {
+            Statistic::MuNorm | Statistic::Transfer => Tail::Large,
+            Statistic::DeltaNorm | Statistic::Dispersion => Tail::Small,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Statistic::MuNorm => "mu_norm",
+            Statistic::DeltaNorm => "delta_norm",
+            Statistic::Dispersion => "dispersion",
+            Statistic::Transfer => "transfer",
+        }
+    }
+
+    /// Whether the statistic is measured per layer (all but the input-space delta size).
+    fn per_layer(self) -> bool {
+        self != Statistic::DeltaNorm
+    }
+
+    fn value(self, r: &TargetResult, layer: usize) -> f64 {
+        match self {
+            Statistic::MuNorm => r.layers[layer].mu_norm,
+            Statistic::DeltaNorm => r.delta_norm,
+            Statistic::Dispersion => r.layers[layer].dispersion,
+            Statistic::Transfer => r.layers[layer].transfer.unwrap_or(f64::NAN),
+        }
+    }
+}
+
+/// How the verdict is reached. Defaults chosen from measured results (EVALUATION.md).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecisionConfig {
+    /// Statistics averaged into the combined index. Default: delta_norm, dispersion, transfer.
+    pub statistics: Vec<Statistic>,
+    /// Backdoored when the largest combined index exceeds this. Default 2.0.
+    pub threshold: f64,
+    /// A source class is suspected when its samples' mean `||delta||` has a (small-tail) MAD
+    /// index above this among the sources. Default 2.0.
+    pub source_threshold: f64,
+}
+
+impl Default for DecisionConfig {
+    fn default() -> Self {
+        Self {
+            statistics: vec![
+                Statistic::DeltaNorm,
+                Statistic::Dispersion,
+                Statistic::Transfer,
+            ],
+            threshold: 2.0,
+            source_threshold: 2.0,
+        }
+    }
+}
+
+/// One statistic's value and anomaly index for a class, at one layer (or the input).
+#[derive(Clone, Debug, Serialize)]
+pub struct Indexed {
+    pub statistic: Statistic,
+    /// The layer's ONNX name; `None` for the input-space statistic.
+    pub layer: Option<String>,
+    pub value: f64,
+    pub anomaly_index: f64,
+}
+
+/// Everything reported about one putative target class.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClassReport {
+    pub class: usize,
+    pub feasible: bool,
+    pub steps: usize,
+    pub rho: f64,
+    pub lambda: f64,
+    pub statistics: Vec<Indexed>,
+    /// The mean of the chosen statistics' indices.
+    pub anomaly_index: f64,
+}
+
+/// Mean `||delta||` of the detected target's samples from one source class.
+#[derive(Clone, Debug, Serialize)]
+pub struct SourceReport {
+    pub class: usize,
+    pub mean_delta_norm: f64,
+    pub anomaly_index: f64,
+}
+
+/// The verdict and its evidence.
+#[derive(Clone, Debug, Serialize)]
+pub struct Decision {
+    pub backdoored: bool,
+    /// The most anomalous class (reported also when clean, as `most_anomalous`).
+    pub target: Option<usize>,
+    pub most_anomalous: usize,
+    /// Its combined anomaly index.
+    pub score: f64,
+    /// MM-BD-style p-value of the largest combined index.
+    pub p_value: f64,
+    pub sources: Vec<usize>,
+    pub source_stats: Vec<SourceReport>,
+    pub classes: Vec<ClassReport>,
+    pub notes: Vec<String>,
+}
+
+/// Turn stage-1 results (one per class, in class order) at `layers` into a decision.
+pub fn decide(
+    results: &[TargetResult],
+    layers: &[String],
+    cfg: &DecisionConfig,
+) -> Result<Decision> {
+    if results.len() < 3 {
+        return Err(Error::Mismatch(format!(
+            "{} classes: the MAD statistics need at least 3",
+            results.len()
+        )));
+    }
+    let k = results.len();
+    let mut notes = Vec::new();
+    let infeasible: Vec<usize> = results
+        .iter()
+        .filter(|r| !r.feasible)
+        .map(|r| r.target)
+        .collect();
+    if !infeasible.is_empty() {
+        notes.push(format!(
+            "classes {infeasible:?} never reached the target rate; they get the least suspicious index"
+        ));
+    }
+    let mut per_class: Vec<Vec<Indexed>> = vec![Vec::new(); k];
+    let mut combined = vec![0.0; k];
+    let mut terms = 0usize;
+    let all = [
+        Statistic::DeltaNorm,
+        Statistic::MuNorm,
+        Statistic::Dispersion,
+        Statistic::Transfer,
+    ];
+    for stat in all {
+        let slots: Vec<Option<usize>> = if stat.per_layer() {
+            (0..layers.len()).map(Some).collect()
+        } else {
+            vec![None]
+        };
+        for slot in slots {
+            let raw: Vec<f64> = results
+                .iter()
+                .map(|r| stat.value(r, slot.unwrap_or(0)))
+                .collect();
+            if raw.iter().all(|v| v.is_nan()) {
+                continue;
+            }
+            // The indices are computed over the feasible targets only (infeasible ones would
+            // share one value and collapse the MAD); infeasible targets get the smallest index.
+            let ok: Vec<bool> = results
+                .iter()
+                .zip(&raw)
+                .map(|(r, v)| r.feasible && v.is_finite())
+                .collect();
+            let vals: Vec<f64> = raw
+                .iter()
+                .zip(&ok)
+                .filter(|(_, o)| **o)
+                .map(|(&v, _)| v)
+                .collect();
+            let idx: Vec<f64> = if vals.len() >= 3 {
+                let sub = anomaly_indices(&vals, stat.tail());
+                let least = sub.iter().copied().fold(f64::INFINITY, f64::min);
+                let mut it = sub.into_iter();
+                ok.iter()
+                    .map(|&o| if o { it.next().unwrap_or(least) } else { least })
+                    .collect()
+            } else {
+                vec![0.0; k]
+            };
+            let chosen = cfg.statistics.contains(&stat);
+            for t in 0..k {
+                per_class[t].push(Indexed {
+                    statistic: stat,
+                    layer: slot.map(|l| layers[l].clone()),
+                    value: raw[t],
+                    anomaly_index: idx[t],
+                });
+                if chosen {
+                    combined[t] += idx[t];
+                }
+            }
+            if chosen {
+                terms += 1;
+            }
+        }
+    }
+    if terms == 0 {
+        return Err(Error::Config("no chosen statistic was measured".into()));
+    }
+    for c in &mut combined {
+        *c /= terms as f64;
+    }
+    let (best, score) =
+        combined
+            .iter()
+            .copied()
+            .enumerate()
+            .fold(
+                (0, f64::NEG_INFINITY),
+                |a, (i, v)| if v > a.1 { (i, v) } else { a },
+            );
+    let backdoored = score > cfg.threshold;
+    let (sources, source_stats) = suspected_sources(&results[best], cfg.source_threshold);
+    let classes = results
+        .iter()
+        .zip(per_class)
+        .zip(&combined)
+        .map(|((r, statistics), &c)| ClassReport {
+            class: r.target,
+            feasible: r.feasible,
+            steps: r.steps,
+            rho: r.rho,
+            lambda: r.lambda,
+            statistics,
+            anomaly_index: c,
+        })
+        .collect();
+    Ok(Decision {
+        backdoored,
+        target: backdoored.then_some(best),
+        most_anomalous: best,
+        score,
+        p_value: max_p_value(&combined),
+        sources: if backdoored { sources } else { Vec::new() },
+        source_stats,
+        classes,
+        notes,
+    })
+}
+
+/// Source classes whose samples reach the target far more cheaply than the others; all of them
+/// when none stands out (an all-to-one backdoor).
+fn suspected_sources(r: &TargetResult, threshold: f64) -> (Vec<usize>, Vec<SourceReport>) {
+    let mut classes: Vec<usize> = r.sources.clone();
+    classes.sort_unstable();
+    classes.dedup();
+    let means: Vec<f64> = classes
+        .iter()
+        .map(|&c| {
+            let v: Vec<f64> = r
+                .sources
+                .iter()
+                .zip(&r.sample_delta_norms)
+                .filter(|(s, _)| **s == c)
+                .map(|(_, &n)| n)
+                .collect();
+            median(&v)
+        })
+        .collect();
+    let idx = anomaly_indices(&means, Tail::Small);
+    let stats: Vec<SourceReport> = classes
+        .iter()
+        .zip(&means)
+        .zip(&idx)
+        .map(|((&class, &m), &a)| SourceReport {
+            class,
+            mean_delta_norm: m,
+            anomaly_index: a,
+        })
+        .collect();
+    let flagged: Vec<usize> = stats
+        .iter()
+        .filter(|s| s.anomaly_index > threshold)
+        .map(|s| s.class)
+        .collect();
+    (if flagged.is_empty() { classes } else { flagged }, stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::cepa::LayerStats;
+
+    fn result(target: usize, delta: f64, disp: f64, transfer: f64, feasible: bool) -> TargetResult {
+        TargetResult {
+            target,
+            feasible,
+            steps: 10,
+            rho: 1.0,
+            lambda: 1.0,
+            delta_norm: delta,
+            layers: vec![LayerStats {
+                mu_norm: 1.0,
+                dispersion: disp,
+                transfer: Some(transfer),
+                mu: vec![],
+            }],
+            sources: vec![(target + 1) % 5, (target + 2) % 5],
+            sample_delta_norms: vec![delta, delta],
+            deltas: vec![],
+        }
+    }
+
+    #[test]
+    fn the_planted_outlier_is_the_target_and_clean_stays_clean() {
+        let layers = vec!["emb".to_string()];
+        let noise = [1.0, 1.1, 0.9, 1.05, 0.95];
+        let mut rs: Vec<TargetResult> = (0..5)
+            .map(|t| result(t, 5.0 * noise[t], noise[t], 0.1 * noise[t], true))
+            .collect();
+        let clean = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
+        assert!(!clean.backdoored, "score {}", clean.score);
+        rs[3] = result(3, 1.0, 0.2, 0.9, true);
+        let d = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
+        assert!(d.backdoored);
+        assert_eq!(d.target, Some(3));
+        assert!(d.p_value < clean.p_value);
+        // Each chosen index is one-sided: the small delta of class 3 has a positive index.
+        let delta = d.classes[3]
+            .statistics
+            .iter()
+            .find(|s| s.statistic == Statistic::DeltaNorm)
+            .unwrap();
+        assert!(delta.anomaly_index > 2.0);
+    }
+
+    #[test]
+    fn infeasible_classes_count_as_least_suspicious() {
+        let layers = vec!["emb".to_string()];
+        let noise = [1.0, 1.1, 0.9, 1.05, 0.95];
+        let mut rs: Vec<TargetResult> = (0..5)
+            .map(|t| result(t, 5.0 * noise[t], noise[t], 0.1 * noise[t], true))
+            .collect();
+        // An infeasible class with a tiny (meaningless) delta must not be flagged.
+        rs[2] = result(2, 0.01, 0.01, 0.0, false);
+        let d = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
+        assert!(!d.backdoored);
+        assert!(d.classes[2].anomaly_index <= 0.0 + 1e-9);
+        assert_eq!(d.notes.len(), 1);
+    }
+}

@@ -1,0 +1,166 @@
+//! Stage 1 and the verdict on tiny synthetic models written with the project's ONNX builder: a
+//! backdoor planted as a direction in the embedding is found, and its clean twin is not flagged.
+
+use cepa::data::ImageSet;
+use cepa::detect::cepa::{CepaConfig, stage1};
+use cepa::detect::verdict::{DecisionConfig, decide};
+use cepa::model::{Classifier, ModelSpec, cpu_device};
+use cepa::onnx::Graph;
+use cepa::onnx::write::{AttrValue, GraphBuilder, save_model};
+use rand::{Rng, SeedableRng};
+
+const SIDE: usize = 7;
+const CLASSES: usize = 4;
+const TARGET: usize = 2;
+
+/// 7x7 grey images; class c is a bright 3x3 quadrant c of the top-left 6x6. The embedding has 3
+/// units per class summing its quadrant; with `planted`, unit 12 fires on the corner pixel (6,6)
+/// and votes strongly for the target (that pixel is black in clean images).
+fn model(planted: bool, dir: &std::path::Path) -> Classifier {
+    let d = SIDE * SIDE;
+    let hidden = 3 * CLASSES + 1;
+    let mut w1 = vec![0.0f32; hidden * d];
+    let mut b1 = vec![0.0f32; hidden];
+    for c in 0..CLASSES {
+        let (r0, c0) = ((c / 2) * 3, (c % 2) * 3);
+        for u in 0..3 {
+            for r in r0..r0 + 3 {
+                for q in c0..c0 + 3 {
+                    w1[(3 * c + u) * d + r * SIDE + q] = 1.0 / 9.0;
+                }
+            }
+            b1[3 * c + u] = -0.05;
+        }
+    }
+    if planted {
+        w1[12 * d + d - 1] = 20.0;
+        b1[12] = 0.1;
+    }
+    let mut w2 = vec![0.0f32; CLASSES * hidden];
+    for c in 0..CLASSES {
+        for u in 0..3 {
+            w2[c * hidden + 3 * c + u] = 4.0;
+        }
+    }
+    w2[TARGET * hidden + 12] = 6.0;
+    let mut g = GraphBuilder::new(if planted { "planted" } else { "clean" });
+    g.input("x", &[None, Some(1), Some(SIDE), Some(SIDE)]);
+    let f = g.node("Flatten", &["x"], None, &[]);
+    g.init_f32("w1", &[hidden, d], &w1);
+    g.init_f32("b1", &[hidden], &b1);
+    let h = g.node(
+        "Gemm",
+        &[&f, "w1", "b1"],
+        Some("hidden"),
+        &[("transB", AttrValue::Int(1))],
+    );
+    let e = g.node("Relu", &[&h], Some("embedding"), &[]);
+    g.init_f32("w2", &[CLASSES, hidden], &w2);
+    g.node(
+        "Gemm",
+        &[&e, "w2"],
+        Some("logits"),
+        &[("transB", AttrValue::Int(1))],
+    );
+    g.output("logits", &[None, Some(CLASSES)]);
+    let path = dir.join(format!(
+        "{}.onnx",
+        if planted { "planted" } else { "clean" }
+    ));
+    save_model(&g.build(13), &path).unwrap();
+    Classifier::new(
+        Graph::load(&path).unwrap(),
+        &ModelSpec::default(),
+        None,
+        &cpu_device(true),
+    )
+    .unwrap()
+}
+
+fn images(per_class: usize, seed: u64) -> ImageSet {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+    for c in 0..CLASSES {
+        for _ in 0..per_class {
+            let (r0, c0) = ((c / 2) * 3, (c % 2) * 3);
+            for r in 0..SIDE {
+                for q in 0..SIDE {
+                    let inside = (r0..r0 + 3).contains(&r) && (c0..c0 + 3).contains(&q);
+                    let base = if inside { 0.8 } else { 0.1 };
+                    let noise = rng.random_range(-0.1..0.1f32);
+                    // The trigger pixel (6,6) is black in clean images.
+                    let v = if r == SIDE - 1 && q == SIDE - 1 {
+                        0.0
+                    } else {
+                        base + noise
+                    };
+                    pixels.push(v.clamp(0.0, 1.0));
+                }
+            }
+            labels.push(c);
+        }
+    }
+    ImageSet {
+        pixels,
+        labels,
+        channels: 1,
+        height: SIDE,
+        width: SIDE,
+        num_classes: CLASSES,
+        class_names: None,
+        source: "synthetic".into(),
+        format: "synthetic".into(),
+    }
+}
+
+#[test]
+fn planted_backdoor_target_wins_and_clean_twin_is_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let fit = images(6, 0);
+    let held = images(6, 1);
+    let cfg = CepaConfig {
+        steps: 150,
+        lr: 0.02,
+        ..Default::default()
+    };
+    let layers = vec!["embedding".to_string()];
+    let decision = DecisionConfig::default();
+
+    let planted = model(true, dir.path());
+    assert!(
+        planted.accuracy(&held, 64).unwrap() > 0.95,
+        "the planted model still classifies"
+    );
+    let r = stage1(&planted, &fit, Some(&held), &layers, &cfg).unwrap();
+    let d = decide(&r, &layers, &decision).unwrap();
+    assert_eq!(d.most_anomalous, TARGET, "{:#?}", d.classes);
+    assert!(d.backdoored, "score {}", d.score);
+    // The target is reached with smaller perturbations than any other class.
+    let others = r
+        .iter()
+        .filter(|t| t.target != TARGET)
+        .map(|t| t.delta_norm)
+        .fold(f64::MAX, f64::min);
+    assert!(
+        r[TARGET].delta_norm < others,
+        "{} vs {others}",
+        r[TARGET].delta_norm
+    );
+    // Its consensus mu lives on the planted unit.
+    let mu = &r[TARGET].layers[0].mu;
+    let top = mu
+        .iter()
+        .enumerate()
+        .fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a })
+        .0;
+    assert_eq!(top, 12);
+
+    let clean = model(false, dir.path());
+    let r = stage1(&clean, &fit, Some(&held), &layers, &cfg).unwrap();
+    let d = decide(&r, &layers, &decision).unwrap();
+    assert!(
+        !d.backdoored,
+        "clean twin flagged: score {} at {}",
+        d.score, d.most_anomalous
+    );
+}
