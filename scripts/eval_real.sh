@@ -4,8 +4,9 @@
 # (EVALUATION.md's table of the 20 outcomes is made from its output by scripts/table_real.py.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=target/debug/cepa
-cargo build -q -p cepa-cli
+# CEPA_BIN: an already built binary (default: build and use target/debug/cepa).
+bin=${CEPA_BIN:-target/debug/cepa}
+[ -n "${CEPA_BIN:-}" ] || cargo build -q -p cepa-cli
 real=../shared/models/real
 data=../shared/data
 models=(
@@ -16,9 +17,11 @@ models=(
 )
 for m in "${models[@]}"; do
   read -r file ds truth target spec <<<"$m"
-  for seed in 0 1 2 3 4; do
+  for seed in ${SEEDS:-0 1 2 3 4}; do
     # shellcheck disable=SC2086
     json=$("$bin" scan "$real/$file" --data "$data/$ds" $spec --seed "$seed" --format json -q "$@" || true)
+    # SAVE_DIR: keep every full report too.
+    [ -z "${SAVE_DIR:-}" ] || { mkdir -p "$SAVE_DIR"; printf '%s\n' "$json" > "$SAVE_DIR/${file%.onnx}-seed$seed.json"; }
     python3 -c '
 import json, sys
 r = json.loads(sys.argv[1])

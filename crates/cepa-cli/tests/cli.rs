@@ -325,3 +325,24 @@ fn scan_rejects_an_unknown_layer_naming_it() {
     ]);
     assert_error(&out, &["fc9"]);
 }
+
+#[test]
+fn the_readme_example_is_found_backdoored_with_target_7() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let model = root.join("examples/mnist-badnets/model.onnx");
+    let images = root.join("examples/mnist-badnets/images");
+    let out = cepa(&[
+        "scan",
+        model.to_str().unwrap(),
+        "--data",
+        images.to_str().unwrap(),
+        "--per-class",
+        "5",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("verdict: BACKDOORED, target class 7"),
+        "{text}"
+    );
+}

@@ -8,12 +8,16 @@
 //! - [`onnx`]: parse an ONNX file, keep the original tensor names, evaluate it with taps.
 //! - [`data`]: read clean images (IDX, CIFAR binary, ImageFolder, `.npy`).
 //! - [`model`]: a classifier with its input spec: forward, embed at a layer, gradients.
-//! - [`detect`]: the detector's statistics (MAD anomaly indices, p-values).
+//! - [`attack`]: poisoning transforms (BadNets, ...) for building backdoored models.
+//! - [`train`]: a small CNN trained with burn and exported to ONNX.
+//! - [`detect`]: CEPA stage 1, the statistics, the verdict, a whole scan.
 
+pub mod attack;
 pub mod data;
 pub mod detect;
 pub mod error;
 pub mod model;
 pub mod onnx;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -90,24 +90,29 @@ pub struct ImagesUsed {
     pub total: usize,
 }
 
-/// Split a balanced sample into the optimisation set and the held-out set.
+/// Split a balanced sample into the optimisation set and the held-out set. The held-out set
+/// takes what the smallest class has beyond `per_class`, up to `holdout_per_class`.
 fn sample(
     data: &ImageSet,
     cfg: &ScanConfig,
     notes: &mut Vec<String>,
 ) -> Result<(ImageSet, Option<ImageSet>)> {
-    let want = cfg.per_class + cfg.holdout_per_class;
-    let (idx, holdout) = match data.balanced_indices(want, cfg.seed) {
-        Ok(idx) => (idx, cfg.holdout_per_class),
-        Err(_) if cfg.holdout_per_class > 0 => {
-            notes.push(format!(
-                "fewer than {want} images in some class: no held-out images, no transfer statistic"
-            ));
-            (data.balanced_indices(cfg.per_class, cfg.seed)?, 0)
-        }
-        Err(e) => return Err(e),
-    };
+    let smallest = data.class_counts().into_iter().min().unwrap_or(0);
+    let holdout = cfg
+        .holdout_per_class
+        .min(smallest.saturating_sub(cfg.per_class));
+    if holdout < cfg.holdout_per_class {
+        notes.push(if holdout == 0 {
+            format!(
+                "no images left beyond --per-class {} in some class: no transfer statistic",
+                cfg.per_class
+            )
+        } else {
+            format!("{holdout} held-out images per class (the smallest class has {smallest})")
+        });
+    }
     let per = cfg.per_class + holdout;
+    let idx = data.balanced_indices(per, cfg.seed)?;
     let (mut fit, mut hold) = (Vec::new(), Vec::new());
     for (i, &j) in idx.iter().enumerate() {
         if i % per < cfg.per_class {

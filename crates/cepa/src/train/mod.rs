@@ -1,0 +1,343 @@
+//! Training the project's own small classifiers with burn and exporting them to ONNX, so that
+//! backdoored (and clean) models with known ground truth can be made without Python.
+//!
+//! - [`cnn`]: the network ([`CnnArch`], host [`CnnWeights`], device [`Cnn`], ONNX export).
+//! - [`Trainer`]: Adam on cross-entropy, mini-batches drawn in a seeded shuffled order.
+//!
+//! The network takes images as [`ImageSet`] holds them, `[0, 1]` pixels NCHW, without any
+//! normalisation: the exported model's spec is mean 0, std 1, output logits.
+
+pub mod cnn;
+
+use std::time::Instant;
+
+use burn::prelude::*;
+use burn::tensor::loss::cross_entropy_with_logits;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+pub use cnn::{Cnn, CnnArch, CnnWeights};
+
+use crate::data::ImageSet;
+use crate::error::{Error, Result};
+
+/// Optimisation settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Passes over the training set. Default 3.
+    pub epochs: usize,
+    /// Images per Adam step. Default 64.
+    pub batch_size: usize,
+    /// Adam learning rate of the first epoch. Default 1e-3.
+    pub lr: f64,
+    /// Factor applied to the learning rate after every epoch. Default 1.0 (constant).
+    pub lr_decay: f64,
+    /// Augmentation: every image of every batch is translated by a random whole number of pixels
+    /// in `[-shift, shift]` along each axis (zero fill). Default 0 (none).
+    pub shift: usize,
+    /// Seed of the initial weights and of the shuffling. Default 0.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 3,
+            batch_size: 64,
+            lr: 1e-3,
+            lr_decay: 1.0,
+            shift: 0,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Reject values that would make training meaningless, before any compute.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(Error::Config("batch_size must be at least 1".into()));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::Config(format!(
+                "learning rate {} must be positive",
+                self.lr
+            )));
+        }
+        if !(self.lr_decay > 0.0 && self.lr_decay <= 1.0) {
+            return Err(Error::Config(format!(
+                "learning-rate decay {} must be in (0, 1]",
+                self.lr_decay
+            )));
+        }
+        Ok(())
+    }
+
+    /// The learning rate of epoch `epoch` (0-based).
+    pub fn lr_at(&self, epoch: usize) -> f64 {
+        self.lr * self.lr_decay.powi(epoch.min(i32::MAX as usize) as i32)
+    }
+}
+
+/// What one epoch did.
+#[derive(Clone, Debug, Serialize)]
+pub struct EpochStats {
+    /// 1-based.
+    pub epoch: usize,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Mean cross-entropy over the epoch's batches (weights moving as they go).
+    pub loss: f64,
+    /// Fraction of the epoch's images classified correctly when their batch was seen.
+    pub accuracy: f64,
+    pub seconds: f64,
+}
+
+const ADAM_BETA1: f64 = 0.9;
+const ADAM_BETA2: f64 = 0.999;
+const ADAM_EPS: f64 = 1e-8;
+
+/// Adam on the flat parameter tensor of a [`Cnn`], one epoch at a time.
+#[derive(Debug)]
+pub struct Trainer {
+    cnn: Cnn,
+    m: Tensor<1>,
+    v: Tensor<1>,
+    steps: usize,
+    epochs: usize,
+    cfg: TrainConfig,
+    rng: ChaCha8Rng,
+    device: Device,
+}
+
+impl Trainer {
+    /// Start from `init` on `device` (autodiff is enabled on the parameters whatever the device).
+    pub fn new(init: &CnnWeights, cfg: &TrainConfig, device: &Device) -> Result<Trainer> {
+        cfg.validate()?;
+        let cnn = Cnn::new(init, &device.clone().inner())?;
+        let zeros = cnn.params.zeros_like();
+        Ok(Trainer {
+            cnn: Cnn {
+                arch: cnn.arch,
+                params: cnn.params.autodiff().require_grad(),
+            },
+            m: zeros.clone(),
+            v: zeros,
+            steps: 0,
+            epochs: 0,
+            cfg: cfg.clone(),
+            rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+            device: device.clone().inner(),
+        })
+    }
+
+    /// One pass over `set` in a freshly shuffled order.
+    pub fn epoch(&mut self, set: &ImageSet) -> Result<EpochStats> {
+        let a = self.cnn.arch;
+        set.check_fits(a.channels, a.height, a.width, a.num_classes)?;
+        if set.is_empty() {
+            return Err(Error::Mismatch(format!(
+                "no training images in {}",
+                set.source.display()
+            )));
+        }
+        let start = Instant::now();
+        let mut order: Vec<usize> = (0..set.len()).collect();
+        order.shuffle(&mut self.rng);
+        let (mut loss_sum, mut hits) = (0.0f64, 0usize);
+        let lr = self.cfg.lr_at(self.epochs);
+        let batches = order.chunks(self.cfg.batch_size);
+        let num_batches = batches.len();
+        for batch in batches {
+            let pixels = batch_pixels(set, batch, self.cfg.shift, &mut self.rng);
+            let (x, onehot, labels) =
+                batch_tensors(set, batch, pixels, a.num_classes, &self.device);
+            let logits = self.cnn.forward(x);
+            let loss = cross_entropy_with_logits(logits.clone(), onehot);
+            let grads = loss.backward();
+            let g =
+                self.cnn.params.grad(&grads).ok_or_else(|| {
+                    Error::Mismatch("no gradient reached the CNN parameters".into())
+                })?;
+            self.adam_step(g, lr);
+            loss_sum += f64::from(read_f32(loss.inner())?[0]);
+            let pred = logits.inner().argmax(1).equal(labels).int().sum();
+            hits += read_i64(pred)?[0] as usize;
+        }
+        self.epochs += 1;
+        let stats = EpochStats {
+            epoch: self.epochs,
+            lr,
+            loss: loss_sum / num_batches as f64,
+            accuracy: hits as f64 / set.len() as f64,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            epoch = stats.epoch,
+            loss = stats.loss,
+            accuracy = stats.accuracy,
+            seconds = stats.seconds,
+            "trained one epoch"
+        );
+        Ok(stats)
+    }
+
+    fn adam_step(&mut self, g: Tensor<1>, lr: f64) {
+        self.steps += 1;
+        let (b1, b2) = (ADAM_BETA1, ADAM_BETA2);
+        self.m = self.m.clone() * b1 + g.clone() * (1.0 - b1);
+        self.v = self.v.clone() * b2 + g.powi_scalar(2) * (1.0 - b2);
+        let bc1 = 1.0 - b1.powi(self.steps as i32);
+        let bc2 = 1.0 - b2.powi(self.steps as i32);
+        let update = (self.m.clone() / bc1) / ((self.v.clone() / bc2).sqrt() + ADAM_EPS) * lr;
+        let moved = self.cnn.params.clone().inner() - update;
+        self.cnn.params = moved.autodiff().require_grad();
+    }
+
+    /// The current weights on the host.
+    pub fn weights(&self) -> Result<CnnWeights> {
+        self.cnn.weights()
+    }
+}
+
+/// The outcome of [`train`].
+#[derive(Clone, Debug)]
+pub struct Trained {
+    pub weights: CnnWeights,
+    pub history: Vec<EpochStats>,
+}
+
+/// Train a fresh network (He init from `cfg.seed`) on `set` for `cfg.epochs` epochs.
+pub fn train(set: &ImageSet, arch: CnnArch, cfg: &TrainConfig, device: &Device) -> Result<Trained> {
+    let init = CnnWeights::init(arch, cfg.seed)?;
+    let mut trainer = Trainer::new(&init, cfg, device)?;
+    let history = (0..cfg.epochs)
+        .map(|_| trainer.epoch(set))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Trained {
+        weights: trainer.weights()?,
+        history,
+    })
+}
+
+/// The pixels of images `batch` of `set`, one after another, each translated by a random offset
+/// in `[-shift, shift]` per axis (drawn from `rng` only when `shift > 0`).
+fn batch_pixels(set: &ImageSet, batch: &[usize], shift: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let mut pixels = Vec::with_capacity(batch.len() * set.image_len());
+    for &i in batch {
+        if shift == 0 {
+            pixels.extend_from_slice(set.image(i));
+        } else {
+            let s = shift as i64;
+            let dy = rng.random_range(-s..=s) as isize;
+            let dx = rng.random_range(-s..=s) as isize;
+            pixels.extend(translate(
+                set.image(i),
+                set.channels,
+                set.height,
+                set.width,
+                dy,
+                dx,
+            ));
+        }
+    }
+    pixels
+}
+
+/// A CHW image moved down by `dy` and right by `dx` pixels (negative: up, left), zero fill.
+pub fn translate(chw: &[f32], c: usize, h: usize, w: usize, dy: isize, dx: isize) -> Vec<f32> {
+    let mut out = vec![0.0; c * h * w];
+    for ch in 0..c {
+        for r in 0..h {
+            let Some(src_r) = r.checked_add_signed(-dy).filter(|&v| v < h) else {
+                continue;
+            };
+            for col in 0..w {
+                if let Some(src_c) = col.checked_add_signed(-dx).filter(|&v| v < w) {
+                    out[(ch * h + r) * w + col] = chw[(ch * h + src_r) * w + src_c];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `pixels` of images `batch` of `set` as `[B, C, H, W]`, their one-hot labels `[B, K]` and
+/// labels `[B, 1]`.
+fn batch_tensors(
+    set: &ImageSet,
+    batch: &[usize],
+    pixels: Vec<f32>,
+    k: usize,
+    device: &Device,
+) -> (Tensor<4>, Tensor<2>, Tensor<2, Int>) {
+    let b = batch.len();
+    let mut onehot = vec![0.0f32; b * k];
+    for (row, &i) in batch.iter().enumerate() {
+        onehot[row * k + set.labels[i]] = 1.0;
+    }
+    let labels: Vec<i64> = batch.iter().map(|&i| set.labels[i] as i64).collect();
+    (
+        Tensor::from_data(
+            TensorData::new(pixels, [b, set.channels, set.height, set.width]),
+            device,
+        ),
+        Tensor::from_data(TensorData::new(onehot, [b, k]), device),
+        Tensor::from_data(TensorData::new(labels, [b, 1]), device),
+    )
+}
+
+fn read_f32<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
+    t.try_into_vec_as::<f32>()
+        .map_err(|e| Error::Mismatch(format!("cannot read a tensor back: {e:?}")))
+}
+
+fn read_i64<const D: usize>(t: Tensor<D, Int>) -> Result<Vec<i64>> {
+    t.try_into_vec_as::<i64>()
+        .map_err(|e| Error::Mismatch(format!("cannot read a tensor back: {e:?}")))
+}
+
+/// Images scored per forward pass in [`predict`].
+const EVAL_BATCH: usize = 500;
+
+/// The predicted class of every image of `set`.
+pub fn predict(weights: &CnnWeights, set: &ImageSet, device: &Device) -> Result<Vec<usize>> {
+    let a = weights.arch;
+    set.check_fits(a.channels, a.height, a.width, a.num_classes)?;
+    let device = device.clone().inner();
+    let cnn = Cnn::new(weights, &device)?;
+    let per = set.image_len();
+    let mut out = Vec::with_capacity(set.len());
+    for chunk in set.pixels.chunks(EVAL_BATCH * per.max(1)) {
+        let b = chunk.len() / per.max(1);
+        let x = Tensor::from_data(
+            TensorData::new(chunk.to_vec(), [b, a.channels, a.height, a.width]),
+            &device,
+        );
+        out.extend(
+            read_i64(cnn.forward(x).argmax(1))?
+                .into_iter()
+                .map(|c| c as usize),
+        );
+    }
+    Ok(out)
+}
+
+/// Fraction of `set` classified as labelled.
+pub fn accuracy(weights: &CnnWeights, set: &ImageSet, device: &Device) -> Result<f64> {
+    if set.is_empty() {
+        return Err(Error::Mismatch(format!(
+            "no images in {} to measure accuracy on",
+            set.source.display()
+        )));
+    }
+    let pred = predict(weights, set, device)?;
+    let hits = pred.iter().zip(&set.labels).filter(|(p, l)| p == l).count();
+    Ok(hits as f64 / set.len() as f64)
+}
+
+#[cfg(test)]
+mod tests;
