@@ -31,9 +31,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: args::Cli) -> anyhow::Result<ExitStatus> {
+    let quiet = cli.quiet;
     match cli.command {
         args::Command::Inspect(a) => inspect::run(a),
-        args::Command::Scan(a) => scan::run(a),
+        args::Command::Scan(a) => scan::run(a, quiet),
     }
 }
 

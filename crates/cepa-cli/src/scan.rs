@@ -5,13 +5,14 @@ use std::path::Path;
 
 use anyhow::Context;
 use cepa::data::save_png;
-use cepa::detect::{LayerChoice, ScanConfig, ScanReport, scan};
+use cepa::detect::{LayerChoice, ScanConfig, ScanReport, scan_with_progress};
 use cepa::model::{Classifier, cpu_device};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::args::{Format, ScanArgs};
 use crate::{ExitStatus, out};
 
-pub fn run(a: ScanArgs) -> anyhow::Result<ExitStatus> {
+pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
     let spec = a.model.spec()?;
     let path = &a.model.model;
     let model = Classifier::load(path, &spec, &cpu_device(true)).context("cannot load model")?;
@@ -40,7 +41,27 @@ pub fn run(a: ScanArgs) -> anyhow::Result<ExitStatus> {
     for n in &model.spec().notes {
         tracing::info!("note: {n}");
     }
-    let report = scan(&model, &data, &cfg).context("scan failed")?;
+    let total = (model.num_classes() * cfg.cepa.steps) as u64;
+    let bar = if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden())
+    } else {
+        ProgressBar::new(total)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "stage 1 {bar:40} {pos}/{len} class-steps, {elapsed} ({eta} left)",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let report = scan_with_progress(&model, &data, &cfg, &|n| {
+        // Classes that are hard to reach may run past the nominal budget.
+        if bar.position() + n as u64 > bar.length().unwrap_or(0) {
+            bar.set_length(bar.position() + n as u64);
+        }
+        bar.inc(n as u64)
+    })
+    .context("scan failed")?;
+    bar.finish_and_clear();
     if let Some(dir) = &a.out {
         write_out(dir, &report).with_context(|| format!("cannot write {}", dir.display()))?;
     }

@@ -233,6 +233,21 @@ pub fn stage1(
     layers: &[String],
     cfg: &CepaConfig,
 ) -> Result<Vec<TargetResult>> {
+    stage1_with_progress(model, images, holdout, layers, cfg, &|_| {})
+}
+
+/// A progress callback: called with the number of per-target steps just taken.
+pub type Progress<'a> = &'a (dyn Fn(usize) + Sync);
+
+/// [`stage1`], reporting progress (`cfg.steps` per target is the nominal total).
+pub fn stage1_with_progress(
+    model: &Classifier,
+    images: &ImageSet,
+    holdout: Option<&ImageSet>,
+    layers: &[String],
+    cfg: &CepaConfig,
+    progress: Progress,
+) -> Result<Vec<TargetResult>> {
     cfg.validate()?;
     model.check_images(images)?;
     if layers.is_empty() {
@@ -299,7 +314,7 @@ pub fn stage1(
     let outcome: Vec<Result<()>> = std::thread::scope(|scope| {
         let handles: Vec<_> = problems
             .chunks_mut(chunk)
-            .map(|part| scope.spawn(|| optimise(model, part, layers, &d, cfg)))
+            .map(|part| scope.spawn(|| optimise(model, part, layers, &d, cfg, progress)))
             .collect();
         handles
             .into_iter()
@@ -320,6 +335,7 @@ fn optimise(
     layers: &[String],
     d: &[f64],
     cfg: &CepaConfig,
+    progress: Progress,
 ) -> Result<()> {
     let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
     let budget = cfg.steps * cfg.infeasible_factor;
@@ -378,6 +394,7 @@ fn optimise(
             });
         }
         let grads = total.expect("at least one active problem").backward();
+        progress(active.len());
         let bc1 = 1.0 - b1.powi(step as i32 + 1);
         let bc2 = 1.0 - b2.powi(step as i32 + 1);
         for ((&i, leaf), m) in active.iter().zip(&leaves).zip(measures) {

@@ -10,4 +10,4 @@ pub mod scan;
 pub mod stats;
 pub mod verdict;
 
-pub use scan::{LayerChoice, ScanConfig, ScanReport, scan};
+pub use scan::{LayerChoice, ScanConfig, ScanReport, scan, scan_with_progress};

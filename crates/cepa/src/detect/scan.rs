@@ -5,7 +5,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::data::ImageSet;
-use crate::detect::cepa::{CepaConfig, TargetResult, stage1};
+use crate::detect::cepa::{CepaConfig, Progress, TargetResult, stage1_with_progress};
 use crate::detect::verdict::{Decision, DecisionConfig, decide};
 use crate::error::{Error, Result};
 use crate::model::{Classifier, ResolvedSpec};
@@ -163,6 +163,16 @@ pub fn choose_layers(model: &Classifier, cfg: &ScanConfig) -> Result<(Vec<String
 
 /// Scan `model` with clean images from `data`.
 pub fn scan(model: &Classifier, data: &ImageSet, cfg: &ScanConfig) -> Result<ScanReport> {
+    scan_with_progress(model, data, cfg, &|_| {})
+}
+
+/// [`scan`], reporting stage-1 progress in per-target steps (nominal total: classes x steps).
+pub fn scan_with_progress(
+    model: &Classifier,
+    data: &ImageSet,
+    cfg: &ScanConfig,
+    progress: Progress,
+) -> Result<ScanReport> {
     let start = Instant::now();
     model.check_images(data)?;
     let mut data = data.clone();
@@ -175,7 +185,7 @@ pub fn scan(model: &Classifier, data: &ImageSet, cfg: &ScanConfig) -> Result<Sca
         seed: cfg.seed,
         ..cfg.cepa.clone()
     };
-    let results = stage1(model, &fit, holdout.as_ref(), &layers, &cepa)?;
+    let results = stage1_with_progress(model, &fit, holdout.as_ref(), &layers, &cepa, progress)?;
     let mut decision = decide(&results, &layers, &cfg.decision)?;
     decision.notes.extend(notes);
     Ok(ScanReport {
