@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use cepa::attack::{BadNetsConfig, stamp_all};
 use cepa::data::{Split, load, save_png};
-use cepa::model::{Classifier, ModelSpec, OutputKind, cpu_device};
+use cepa::model::{Classifier, ModelSpec, cpu_device};
 use cepa::onnx::write::save_model;
 use cepa::train::{CnnArch, CnnWeights, TrainConfig, Trainer, accuracy, predict};
 
@@ -105,13 +105,7 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&out)?;
     let model_path = out.join("model.onnx");
     save_model(&weights.to_onnx()?, &model_path)?;
-    let spec = ModelSpec {
-        mean: Some(vec![0.0]),
-        std: Some(vec![1.0]),
-        output: Some(OutputKind::Logits),
-        num_classes: Some(arch.num_classes),
-        ..Default::default()
-    };
+    let spec = arch.spec();
     spec.to_file(&out.join("model.cepa.toml"))?;
 
     let images = out.join("images");

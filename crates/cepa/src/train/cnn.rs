@@ -60,6 +60,17 @@ impl Default for CnnArch {
 }
 
 impl CnnArch {
+    /// The spec of the exported model: pixels in `[0,1]` as they are, logits out.
+    pub fn spec(&self) -> crate::model::ModelSpec {
+        crate::model::ModelSpec {
+            mean: Some(vec![0.0]),
+            std: Some(vec![1.0]),
+            output: Some(crate::model::OutputKind::Logits),
+            num_classes: Some(self.num_classes),
+            ..Default::default()
+        }
+    }
+
     /// Spatial size after the two conv + pool blocks, or `None` when the input is too small.
     fn feature_hw(&self) -> Option<(usize, usize)> {
         let k1 = self.kernel.checked_sub(1)?;

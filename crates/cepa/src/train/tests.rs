@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::model::{Classifier, ModelSpec, OutputKind, cpu_device};
+use crate::model::{Classifier, cpu_device};
 use crate::onnx::write::save_model;
 
 fn random_images(n: usize, arch: CnnArch, seed: u64) -> Vec<f32> {
@@ -35,13 +35,7 @@ fn onnx_export_matches_the_training_forward() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cnn.onnx");
         save_model(&w.to_onnx().unwrap(), &path).unwrap();
-        let spec = ModelSpec {
-            mean: Some(vec![0.0]),
-            std: Some(vec![1.0]),
-            output: Some(OutputKind::Logits),
-            num_classes: Some(arch.num_classes),
-            ..Default::default()
-        };
+        let spec = arch.spec();
         let device = cpu_device(false);
         let model = Classifier::load(&path, &spec, &device).unwrap();
         assert!(model.layer("flatten").unwrap().candidate);
