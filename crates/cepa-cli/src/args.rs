@@ -29,6 +29,13 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Decide whether a model is backdoored and which class the backdoor targets.
     Scan(ScanArgs),
+    /// Estimate the trigger of a target class (stage 2): one perturbation shared by all images.
+    Invert(InvertArgs),
+    /// Build populations of clean and backdoored models with known ground truth.
+    #[command(subcommand)]
+    Zoo(crate::zoo::ZooCommand),
+    /// Run the detectors on every model of a zoo and judge them (TPR, FPR, AUC, ...).
+    Eval(crate::eval::EvalArgs),
 }
 
 /// Output format of a report.
@@ -133,7 +140,58 @@ pub struct ScanArgs {
     /// Report format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
-    /// Write report.json and the flagged class's per-sample perturbations (PNG) here.
+    /// Write report.json, report.html and the flagged class's per-sample perturbations (PNG)
+    /// here; for a backdoored verdict also the estimated trigger (trigger.png, mask.png).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// A known trigger (JSON: `target`, `patch: {row, col, size}`) to compare the estimate with.
+    #[arg(long)]
+    pub truth: Option<PathBuf>,
+}
+
+/// Which trigger forms `invert` optimises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KindArg {
+    Auto,
+    Additive,
+    MaskPattern,
+}
+
+#[derive(Args, Debug)]
+pub struct InvertArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Clean images: a folder of IDX files, CIFAR-style binary batches, an ImageFolder, or a .npy.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Which split of the data folder to read.
+    #[arg(long, default_value = "test", value_parser = |s: &str| s.parse::<Split>())]
+    pub split: Split,
+    /// The target class whose trigger is estimated.
+    #[arg(long)]
+    pub target: usize,
+    /// Clean images per class used in the optimisation (the target's own are left out).
+    #[arg(long, default_value_t = 10)]
+    pub per_class: usize,
+    /// Held-out clean images per class for the attack success rate.
+    #[arg(long, default_value_t = 10)]
+    pub holdout_per_class: usize,
+    /// Seed of the image sampling and the initial trigger.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Optimisation steps per form (default from the inversion config).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Trigger form: additive, mask-pattern, or auto (both, keep the cheaper).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub kind: KindArg,
+    /// A known trigger (JSON: `target`, `patch: {row, col, size}`) to compare the estimate with.
+    #[arg(long)]
+    pub truth: Option<PathBuf>,
+    /// Report format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Write report.json, report.html, trigger.png (and mask.png) here.
     #[arg(long)]
     pub out: Option<PathBuf>,
 }

@@ -1,8 +1,12 @@
 //! The `cepa` command line: parse, run, map the result to an exit code.
 
 mod args;
+mod eval;
 mod inspect;
+mod invert;
+mod report;
 mod scan;
+mod zoo;
 
 use std::process::ExitCode;
 
@@ -17,6 +21,7 @@ pub enum ExitStatus {
 }
 
 fn main() -> ExitCode {
+    cepa::runtime::tune_allocator();
     let cli = args::Cli::parse();
     init_logging(cli.verbose, cli.quiet);
     let status = match run(cli) {
@@ -35,6 +40,9 @@ fn run(cli: args::Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
         args::Command::Inspect(a) => inspect::run(a),
         args::Command::Scan(a) => scan::run(a, quiet),
+        args::Command::Invert(a) => invert::run(a),
+        args::Command::Zoo(c) => zoo::run(c, quiet),
+        args::Command::Eval(a) => eval::run(a, quiet),
     }
 }
 

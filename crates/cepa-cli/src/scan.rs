@@ -4,19 +4,22 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
-use cepa::data::save_png;
+use cepa::data::{ImageSet, to_png_bytes};
+use cepa::detect::invert::Inversion;
 use cepa::detect::{LayerChoice, ScanConfig, ScanReport, scan_with_progress};
 use cepa::model::{Classifier, cpu_device};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::args::{Format, ScanArgs};
-use crate::{ExitStatus, out};
+use crate::report::{Page, Perturbations};
+use crate::{ExitStatus, invert, out};
 
 pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
     let spec = a.model.spec()?;
     let path = &a.model.model;
     let model = Classifier::load(path, &spec, &cpu_device(true)).context("cannot load model")?;
     let data = cepa::data::load(&a.data, a.split).context("cannot read images")?;
+    let truth = a.truth.as_deref().map(invert::read_truth).transpose()?;
     let mut cfg = ScanConfig {
         per_class: a.per_class,
         seed: a.seed,
@@ -62,12 +65,35 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
     })
     .context("scan failed")?;
     bar.finish_and_clear();
+    // Stage 2 for a flagged model when there is somewhere to put the trigger.
+    let inversion = match (&a.out, report.target) {
+        (Some(_), Some(target)) => Some(invert::for_scan(
+            &model,
+            &data,
+            &report,
+            target,
+            truth.as_ref(),
+        )?),
+        _ => None,
+    };
+    let mut json = serde_json::to_value(&report)?;
+    if let (Some((inv, _)), Some(obj)) = (&inversion, json.as_object_mut()) {
+        obj.insert("inversion".into(), serde_json::to_value(inv)?);
+    }
     if let Some(dir) = &a.out {
-        write_out(dir, &report).with_context(|| format!("cannot write {}", dir.display()))?;
+        let stage2 = inversion.as_ref().map(|(inv, held)| (inv, held));
+        write_out(dir, &report, &json, &model, path, stage2)
+            .with_context(|| format!("cannot write {}", dir.display()))?;
     }
     match a.format {
-        Format::Json => out(&(serde_json::to_string_pretty(&report)? + "\n")),
-        Format::Text => out(&text(&report, path)?),
+        Format::Json => out(&(serde_json::to_string_pretty(&json)? + "\n")),
+        Format::Text => {
+            let mut t = text(&report, path)?;
+            if let Some((inv, _)) = &inversion {
+                t += &invert::text(inv, a.out.as_deref())?;
+            }
+            out(&t)
+        }
     }
     Ok(if report.decision.backdoored {
         ExitStatus::Backdoor
@@ -161,40 +187,79 @@ fn text(r: &ScanReport, path: &Path) -> anyhow::Result<String> {
     Ok(t)
 }
 
-/// `report.json` and, for the most anomalous class, the per-sample perturbations as PNG.
-fn write_out(dir: &Path, r: &ScanReport) -> anyhow::Result<()> {
+/// `report.json`, `report.html`, the most anomalous class's per-sample perturbations as PNG and,
+/// after stage 2, `trigger.png` (and `mask.png`).
+fn write_out(
+    dir: &Path,
+    r: &ScanReport,
+    json: &serde_json::Value,
+    model: &Classifier,
+    path: &Path,
+    stage2: Option<(&Inversion, &ImageSet)>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(
         dir.join("report.json"),
-        serde_json::to_string_pretty(r)? + "\n",
+        serde_json::to_string_pretty(json)? + "\n",
     )?;
+    let perturbations = perturbation_pictures(r)?;
+    if let Some(p) = &perturbations {
+        let sub = dir.join(format!("perturbations-class{}", p.class));
+        std::fs::create_dir_all(&sub)?;
+        for (stem, perturbed, delta) in &p.items {
+            std::fs::write(sub.join(format!("{stem}-perturbed.png")), perturbed)?;
+            std::fs::write(sub.join(format!("{stem}-delta.png")), delta)?;
+        }
+    }
+    let trigger = match stage2 {
+        Some((inv, held)) => {
+            let section = invert::section(model, inv, held)?;
+            invert::write_pictures(dir, &section)?;
+            Some(section)
+        }
+        None => None,
+    };
+    let mut config = serde_json::json!({ "scan": &r.config });
+    if let Some((inv, _)) = stage2 {
+        config["inversion"] = serde_json::to_value(&inv.config)?;
+    }
+    let page = Page {
+        title: format!("cepa scan: {}", path.display()),
+        model: path,
+        spec: &r.spec,
+        scan: Some(r),
+        trigger,
+        perturbations,
+        config,
+    };
+    std::fs::write(dir.join("report.html"), crate::report::render(&page))?;
+    Ok(())
+}
+
+/// The most anomalous class's per-sample perturbations: for each sample, the perturbed image
+/// and the perturbation itself (mid-grey = 0, scaled to its largest magnitude), as PNG.
+fn perturbation_pictures(r: &ScanReport) -> anyhow::Result<Option<Perturbations>> {
     let class = r.decision.most_anomalous;
     let (Some(res), Some(fit)) = (r.results.get(class), r.fit_images.as_ref()) else {
-        return Ok(());
+        return Ok(None);
     };
-    let sub = dir.join(format!("perturbations-class{class}"));
-    std::fs::create_dir_all(&sub)?;
     let (c, h, w) = (fit.channels, fit.height, fit.width);
     let per = c * h * w;
     let idx: Vec<usize> = (0..fit.len()).filter(|&i| fit.labels[i] != class).collect();
+    let mut items = Vec::with_capacity(idx.len());
     for (k, &i) in idx.iter().enumerate() {
         let Some(delta) = res.deltas.get(k * per..(k + 1) * per) else {
             break;
         };
         let x = fit.image(i);
         let perturbed: Vec<f32> = x.iter().zip(delta).map(|(a, d)| a + d).collect();
-        // The perturbation itself, mid-grey = 0, scaled to its largest magnitude.
         let m = delta.iter().fold(1e-6f32, |a, v| a.max(v.abs()));
         let shown: Vec<f32> = delta.iter().map(|d| 0.5 + 0.5 * d / m).collect();
-        let stem = format!("{k:03}-from{}", fit.labels[i]);
-        save_png(
-            &sub.join(format!("{stem}-perturbed.png")),
-            &perturbed,
-            c,
-            h,
-            w,
-        )?;
-        save_png(&sub.join(format!("{stem}-delta.png")), &shown, c, h, w)?;
+        items.push((
+            format!("{k:03}-from{}", fit.labels[i]),
+            to_png_bytes(&perturbed, c, h, w)?,
+            to_png_bytes(&shown, c, h, w)?,
+        ));
     }
-    Ok(())
+    Ok(Some(Perturbations { class, items }))
 }

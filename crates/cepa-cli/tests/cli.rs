@@ -346,3 +346,242 @@ fn the_readme_example_is_found_backdoored_with_target_7() {
         "{text}"
     );
 }
+
+/// Standard base64 (with padding) back to bytes; `None` on a character outside the alphabet.
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let bytes = s.trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for &c in bytes {
+        acc = (acc << 6) | u32::from(value(c)?);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// Every attribute value `name="..."` in `html`.
+fn attributes<'a>(html: &'a str, name: &str) -> Vec<&'a str> {
+    let key = format!(" {name}=\"");
+    html.match_indices(&key)
+        .map(|(i, _)| {
+            let rest = &html[i + key.len()..];
+            &rest[..rest.find('"').expect("closed attribute")]
+        })
+        .collect()
+}
+
+/// Check that `dir/report.html` stands alone: every `<img>` is an embedded PNG that decodes, no
+/// other file or network reference. Returns the page and its number of images.
+fn check_self_contained_html(dir: &Path) -> (String, usize) {
+    let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
+    assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "network reference"
+    );
+    let imgs = html.matches("<img ").count();
+    let srcs = attributes(&html, "src");
+    assert_eq!(
+        srcs.len(),
+        imgs,
+        "every <img> has one src and nothing else has one"
+    );
+    for src in &srcs {
+        let b64 = src
+            .strip_prefix("data:image/png;base64,")
+            .unwrap_or_else(|| panic!("not an embedded PNG: {}", &src[..src.len().min(60)]));
+        let png = base64_decode(b64).expect("valid base64");
+        image::load_from_memory_with_format(&png, image::ImageFormat::Png).expect("a valid PNG");
+    }
+    assert!(attributes(&html, "href").is_empty(), "no links out");
+    (html, imgs)
+}
+
+/// Share of a PNG's "ink" (distance from `zero`) in the bottom-right quadrant.
+fn bottom_right_share(png: &Path, zero: f32) -> f64 {
+    let img = image::open(png).expect("png").to_luma8();
+    let (w, h) = img.dimensions();
+    let (mut inside, mut total) = (0.0f64, 0.0f64);
+    for (x, y, p) in img.enumerate_pixels() {
+        let ink = f64::from((f32::from(p.0[0]) - zero).abs());
+        total += ink;
+        if x >= w / 2 && y >= h / 2 {
+            inside += ink;
+        }
+    }
+    inside / total.max(1e-12)
+}
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/mnist-badnets")
+        .join(name)
+}
+
+#[test]
+fn scan_out_of_the_example_estimates_the_trigger_and_writes_a_self_contained_report() {
+    let dir = tmp_dir("example-html");
+    let out = cepa(&[
+        "scan",
+        example("model.onnx").to_str().unwrap(),
+        "--data",
+        example("images").to_str().unwrap(),
+        "--per-class",
+        "5",
+        "--truth",
+        example("truth.json").to_str().unwrap(),
+        "--format",
+        "json",
+        "-q",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(
+        printed["inversion"], r["inversion"],
+        "stdout and file agree"
+    );
+    let inv = &r["inversion"];
+    assert_eq!(inv["target"], 7);
+    let asr = inv["asr"].as_f64().unwrap();
+    assert!(asr >= 0.9, "ASR {asr}");
+    assert_eq!(
+        inv["holdout_images"], 45,
+        "5 held-out images of each other class"
+    );
+    // Measured: the additive form is the cheaper here (cost 0.0057 vs 0.0064), its footprint
+    // thresholded at half its maximum has IoU 0.44 with the true 3x3 patch at 24..27, and most
+    // of its mass lies in the bottom-right quadrant.
+    assert_eq!(inv["kind"], "additive", "{inv}");
+    let iou = inv["truth"]["mask_iou"].as_f64().unwrap();
+    assert!(iou > 0.3, "mask IoU {iou}");
+    assert_eq!(inv["truth"]["target_correct"], true);
+    assert!(dir.join("trigger.png").is_file() && !dir.join("mask.png").exists());
+    let share = bottom_right_share(&dir.join("trigger.png"), 128.0);
+    assert!(share > 0.5, "bottom-right share {share}");
+
+    let (html, imgs) = check_self_contained_html(&dir);
+    // Trigger, 9 clean/triggered pairs, 45 perturbed/perturbation pairs.
+    assert_eq!(imgs, 1 + 2 * 9 + 2 * 45);
+    for needle in [
+        "BACKDOORED: target class 7",
+        "<svg",
+        "stroke-dasharray",
+        "Estimated trigger for class 7",
+        "Clean vs triggered",
+        "Resolved configuration</h2>\n<pre>",
+        "&quot;inversion&quot;",
+    ] {
+        assert!(html.contains(needle), "report.html lacks {needle}");
+    }
+    // One row per class in the table, the target's marked.
+    assert_eq!(html.matches("<tr><td>").count() + 1, 10);
+    assert_eq!(html.matches("<tr class=\"target\"><td>7</td>").count(), 1);
+}
+
+#[test]
+fn a_clean_verdict_gets_a_report_without_inversion() {
+    let dir = tmp_dir("clean-html");
+    let out = cepa(&[
+        "scan",
+        example("model.onnx").to_str().unwrap(),
+        "--data",
+        example("images").to_str().unwrap(),
+        "--per-class",
+        "3",
+        "--steps",
+        "10",
+        "--threshold",
+        "1000",
+        "-q",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "a threshold nothing reaches");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(r["verdict"], "clean");
+    assert!(r.get("inversion").is_none());
+    assert!(!dir.join("trigger.png").exists());
+    let (html, imgs) = check_self_contained_html(&dir);
+    assert!(html.contains("<p class=\"verdict ok\">clean"));
+    assert!(!html.contains("Estimated trigger"));
+    assert_eq!(imgs, 2 * 9 * 3, "only the per-sample perturbations");
+}
+
+#[test]
+fn invert_alone_writes_mask_trigger_and_report_reproducibly() {
+    let run = |tag: &str| {
+        let dir = tmp_dir(tag);
+        let out = cepa(&[
+            "invert",
+            example("model.onnx").to_str().unwrap(),
+            "--data",
+            example("images").to_str().unwrap(),
+            "--target",
+            "7",
+            "--per-class",
+            "5",
+            "--kind",
+            "mask-pattern",
+            "--format",
+            "json",
+            "-q",
+            "--out",
+            dir.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (dir, r)
+    };
+    let (dir, r) = run("invert-a");
+    let inv = &r["inversion"];
+    assert_eq!(
+        (inv["target"].as_u64(), inv["kind"].as_str()),
+        (Some(7), Some("mask_pattern"))
+    );
+    assert_eq!(inv["forms"].as_array().unwrap().len(), 1);
+    assert!(inv["asr"].as_f64().unwrap() >= 0.85, "{inv}");
+    assert!(
+        inv["mask_l1"].as_f64().unwrap() < 30.0,
+        "a small mask: {inv}"
+    );
+    // Measured: the mask sits low in the bottom-right quadrant (rows 24..28, left of the patch).
+    let share = bottom_right_share(&dir.join("mask.png"), 0.0);
+    assert!(share > 0.5, "bottom-right share {share}");
+    let (html, imgs) = check_self_contained_html(&dir);
+    assert_eq!(imgs, 2 + 2 * 9, "trigger, mask and 9 example pairs");
+    assert!(html.contains(">mask<") && !html.contains("<p class=\"verdict"));
+    let (again, r2) = run("invert-b");
+    assert_eq!(
+        std::fs::read(dir.join("mask.png")).unwrap(),
+        std::fs::read(again.join("mask.png")).unwrap(),
+        "same seed, same trigger"
+    );
+    assert_eq!(inv["cost"], r2["inversion"]["cost"]);
+}

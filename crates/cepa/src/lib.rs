@@ -16,8 +16,11 @@ pub mod attack;
 pub mod data;
 pub mod detect;
 pub mod error;
+pub mod eval;
 pub mod model;
 pub mod onnx;
+pub mod runtime;
 pub mod train;
+pub mod zoo;
 
 pub use error::{Error, Result};

@@ -46,6 +46,14 @@ pub struct CepaConfig {
     /// A target that has not reached `pi` within `steps` keeps going, up to this many times
     /// `steps` in all, so a hard-to-flip class is not called infeasible too early [ours]. Default 3.
     pub infeasible_factor: usize,
+    /// Early stop of a feasible target: it stops once its best mean dispersion has not improved
+    /// by `plateau_tol` (relative) for this many checks in a row, and it has run `min_steps`.
+    /// 0 turns it off [ours]. Default 0 (off; EVALUATION.md measures it).
+    pub plateau_checks: usize,
+    /// Relative improvement of the best mean dispersion that resets the plateau count. Default 0.02.
+    pub plateau_tol: f64,
+    /// Steps before a target may stop on a plateau. Default 40.
+    pub min_steps: usize,
     /// Seed of the initial perturbations. Default 0.
     pub seed: u64,
 }
@@ -64,6 +72,9 @@ impl Default for CepaConfig {
             tol: 1e-5,
             patience: 10,
             infeasible_factor: 3,
+            plateau_checks: 0,
+            plateau_tol: 0.02,
+            min_steps: 40,
             seed: 0,
         }
     }
@@ -181,6 +192,9 @@ struct Problem {
     steps: usize,
     last_j: f64,
     stall: usize,
+    /// Best mean dispersion when the plateau count last restarted, and the count.
+    plateau_ref: f64,
+    plateau: usize,
     done: bool,
     best: Option<TargetResult>,
     last: Option<TargetResult>,
@@ -300,6 +314,8 @@ pub fn stage1_with_progress(
             steps: 0,
             last_j: f64::INFINITY,
             stall: 0,
+            plateau_ref: f64::INFINITY,
+            plateau: 0,
             done: false,
             best: None,
             last: None,
@@ -459,6 +475,21 @@ fn optimise(
                 p.last_j = j;
                 if p.stall >= cfg.patience {
                     p.done = true;
+                }
+                if let Some(b) = &p.best {
+                    let disp = b.mean_dispersion();
+                    if disp < p.plateau_ref * (1.0 - cfg.plateau_tol) {
+                        p.plateau_ref = disp;
+                        p.plateau = 0;
+                    } else {
+                        p.plateau += 1;
+                    }
+                    if cfg.plateau_checks > 0
+                        && p.plateau >= cfg.plateau_checks
+                        && p.steps >= cfg.min_steps
+                    {
+                        p.done = true;
+                    }
                 }
             }
             if (p.steps >= cfg.steps && p.best.is_some()) || p.steps >= budget {

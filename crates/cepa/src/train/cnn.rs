@@ -7,10 +7,11 @@ use burn::tensor::activation::relu;
 use burn::tensor::module::{conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use onnx_ir::ModelProto;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::net::{Architecture, Network, logits_spec, normal};
 use crate::error::{Error, Result};
 use crate::onnx::write::{AttrValue, GraphBuilder};
 
@@ -62,13 +63,7 @@ impl Default for CnnArch {
 impl CnnArch {
     /// The spec of the exported model: pixels in `[0,1]` as they are, logits out.
     pub fn spec(&self) -> crate::model::ModelSpec {
-        crate::model::ModelSpec {
-            mean: Some(vec![0.0]),
-            std: Some(vec![1.0]),
-            output: Some(crate::model::OutputKind::Logits),
-            num_classes: Some(self.num_classes),
-            ..Default::default()
-        }
+        logits_spec(self.num_classes)
     }
 
     /// Spatial size after the two conv + pool blocks, or `None` when the input is too small.
@@ -161,13 +156,6 @@ pub const PARAM_NAMES: [&str; 8] = [
     "fc2.weight",
     "fc2.bias",
 ];
-
-/// A standard normal sample (Box-Muller), so that no distribution crate is needed.
-fn normal(rng: &mut ChaCha8Rng) -> f32 {
-    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
-    let u2: f64 = rng.random_range(0.0..1.0);
-    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-}
 
 impl CnnWeights {
     /// He (Kaiming normal) initialisation from `seed`: weights `N(0, 2 / fan_in)`, biases 0.
@@ -347,11 +335,43 @@ impl Cnn {
 
     /// Logits `[N, classes]` for images `[N, C, H, W]` (the model's input units).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let a = self.arch;
+        self.arch.forward(self.params.clone(), x)
+    }
+}
+
+impl Architecture for CnnArch {
+    type Weights = CnnWeights;
+
+    fn input(&self) -> [usize; 3] {
+        [self.channels, self.height, self.width]
+    }
+
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    fn validate(&self) -> Result<()> {
+        CnnArch::validate(self)
+    }
+
+    fn num_params(&self) -> usize {
+        CnnArch::num_params(self)
+    }
+
+    fn init(&self, seed: u64) -> Result<CnnWeights> {
+        CnnWeights::init(*self, seed)
+    }
+
+    fn unflatten(&self, flat: &[f32]) -> Result<CnnWeights> {
+        CnnWeights::from_flat(*self, flat)
+    }
+
+    fn forward(&self, params: Tensor<1>, x: Tensor<4>) -> Tensor<2> {
+        let a = self;
         let mut offset = 0;
         let mut take = |dims: &[usize]| {
             let n: usize = dims.iter().product();
-            let t = self.params.clone().narrow(0, offset, n);
+            let t = params.clone().narrow(0, offset, n);
             offset += n;
             t
         };
@@ -373,6 +393,26 @@ impl Cnn {
         let x: Tensor<2> = x.flatten(1, 3);
         let x = relu(x.matmul(fc1_w.transpose()) + fc1_b.unsqueeze());
         x.matmul(fc2_w.transpose()) + fc2_b.unsqueeze()
+    }
+}
+
+impl Network for CnnWeights {
+    type Arch = CnnArch;
+
+    fn arch(&self) -> CnnArch {
+        self.arch
+    }
+
+    fn validate(&self) -> Result<()> {
+        CnnWeights::validate(self)
+    }
+
+    fn to_flat(&self) -> Vec<f32> {
+        CnnWeights::to_flat(self)
+    }
+
+    fn to_onnx(&self) -> Result<ModelProto> {
+        CnnWeights::to_onnx(self)
     }
 }
 

@@ -1,13 +1,20 @@
 //! Training the project's own small classifiers with burn and exporting them to ONNX, so that
 //! backdoored (and clean) models with known ground truth can be made without Python.
 //!
-//! - [`cnn`]: the network ([`CnnArch`], host [`CnnWeights`], device [`Cnn`], ONNX export).
+//! - [`net`]: what the trainer needs of a network ([`Architecture`], [`Network`]) and the
+//!   run-time choice between the three below ([`NetArch`], [`Net`]).
+//! - [`cnn`]: the small CNN ([`CnnArch`], host [`CnnWeights`], device [`Cnn`], ONNX export).
+//! - [`resnet`]: a narrow CIFAR-style ResNet without batch normalisation ([`ResNetArch`]).
+//! - [`vgg`]: a VGG-style stack of 3x3 convolutions and max-pools ([`VggArch`]).
 //! - [`Trainer`]: Adam on cross-entropy, mini-batches drawn in a seeded shuffled order.
 //!
 //! The network takes images as [`ImageSet`] holds them, `[0, 1]` pixels NCHW, without any
 //! normalisation: the exported model's spec is mean 0, std 1, output logits.
 
 pub mod cnn;
+pub mod net;
+pub mod resnet;
+pub mod vgg;
 
 use std::time::Instant;
 
@@ -19,6 +26,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 pub use cnn::{Cnn, CnnArch, CnnWeights};
+pub use net::{ARCH_NAMES, Architecture, Net, NetArch, Network};
+pub use resnet::{ResNetArch, ResNetWeights};
+pub use vgg::{VggArch, VggWeights};
 
 use crate::data::ImageSet;
 use crate::error::{Error, Result};
@@ -38,6 +48,9 @@ pub struct TrainConfig {
     /// Augmentation: every image of every batch is translated by a random whole number of pixels
     /// in `[-shift, shift]` along each axis (zero fill). Default 0 (none).
     pub shift: usize,
+    /// Augmentation: every image is mirrored left-right with probability 1/2 (for natural images
+    /// such as CIFAR-10; not for digits or traffic signs). Default false.
+    pub flip: bool,
     /// Seed of the initial weights and of the shuffling. Default 0.
     pub seed: u64,
 }
@@ -50,6 +63,7 @@ impl Default for TrainConfig {
             lr: 1e-3,
             lr_decay: 1.0,
             shift: 0,
+            flip: false,
             seed: 0,
         }
     }
@@ -100,10 +114,12 @@ const ADAM_BETA1: f64 = 0.9;
 const ADAM_BETA2: f64 = 0.999;
 const ADAM_EPS: f64 = 1e-8;
 
-/// Adam on the flat parameter tensor of a [`Cnn`], one epoch at a time.
+/// Adam on the flat parameter tensor of a [`Network`], one epoch at a time.
 #[derive(Debug)]
-pub struct Trainer {
-    cnn: Cnn,
+pub struct Trainer<N: Network> {
+    arch: N::Arch,
+    /// Every parameter, in the order of [`Network::to_flat`]; the autodiff leaf.
+    params: Tensor<1>,
     m: Tensor<1>,
     v: Tensor<1>,
     steps: usize,
@@ -113,31 +129,32 @@ pub struct Trainer {
     device: Device,
 }
 
-impl Trainer {
+impl<N: Network> Trainer<N> {
     /// Start from `init` on `device` (autodiff is enabled on the parameters whatever the device).
-    pub fn new(init: &CnnWeights, cfg: &TrainConfig, device: &Device) -> Result<Trainer> {
+    pub fn new(init: &N, cfg: &TrainConfig, device: &Device) -> Result<Trainer<N>> {
         cfg.validate()?;
-        let cnn = Cnn::new(init, &device.clone().inner())?;
-        let zeros = cnn.params.zeros_like();
+        init.validate()?;
+        let device = device.clone().inner();
+        let params = upload(init, &device);
+        let zeros = params.zeros_like();
         Ok(Trainer {
-            cnn: Cnn {
-                arch: cnn.arch,
-                params: cnn.params.autodiff().require_grad(),
-            },
+            arch: init.arch(),
+            params: params.autodiff().require_grad(),
             m: zeros.clone(),
             v: zeros,
             steps: 0,
             epochs: 0,
             cfg: cfg.clone(),
             rng: ChaCha8Rng::seed_from_u64(cfg.seed),
-            device: device.clone().inner(),
+            device,
         })
     }
 
     /// One pass over `set` in a freshly shuffled order.
     pub fn epoch(&mut self, set: &ImageSet) -> Result<EpochStats> {
-        let a = self.cnn.arch;
-        set.check_fits(a.channels, a.height, a.width, a.num_classes)?;
+        let [c, h, w] = self.arch.input();
+        let k = self.arch.num_classes();
+        set.check_fits(c, h, w, k)?;
         if set.is_empty() {
             return Err(Error::Mismatch(format!(
                 "no training images in {}",
@@ -152,16 +169,14 @@ impl Trainer {
         let batches = order.chunks(self.cfg.batch_size);
         let num_batches = batches.len();
         for batch in batches {
-            let pixels = batch_pixels(set, batch, self.cfg.shift, &mut self.rng);
-            let (x, onehot, labels) =
-                batch_tensors(set, batch, pixels, a.num_classes, &self.device);
-            let logits = self.cnn.forward(x);
+            let pixels = batch_pixels(set, batch, self.cfg.shift, self.cfg.flip, &mut self.rng);
+            let (x, onehot, labels) = batch_tensors(set, batch, pixels, k, &self.device);
+            let logits = self.arch.forward(self.params.clone(), x);
             let loss = cross_entropy_with_logits(logits.clone(), onehot);
             let grads = loss.backward();
-            let g =
-                self.cnn.params.grad(&grads).ok_or_else(|| {
-                    Error::Mismatch("no gradient reached the CNN parameters".into())
-                })?;
+            let g = self.params.grad(&grads).ok_or_else(|| {
+                Error::Mismatch("no gradient reached the network's parameters".into())
+            })?;
             self.adam_step(g, lr);
             loss_sum += f64::from(read_f32(loss.inner())?[0]);
             let pred = logits.inner().argmax(1).equal(labels).int().sum();
@@ -193,26 +208,39 @@ impl Trainer {
         let bc1 = 1.0 - b1.powi(self.steps as i32);
         let bc2 = 1.0 - b2.powi(self.steps as i32);
         let update = (self.m.clone() / bc1) / ((self.v.clone() / bc2).sqrt() + ADAM_EPS) * lr;
-        let moved = self.cnn.params.clone().inner() - update;
-        self.cnn.params = moved.autodiff().require_grad();
+        let moved = self.params.clone().inner() - update;
+        self.params = moved.autodiff().require_grad();
     }
 
     /// The current weights on the host.
-    pub fn weights(&self) -> Result<CnnWeights> {
-        self.cnn.weights()
+    pub fn weights(&self) -> Result<N> {
+        let flat = read_f32(self.params.clone().inner())?;
+        self.arch.unflatten(&flat)
     }
+}
+
+/// The flat parameters of `weights` as a tensor on `device`.
+fn upload<N: Network>(weights: &N, device: &Device) -> Tensor<1> {
+    let flat = weights.to_flat();
+    let n = flat.len();
+    Tensor::from_data(TensorData::new(flat, [n]), device)
 }
 
 /// The outcome of [`train`].
 #[derive(Clone, Debug)]
-pub struct Trained {
-    pub weights: CnnWeights,
+pub struct Trained<N: Network> {
+    pub weights: N,
     pub history: Vec<EpochStats>,
 }
 
 /// Train a fresh network (He init from `cfg.seed`) on `set` for `cfg.epochs` epochs.
-pub fn train(set: &ImageSet, arch: CnnArch, cfg: &TrainConfig, device: &Device) -> Result<Trained> {
-    let init = CnnWeights::init(arch, cfg.seed)?;
+pub fn train<A: Architecture>(
+    set: &ImageSet,
+    arch: A,
+    cfg: &TrainConfig,
+    device: &Device,
+) -> Result<Trained<A::Weights>> {
+    let init = arch.init(cfg.seed)?;
     let mut trainer = Trainer::new(&init, cfg, device)?;
     let history = (0..cfg.epochs)
         .map(|_| trainer.epoch(set))
@@ -224,10 +252,19 @@ pub fn train(set: &ImageSet, arch: CnnArch, cfg: &TrainConfig, device: &Device) 
 }
 
 /// The pixels of images `batch` of `set`, one after another, each translated by a random offset
-/// in `[-shift, shift]` per axis (drawn from `rng` only when `shift > 0`).
-fn batch_pixels(set: &ImageSet, batch: &[usize], shift: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
+/// in `[-shift, shift]` per axis (drawn from `rng` only when `shift > 0`) and, with `flip`,
+/// mirrored left-right with probability 1/2.
+fn batch_pixels(
+    set: &ImageSet,
+    batch: &[usize],
+    shift: usize,
+    flip: bool,
+    rng: &mut ChaCha8Rng,
+) -> Vec<f32> {
     let mut pixels = Vec::with_capacity(batch.len() * set.image_len());
+    let per = set.image_len();
     for &i in batch {
+        let from = pixels.len();
         if shift == 0 {
             pixels.extend_from_slice(set.image(i));
         } else {
@@ -243,8 +280,20 @@ fn batch_pixels(set: &ImageSet, batch: &[usize], shift: usize, rng: &mut ChaCha8
                 dx,
             ));
         }
+        if flip && rng.random_bool(0.5) {
+            mirror(&mut pixels[from..from + per], set.width);
+        }
     }
     pixels
+}
+
+/// Mirror a CHW image left-right in place (`w` values per row).
+pub fn mirror(chw: &mut [f32], w: usize) {
+    if w > 0 {
+        for row in chw.chunks_exact_mut(w) {
+            row.reverse();
+        }
+    }
 }
 
 /// A CHW image moved down by `dy` and right by `dx` pixels (negative: up, left), zero fill.
@@ -304,21 +353,20 @@ fn read_i64<const D: usize>(t: Tensor<D, Int>) -> Result<Vec<i64>> {
 const EVAL_BATCH: usize = 500;
 
 /// The predicted class of every image of `set`.
-pub fn predict(weights: &CnnWeights, set: &ImageSet, device: &Device) -> Result<Vec<usize>> {
-    let a = weights.arch;
-    set.check_fits(a.channels, a.height, a.width, a.num_classes)?;
+pub fn predict<N: Network>(weights: &N, set: &ImageSet, device: &Device) -> Result<Vec<usize>> {
+    weights.validate()?;
+    let arch = weights.arch();
+    let [c, h, w] = arch.input();
+    set.check_fits(c, h, w, arch.num_classes())?;
     let device = device.clone().inner();
-    let cnn = Cnn::new(weights, &device)?;
+    let params = upload(weights, &device);
     let per = set.image_len();
     let mut out = Vec::with_capacity(set.len());
     for chunk in set.pixels.chunks(EVAL_BATCH * per.max(1)) {
         let b = chunk.len() / per.max(1);
-        let x = Tensor::from_data(
-            TensorData::new(chunk.to_vec(), [b, a.channels, a.height, a.width]),
-            &device,
-        );
+        let x = Tensor::from_data(TensorData::new(chunk.to_vec(), [b, c, h, w]), &device);
         out.extend(
-            read_i64(cnn.forward(x).argmax(1))?
+            read_i64(arch.forward(params.clone(), x).argmax(1))?
                 .into_iter()
                 .map(|c| c as usize),
         );
@@ -327,7 +375,7 @@ pub fn predict(weights: &CnnWeights, set: &ImageSet, device: &Device) -> Result<
 }
 
 /// Fraction of `set` classified as labelled.
-pub fn accuracy(weights: &CnnWeights, set: &ImageSet, device: &Device) -> Result<f64> {
+pub fn accuracy<N: Network>(weights: &N, set: &ImageSet, device: &Device) -> Result<f64> {
     if set.is_empty() {
         return Err(Error::Mismatch(format!(
             "no images in {} to measure accuracy on",

@@ -1,19 +1,126 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use rand::{Rng, SeedableRng};
 
+use super::net::{Init, Layout};
 use super::*;
+use crate::data::{read_npy, write_npy_f32};
 use crate::model::{Classifier, cpu_device};
 use crate::onnx::write::save_model;
 
-fn random_images(n: usize, arch: CnnArch, seed: u64) -> Vec<f32> {
+fn random_images(n: usize, [c, h, w]: [usize; 3], seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..n * arch.channels * arch.height * arch.width)
+    (0..n * c * h * w)
         .map(|_| rng.random_range(0.0..1.0))
         .collect()
 }
 
-/// The export read back by the project's own interpreter computes the training-side forward.
+/// Runs `model` (argv 1) on the `.npy` input (argv 2) with onnxruntime, all graph optimisations
+/// off, and saves the first output as `float32` `.npy` (argv 3).
+const ORT_SCRIPT: &str = r#"
+import sys
+import numpy as np
+import onnxruntime as ort
+opts = ort.SessionOptions()
+opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+s = ort.InferenceSession(sys.argv[1], opts, providers=["CPUExecutionProvider"])
+(y,) = s.run(None, {s.get_inputs()[0].name: np.load(sys.argv[2])})
+np.save(sys.argv[3], np.asarray(y, dtype=np.float32))
+"#;
+
+/// Outputs of onnxruntime (an independent ONNX reader, through Python) for `model` on `input`
+/// (`.npy`), or `None` when python3 with numpy and onnxruntime is missing, unless the
+/// environment sets `CEPA_REQUIRE_ORT=1`.
+fn onnxruntime_outputs(model: &Path, input: &Path) -> Option<(Vec<usize>, Vec<f32>)> {
+    let probe = Command::new("python3")
+        .args(["-c", "import numpy, onnxruntime"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        let required = std::env::var("CEPA_REQUIRE_ORT").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "CEPA_REQUIRE_ORT=1 but python3 with numpy and onnxruntime is missing"
+        );
+        eprintln!("skipping the onnxruntime check: no python3 with numpy and onnxruntime");
+        return None;
+    }
+    let out = input.with_extension("out.npy");
+    let run = Command::new("python3")
+        .arg("-c")
+        .arg(ORT_SCRIPT)
+        .args([model, input, &out])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "onnxruntime failed on {}: {}",
+        model.display(),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let y = read_npy(&out).unwrap();
+    Some((y.shape.clone(), y.to_f32()))
+}
+
+fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!((a - b).abs() < 1e-4, "{what}, logit {i}: {a} vs burn {b}");
+    }
+}
+
+/// Export `w`, read the file back with the project's interpreter and with onnxruntime, and
+/// check that both compute the training-side forward pass on random images; `layer` must be an
+/// embedding candidate of the loaded model.
+fn check_export<N: Network>(w: &N, layer: &str) {
+    let arch = w.arch();
+    let [c, h, wd] = arch.input();
+    let k = arch.num_classes();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("net.onnx");
+    save_model(&w.to_onnx().unwrap(), &path).unwrap();
+    let device = cpu_device(false);
+    let model = Classifier::load(&path, &arch.spec(), &device).unwrap();
+    assert!(
+        model.layer(layer).unwrap().candidate,
+        "{layer} is a candidate"
+    );
+
+    let n = 5;
+    let pixels = random_images(n, arch.input(), 3);
+    let onnx = model.logits(model.images_tensor(&pixels, n)).unwrap();
+    assert_eq!(onnx.dims(), [n, k]);
+    let x = Tensor::from_data(TensorData::new(pixels.clone(), [n, c, h, wd]), &device);
+    let direct = read_f32(arch.forward(upload(w, &device), x)).unwrap();
+    let spread = direct.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(
+        spread > 0.1,
+        "logits should not be trivially small: {spread}"
+    );
+    assert_close(&read_f32(onnx).unwrap(), &direct, "interpreter");
+
+    let input = dir.path().join("input.npy");
+    write_npy_f32(&input, &[n, c, h, wd], &pixels).unwrap();
+    if let Some((shape, ort)) = onnxruntime_outputs(&path, &input) {
+        assert_eq!(shape, [n, k]);
+        assert_close(&ort, &direct, "onnxruntime");
+    }
+    let bytes = std::fs::metadata(&path).unwrap().len() as usize;
+    assert!(bytes >= 4 * arch.num_params(), "every weight is stored");
+}
+
+/// Give every zero-initialised tensor of `layout` (biases, residual branch ends) random values,
+/// so that the export's wiring of each is checked.
+fn perturb_zeros(layout: &Layout, flat: &mut [f32], seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for s in layout.specs().iter().filter(|s| s.init == Init::Zero) {
+        let v = layout.values_mut(flat, &s.name).unwrap();
+        v.iter_mut().for_each(|x| *x = rng.random_range(-0.2..0.2));
+    }
+}
+
+/// The export read back by the project's own interpreter and by onnxruntime computes the
+/// training-side forward.
 #[test]
 fn onnx_export_matches_the_training_forward() {
     for arch in [
@@ -32,35 +139,51 @@ fn onnx_export_matches_the_training_forward() {
         for b in [&mut w.conv1_b, &mut w.conv2_b, &mut w.fc1_b, &mut w.fc2_b] {
             b.iter_mut().for_each(|v| *v = rng.random_range(-0.5..0.5));
         }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cnn.onnx");
-        save_model(&w.to_onnx().unwrap(), &path).unwrap();
-        let spec = arch.spec();
-        let device = cpu_device(false);
-        let model = Classifier::load(&path, &spec, &device).unwrap();
-        assert!(model.layer("flatten").unwrap().candidate);
+        check_export(&w, "flatten");
+    }
+}
 
-        let n = 5;
-        let pixels = random_images(n, arch, 3);
-        let onnx = model.logits(model.images_tensor(&pixels, n)).unwrap();
-        let x = Tensor::from_data(
-            TensorData::new(pixels, [n, arch.channels, arch.height, arch.width]),
-            &device,
-        );
-        let direct = Cnn::new(&w, &device).unwrap().forward(x);
-        assert_eq!(onnx.dims(), [n, arch.num_classes]);
-        let onnx = read_f32(onnx).unwrap();
-        let direct = read_f32(direct).unwrap();
-        let spread = direct.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        assert!(
-            spread > 0.1,
-            "logits should not be trivially small: {spread}"
-        );
-        for (i, (a, b)) in onnx.iter().zip(&direct).enumerate() {
-            assert!((a - b).abs() < 1e-4, "logit {i}: onnx {a} vs burn {b}");
-        }
-        let bytes = std::fs::metadata(&path).unwrap().len() as usize;
-        assert!(bytes >= 4 * arch.num_params(), "every weight is stored");
+/// The ResNet's export (Conv, Relu, Add, GlobalAveragePool, Flatten, Gemm) agrees with its
+/// training forward in both readers: ResNet-8 on CIFAR-sized input, and two stages of two
+/// blocks (identity shortcuts after the first) on an odd-sized grey input.
+#[test]
+fn resnet_export_matches_the_training_forward() {
+    for arch in [
+        ResNetArch::default(),
+        ResNetArch {
+            channels: 1,
+            height: 20,
+            width: 17,
+            num_classes: 4,
+            widths: vec![8, 12],
+            blocks: 2,
+        },
+    ] {
+        let mut w = arch.init(1).unwrap();
+        perturb_zeros(&arch.layout(), &mut w.params, 2);
+        assert!(w.values("layer1.0.conv2.weight").unwrap()[0] != 0.0);
+        check_export(&w, "flatten");
+    }
+}
+
+/// The VGG net's export agrees with its training forward in both readers, with and without
+/// the hidden linear layer.
+#[test]
+fn vgg_export_matches_the_training_forward() {
+    for arch in [
+        VggArch::default(),
+        VggArch {
+            channels: 1,
+            height: 18,
+            width: 13,
+            num_classes: 3,
+            stages: vec![vec![4], vec![6, 5]],
+            hidden: 0,
+        },
+    ] {
+        let mut w = arch.init(1).unwrap();
+        perturb_zeros(&arch.layout(), &mut w.params, 2);
+        check_export(&w, "flatten");
     }
 }
 
@@ -91,6 +214,27 @@ fn blobs(n: usize, seed: u64) -> ImageSet {
         source: PathBuf::from("blobs"),
         format: "synthetic".into(),
     }
+}
+
+/// Two classes on 16x16 images wherever the pattern lies: horizontal stripes or vertical
+/// stripes (period 4, random phase), plus noise. Suits networks that pool globally.
+fn stripes(n: usize, seed: u64) -> ImageSet {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut set = blobs(n, seed);
+    set.pixels.clear();
+    for &label in &set.labels {
+        let phase = rng.random_range(0..4usize);
+        for r in 0..16usize {
+            for c in 0..16usize {
+                let along = if label == 0 { r } else { c };
+                let on = (along + phase) % 4 < 2;
+                let noise: f32 = rng.random_range(0.0..0.3);
+                set.pixels.push(if on { 0.6 + noise } else { noise });
+            }
+        }
+    }
+    set.source = PathBuf::from("stripes");
+    set
 }
 
 #[test]
@@ -125,6 +269,81 @@ fn training_learns_a_toy_task_deterministically() {
     assert_ne!(
         train(&set, arch, &other, &device).unwrap().weights,
         trained.weights
+    );
+}
+
+/// The ResNet and the VGG net learn the stripes task; chosen at run time through [`NetArch`] they
+/// train exactly as when named statically.
+#[test]
+fn resnet_and_vgg_learn_a_toy_task() {
+    let resnet = ResNetArch {
+        channels: 1,
+        height: 16,
+        width: 16,
+        num_classes: 2,
+        widths: vec![8, 16],
+        blocks: 1,
+    };
+    let vgg = VggArch {
+        channels: 1,
+        height: 16,
+        width: 16,
+        num_classes: 2,
+        stages: vec![vec![8], vec![16]],
+        hidden: 16,
+    };
+    let cfg = TrainConfig {
+        epochs: 4,
+        batch_size: 8,
+        lr: 3e-3,
+        seed: 5,
+        ..Default::default()
+    };
+    let device = cpu_device(true);
+    let (set, held_out) = (stripes(64, 0), stripes(64, 1));
+    let mut dynamic = Vec::new();
+    for arch in [NetArch::ResNet(resnet.clone()), NetArch::Vgg(vgg)] {
+        let trained = train(&set, arch.clone(), &cfg, &device).unwrap();
+        let first = trained.history.first().unwrap().loss;
+        let last = trained.history.last().unwrap().loss;
+        assert!(
+            last < 0.5 * first,
+            "{}: loss {first} -> {last}",
+            arch.name()
+        );
+        let acc = accuracy(&trained.weights, &held_out, &device).unwrap();
+        assert!(acc >= 0.9, "{}: held-out accuracy {acc}", arch.name());
+        dynamic.push(trained.weights);
+    }
+    let direct = train(&set, resnet, &cfg, &device).unwrap().weights;
+    assert_eq!(dynamic[0], Net::ResNet(direct));
+}
+
+#[test]
+fn arch_names_select_their_network() {
+    let (cnn, resnet, vgg) = (
+        CnnArch::default(),
+        ResNetArch::default(),
+        VggArch::default(),
+    );
+    for name in ARCH_NAMES {
+        let a = NetArch::select(name, &cnn, &resnet, &vgg)
+            .unwrap()
+            .with_io(3, 32, 32, 43);
+        assert_eq!(a.name(), name);
+        assert_eq!((a.input(), a.num_classes()), ([3, 32, 32], 43));
+        let w = a.init(0).unwrap();
+        assert_eq!(w.arch(), a);
+        assert_eq!(w.to_flat().len(), a.num_params());
+        assert_eq!(a.unflatten(&w.to_flat()).unwrap(), w);
+    }
+    let err = NetArch::select("resnet50", &cnn, &resnet, &vgg).unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
+    assert!(err.to_string().contains("\"vgg\""), "{err}");
+    // The manifest records the chosen network's own config.
+    assert_eq!(
+        serde_json::to_value(NetArch::ResNet(resnet.clone())).unwrap(),
+        serde_json::to_value(&resnet).unwrap()
     );
 }
 

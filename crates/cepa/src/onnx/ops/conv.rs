@@ -1,5 +1,6 @@
 //! Conv, MaxPool, AveragePool and the global pools (2-D, NCHW).
 
+use burn::tensor::Tensor;
 use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 
@@ -255,6 +256,9 @@ pub(super) fn pool(spec: &PoolSpec, max: bool, inputs: &Inputs) -> Result<FTenso
             )));
         }
     }
+    if !max && let Some(out) = tiled_avg_pool(&x, spec, pads) {
+        return Ok(FTensor::R4(out));
+    }
     let out = if max {
         let opts = MaxPoolOptions::new(spec.kernel)
             .with_stride(spec.strides)
@@ -271,6 +275,37 @@ pub(super) fn pool(spec: &PoolSpec, max: bool, inputs: &Inputs) -> Result<FTenso
         avg_pool2d(x, opts)
     };
     Ok(FTensor::R4(out))
+}
+
+/// An average pool whose windows tile the image (stride = kernel, no padding, floor mode) as a
+/// reshape and a mean. Same values as burn's pooling; its gradient is a broadcast instead of
+/// burn's per-window loop, which took 14 % of a MNIST scan (BENCHMARKS.md: 2.4x faster forward +
+/// backward). Max pools keep burn's kernel: a max over the reshaped windows was 3.6x slower.
+/// `None` when the pool is not of that form.
+fn tiled_avg_pool(x: &Tensor<4>, spec: &PoolSpec, pads: [(usize, usize); 2]) -> Option<Tensor<4>> {
+    let [kh, kw] = spec.kernel;
+    let tiled = spec.strides == spec.kernel
+        && spec.dilations == [1, 1]
+        && pads == [(0, 0), (0, 0)]
+        && !spec.ceil_mode
+        && kh * kw > 1;
+    if !tiled {
+        return None;
+    }
+    let [n, c, h, w] = x.dims();
+    let (oh, ow) = (h / kh, w / kw);
+    if oh == 0 || ow == 0 {
+        return None;
+    }
+    let mut t = x.clone();
+    if oh * kh != h {
+        t = t.narrow(2, 0, oh * kh);
+    }
+    if ow * kw != w {
+        t = t.narrow(3, 0, ow * kw);
+    }
+    let windows: Tensor<6> = t.reshape([n, c, oh, kh, ow, kw]);
+    Some(windows.mean_dims(&[3, 5]).reshape([n, c, oh, ow]))
 }
 
 pub(super) fn global_pool(max: bool, inputs: &Inputs) -> Result<FTensor> {

@@ -1,0 +1,280 @@
+//! `cepa eval`: run the detectors over every model of a zoo manifest and judge them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use cepa::data::{ImageSet, Split};
+use cepa::detect::nc::{NcConfig, neural_cleanse};
+use cepa::detect::{ScanConfig, scan};
+use cepa::eval::{Outcome, evaluate, markdown, roc_svg};
+use cepa::model::{Classifier, ModelSpec, cpu_device};
+use cepa::zoo::{ManifestEntry, read_manifest};
+use clap::{Args, ValueEnum};
+
+use crate::ExitStatus;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DetectorChoice {
+    Cepa,
+    Nc,
+    All,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// A zoo folder with manifest.json (from `cepa zoo build`, or written by hand).
+    pub zoo: PathBuf,
+    /// Which detector(s) to run.
+    #[arg(long, value_enum, default_value = "all")]
+    pub detector: DetectorChoice,
+    /// Output folder: results.jsonl (one line per model and detector; a rerun skips those),
+    /// reports/, evaluation.json, evaluation.md and roc-DATASET.svg.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Folder holding the datasets by name (default: each model's data_dir in the manifest).
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+    /// Clean test images per class given to each detector.
+    #[arg(long, default_value_t = 10)]
+    pub per_class: usize,
+    /// Seed of the image sampling and the detectors.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// CEPA optimisation steps per class (default from its config).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// CEPA early stop: checks without progress after which a feasible class stops (0: off).
+    #[arg(long)]
+    pub plateau: Option<usize>,
+    /// False-positive rate for the threshold calibrated on the clean models.
+    #[arg(long, default_value_t = 0.05)]
+    pub fpr: f64,
+    /// Only the models whose id contains this text.
+    #[arg(long)]
+    pub only: Option<String>,
+    /// A backdoored model counts only when its attack success rate (manifest) reaches this
+    /// (METHOD.md: 0.9); the others are left out of the run and the tables, and listed.
+    #[arg(long, default_value_t = 0.9)]
+    pub min_asr: f64,
+}
+
+pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
+    let manifest = read_manifest(&a.zoo)?;
+    if manifest.models.is_empty() {
+        bail!("{} lists no models", a.zoo.join("manifest.json").display());
+    }
+    let detectors: &[&str] = match a.detector {
+        DetectorChoice::Cepa => &["cepa"],
+        DetectorChoice::Nc => &["nc"],
+        DetectorChoice::All => &["cepa", "nc"],
+    };
+    std::fs::create_dir_all(a.out.join("reports"))
+        .with_context(|| format!("{}", a.out.display()))?;
+    let results = a.out.join("results.jsonl");
+    let mut outcomes = read_results(&results)?;
+    let weak: Vec<&ManifestEntry> = manifest
+        .models
+        .iter()
+        .filter(|m| m.attack_success_rate.is_some_and(|r| r < a.min_asr))
+        .collect();
+    let kept: BTreeSet<&str> = manifest
+        .models
+        .iter()
+        .filter(|m| !weak.iter().any(|w| w.id == m.id))
+        .map(|m| m.id.as_str())
+        .collect();
+    outcomes.retain(|o| kept.contains(o.model.as_str()));
+    let done: BTreeSet<(String, String)> = outcomes
+        .iter()
+        .map(|o| (o.model.clone(), o.detector.clone()))
+        .collect();
+    let mut data: BTreeMap<PathBuf, ImageSet> = BTreeMap::new();
+    let device = cpu_device(true);
+    let todo: Vec<(&ManifestEntry, &str)> = manifest
+        .models
+        .iter()
+        .filter(|m| kept.contains(m.id.as_str()))
+        .filter(|m| a.only.as_deref().is_none_or(|s| m.id.contains(s)))
+        .flat_map(|m| detectors.iter().map(move |d| (m, *d)))
+        .filter(|(m, d)| !done.contains(&(m.id.clone(), d.to_string())))
+        .collect();
+    if !quiet {
+        eprintln!(
+            "{} models x {} detector(s): {} results already in {}, {} to run",
+            manifest.models.len(),
+            detectors.len(),
+            done.len(),
+            results.display(),
+            todo.len()
+        );
+    }
+    for (i, (m, det)) in todo.iter().enumerate() {
+        let dir = data_dir(&a, m);
+        if !data.contains_key(&dir) {
+            let set = cepa::data::load(&dir, Split::Test)
+                .with_context(|| format!("test images of {} ({})", m.id, dir.display()))?;
+            data.insert(dir.clone(), set);
+        }
+        let images = &data[&dir];
+        let spec = ModelSpec::from_file(&a.zoo.join(&m.spec))?;
+        let model = Classifier::load(&a.zoo.join(&m.path), &spec, &device)
+            .with_context(|| format!("model {}", m.id))?;
+        let (o, report) = match *det {
+            "cepa" => run_cepa(&a, m, &model, images)?,
+            _ => run_nc(&a, m, &model, images)?,
+        };
+        let rdir = a.out.join("reports").join(det);
+        std::fs::create_dir_all(&rdir)?;
+        std::fs::write(rdir.join(format!("{}.json", m.id)), report)?;
+        append(&results, &o)?;
+        if !quiet {
+            eprintln!(
+                "[{}/{}] {det} {}: {} (truth {}), score {:.2}, {:.1} s",
+                i + 1,
+                todo.len(),
+                m.id,
+                o.target
+                    .map_or_else(|| "clean".into(), |t| format!("target {t}")),
+                m.target
+                    .map_or_else(|| "clean".into(), |t| format!("target {t}")),
+                o.score,
+                o.seconds
+            );
+        }
+        outcomes.push(o);
+    }
+    let ev = evaluate(&outcomes, a.fpr);
+    std::fs::write(
+        a.out.join("evaluation.json"),
+        serde_json::to_string_pretty(&ev)?,
+    )?;
+    let mut md = format!(
+        "# Evaluation of {}\n\n{} results from `{}`; {} clean images per class, seed {}.\n\
+         Per family: that family's backdoored models with the dataset's clean models.\n\n",
+        a.zoo.display(),
+        outcomes.len(),
+        results.display(),
+        a.per_class,
+        a.seed
+    );
+    md.push_str(&markdown(&ev));
+    if !weak.is_empty() {
+        md.push_str(&format!(
+            "Left out (attack success below {}, so not backdoored in fact):\n\n",
+            a.min_asr
+        ));
+        for w in &weak {
+            md.push_str(&format!(
+                "- {} ({}, attack success {:.3})\n",
+                w.id,
+                w.attack,
+                w.attack_success_rate.unwrap_or(0.0)
+            ));
+        }
+        md.push('\n');
+    }
+    std::fs::write(a.out.join("evaluation.md"), &md)?;
+    let datasets: BTreeSet<&str> = outcomes.iter().map(|o| o.dataset.as_str()).collect();
+    for ds in datasets {
+        std::fs::write(a.out.join(format!("roc-{ds}.svg")), roc_svg(&outcomes, ds))?;
+    }
+    crate::out(&md);
+    Ok(ExitStatus::Success)
+}
+
+fn data_dir(a: &EvalArgs, m: &ManifestEntry) -> PathBuf {
+    match &a.data_root {
+        Some(root) => root.join(&m.dataset),
+        None => PathBuf::from(&m.data_dir),
+    }
+}
+
+fn run_cepa(
+    a: &EvalArgs,
+    m: &ManifestEntry,
+    model: &Classifier,
+    images: &ImageSet,
+) -> Result<(Outcome, String)> {
+    let mut cfg = ScanConfig {
+        per_class: a.per_class,
+        seed: a.seed,
+        ..Default::default()
+    };
+    if let Some(s) = a.steps {
+        cfg.cepa.steps = s;
+    }
+    if let Some(p) = a.plateau {
+        cfg.cepa.plateau_checks = p;
+    }
+    let r = scan(model, images, &cfg).with_context(|| format!("CEPA scan of {}", m.id))?;
+    let o = Outcome {
+        model: m.id.clone(),
+        detector: "cepa".into(),
+        dataset: m.dataset.clone(),
+        attack: m.attack.clone(),
+        truth_target: m.target,
+        flagged: r.decision.backdoored,
+        target: r.target,
+        most_anomalous: Some(r.decision.most_anomalous),
+        score: r.score,
+        threshold: cfg.decision.threshold,
+        seconds: r.seconds,
+    };
+    Ok((o, serde_json::to_string_pretty(&r)?))
+}
+
+fn run_nc(
+    a: &EvalArgs,
+    m: &ManifestEntry,
+    model: &Classifier,
+    images: &ImageSet,
+) -> Result<(Outcome, String)> {
+    let cfg = NcConfig {
+        seed: a.seed,
+        ..Default::default()
+    };
+    let sample = images.balanced_sample(a.per_class, a.seed)?;
+    let r = neural_cleanse(model, &sample, &cfg, &|_| {})
+        .with_context(|| format!("Neural Cleanse on {}", m.id))?;
+    let o = Outcome {
+        model: m.id.clone(),
+        detector: "nc".into(),
+        dataset: m.dataset.clone(),
+        attack: m.attack.clone(),
+        truth_target: m.target,
+        flagged: r.verdict_backdoored,
+        target: r.target,
+        most_anomalous: Some(r.most_anomalous),
+        score: r.score,
+        threshold: cfg.threshold,
+        seconds: r.seconds,
+    };
+    Ok((o, serde_json::to_string_pretty(&r)?))
+}
+
+fn read_results(path: &Path) -> Result<Vec<Outcome>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{} line {}: not a result", path.display(), i + 1))
+        })
+        .collect()
+}
+
+fn append(path: &Path, o: &Outcome) -> Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("{}", path.display()))?;
+    writeln!(f, "{}", serde_json::to_string(o)?)?;
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! `cepa zoo build`: train a population of clean and backdoored models from a config.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use cepa::model::cpu_device;
+use cepa::zoo::{self, DataPair, ZooConfig};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::ExitStatus;
+
+#[derive(Subcommand, Debug)]
+pub enum ZooCommand {
+    /// Train every model of a config into a folder with manifest.json (resumable).
+    Build(BuildArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// The zoo config (TOML), e.g. zoo/smoke.toml.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Output folder: one ONNX file, spec and entry per model, and manifest.json.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Only the models whose id contains this text.
+    #[arg(long)]
+    pub only: Option<String>,
+}
+
+pub fn run(cmd: ZooCommand, quiet: bool) -> Result<ExitStatus> {
+    match cmd {
+        ZooCommand::Build(a) => build(a, quiet),
+    }
+}
+
+fn build(a: BuildArgs, quiet: bool) -> Result<ExitStatus> {
+    let cfg = ZooConfig::from_file(&a.config)?;
+    let mut plans = zoo::plan(&cfg)?;
+    // Read each dataset once; the attacks are resolved against its image shape.
+    let mut data: BTreeMap<String, DataPair> = BTreeMap::new();
+    for p in &plans {
+        if !data.contains_key(&p.dataset) {
+            let pair = DataPair::load(&p.data_dir)
+                .with_context(|| format!("dataset '{}' of {}", p.dataset, a.config.display()))?;
+            data.insert(p.dataset.clone(), pair);
+        }
+    }
+    let shapes = data.iter().map(|(k, v)| (k.clone(), v.shape())).collect();
+    let all = zoo::resolve(&cfg, &shapes)?;
+    plans = all.clone();
+    if let Some(only) = &a.only {
+        plans.retain(|p| p.id.contains(only.as_str()));
+    }
+    std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
+    let device = cpu_device(true);
+    let todo = plans
+        .iter()
+        .filter(|p| !zoo::is_done(&a.out, &p.id))
+        .count();
+    eprintln!(
+        "{} models in {}, {} already built, {todo} to train",
+        plans.len(),
+        a.config.display(),
+        plans.len() - todo
+    );
+    let mut done = 0;
+    for p in &plans {
+        if zoo::is_done(&a.out, &p.id) {
+            continue;
+        }
+        done += 1;
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            let b = ProgressBar::new(p.recipe.train.epochs as u64);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] epoch {pos}/{len} {msg} ({elapsed})",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
+            b.set_prefix(format!("[{done}/{todo}] {}", p.id));
+            b
+        };
+        let pair = &data[&p.dataset];
+        let entry = zoo::build_model(p, pair, &a.out, &device, &mut |e, _, loss, acc| {
+            bar.set_position(e as u64);
+            bar.set_message(format!("loss {loss:.3} train acc {acc:.3}"));
+        })
+        .with_context(|| format!("model {}", p.id))?;
+        bar.finish_and_clear();
+        let asr = entry
+            .attack_success_rate
+            .map_or_else(|| "-".to_string(), |v| format!("{v:.4}"));
+        eprintln!(
+            "{}: clean accuracy {:.4}, attack success {asr}, {:.0} s",
+            entry.id, entry.clean_accuracy, entry.train_seconds
+        );
+        zoo::write_manifest(&a.out, &all)?;
+    }
+    let manifest = zoo::write_manifest(&a.out, &all)?;
+    eprintln!(
+        "manifest: {} models in {}",
+        manifest.models.len(),
+        a.out.join("manifest.json").display()
+    );
+    Ok(ExitStatus::Success)
+}

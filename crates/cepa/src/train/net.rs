@@ -1,0 +1,456 @@
+//! What the trainer needs of a network, and the project's three networks behind one enum.
+//!
+//! An [`Architecture`] is a family of functions `logits = f(params, x)` of one flat parameter
+//! vector (one autodiff leaf, one Adam state); a [`Network`] is a point of that family, the
+//! parameter values on the host, which exports to ONNX. [`NetArch`] and [`Net`] dispatch over the
+//! small CNN, the ResNet and the VGG-style net, for callers (the zoo) that pick one at run time.
+//!
+//! [`Layout`] names the parameter tensors of a network in flat order; the ResNet and the VGG net
+//! describe themselves with one, so that initialisation, the device forward pass and the ONNX
+//! initializers all read the same table.
+
+use std::fmt;
+
+use burn::prelude::*;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use onnx_ir::ModelProto;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::cnn::{CnnArch, CnnWeights};
+use super::resnet::{ResNetArch, ResNetWeights};
+use super::vgg::{VggArch, VggWeights};
+use crate::error::{Error, Result};
+use crate::model::{ModelSpec, OutputKind};
+use crate::onnx::write::{AttrValue, GraphBuilder};
+
+/// The shape of a network: everything but its parameter values.
+pub trait Architecture: Clone + fmt::Debug {
+    /// The host weights of this architecture.
+    type Weights: Network<Arch = Self>;
+
+    /// Input `[channels, height, width]`.
+    fn input(&self) -> [usize; 3];
+
+    /// Number of output classes.
+    fn num_classes(&self) -> usize;
+
+    /// Reject a shape the network cannot be built for.
+    fn validate(&self) -> Result<()>;
+
+    /// Length of the flat parameter vector.
+    fn num_params(&self) -> usize;
+
+    /// Seeded He (Kaiming normal) initialisation.
+    fn init(&self, seed: u64) -> Result<Self::Weights>;
+
+    /// Weights from every parameter in one vector, in the order of [`Network::to_flat`].
+    fn unflatten(&self, flat: &[f32]) -> Result<Self::Weights>;
+
+    /// Logits `[N, classes]` for images `[N, C, H, W]` (the model's input units), every
+    /// parameter read from `params` (in the order of [`Network::to_flat`]).
+    fn forward(&self, params: Tensor<1>, x: Tensor<4>) -> Tensor<2>;
+
+    /// The spec of the exported model: pixels in `[0, 1]` as they are, logits out.
+    fn spec(&self) -> ModelSpec {
+        logits_spec(self.num_classes())
+    }
+}
+
+/// A network's parameter values on the host, tied to its architecture.
+pub trait Network: Clone + fmt::Debug {
+    type Arch: Architecture<Weights = Self>;
+
+    /// The architecture (a copy).
+    fn arch(&self) -> Self::Arch;
+
+    /// Check that the values fit the architecture.
+    fn validate(&self) -> Result<()>;
+
+    /// Every parameter in one vector.
+    fn to_flat(&self) -> Vec<f32>;
+
+    /// The network as an ONNX model (opset [`OPSET`](super::cnn::OPSET)): input `input`
+    /// `[N, C, H, W]`, output `logits` `[N, classes]`.
+    fn to_onnx(&self) -> Result<ModelProto>;
+}
+
+/// The spec of a model that takes `[0, 1]` pixels as they are and outputs logits.
+pub fn logits_spec(num_classes: usize) -> ModelSpec {
+    ModelSpec {
+        mean: Some(vec![0.0]),
+        std: Some(vec![1.0]),
+        output: Some(OutputKind::Logits),
+        num_classes: Some(num_classes),
+        ..Default::default()
+    }
+}
+
+/// A standard normal sample (Box-Muller), so that no distribution crate is needed.
+pub(crate) fn normal(rng: &mut ChaCha8Rng) -> f32 {
+    let u1: f64 = rng.random_range(f64::EPSILON..1.0);
+    let u2: f64 = rng.random_range(0.0..1.0);
+    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+}
+
+/// How a parameter tensor starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Init {
+    /// `N(0, 2 / fan_in)`, fan-in being the product of all dims but the first.
+    He,
+    /// All zero (biases; the last convolution of a residual branch).
+    Zero,
+}
+
+/// One named parameter tensor: its ONNX initializer name, dims and initialisation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub dims: Vec<usize>,
+    pub init: Init,
+}
+
+impl ParamSpec {
+    fn numel(&self) -> usize {
+        self.dims.iter().product()
+    }
+}
+
+/// The parameter tensors of a network, in the order of its flat vector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    specs: Vec<ParamSpec>,
+    offsets: Vec<usize>,
+    total: usize,
+}
+
+impl Layout {
+    pub fn new(specs: Vec<ParamSpec>) -> Layout {
+        let mut offsets = Vec::with_capacity(specs.len());
+        let mut total = 0;
+        for s in &specs {
+            offsets.push(total);
+            total += s.numel();
+        }
+        Layout {
+            specs,
+            offsets,
+            total,
+        }
+    }
+
+    /// A weight `[dims]` (He) and its bias `[dims[0]]` (zero), named `NAME.weight`, `NAME.bias`.
+    pub(crate) fn layer(specs: &mut Vec<ParamSpec>, name: &str, dims: Vec<usize>, init: Init) {
+        let out = dims[0];
+        specs.push(ParamSpec {
+            name: format!("{name}.weight"),
+            dims,
+            init,
+        });
+        specs.push(ParamSpec {
+            name: format!("{name}.bias"),
+            dims: vec![out],
+            init: Init::Zero,
+        });
+    }
+
+    pub fn specs(&self) -> &[ParamSpec] {
+        &self.specs
+    }
+
+    /// Length of the flat vector.
+    pub fn num_params(&self) -> usize {
+        self.total
+    }
+
+    fn find(&self, name: &str) -> Option<(usize, &ParamSpec)> {
+        let i = self.specs.iter().position(|s| s.name == name)?;
+        Some((self.offsets[i], &self.specs[i]))
+    }
+
+    /// A flat vector initialised from `seed`, tensor after tensor.
+    pub fn init(&self, seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut flat = Vec::with_capacity(self.total);
+        for s in &self.specs {
+            let n = s.numel();
+            match s.init {
+                Init::Zero => flat.resize(flat.len() + n, 0.0),
+                Init::He => {
+                    let fan_in = n / s.dims[0].max(1);
+                    let std = (2.0 / fan_in.max(1) as f32).sqrt();
+                    flat.extend((0..n).map(|_| normal(&mut rng) * std));
+                }
+            }
+        }
+        flat
+    }
+
+    /// The values of parameter `name` within `flat`.
+    pub fn values<'a>(&self, flat: &'a [f32], name: &str) -> Option<&'a [f32]> {
+        let (at, s) = self.find(name)?;
+        flat.get(at..at + s.numel())
+    }
+
+    /// The values of parameter `name` within `flat`, to change in place.
+    pub fn values_mut<'a>(&self, flat: &'a mut [f32], name: &str) -> Option<&'a mut [f32]> {
+        let (at, s) = self.find(name)?;
+        flat.get_mut(at..at + s.numel())
+    }
+
+    /// Parameter `name` cut out of the device vector `params`, in its dims.
+    ///
+    /// # Panics
+    /// When the layout has no such parameter or its rank is not `D`: the forward pass and the
+    /// layout are written together, so this is a bug, not bad input.
+    pub(crate) fn tensor<const D: usize>(&self, params: &Tensor<1>, name: &str) -> Tensor<D> {
+        let (at, s) = self
+            .find(name)
+            .unwrap_or_else(|| panic!("no parameter '{name}' in the layout"));
+        assert_eq!(s.dims.len(), D, "rank of parameter '{name}'");
+        let dims: [usize; D] = std::array::from_fn(|i| s.dims[i]);
+        params.clone().narrow(0, at, s.numel()).reshape(dims)
+    }
+
+    /// Check that `flat` has the layout's length.
+    pub fn check(&self, flat: &[f32], what: &str) -> Result<()> {
+        if flat.len() != self.total {
+            return Err(Error::Mismatch(format!(
+                "{} parameter values given but the {what} has {}",
+                flat.len(),
+                self.total
+            )));
+        }
+        Ok(())
+    }
+
+    /// Add every parameter of `flat` to `g` as an initializer under its own name.
+    pub(crate) fn add_initializers(&self, g: &mut GraphBuilder, flat: &[f32]) {
+        for (s, &at) in self.specs.iter().zip(&self.offsets) {
+            g.init_f32(&s.name, &s.dims, &flat[at..at + s.numel()]);
+        }
+    }
+}
+
+/// A 2D convolution with a square kernel and equal strides and padding on every side, on the
+/// device, its weight and bias read from `params` as `NAME.weight`, `NAME.bias`.
+pub(crate) fn conv(
+    layout: &Layout,
+    params: &Tensor<1>,
+    name: &str,
+    x: Tensor<4>,
+    stride: usize,
+    pad: usize,
+) -> Tensor<4> {
+    let w = layout.tensor::<4>(params, &format!("{name}.weight"));
+    let b = layout.tensor::<1>(params, &format!("{name}.bias"));
+    let opts = ConvOptions::new([stride, stride], [pad, pad], [1, 1], 1);
+    conv2d(x, w, Some(b), opts)
+}
+
+/// A linear layer `x W^T + b` on the device, from `NAME.weight` `[out, in]` and `NAME.bias`.
+pub(crate) fn linear(layout: &Layout, params: &Tensor<1>, name: &str, x: Tensor<2>) -> Tensor<2> {
+    let w = layout.tensor::<2>(params, &format!("{name}.weight"));
+    let b = layout.tensor::<1>(params, &format!("{name}.bias"));
+    x.matmul(w.transpose()) + b.unsqueeze()
+}
+
+/// The ONNX twin of [`conv`]: a Conv node reading initializers `NAME.weight`, `NAME.bias`,
+/// writing `out`.
+pub(crate) fn onnx_conv(
+    g: &mut GraphBuilder,
+    x: &str,
+    name: &str,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    out: &str,
+) -> String {
+    let (k, s, p) = (kernel as i64, stride as i64, pad as i64);
+    g.node(
+        "Conv",
+        &[x, &format!("{name}.weight"), &format!("{name}.bias")],
+        Some(out),
+        &[
+            ("kernel_shape", AttrValue::Ints(vec![k, k])),
+            ("strides", AttrValue::Ints(vec![s, s])),
+            ("pads", AttrValue::Ints(vec![p, p, p, p])),
+        ],
+    )
+}
+
+/// The ONNX twin of [`linear`]: Gemm with `transB = 1`.
+pub(crate) fn onnx_linear(g: &mut GraphBuilder, x: &str, name: &str, out: &str) -> String {
+    g.node(
+        "Gemm",
+        &[x, &format!("{name}.weight"), &format!("{name}.bias")],
+        Some(out),
+        &[("transB", AttrValue::Int(1))],
+    )
+}
+
+/// Names [`NetArch::select`] accepts.
+pub const ARCH_NAMES: [&str; 3] = ["cnn", "resnet", "vgg"];
+
+/// One of the project's networks, chosen at run time. Serialises as the chosen network's own
+/// config (the name is [`NetArch::name`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum NetArch {
+    Cnn(CnnArch),
+    ResNet(ResNetArch),
+    Vgg(VggArch),
+}
+
+impl NetArch {
+    /// The configured network called `name` (one of [`ARCH_NAMES`]).
+    pub fn select(name: &str, cnn: &CnnArch, resnet: &ResNetArch, vgg: &VggArch) -> Result<Self> {
+        match name {
+            "cnn" => Ok(NetArch::Cnn(*cnn)),
+            "resnet" => Ok(NetArch::ResNet(resnet.clone())),
+            "vgg" => Ok(NetArch::Vgg(vgg.clone())),
+            _ => Err(Error::Config(format!(
+                "unknown arch '{name}' (one of {})",
+                ARCH_NAMES.map(|n| format!("\"{n}\"")).join(", ")
+            ))),
+        }
+    }
+
+    /// `"cnn"`, `"resnet"` or `"vgg"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            NetArch::Cnn(_) => "cnn",
+            NetArch::ResNet(_) => "resnet",
+            NetArch::Vgg(_) => "vgg",
+        }
+    }
+
+    /// The same network for images `channels x height x width` of `num_classes` classes.
+    pub fn with_io(self, channels: usize, height: usize, width: usize, num_classes: usize) -> Self {
+        match self {
+            NetArch::Cnn(a) => NetArch::Cnn(CnnArch {
+                channels,
+                height,
+                width,
+                num_classes,
+                ..a
+            }),
+            NetArch::ResNet(a) => NetArch::ResNet(ResNetArch {
+                channels,
+                height,
+                width,
+                num_classes,
+                ..a
+            }),
+            NetArch::Vgg(a) => NetArch::Vgg(VggArch {
+                channels,
+                height,
+                width,
+                num_classes,
+                ..a
+            }),
+        }
+    }
+}
+
+/// The weights of a [`NetArch`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Net {
+    Cnn(CnnWeights),
+    ResNet(ResNetWeights),
+    Vgg(VggWeights),
+}
+
+/// `$body` with `$a` bound to the architecture inside any variant of `$arch`.
+macro_rules! each_arch {
+    ($arch:expr, $a:ident => $body:expr) => {
+        match $arch {
+            NetArch::Cnn($a) => $body,
+            NetArch::ResNet($a) => $body,
+            NetArch::Vgg($a) => $body,
+        }
+    };
+}
+
+impl Architecture for NetArch {
+    type Weights = Net;
+
+    fn input(&self) -> [usize; 3] {
+        each_arch!(self, a => a.input())
+    }
+
+    fn num_classes(&self) -> usize {
+        each_arch!(self, a => Architecture::num_classes(a))
+    }
+
+    fn validate(&self) -> Result<()> {
+        each_arch!(self, a => Architecture::validate(a))
+    }
+
+    fn num_params(&self) -> usize {
+        each_arch!(self, a => Architecture::num_params(a))
+    }
+
+    fn init(&self, seed: u64) -> Result<Net> {
+        Ok(match self {
+            NetArch::Cnn(a) => Net::Cnn(Architecture::init(a, seed)?),
+            NetArch::ResNet(a) => Net::ResNet(a.init(seed)?),
+            NetArch::Vgg(a) => Net::Vgg(a.init(seed)?),
+        })
+    }
+
+    fn unflatten(&self, flat: &[f32]) -> Result<Net> {
+        Ok(match self {
+            NetArch::Cnn(a) => Net::Cnn(Architecture::unflatten(a, flat)?),
+            NetArch::ResNet(a) => Net::ResNet(a.unflatten(flat)?),
+            NetArch::Vgg(a) => Net::Vgg(a.unflatten(flat)?),
+        })
+    }
+
+    fn forward(&self, params: Tensor<1>, x: Tensor<4>) -> Tensor<2> {
+        each_arch!(self, a => a.forward(params, x))
+    }
+
+    fn spec(&self) -> ModelSpec {
+        each_arch!(self, a => Architecture::spec(a))
+    }
+}
+
+impl Network for Net {
+    type Arch = NetArch;
+
+    fn arch(&self) -> NetArch {
+        match self {
+            Net::Cnn(w) => NetArch::Cnn(w.arch),
+            Net::ResNet(w) => NetArch::ResNet(w.arch.clone()),
+            Net::Vgg(w) => NetArch::Vgg(w.arch.clone()),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        match self {
+            Net::Cnn(w) => Network::validate(w),
+            Net::ResNet(w) => w.validate(),
+            Net::Vgg(w) => w.validate(),
+        }
+    }
+
+    fn to_flat(&self) -> Vec<f32> {
+        match self {
+            Net::Cnn(w) => Network::to_flat(w),
+            Net::ResNet(w) => w.to_flat(),
+            Net::Vgg(w) => w.to_flat(),
+        }
+    }
+
+    fn to_onnx(&self) -> Result<ModelProto> {
+        match self {
+            Net::Cnn(w) => Network::to_onnx(w),
+            Net::ResNet(w) => w.to_onnx(),
+            Net::Vgg(w) => w.to_onnx(),
+        }
+    }
+}

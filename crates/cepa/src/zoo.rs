@@ -1,0 +1,545 @@
+//! The backdoor zoo: populations of clean and backdoored models with known ground truth, trained
+//! by the project's own code and exported to ONNX, so that the scanner reads them exactly as it
+//! reads a user's model.
+//!
+//! A zoo config (TOML) names a data root, a training recipe per dataset and groups of models;
+//! [`plan`] expands each group over its seeds into [`ModelPlan`]s, [`build_model`] trains one and
+//! writes `ID.onnx`, `ID.cepa.toml` and `ID.json` (its [`ManifestEntry`]), and [`write_manifest`]
+//! gathers the finished entries into `manifest.json`. A model whose `ID.json` exists is finished,
+//! so a killed build loses at most the model in progress.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::attack::AttackConfig;
+use crate::data::{ImageSet, Split, load};
+use crate::error::{Error, Result};
+use crate::onnx::write::save_model;
+use crate::train::{
+    ARCH_NAMES, Architecture, CnnArch, NetArch, Network, ResNetArch, TrainConfig, Trainer, VggArch,
+    predict,
+};
+use burn::prelude::Device;
+
+/// A zoo config file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZooConfig {
+    /// Folder holding the datasets (`mnist/`, `cifar10/`, ...), relative to the config file.
+    /// Default `../../shared/data` (the shared data beside a checkout, seen from `zoo/`).
+    #[serde(default = "default_data_root")]
+    pub data_root: PathBuf,
+    /// Training recipe per dataset name.
+    pub recipes: BTreeMap<String, Recipe>,
+    /// Groups of models.
+    pub models: Vec<Group>,
+}
+
+fn default_data_root() -> PathBuf {
+    PathBuf::from("../../shared/data")
+}
+
+/// How the models of one dataset are trained.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    /// Network architecture: `"cnn"` (the small CNN of [`crate::train::cnn`]), `"resnet"`
+    /// ([`crate::train::resnet`]) or `"vgg"` ([`crate::train::vgg`]). Default `"cnn"`.
+    #[serde(default = "default_arch")]
+    pub arch: String,
+    /// The CNN's shape; channels, height, width and classes are taken from the data.
+    #[serde(default)]
+    pub cnn: CnnArch,
+    /// The ResNet's shape when `arch = "resnet"` (input and classes from the data).
+    #[serde(default)]
+    pub resnet: ResNetArch,
+    /// The VGG net's shape when `arch = "vgg"` (input and classes from the data).
+    #[serde(default)]
+    pub vgg: VggArch,
+    /// Optimisation.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Train on a seeded random subset of this many training images (all when absent).
+    #[serde(default)]
+    pub train_images: Option<usize>,
+}
+
+fn default_arch() -> String {
+    "cnn".into()
+}
+
+/// What [`Group::vary`] may vary with the seed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Vary {
+    /// The target class: drawn uniformly from the classes.
+    Target,
+    /// BadNets: the patch's top-left corner, anywhere the patch fits.
+    Position,
+    /// Blend's noise pattern and WaNet's warp grid: seeded by the model seed.
+    Pattern,
+}
+
+/// Models of one dataset and attack, one per seed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    /// Prefix of the model ids: `NAME-sSEED`.
+    pub name: String,
+    /// Dataset folder under the data root, and key of its recipe.
+    pub dataset: String,
+    /// One model per seed (training, poisoning and what `vary` lists).
+    pub seeds: Vec<u64>,
+    /// The attack; absent for clean models.
+    #[serde(default)]
+    pub attack: Option<AttackConfig>,
+    /// What changes with the seed besides training and poisoning.
+    #[serde(default)]
+    pub vary: Vec<Vary>,
+    /// Overrides of the recipe's training settings for this group (e.g. more epochs for WaNet).
+    #[serde(default)]
+    pub epochs: Option<usize>,
+}
+
+/// One model to build.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelPlan {
+    pub id: String,
+    pub dataset: String,
+    pub data_dir: PathBuf,
+    pub recipe: Recipe,
+    pub attack: Option<AttackConfig>,
+    pub seed: u64,
+}
+
+/// One line of `manifest.json` (the fields issue 4 lists, plus the data folder and spec file).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    pub id: String,
+    /// ONNX file, relative to the zoo folder.
+    pub path: String,
+    /// Sidecar model spec, relative to the zoo folder.
+    pub spec: String,
+    pub dataset: String,
+    /// The dataset's folder as the config resolved it (for scanning).
+    pub data_dir: String,
+    pub arch: String,
+    /// `"clean"` or the attack family.
+    pub attack: String,
+    /// The attack's resolved settings, and the training recipe.
+    pub params: serde_json::Value,
+    pub target: Option<usize>,
+    pub sources: Option<Vec<usize>>,
+    pub seed: u64,
+    pub clean_accuracy: f64,
+    pub attack_success_rate: Option<f64>,
+    pub train_seconds: f64,
+}
+
+/// The manifest file: every finished model, in config order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub models: Vec<ManifestEntry>,
+}
+
+impl ZooConfig {
+    /// Read and check a config file; relative data roots are resolved against its folder.
+    pub fn from_file(path: &Path) -> Result<ZooConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut cfg: ZooConfig = toml::from_str(&text)
+            .map_err(|e| Error::format(path, format!("bad zoo config: {e}")))?;
+        if cfg.data_root.is_relative() {
+            let base = path.parent().unwrap_or(Path::new("."));
+            cfg.data_root = base.join(&cfg.data_root);
+        }
+        Ok(cfg)
+    }
+}
+
+/// Expand the groups of `cfg` over their seeds, checking names, recipes and attacks.
+pub fn plan(cfg: &ZooConfig) -> Result<Vec<ModelPlan>> {
+    let mut out = Vec::new();
+    let mut ids = std::collections::BTreeSet::new();
+    for g in &cfg.models {
+        let recipe = cfg.recipes.get(&g.dataset).ok_or_else(|| {
+            Error::Config(format!(
+                "group '{}' uses dataset '{}' but no [recipes.{}] is given",
+                g.name, g.dataset, g.dataset
+            ))
+        })?;
+        if !ARCH_NAMES.contains(&recipe.arch.as_str()) {
+            return Err(Error::Config(format!(
+                "recipe '{}': unknown arch '{}' (one of \"cnn\", \"resnet\", \"vgg\")",
+                g.dataset, recipe.arch
+            )));
+        }
+        if g.name.is_empty() || g.name.contains(['/', '\\']) {
+            return Err(Error::Config(format!(
+                "group name '{}' must be non-empty and without slashes",
+                g.name
+            )));
+        }
+        for &seed in &g.seeds {
+            let id = format!("{}-s{seed}", g.name);
+            if !ids.insert(id.clone()) {
+                return Err(Error::Config(format!("model id '{id}' appears twice")));
+            }
+            let mut recipe = recipe.clone();
+            recipe.train.seed = seed;
+            if let Some(e) = g.epochs {
+                recipe.train.epochs = e;
+            }
+            out.push(ModelPlan {
+                id,
+                dataset: g.dataset.clone(),
+                data_dir: cfg.data_root.join(&g.dataset),
+                recipe,
+                attack: g.attack.clone(),
+                seed,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The attack of `g` for `seed` with what `vary` asks changed, for images `c x h x w` of `k`
+/// classes. Deterministic in (group name, seed).
+fn resolve_attack(
+    attack: &AttackConfig,
+    vary: &[Vary],
+    name: &str,
+    seed: u64,
+    dims: (usize, usize, usize, usize),
+) -> Result<AttackConfig> {
+    let (c, h, w, k) = dims;
+    let salt = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |a, b| {
+        (a ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let mut rng = ChaCha8Rng::seed_from_u64(salt ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut a = attack.clone();
+    if vary.contains(&Vary::Target) {
+        let t = rng.random_range(0..k);
+        match &mut a {
+            AttackConfig::BadNets(x) => x.target = t,
+            AttackConfig::Blend(x) => x.target = t,
+            AttackConfig::WaNet(x) => x.target = t,
+            AttackConfig::Sig(x) => x.target = t,
+            AttackConfig::Chessboard(x) => x.target = t,
+        }
+    }
+    if vary.contains(&Vary::Position)
+        && let AttackConfig::BadNets(x) = &mut a
+    {
+        let (hp, wp) = (h.saturating_sub(x.patch), w.saturating_sub(x.patch));
+        x.row = Some(rng.random_range(0..=hp));
+        x.col = Some(rng.random_range(0..=wp));
+    }
+    if vary.contains(&Vary::Pattern) {
+        match &mut a {
+            AttackConfig::Blend(x) => x.pattern_seed = seed,
+            AttackConfig::WaNet(x) => x.grid_seed = seed,
+            _ => {}
+        }
+    }
+    // Source-specific attacks: drop a source that became the target.
+    let t = a.target();
+    match &mut a {
+        AttackConfig::BadNets(x) => drop_target(&mut x.sources, t),
+        AttackConfig::Blend(x) => drop_target(&mut x.sources, t),
+        AttackConfig::WaNet(x) => drop_target(&mut x.sources, t),
+        AttackConfig::Sig(x) => drop_target(&mut x.sources, t),
+        AttackConfig::Chessboard(x) => drop_target(&mut x.sources, t),
+    }
+    a.validate(c, h, w)?;
+    Ok(a)
+}
+
+fn drop_target(sources: &mut Option<Vec<usize>>, t: usize) {
+    if let Some(s) = sources {
+        s.retain(|&x| x != t);
+    }
+}
+
+/// Expand like [`plan`] and resolve every attack against its dataset's image shape (read from
+/// `shapes`: dataset -> (channels, height, width, classes)).
+pub fn resolve(
+    cfg: &ZooConfig,
+    shapes: &BTreeMap<String, (usize, usize, usize, usize)>,
+) -> Result<Vec<ModelPlan>> {
+    let mut plans = plan(cfg)?;
+    let mut i = 0;
+    for g in &cfg.models {
+        for &seed in &g.seeds {
+            if let Some(a) = &g.attack {
+                let dims = shapes.get(&g.dataset).copied().ok_or_else(|| {
+                    Error::Config(format!("no data shape known for dataset '{}'", g.dataset))
+                })?;
+                plans[i].attack = Some(resolve_attack(a, &g.vary, &g.name, seed, dims)?);
+            }
+            i += 1;
+        }
+    }
+    Ok(plans)
+}
+
+/// The train and test splits of a dataset, read once and shared by its models.
+#[derive(Clone, Debug)]
+pub struct DataPair {
+    pub train: ImageSet,
+    pub test: ImageSet,
+}
+
+impl DataPair {
+    pub fn load(dir: &Path) -> Result<DataPair> {
+        Ok(DataPair {
+            train: load(dir, Split::Train)?,
+            test: load(dir, Split::Test)?,
+        })
+    }
+
+    /// (channels, height, width, classes).
+    pub fn shape(&self) -> (usize, usize, usize, usize) {
+        let t = &self.train;
+        (t.channels, t.height, t.width, t.num_classes)
+    }
+}
+
+/// Progress of one model's training: called after every epoch with (epoch, epochs, loss, accuracy).
+pub type EpochCallback<'a> = &'a mut dyn FnMut(usize, usize, f64, f64);
+
+/// Whether `out` already holds the finished model `id`.
+pub fn is_done(out: &Path, id: &str) -> bool {
+    out.join(format!("{id}.json")).is_file()
+}
+
+/// Train, export and measure one model; writes `ID.onnx`, `ID.cepa.toml` and, last, `ID.json`.
+pub fn build_model(
+    p: &ModelPlan,
+    data: &DataPair,
+    out: &Path,
+    device: &Device,
+    on_epoch: EpochCallback,
+) -> Result<ManifestEntry> {
+    let start = Instant::now();
+    let (c, h, w, k) = data.shape();
+    let r = &p.recipe;
+    let arch = NetArch::select(&r.arch, &r.cnn, &r.resnet, &r.vgg)?.with_io(c, h, w, k);
+    let mut train = data.train.clone();
+    if let Some(n) = p.recipe.train_images
+        && n < train.len()
+    {
+        let mut rng = ChaCha8Rng::seed_from_u64(p.seed ^ 0x5eed);
+        let mut idx = rand::seq::index::sample(&mut rng, train.len(), n).into_vec();
+        idx.sort_unstable();
+        train = train.subset(&idx);
+    }
+    if let Some(a) = &p.attack {
+        train = a.poison(&train, p.seed)?.0;
+    }
+    let cfg = &p.recipe.train;
+    let mut trainer = Trainer::new(&arch.init(cfg.seed)?, cfg, device)?;
+    for e in 0..cfg.epochs {
+        let s = trainer.epoch(&train)?;
+        on_epoch(e + 1, cfg.epochs, s.loss, s.accuracy);
+    }
+    let weights = trainer.weights()?;
+    let train_seconds = start.elapsed().as_secs_f64();
+
+    let pred = predict(&weights, &data.test, device)?;
+    let hits = pred
+        .iter()
+        .zip(&data.test.labels)
+        .filter(|(p, l)| p == l)
+        .count();
+    let clean_accuracy = hits as f64 / data.test.len().max(1) as f64;
+    let asr = match &p.attack {
+        None => None,
+        Some(a) => Some(attack_success_rate(a, &weights, &data.test, device)?),
+    };
+
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let onnx = format!("{}.onnx", p.id);
+    let spec = format!("{}.cepa.toml", p.id);
+    write_atomic(&out.join(&onnx), |tmp| save_model(&weights.to_onnx()?, tmp))?;
+    write_atomic(&out.join(&spec), |tmp| arch.spec().to_file(tmp))?;
+    let entry = ManifestEntry {
+        id: p.id.clone(),
+        path: onnx,
+        spec,
+        dataset: p.dataset.clone(),
+        data_dir: p.data_dir.display().to_string(),
+        arch: p.recipe.arch.clone(),
+        attack: p.attack.as_ref().map_or("clean", AttackConfig::name).into(),
+        params: serde_json::json!({
+            "attack": p.attack.as_ref().map(AttackConfig::params),
+            (arch.name()): arch,
+            "train": cfg,
+            "train_images": train.len(),
+        }),
+        target: p.attack.as_ref().map(AttackConfig::target),
+        sources: p
+            .attack
+            .as_ref()
+            .and_then(|a| a.sources().map(<[usize]>::to_vec)),
+        seed: p.seed,
+        clean_accuracy,
+        attack_success_rate: asr,
+        train_seconds,
+    };
+    let json = serde_json::to_string_pretty(&entry).map_err(|e| Error::Config(e.to_string()))?;
+    let entry_path = out.join(format!("{}.json", p.id));
+    write_atomic(&entry_path, |tmp| {
+        std::fs::write(tmp, &json).map_err(|e| Error::io(tmp, e))
+    })?;
+    Ok(entry)
+}
+
+/// Fraction of the test images that the attack applies to (not of the target class; of a
+/// source class when source-specific) that the model sends to the target once triggered.
+pub fn attack_success_rate(
+    a: &AttackConfig,
+    weights: &impl Network,
+    test: &ImageSet,
+    device: &Device,
+) -> Result<f64> {
+    let t = a.target();
+    let idx: Vec<usize> = (0..test.len())
+        .filter(|&i| {
+            let l = test.labels[i];
+            l != t && a.sources().is_none_or(|s| s.contains(&l))
+        })
+        .collect();
+    if idx.is_empty() {
+        return Err(Error::Mismatch(format!(
+            "no test image in {} to measure the attack success on",
+            test.source.display()
+        )));
+    }
+    let stamped = a.stamp_test(&test.subset(&idx))?;
+    let pred = predict(weights, &stamped, device)?;
+    Ok(pred.iter().filter(|&&p| p == t).count() as f64 / idx.len() as f64)
+}
+
+/// Write through a temporary file renamed into place, so a killed build never leaves a partial
+/// file under the final name.
+fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".part");
+    let tmp = PathBuf::from(tmp);
+    write(&tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Gather the finished entries of `plans` (in plan order) into `out/manifest.json`.
+pub fn write_manifest(out: &Path, plans: &[ModelPlan]) -> Result<Manifest> {
+    let mut models = Vec::new();
+    for p in plans {
+        let path = out.join(format!("{}.json", p.id));
+        if !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let entry: ManifestEntry = serde_json::from_str(&text)
+            .map_err(|e| Error::format(&path, format!("bad model entry: {e}")))?;
+        models.push(entry);
+    }
+    let manifest = Manifest { models };
+    let json = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Config(e.to_string()))?;
+    let path = out.join("manifest.json");
+    write_atomic(&path, |tmp| {
+        std::fs::write(tmp, &json).map_err(|e| Error::io(tmp, e))
+    })?;
+    Ok(manifest)
+}
+
+/// Read `DIR/manifest.json`.
+pub fn read_manifest(dir: &Path) -> Result<Manifest> {
+    let path = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("bad manifest: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+data_root = "data"
+[recipes.mnist]
+train = { epochs = 1 }
+[[models]]
+name = "m-clean"
+dataset = "mnist"
+seeds = [0, 1]
+[[models]]
+name = "m-bn"
+dataset = "mnist"
+seeds = [0, 1, 2]
+attack = { kind = "badnets", patch = 3, target = 0 }
+vary = ["target", "position"]
+epochs = 2
+"#;
+
+    fn config() -> ZooConfig {
+        toml::from_str(CONFIG).unwrap()
+    }
+
+    #[test]
+    fn groups_expand_over_seeds_with_overrides() {
+        let plans = plan(&config()).unwrap();
+        let ids: Vec<&str> = plans.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["m-clean-s0", "m-clean-s1", "m-bn-s0", "m-bn-s1", "m-bn-s2"]
+        );
+        assert_eq!(plans[1].recipe.train.seed, 1);
+        assert_eq!(plans[0].recipe.train.epochs, 1);
+        assert_eq!(plans[3].recipe.train.epochs, 2, "group override");
+        assert!(plans[0].attack.is_none());
+        assert_eq!(plans[2].data_dir, Path::new("data/mnist"));
+    }
+
+    #[test]
+    fn varied_attacks_are_deterministic_and_fit() {
+        let cfg = config();
+        let shapes = BTreeMap::from([("mnist".to_string(), (1, 28, 28, 10))]);
+        let a = resolve(&cfg, &shapes).unwrap();
+        let b = resolve(&cfg, &shapes).unwrap();
+        let pick = |p: &ModelPlan| match p.attack.clone().unwrap() {
+            AttackConfig::BadNets(x) => (x.target, x.row.unwrap(), x.col.unwrap()),
+            _ => unreachable!(),
+        };
+        let got: Vec<_> = a[2..].iter().map(pick).collect();
+        assert_eq!(got, b[2..].iter().map(pick).collect::<Vec<_>>());
+        assert!(
+            got.iter()
+                .all(|&(t, r, c)| t < 10 && r + 3 <= 28 && c + 3 <= 28)
+        );
+        assert!(
+            got.windows(2).any(|w| w[0] != w[1]),
+            "seeds vary the attack: {got:?}"
+        );
+    }
+
+    #[test]
+    fn bad_configs_are_rejected() {
+        let mut cfg = config();
+        cfg.models[1].dataset = "cifar10".into();
+        assert!(
+            plan(&cfg)
+                .unwrap_err()
+                .to_string()
+                .contains("recipes.cifar10")
+        );
+        let mut cfg = config();
+        cfg.models[1].name = "m-clean".into();
+        cfg.models[1].seeds = vec![1];
+        assert!(plan(&cfg).unwrap_err().to_string().contains("twice"));
+        assert!(toml::from_str::<ZooConfig>("[recipes]\nmodels = []\nextra = 1").is_err());
+    }
+}
