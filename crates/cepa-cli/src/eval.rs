@@ -5,13 +5,16 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use cepa::attack::AttackConfig;
 use cepa::data::{ImageSet, Split};
+use cepa::detect::invert::{InvertConfig, Truth, TruthPatch, invert, split_sample};
 use cepa::detect::nc::{NcConfig, neural_cleanse};
 use cepa::detect::{ScanConfig, scan};
 use cepa::eval::{Outcome, evaluate, markdown, roc_svg};
 use cepa::model::{Classifier, ModelSpec, cpu_device};
 use cepa::zoo::{ManifestEntry, read_manifest};
 use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
 
 use crate::ExitStatus;
 
@@ -45,6 +48,9 @@ pub struct EvalArgs {
     /// CEPA optimisation steps per class (default from its config).
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Neural Cleanse optimisation steps per class (default from its config).
+    #[arg(long)]
+    pub nc_steps: Option<usize>,
     /// CEPA early stop: checks without progress after which a feasible class stops (0: off).
     #[arg(long)]
     pub plateau: Option<usize>,
@@ -58,6 +64,27 @@ pub struct EvalArgs {
     /// (METHOD.md: 0.9); the others are left out of the run and the tables, and listed.
     #[arg(long, default_value_t = 0.9)]
     pub min_asr: f64,
+    /// Also invert the trigger of every backdoored model's true target (stage 2): its attack
+    /// success rate and, for BadNets, the mask IoU with the true patch (inversions.jsonl and a
+    /// table in evaluation.md).
+    #[arg(long)]
+    pub invert: bool,
+}
+
+/// One line of `inversions.jsonl`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InversionOutcome {
+    pub model: String,
+    pub dataset: String,
+    pub attack: String,
+    pub target: usize,
+    pub kind: String,
+    pub feasible: bool,
+    pub asr: Option<f64>,
+    pub mask_iou: Option<f64>,
+    pub mask_iou_top_area: Option<f64>,
+    pub mass_in_patch: Option<f64>,
+    pub seconds: f64,
 }
 
 pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
@@ -145,6 +172,11 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
         }
         outcomes.push(o);
     }
+    let inversions = if a.invert {
+        run_inversions(&a, &manifest.models, &kept, &mut data, quiet)?
+    } else {
+        Vec::new()
+    };
     let ev = evaluate(&outcomes, a.fpr);
     std::fs::write(
         a.out.join("evaluation.json"),
@@ -174,6 +206,9 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
             ));
         }
         md.push('\n');
+    }
+    if !inversions.is_empty() {
+        md.push_str(&inversion_table(&inversions));
     }
     std::fs::write(a.out.join("evaluation.md"), &md)?;
     let datasets: BTreeSet<&str> = outcomes.iter().map(|o| o.dataset.as_str()).collect();
@@ -231,10 +266,13 @@ fn run_nc(
     model: &Classifier,
     images: &ImageSet,
 ) -> Result<(Outcome, String)> {
-    let cfg = NcConfig {
+    let mut cfg = NcConfig {
         seed: a.seed,
         ..Default::default()
     };
+    if let Some(s) = a.nc_steps {
+        cfg.steps = s;
+    }
     let sample = images.balanced_sample(a.per_class, a.seed)?;
     let r = neural_cleanse(model, &sample, &cfg, &|_| {})
         .with_context(|| format!("Neural Cleanse on {}", m.id))?;
@@ -255,6 +293,10 @@ fn run_nc(
 }
 
 fn read_results(path: &Path) -> Result<Vec<Outcome>> {
+    read_lines(path)
+}
+
+fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     if !path.exists() {
         return Ok(Vec::new());
     }
@@ -269,7 +311,7 @@ fn read_results(path: &Path) -> Result<Vec<Outcome>> {
         .collect()
 }
 
-fn append(path: &Path, o: &Outcome) -> Result<()> {
+fn append(path: &Path, o: &impl Serialize) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -277,4 +319,136 @@ fn append(path: &Path, o: &Outcome) -> Result<()> {
         .with_context(|| format!("{}", path.display()))?;
     writeln!(f, "{}", serde_json::to_string(o)?)?;
     Ok(())
+}
+
+/// Stage 2 on every kept backdoored model (resumable through `inversions.jsonl`).
+fn run_inversions(
+    a: &EvalArgs,
+    models: &[ManifestEntry],
+    kept: &BTreeSet<&str>,
+    data: &mut BTreeMap<PathBuf, ImageSet>,
+    quiet: bool,
+) -> Result<Vec<InversionOutcome>> {
+    let device = &cpu_device(true);
+    let path = a.out.join("inversions.jsonl");
+    let mut done: Vec<InversionOutcome> = read_lines(&path)?;
+    let todo: Vec<&ManifestEntry> = models
+        .iter()
+        .filter(|m| kept.contains(m.id.as_str()) && m.target.is_some())
+        .filter(|m| a.only.as_deref().is_none_or(|s| m.id.contains(s)))
+        .filter(|m| !done.iter().any(|d| d.model == m.id))
+        .collect();
+    for (i, m) in todo.iter().enumerate() {
+        let dir = data_dir(a, m);
+        if !data.contains_key(&dir) {
+            let set = cepa::data::load(&dir, Split::Test)
+                .with_context(|| format!("test images of {} ({})", m.id, dir.display()))?;
+            data.insert(dir.clone(), set);
+        }
+        let images = &data[&dir];
+        let spec = ModelSpec::from_file(&a.zoo.join(&m.spec))?;
+        let model = Classifier::load(&a.zoo.join(&m.path), &spec, device)
+            .with_context(|| format!("model {}", m.id))?;
+        let target = m.target.unwrap_or(0);
+        let (fit, holdout) = split_sample(images, a.per_class, 10, a.seed)?;
+        let cfg = InvertConfig {
+            seed: a.seed,
+            ..Default::default()
+        };
+        let mut inv = invert(&model, &fit, holdout.as_ref(), target, &cfg)
+            .with_context(|| format!("inversion on {}", m.id))?;
+        let truth = Truth {
+            target: Some(target),
+            patch: true_patch(m, images),
+            pattern: None,
+        };
+        let cmp = inv.compare(&truth).clone();
+        let o = InversionOutcome {
+            model: m.id.clone(),
+            dataset: m.dataset.clone(),
+            attack: m.attack.clone(),
+            target,
+            kind: inv.kind().name().into(),
+            feasible: inv.best.feasible,
+            asr: inv.asr,
+            mask_iou: cmp.mask_iou,
+            mask_iou_top_area: cmp.mask_iou_top_area,
+            mass_in_patch: cmp.mass_in_patch,
+            seconds: inv.seconds,
+        };
+        append(&path, &o)?;
+        if !quiet {
+            eprintln!(
+                "[{}/{}] invert {}: {} trigger, ASR {}, IoU {}, {:.1} s",
+                i + 1,
+                todo.len(),
+                m.id,
+                o.kind,
+                o.asr.map_or_else(|| "-".into(), |v| format!("{v:.3}")),
+                o.mask_iou.map_or_else(|| "-".into(), |v| format!("{v:.2}")),
+                o.seconds
+            );
+        }
+        done.push(o);
+    }
+    done.retain(|d| kept.contains(d.model.as_str()));
+    Ok(done)
+}
+
+/// The true patch of a BadNets model, from its resolved attack in the manifest (or, for models
+/// not built by the zoo, a `params.patch` object like the example's `truth.json`).
+fn true_patch(m: &ManifestEntry, images: &ImageSet) -> Option<TruthPatch> {
+    if let Some(p) = m.params.get("patch") {
+        return serde_json::from_value(p.clone()).ok();
+    }
+    let attack: AttackConfig = serde_json::from_value(m.params.get("attack")?.clone()).ok()?;
+    match attack {
+        AttackConfig::BadNets(b) => {
+            let (row, col) = b.position(images.height, images.width).ok()?;
+            Some(TruthPatch {
+                row,
+                col,
+                size: Some(b.patch),
+                height: None,
+                width: None,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Inversion results per dataset and family, as Markdown.
+fn inversion_table(inv: &[InversionOutcome]) -> String {
+    let mut groups: BTreeMap<(String, String), Vec<&InversionOutcome>> = BTreeMap::new();
+    for o in inv {
+        groups
+            .entry((o.dataset.clone(), o.attack.clone()))
+            .or_default()
+            .push(o);
+    }
+    let mean = |v: Vec<f64>| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let cell = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |x| format!("{x:.2}"));
+    let mut s = String::from(
+        "### Trigger inversion (stage 2) at the true target\n\n\
+         | dataset | family | n | mean ASR | ASR >= 0.90 | forms (additive/mask) | mean mask IoU | mean mass in patch | median s |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+    );
+    for ((ds, fam), v) in &groups {
+        let asr: Vec<f64> = v.iter().filter_map(|o| o.asr).collect();
+        let hit = asr.iter().filter(|&&x| x >= 0.9).count();
+        let add = v.iter().filter(|o| o.kind == "additive").count();
+        let secs: Vec<f64> = v.iter().map(|o| o.seconds).collect();
+        s.push_str(&format!(
+            "| {ds} | {fam} | {} | {} | {hit}/{} | {add}/{} | {} | {} | {:.1} |\n",
+            v.len(),
+            cell(mean(asr.clone())),
+            asr.len(),
+            v.len() - add,
+            cell(mean(v.iter().filter_map(|o| o.mask_iou).collect())),
+            cell(mean(v.iter().filter_map(|o| o.mass_in_patch).collect())),
+            cepa::detect::stats::median(&secs),
+        ));
+    }
+    s.push('\n');
+    s
 }

@@ -585,3 +585,146 @@ fn invert_alone_writes_mask_trigger_and_report_reproducibly() {
     );
     assert_eq!(inv["cost"], r2["inversion"]["cost"]);
 }
+
+/// A two-model zoo (one clean, one BadNets), tiny and quick: the pipeline, not accuracy.
+const TINY_ZOO: &str = r#"
+[recipes.mnist]
+train_images = 400
+cnn = { conv1 = 4, conv2 = 8, hidden = 16 }
+train = { epochs = 2, batch_size = 32, lr = 3e-3 }
+[[models]]
+name = "clean"
+dataset = "mnist"
+seeds = [0]
+[[models]]
+name = "badnets"
+dataset = "mnist"
+seeds = [1]
+attack = { kind = "badnets", patch = 4, rate = 0.3, target = 3 }
+"#;
+
+#[test]
+fn zoo_build_then_eval_both_detectors_resumably() {
+    let dir = tmp_dir("zoo");
+    let config = dir.join("tiny.toml");
+    let data_root = shared().join("data");
+    std::fs::write(
+        &config,
+        format!(
+            "data_root = {:?}\n{TINY_ZOO}",
+            data_root.display().to_string()
+        ),
+    )
+    .unwrap();
+    let zoo = dir.join("zoo");
+    let build = |_: ()| {
+        let args = [
+            "zoo",
+            "build",
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            zoo.to_str().unwrap(),
+            "-q",
+        ];
+        cepa(&args)
+    };
+    let out = build(());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(zoo.join("manifest.json")).unwrap()).unwrap();
+    let models = manifest["models"].as_array().unwrap();
+    assert_eq!(models.len(), 2);
+    for key in [
+        "id",
+        "path",
+        "dataset",
+        "arch",
+        "attack",
+        "params",
+        "target",
+        "sources",
+        "seed",
+        "clean_accuracy",
+        "attack_success_rate",
+        "train_seconds",
+    ] {
+        assert!(
+            models.iter().all(|m| m.get(key).is_some()),
+            "manifest lacks {key}"
+        );
+    }
+    assert_eq!(models[1]["attack"], "badnets");
+    assert_eq!(models[1]["target"], 3);
+    assert!(zoo.join("clean-s0.onnx").is_file() && zoo.join("clean-s0.cepa.toml").is_file());
+    // Resumable: a second build trains nothing.
+    let again = build(());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("2 already built, 0 to train"), "{stderr}");
+
+    let out_dir = dir.join("eval");
+    let eval = || {
+        cepa(&[
+            "eval",
+            zoo.to_str().unwrap(),
+            "--detector",
+            "all",
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--steps",
+            "10",
+            "--nc-steps",
+            "20",
+            "--per-class",
+            "3",
+            "--min-asr",
+            "0",
+            "-q",
+        ])
+    };
+    let out = eval();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = std::fs::read_to_string(out_dir.join("results.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 4, "2 models x 2 detectors");
+    let ev: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("evaluation.json")).unwrap())
+            .unwrap();
+    for det in ["cepa", "nc"] {
+        let all = &ev[det]["mnist"]["families"]["all"];
+        assert_eq!(all["n"], 2, "{det}: {all}");
+        for key in [
+            "detection_accuracy",
+            "tpr",
+            "fpr",
+            "auc",
+            "target_accuracy",
+            "median_seconds",
+        ] {
+            assert!(all.get(key).is_some(), "{det} lacks {key}");
+        }
+        assert!(ev[det]["mnist"]["families"].get("badnets").is_some());
+    }
+    let md = std::fs::read_to_string(out_dir.join("evaluation.md")).unwrap();
+    assert!(
+        md.contains("| badnets | cepa |") && md.contains("| badnets | nc |"),
+        "{md}"
+    );
+    let svg = std::fs::read_to_string(out_dir.join("roc-mnist.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline"));
+    // A rerun reuses every result.
+    let again = eval();
+    assert_eq!(again.status.code(), Some(0));
+    let lines = std::fs::read_to_string(out_dir.join("results.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 4, "nothing rerun");
+    std::fs::remove_dir_all(&dir).ok();
+}
