@@ -46,6 +46,10 @@ pub struct CepaConfig {
     /// A target that has not reached `pi` within `steps` keeps going, up to this many times
     /// `steps` in all, so a hard-to-flip class is not called infeasible too early [ours]. Default 3.
     pub infeasible_factor: usize,
+    /// At most this many samples per target problem, taken evenly from the source classes (the
+    /// cost of a step grows with K x samples; 43 GTSRB classes x 10 images would be 18k images a
+    /// step) [ours]. Default 100 (10 classes x 10 images: all 90 are used).
+    pub max_samples: usize,
     /// Early stop of a feasible target: it stops once its best mean dispersion has not improved
     /// by `plateau_tol` (relative) for this many checks in a row, and it has run `min_steps`.
     /// 0 turns it off [ours]. Default 0 (off; EVALUATION.md measures it).
@@ -72,6 +76,7 @@ impl Default for CepaConfig {
             tol: 1e-5,
             patience: 10,
             infeasible_factor: 3,
+            max_samples: 100,
             plateau_checks: 0,
             plateau_tol: 0.02,
             min_steps: 40,
@@ -84,8 +89,14 @@ impl CepaConfig {
     /// Reject values that would make the optimisation meaningless, before any compute.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
-        if self.steps == 0 || self.check_every == 0 || self.infeasible_factor == 0 {
-            return bad("steps, check_every and infeasible_factor must be at least 1".into());
+        if self.steps == 0
+            || self.check_every == 0
+            || self.infeasible_factor == 0
+            || self.max_samples == 0
+        {
+            return bad(
+                "steps, check_every, infeasible_factor and max_samples must be at least 1".into(),
+            );
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return bad(format!("lr {} must be positive", self.lr));
@@ -200,6 +211,38 @@ struct Problem {
     last: Option<TargetResult>,
 }
 
+/// The images a target's problem uses: those not of `target`, at most `max` of them, taken
+/// round-robin over the source classes (each class's images in their order) so that every source
+/// class keeps its share. Returned in increasing order.
+pub fn sources_of(labels: &[usize], target: usize, max: usize) -> Vec<usize> {
+    let all: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] != target).collect();
+    if all.len() <= max {
+        return all;
+    }
+    let mut by_class: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+    for &i in &all {
+        by_class.entry(labels[i]).or_default().push(i);
+    }
+    let mut out = Vec::with_capacity(max);
+    'rounds: for round in 0.. {
+        let mut any = false;
+        for members in by_class.values() {
+            if let Some(&i) = members.get(round) {
+                any = true;
+                out.push(i);
+                if out.len() == max {
+                    break 'rounds;
+                }
+            }
+        }
+        if !any {
+            break;
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
 /// Copy a 1-D tensor to the host.
 fn host(t: Tensor<1>) -> Vec<f32> {
     t.try_into_vec_as::<f32>().unwrap_or_default()
@@ -279,9 +322,7 @@ pub fn stage1_with_progress(
 
     let mut problems: Vec<Problem> = Vec::with_capacity(k);
     for target in 0..k {
-        let idx: Vec<usize> = (0..images.len())
-            .filter(|&i| images.labels[i] != target)
-            .collect();
+        let idx = sources_of(&images.labels, target, cfg.max_samples);
         if idx.is_empty() {
             return Err(Error::Mismatch(format!(
                 "no clean images outside class {target}"
@@ -618,6 +659,27 @@ mod tests {
         assert!((s.lambda - 2.0).abs() < 1e-12, "falls when infeasible");
         s.update(0.95, 0.9);
         assert!((s.lambda - 2.0).abs() < 1e-12, "the feasible run restarts");
+    }
+
+    #[test]
+    fn many_classes_share_a_capped_sample_evenly() {
+        // 5 classes x 4 images, interleaved labels.
+        let labels: Vec<usize> = (0..20).map(|i| i % 5).collect();
+        assert_eq!(
+            sources_of(&labels, 2, 100).len(),
+            16,
+            "under the cap: every non-target image"
+        );
+        let capped = sources_of(&labels, 2, 10);
+        assert_eq!(capped.len(), 10);
+        assert!(capped.iter().all(|&i| labels[i] != 2));
+        assert!(capped.windows(2).all(|w| w[0] < w[1]));
+        let mut per = [0usize; 5];
+        for &i in &capped {
+            per[labels[i]] += 1;
+        }
+        // 10 over 4 source classes: 3, 3, 2, 2 in class order, none from the target.
+        assert_eq!(per, [3, 3, 0, 2, 2]);
     }
 
     #[test]
