@@ -138,16 +138,7 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
         );
     }
     for (i, (m, det)) in todo.iter().enumerate() {
-        let dir = data_dir(&a, m);
-        if !data.contains_key(&dir) {
-            let set = cepa::data::load(&dir, Split::Test)
-                .with_context(|| format!("test images of {} ({})", m.id, dir.display()))?;
-            data.insert(dir.clone(), set);
-        }
-        let images = &data[&dir];
-        let spec = ModelSpec::from_file(&a.zoo.join(&m.spec))?;
-        let model = Classifier::load(&a.zoo.join(&m.path), &spec, &device)
-            .with_context(|| format!("model {}", m.id))?;
+        let (model, images) = open(&a, m, &mut data, &device)?;
         let (o, report) = match *det {
             "cepa" => run_cepa(&a, m, &model, images)?,
             _ => run_nc(&a, m, &model, images)?,
@@ -217,6 +208,25 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
     }
     crate::out(&md);
     Ok(ExitStatus::Success)
+}
+
+/// The model of `m` with its spec, and its dataset's test images (read once into `data`).
+fn open<'d>(
+    a: &EvalArgs,
+    m: &ManifestEntry,
+    data: &'d mut BTreeMap<PathBuf, ImageSet>,
+    device: &cepa::model::Device,
+) -> Result<(Classifier, &'d ImageSet)> {
+    let dir = data_dir(a, m);
+    if !data.contains_key(&dir) {
+        let set = cepa::data::load(&dir, Split::Test)
+            .with_context(|| format!("test images of {} ({})", m.id, dir.display()))?;
+        data.insert(dir.clone(), set);
+    }
+    let spec = ModelSpec::from_file(&a.zoo.join(&m.spec))?;
+    let model = Classifier::load(&a.zoo.join(&m.path), &spec, device)
+        .with_context(|| format!("model {}", m.id))?;
+    Ok((model, &data[&dir]))
 }
 
 fn data_dir(a: &EvalArgs, m: &ManifestEntry) -> PathBuf {
@@ -339,16 +349,7 @@ fn run_inversions(
         .filter(|m| !done.iter().any(|d| d.model == m.id))
         .collect();
     for (i, m) in todo.iter().enumerate() {
-        let dir = data_dir(a, m);
-        if !data.contains_key(&dir) {
-            let set = cepa::data::load(&dir, Split::Test)
-                .with_context(|| format!("test images of {} ({})", m.id, dir.display()))?;
-            data.insert(dir.clone(), set);
-        }
-        let images = &data[&dir];
-        let spec = ModelSpec::from_file(&a.zoo.join(&m.spec))?;
-        let model = Classifier::load(&a.zoo.join(&m.path), &spec, device)
-            .with_context(|| format!("model {}", m.id))?;
+        let (model, images) = open(a, m, data, device)?;
         let target = m.target.unwrap_or(0);
         let (fit, holdout) = split_sample(images, a.per_class, 10, a.seed)?;
         let cfg = InvertConfig {

@@ -104,6 +104,9 @@ pub struct Group {
     /// Overrides of the recipe's training settings for this group (e.g. more epochs for WaNet).
     #[serde(default)]
     pub epochs: Option<usize>,
+    /// Further overrides of the recipe's `train` table for this group, e.g. `{ shift = 0 }`.
+    #[serde(default)]
+    pub train: Option<toml::Table>,
 }
 
 /// One model to build.
@@ -190,6 +193,10 @@ pub fn plan(cfg: &ZooConfig) -> Result<Vec<ModelPlan>> {
                 return Err(Error::Config(format!("model id '{id}' appears twice")));
             }
             let mut recipe = recipe.clone();
+            if let Some(over) = &g.train {
+                recipe.train = merge_train(&recipe.train, over)
+                    .map_err(|e| Error::Config(format!("group '{}': train: {e}", g.name)))?;
+            }
             recipe.train.seed = seed;
             if let Some(e) = g.epochs {
                 recipe.train.epochs = e;
@@ -205,6 +212,15 @@ pub fn plan(cfg: &ZooConfig) -> Result<Vec<ModelPlan>> {
         }
     }
     Ok(out)
+}
+
+/// `base` with the keys of `over` replaced.
+fn merge_train(base: &TrainConfig, over: &toml::Table) -> std::result::Result<TrainConfig, String> {
+    let mut t = toml::Table::try_from(base).map_err(|e| e.to_string())?;
+    for (k, v) in over {
+        t.insert(k.clone(), v.clone());
+    }
+    t.try_into().map_err(|e: toml::de::Error| e.to_string())
 }
 
 /// The attack of `g` for `seed` with what `vary` asks changed, for images `c x h x w` of `k`
@@ -483,6 +499,7 @@ seeds = [0, 1, 2]
 attack = { kind = "badnets", patch = 3, target = 0 }
 vary = ["target", "position"]
 epochs = 2
+train = { shift = 2, lr = 0.01 }
 "#;
 
     fn config() -> ZooConfig {
@@ -500,6 +517,12 @@ epochs = 2
         assert_eq!(plans[1].recipe.train.seed, 1);
         assert_eq!(plans[0].recipe.train.epochs, 1);
         assert_eq!(plans[3].recipe.train.epochs, 2, "group override");
+        assert_eq!(plans[3].recipe.train.shift, 2, "group train table");
+        assert_eq!(plans[3].recipe.train.lr, 0.01);
+        assert_eq!(
+            plans[0].recipe.train.shift, 0,
+            "other groups keep the recipe"
+        );
         assert!(plans[0].attack.is_none());
         assert_eq!(plans[2].data_dir, Path::new("data/mnist"));
     }
@@ -541,5 +564,11 @@ epochs = 2
         cfg.models[1].seeds = vec![1];
         assert!(plan(&cfg).unwrap_err().to_string().contains("twice"));
         assert!(toml::from_str::<ZooConfig>("[recipes]\nmodels = []\nextra = 1").is_err());
+        let mut cfg = config();
+        cfg.models[1].train = Some(toml::from_str("epoch = 3").unwrap());
+        assert!(
+            plan(&cfg).unwrap_err().to_string().contains("epoch"),
+            "misspelt key"
+        );
     }
 }

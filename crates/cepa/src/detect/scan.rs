@@ -90,8 +90,8 @@ pub struct ImagesUsed {
     pub total: usize,
 }
 
-/// Split a balanced sample into the optimisation set and the held-out set. The held-out set
-/// takes what the smallest class has beyond `per_class`, up to `holdout_per_class`.
+/// Split a balanced sample into the optimisation set and the held-out set
+/// ([`split_sample`](crate::detect::invert::split_sample)), noting when the data is short.
 fn sample(
     data: &ImageSet,
     cfg: &ScanConfig,
@@ -111,20 +111,7 @@ fn sample(
             format!("{holdout} held-out images per class (the smallest class has {smallest})")
         });
     }
-    let per = cfg.per_class + holdout;
-    let idx = data.balanced_indices(per, cfg.seed)?;
-    let (mut fit, mut hold) = (Vec::new(), Vec::new());
-    for (i, &j) in idx.iter().enumerate() {
-        if i % per < cfg.per_class {
-            fit.push(j)
-        } else {
-            hold.push(j)
-        }
-    }
-    Ok((
-        data.subset(&fit),
-        (!hold.is_empty()).then(|| data.subset(&hold)),
-    ))
+    crate::detect::invert::split_sample(data, cfg.per_class, cfg.holdout_per_class, cfg.seed)
 }
 
 /// Resolve the layer choice against the model.

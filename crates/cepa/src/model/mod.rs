@@ -17,6 +17,9 @@ use crate::data::ImageSet;
 use crate::error::{Error, Result};
 use crate::onnx::{FTensor, Graph, Interpreter, Run};
 
+/// The tensor device models run on.
+pub use burn::prelude::Device;
+
 /// The CPU device, with or without autodiff.
 pub fn cpu_device(autodiff: bool) -> Device {
     let d = Device::flex();
