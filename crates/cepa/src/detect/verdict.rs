@@ -53,15 +53,47 @@ impl Statistic {
     }
 }
 
+/// Scores (largest mean index, default statistics and layers) of the clean reference scans: the
+/// 10 clean MNIST models of `zoo/standard.toml` and the two real clean models (5 seeds each),
+/// from EVALUATION.md. The p-value of a score is the share of them at least as high.
+pub const CLEAN_REFERENCE: [f64; 20] = [
+    0.49, 0.52, 0.55, 0.62, 0.62, 0.63, 0.65, 0.66, 0.66, 0.67, 0.76, 0.89, 0.93, 1.06, 1.12, 1.24,
+    1.39, 1.43, 1.47, 1.64,
+];
+
+/// `(1 + #{reference >= score}) / (1 + #reference)`: an empirical p-value against the clean
+/// reference scans ([`CLEAN_REFERENCE`]); never below 1/21.
+pub fn reference_p_value(score: f64) -> f64 {
+    let above = CLEAN_REFERENCE.iter().filter(|&&r| r >= score).count();
+    (1 + above) as f64 / (1 + CLEAN_REFERENCE.len()) as f64
+}
+
+/// How the per-statistic anomaly indices of a class become its combined index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Combine {
+    /// The mean of the chosen indices.
+    Mean,
+    /// That mean standardised again over the classes (median, MAD, scale floored at
+    /// 1/sqrt(terms)): session 1's rule, kept for comparison.
+    Restandardised,
+}
+
 /// How the verdict is reached. Defaults chosen from measured results (EVALUATION.md).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DecisionConfig {
-    /// Statistics whose anomaly indices are averaged (then standardised again) into the combined
-    /// index. Default: delta_norm, dispersion, transfer (EVALUATION.md: `mu_norm` pointed at the
-    /// wrong class on the real MNIST backdoor).
+    /// Statistics whose anomaly indices are averaged into the combined index. Default:
+    /// delta_norm, dispersion, transfer (EVALUATION.md: `mu_norm` pointed at the wrong class on
+    /// the real MNIST backdoor).
     pub statistics: Vec<Statistic>,
-    /// Backdoored when the largest combined index exceeds this. Default 2.0.
+    /// How they are combined. Default `mean` (EVALUATION.md: over 20 clean and 20 backdoored
+    /// scans its ROC AUC was 1.00 against 0.955 for `restandardised`, which flagged 4 clean
+    /// models).
+    pub combine: Combine,
+    /// Backdoored when the largest combined index exceeds this. Default 1.5, calibrated on
+    /// the clean models of the zoo and the real clean models (EVALUATION.md): 1 of 20 clean scans
+    /// above it, every backdoored one above it. For `restandardised`, 2.0 was used.
     pub threshold: f64,
     /// A source class is suspected when its samples' mean `||delta||` has a (small-tail) MAD
     /// index above this among the sources. Default 2.0.
@@ -76,7 +108,8 @@ impl Default for DecisionConfig {
                 Statistic::Dispersion,
                 Statistic::Transfer,
             ],
-            threshold: 2.0,
+            combine: Combine::Mean,
+            threshold: 1.5,
             source_threshold: 2.0,
         }
     }
@@ -125,7 +158,9 @@ pub struct Decision {
     pub most_anomalous: usize,
     /// Its combined anomaly index.
     pub score: f64,
-    /// MM-BD-style p-value of the largest combined index.
+    /// p-value of the score: with `combine = mean`, the share of the clean reference scans
+    /// scoring at least as high ([`reference_p_value`]); otherwise an MM-BD-style Gamma fit to
+    /// the other classes' combined indices.
     pub p_value: f64,
     pub sources: Vec<usize>,
     pub source_stats: Vec<SourceReport>,
@@ -234,7 +269,10 @@ pub fn decide(
     let centre = median(&mean_index);
     let spread = 1.4826 * mad(&mean_index);
     let scale = spread.max(1.0 / (terms as f64).sqrt());
-    let combined: Vec<f64> = mean_index.iter().map(|m| (m - centre) / scale).collect();
+    let combined: Vec<f64> = match cfg.combine {
+        Combine::Mean => mean_index.clone(),
+        Combine::Restandardised => mean_index.iter().map(|m| (m - centre) / scale).collect(),
+    };
     let (best, score) =
         combined
             .iter()
@@ -266,7 +304,11 @@ pub fn decide(
         target: backdoored.then_some(best),
         most_anomalous: best,
         score,
-        p_value: max_p_value(&mean_index),
+        p_value: if cfg.combine == Combine::Mean {
+            reference_p_value(score)
+        } else {
+            max_p_value(&mean_index)
+        },
         sources: if backdoored { sources } else { Vec::new() },
         source_stats,
         classes,
@@ -373,5 +415,20 @@ mod tests {
         assert!(!d.backdoored);
         assert!(d.classes[2].anomaly_index <= 0.0 + 1e-9);
         assert_eq!(d.notes.len(), 1);
+    }
+
+    #[test]
+    fn reference_p_value_counts_clean_scans_at_least_as_high() {
+        assert!(
+            (reference_p_value(10.0) - 1.0 / 21.0).abs() < 1e-12,
+            "above every clean scan"
+        );
+        assert!(
+            (reference_p_value(0.0) - 1.0).abs() < 1e-12,
+            "below every clean scan"
+        );
+        // 1.64 and 1.47 are >= 1.45: (1 + 2) / 21.
+        assert!((reference_p_value(1.45) - 3.0 / 21.0).abs() < 1e-12);
+        assert!(CLEAN_REFERENCE.windows(2).all(|w| w[0] <= w[1]));
     }
 }
