@@ -311,14 +311,33 @@ fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
         return Ok(Vec::new());
     }
     let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    text.lines()
+    let lines: Vec<(usize, &str)> = text
+        .lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l)
-                .with_context(|| format!("{} line {}: not a result", path.display(), i + 1))
-        })
-        .collect()
+        .collect();
+    let mut out = Vec::with_capacity(lines.len());
+    for (k, &(i, l)) in lines.iter().enumerate() {
+        match serde_json::from_str(l) {
+            Ok(v) => out.push(v),
+            // A run killed while appending leaves a cut last line: that result is redone.
+            Err(_) if k + 1 == lines.len() && !text.ends_with('\n') => {
+                tracing::warn!(
+                    "{} line {}: cut short; it will be redone",
+                    path.display(),
+                    i + 1
+                );
+                let keep = text.rfind('\n').map_or(0, |p| p + 1);
+                std::fs::write(path, &text[..keep])
+                    .with_context(|| format!("{}", path.display()))?;
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("{} line {}: not a result", path.display(), i + 1));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn append(path: &Path, o: &impl Serialize) -> Result<()> {
@@ -452,4 +471,27 @@ fn inversion_table(inv: &[InversionOutcome]) -> String {
     }
     s.push('\n');
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_cut_by_a_kill_is_dropped_and_the_file_repaired() {
+        let dir = std::env::temp_dir().join(format!("cepa-eval-cut-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("results.jsonl");
+        std::fs::write(&path, "{\"a\": 1}\n{\"a\": 2}\n{\"a\": ").unwrap();
+        let v: Vec<serde_json::Value> = read_lines(&path).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"a\": 1}\n{\"a\": 2}\n"
+        );
+        // A broken line that is not the last one is an error, not silently skipped.
+        std::fs::write(&path, "{\"a\": 1}\nnot json\n{\"a\": 2}\n").unwrap();
+        assert!(read_lines::<serde_json::Value>(&path).is_err());
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

@@ -245,7 +245,8 @@ fn perturbation_pictures(r: &ScanReport) -> anyhow::Result<Option<Perturbations>
     };
     let (c, h, w) = (fit.channels, fit.height, fit.width);
     let per = c * h * w;
-    let idx: Vec<usize> = (0..fit.len()).filter(|&i| fit.labels[i] != class).collect();
+    // The samples stage 1 optimised for this class, in its order (capped at max_samples).
+    let idx = cepa::detect::cepa::sources_of(&fit.labels, class, r.config.cepa.max_samples);
     let mut items = Vec::with_capacity(idx.len());
     for (k, &i) in idx.iter().enumerate() {
         let Some(delta) = res.deltas.get(k * per..(k + 1) * per) else {

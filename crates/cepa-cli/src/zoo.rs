@@ -39,7 +39,11 @@ pub fn run(cmd: ZooCommand, quiet: bool) -> Result<ExitStatus> {
 fn build(a: BuildArgs, quiet: bool) -> Result<ExitStatus> {
     let cfg = ZooConfig::from_file(&a.config)?;
     let mut plans = zoo::plan(&cfg)?;
-    // Read each dataset once; the attacks are resolved against its image shape.
+    if let Some(only) = &a.only {
+        plans.retain(|p| p.id.contains(only.as_str()));
+    }
+    // Read each dataset the selected models use once; their attacks are resolved against its
+    // image shape.
     let mut data: BTreeMap<String, DataPair> = BTreeMap::new();
     for p in &plans {
         if !data.contains_key(&p.dataset) {
@@ -50,10 +54,11 @@ fn build(a: BuildArgs, quiet: bool) -> Result<ExitStatus> {
     }
     let shapes = data.iter().map(|(k, v)| (k.clone(), v.shape())).collect();
     let all = zoo::resolve(&cfg, &shapes)?;
-    plans = all.clone();
-    if let Some(only) = &a.only {
-        plans.retain(|p| p.id.contains(only.as_str()));
-    }
+    plans = all
+        .iter()
+        .filter(|p| a.only.as_deref().is_none_or(|o| p.id.contains(o)))
+        .cloned()
+        .collect();
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
     let device = cpu_device(true);
     let todo = plans

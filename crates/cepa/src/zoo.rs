@@ -282,7 +282,8 @@ fn drop_target(sources: &mut Option<Vec<usize>>, t: usize) {
 }
 
 /// Expand like [`plan`] and resolve every attack against its dataset's image shape (read from
-/// `shapes`: dataset -> (channels, height, width, classes)).
+/// `shapes`: dataset -> (channels, height, width, classes)); the attacks of datasets missing from
+/// `shapes` stay as written.
 pub fn resolve(
     cfg: &ZooConfig,
     shapes: &BTreeMap<String, (usize, usize, usize, usize)>,
@@ -291,10 +292,8 @@ pub fn resolve(
     let mut i = 0;
     for g in &cfg.models {
         for &seed in &g.seeds {
-            if let Some(a) = &g.attack {
-                let dims = shapes.get(&g.dataset).copied().ok_or_else(|| {
-                    Error::Config(format!("no data shape known for dataset '{}'", g.dataset))
-                })?;
+            // A dataset without a shape was not loaded (its models are not being built).
+            if let (Some(a), Some(&dims)) = (&g.attack, shapes.get(&g.dataset)) {
                 plans[i].attack = Some(resolve_attack(a, &g.vary, &g.name, seed, dims)?);
             }
             i += 1;
@@ -388,7 +387,11 @@ pub fn build_model(
         path: onnx,
         spec,
         dataset: p.dataset.clone(),
-        data_dir: p.data_dir.display().to_string(),
+        // Absolute when it can be, so `cepa eval` finds the data from any folder.
+        data_dir: std::fs::canonicalize(&p.data_dir)
+            .unwrap_or_else(|_| p.data_dir.clone())
+            .display()
+            .to_string(),
         arch: p.recipe.arch.clone(),
         attack: p.attack.as_ref().map_or("clean", AttackConfig::name).into(),
         params: serde_json::json!({

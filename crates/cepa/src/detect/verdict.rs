@@ -261,17 +261,18 @@ pub fn decide(
     for c in &mut combined {
         *c /= terms as f64;
     }
-    // Averaging partly independent indices shrinks their spread below the scale the threshold
-    // is meant for: standardise the mean again, by its own median and MAD over the classes, with
-    // the scale floored at 1/sqrt(terms) (the spread of a mean of independent unit-scale
-    // indices), so few classes or ties cannot blow it up [ours].
     let mean_index = combined;
-    let centre = median(&mean_index);
-    let spread = 1.4826 * mad(&mean_index);
-    let scale = spread.max(1.0 / (terms as f64).sqrt());
     let combined: Vec<f64> = match cfg.combine {
         Combine::Mean => mean_index.clone(),
-        Combine::Restandardised => mean_index.iter().map(|m| (m - centre) / scale).collect(),
+        // Session 1's rule: standardise the mean again, by its own median and MAD over the
+        // classes, the scale floored at 1/sqrt(terms) (the spread of a mean of independent
+        // unit-scale indices) so few classes or ties cannot blow it up.
+        Combine::Restandardised => {
+            let centre = median(&mean_index);
+            let spread = 1.4826 * mad(&mean_index);
+            let scale = spread.max(1.0 / (terms as f64).sqrt());
+            mean_index.iter().map(|m| (m - centre) / scale).collect()
+        }
     };
     let (best, score) =
         combined

@@ -272,7 +272,9 @@ impl Inversion {
             pattern_cosine: None,
         };
         if let Some(p) = &truth.patch {
-            let (rows, cols) = (p.rows(), p.cols());
+            // Clipped to the image, so a patch reaching past it (or absurdly large) is harmless.
+            let clip = |r: std::ops::Range<usize>, n: usize| r.start.min(n)..r.end.min(n);
+            let (rows, cols) = (clip(p.rows(), h), clip(p.cols(), w));
             let area = rows.len() * cols.len();
             cmp.mask_iou = Some(mask_iou(
                 &fp,

@@ -33,11 +33,17 @@ pub struct TruthPatch {
 
 impl TruthPatch {
     pub fn rows(&self) -> Range<usize> {
-        self.row..self.row + self.height.or(self.size).unwrap_or(1)
+        self.row
+            ..self
+                .row
+                .saturating_add(self.height.or(self.size).unwrap_or(1))
     }
 
     pub fn cols(&self) -> Range<usize> {
-        self.col..self.col + self.width.or(self.size).unwrap_or(1)
+        self.col
+            ..self
+                .col
+                .saturating_add(self.width.or(self.size).unwrap_or(1))
     }
 }
 
