@@ -83,6 +83,28 @@ pub struct ImageSet {
 }
 
 impl ImageSet {
+    /// A set made in memory (tests, synthetic data): CHW `pixels` of `labels.len()` images of
+    /// `[c, h, w]`, `num_classes` classes, no class names, `source` naming it in messages.
+    pub fn synthetic(
+        pixels: Vec<f32>,
+        labels: Vec<usize>,
+        [c, h, w]: [usize; 3],
+        num_classes: usize,
+        source: &str,
+    ) -> ImageSet {
+        ImageSet {
+            pixels,
+            labels,
+            channels: c,
+            height: h,
+            width: w,
+            num_classes,
+            class_names: None,
+            source: PathBuf::from(source),
+            format: "synthetic".into(),
+        }
+    }
+
     /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()

@@ -742,17 +742,7 @@ mod tests {
                 labels.push(c);
             }
         }
-        ImageSet {
-            pixels,
-            labels,
-            channels: 1,
-            height: SIDE,
-            width: SIDE,
-            num_classes: CLASSES,
-            class_names: None,
-            source: "synthetic".into(),
-            format: "synthetic".into(),
-        }
+        ImageSet::synthetic(pixels, labels, [1, SIDE, SIDE], CLASSES, "synthetic")
     }
 
     #[test]

@@ -203,17 +203,7 @@ fn blobs(n: usize, seed: u64) -> ImageSet {
             }
         }
     }
-    ImageSet {
-        pixels,
-        labels,
-        channels: 1,
-        height: h,
-        width: w,
-        num_classes: 2,
-        class_names: None,
-        source: PathBuf::from("blobs"),
-        format: "synthetic".into(),
-    }
+    ImageSet::synthetic(pixels, labels, [1, h, w], 2, "blobs")
 }
 
 /// Two classes on 16x16 images wherever the pattern lies: horizontal stripes or vertical

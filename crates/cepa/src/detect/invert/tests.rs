@@ -85,17 +85,7 @@ fn images(per_class: usize, seed: u64) -> ImageSet {
             labels.push(c);
         }
     }
-    ImageSet {
-        pixels,
-        labels,
-        channels: 1,
-        height: SIDE,
-        width: SIDE,
-        num_classes: CLASSES,
-        class_names: None,
-        source: "synthetic".into(),
-        format: "synthetic".into(),
-    }
+    ImageSet::synthetic(pixels, labels, [1, SIDE, SIDE], CLASSES, "synthetic")
 }
 
 fn truth() -> Truth {
