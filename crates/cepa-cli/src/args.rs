@@ -116,18 +116,22 @@ pub struct ScanArgs {
     /// Which split of the data folder to read.
     #[arg(long, default_value = "test", value_parser = |s: &str| s.parse::<Split>())]
     pub split: Split,
-    /// Clean images per class used in the optimisation.
-    #[arg(long, default_value_t = 10)]
-    pub per_class: usize,
-    /// Held-out clean images per class for the transfer statistic (default: as many as --per-class).
+    /// Settings file (TOML with [scan], [scan.cepa], [scan.decision], [invert], [nc] sections;
+    /// see `cepa::settings`). Flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Clean images per class used in the optimisation (default 10).
+    #[arg(long)]
+    pub per_class: Option<usize>,
+    /// Held-out clean images per class for the transfer statistic (default 10).
     #[arg(long)]
     pub holdout_per_class: Option<usize>,
     /// Layer(s) to work at, by ONNX tensor name (comma-separated), or `auto`.
     #[arg(long, default_value = "auto")]
     pub layer: String,
-    /// Seed of the image sampling and the initial perturbations.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Seed of the image sampling and the initial perturbations (default 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Optimisation steps per class (default from the detector's config).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -170,21 +174,28 @@ pub struct InvertArgs {
     /// The target class whose trigger is estimated.
     #[arg(long)]
     pub target: usize,
-    /// Clean images per class used in the optimisation (the target's own are left out).
-    #[arg(long, default_value_t = 10)]
-    pub per_class: usize,
-    /// Held-out clean images per class for the attack success rate.
-    #[arg(long, default_value_t = 10)]
-    pub holdout_per_class: usize,
-    /// Seed of the image sampling and the initial trigger.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Settings file (TOML with [scan], [scan.cepa], [scan.decision], [invert], [nc] sections;
+    /// see `cepa::settings`). Flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Clean images per class used in the optimisation, the target's own left out (default 10).
+    #[arg(long)]
+    pub per_class: Option<usize>,
+    /// Held-out clean images per class for the attack success rate (default 10).
+    #[arg(long)]
+    pub holdout_per_class: Option<usize>,
+    /// Seed of the image sampling and the initial trigger (default 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Fraction of the optimisation images the trigger must send to the target (default 0.99).
+    #[arg(long)]
+    pub pi: Option<f64>,
     /// Optimisation steps per form (default from the inversion config).
     #[arg(long)]
     pub steps: Option<usize>,
-    /// Trigger form: additive, mask-pattern, or auto (both, keep the cheaper).
-    #[arg(long, value_enum, default_value = "auto")]
-    pub kind: KindArg,
+    /// Trigger form: additive, mask-pattern, or auto (both, keep the cheaper; the default).
+    #[arg(long, value_enum)]
+    pub kind: Option<KindArg>,
     /// A known trigger (JSON: `target`, `patch: {row, col, size}`) to compare the estimate with.
     #[arg(long)]
     pub truth: Option<PathBuf>,

@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use cepa::attack::AttackConfig;
 use cepa::data::{ImageSet, Split};
-use cepa::detect::invert::{InvertConfig, Truth, TruthPatch, invert, split_sample};
-use cepa::detect::nc::{NcConfig, neural_cleanse};
-use cepa::detect::{ScanConfig, scan};
+use cepa::detect::invert::{Truth, TruthPatch, invert, split_sample};
+use cepa::detect::nc::neural_cleanse;
+use cepa::detect::scan;
 use cepa::eval::{Outcome, evaluate, markdown, roc_svg};
 use cepa::model::{Classifier, ModelSpec, cpu_device};
+use cepa::settings::Settings;
 use cepa::zoo::{ManifestEntry, read_manifest};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
@@ -39,12 +40,17 @@ pub struct EvalArgs {
     /// Folder holding the datasets by name (default: each model's data_dir in the manifest).
     #[arg(long)]
     pub data_root: Option<PathBuf>,
-    /// Clean test images per class given to each detector.
-    #[arg(long, default_value_t = 10)]
-    pub per_class: usize,
-    /// Seed of the image sampling and the detectors.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Settings file (TOML with [scan], [scan.cepa], [scan.decision], [invert], [nc] sections;
+    /// see `cepa::settings`). Flags override it. The resolved settings are kept in
+    /// OUT/settings.json, and a rerun into OUT with other settings is refused.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Clean test images per class given to each detector (default 10).
+    #[arg(long)]
+    pub per_class: Option<usize>,
+    /// Seed of the image sampling and the detectors (default 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// CEPA optimisation steps per class (default from its config).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -99,6 +105,8 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
     };
     std::fs::create_dir_all(a.out.join("reports"))
         .with_context(|| format!("{}", a.out.display()))?;
+    let settings = resolve_settings(&a)?;
+    keep_settings(&a.out, &settings)?;
     let results = a.out.join("results.jsonl");
     let mut outcomes = read_results(&results)?;
     let weak: Vec<&ManifestEntry> = manifest
@@ -140,8 +148,8 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
     for (i, (m, det)) in todo.iter().enumerate() {
         let (model, images) = open(&a, m, &mut data, &device)?;
         let (o, report) = match *det {
-            "cepa" => run_cepa(&a, m, &model, images)?,
-            _ => run_nc(&a, m, &model, images)?,
+            "cepa" => run_cepa(&settings, m, &model, images)?,
+            _ => run_nc(&settings, m, &model, images)?,
         };
         let rdir = a.out.join("reports").join(det);
         std::fs::create_dir_all(&rdir)?;
@@ -164,7 +172,7 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
         outcomes.push(o);
     }
     let inversions = if a.invert {
-        run_inversions(&a, &manifest.models, &kept, &mut data, quiet)?
+        run_inversions(&a, &settings, &manifest.models, &kept, &mut data, quiet)?
     } else {
         Vec::new()
     };
@@ -179,8 +187,8 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
         a.zoo.display(),
         outcomes.len(),
         results.display(),
-        a.per_class,
-        a.seed
+        settings.scan.per_class,
+        settings.scan.seed
     );
     md.push_str(&markdown(&ev));
     if !weak.is_empty() {
@@ -210,6 +218,81 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
     Ok(ExitStatus::Success)
 }
 
+/// The settings file with the flags applied: `--seed` seeds every detector, `--steps` and
+/// `--plateau` are CEPA's, `--nc-steps` Neural Cleanse's.
+fn resolve_settings(a: &EvalArgs) -> Result<Settings> {
+    let mut s = Settings::load(a.config.as_deref())?;
+    if let Some(n) = a.per_class {
+        s.scan.per_class = n;
+    }
+    if let Some(seed) = a.seed {
+        s.scan.seed = seed;
+        s.nc.seed = seed;
+    }
+    // Stage 2 draws its initial trigger from the scan's seed, as `cepa scan --out` does.
+    s.invert.seed = s.scan.seed;
+    if let Some(n) = a.steps {
+        s.scan.cepa.steps = n;
+    }
+    if let Some(p) = a.plateau {
+        s.scan.cepa.plateau_checks = p;
+    }
+    if let Some(n) = a.nc_steps {
+        s.nc.steps = n;
+    }
+    Ok(s)
+}
+
+/// Results in one folder come from one set of settings: the first run writes
+/// `settings.json`, a later one must resolve to the same.
+fn keep_settings(out: &Path, s: &Settings) -> Result<()> {
+    let path = out.join("settings.json");
+    let now = serde_json::to_value(s)?;
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let before: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a settings file", path.display()))?;
+            if before != now {
+                bail!(
+                    "{} holds results made with other settings ({}); rerun with the same \
+                     settings, or write to another --out",
+                    out.display(),
+                    settings_diff(&before, &now, "").join(", ")
+                );
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, serde_json::to_string_pretty(&now)? + "\n")
+                .with_context(|| format!("cannot write {}", path.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// The keys whose values differ, as `path: old -> new`.
+fn settings_diff(a: &serde_json::Value, b: &serde_json::Value, at: &str) -> Vec<String> {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter()
+                .flat_map(|k| {
+                    let here = if at.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{at}.{k}")
+                    };
+                    let null = Value::Null;
+                    settings_diff(x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), &here)
+                })
+                .collect()
+        }
+        _ if a == b => Vec::new(),
+        _ => vec![format!("{at}: {a} -> {b}")],
+    }
+}
+
 /// The model of `m` with its spec, and its dataset's test images (read once into `data`).
 fn open<'d>(
     a: &EvalArgs,
@@ -237,23 +320,13 @@ fn data_dir(a: &EvalArgs, m: &ManifestEntry) -> PathBuf {
 }
 
 fn run_cepa(
-    a: &EvalArgs,
+    settings: &Settings,
     m: &ManifestEntry,
     model: &Classifier,
     images: &ImageSet,
 ) -> Result<(Outcome, String)> {
-    let mut cfg = ScanConfig {
-        per_class: a.per_class,
-        seed: a.seed,
-        ..Default::default()
-    };
-    if let Some(s) = a.steps {
-        cfg.cepa.steps = s;
-    }
-    if let Some(p) = a.plateau {
-        cfg.cepa.plateau_checks = p;
-    }
-    let r = scan(model, images, &cfg).with_context(|| format!("CEPA scan of {}", m.id))?;
+    let cfg = &settings.scan;
+    let r = scan(model, images, cfg).with_context(|| format!("CEPA scan of {}", m.id))?;
     let o = Outcome {
         model: m.id.clone(),
         detector: "cepa".into(),
@@ -271,20 +344,14 @@ fn run_cepa(
 }
 
 fn run_nc(
-    a: &EvalArgs,
+    settings: &Settings,
     m: &ManifestEntry,
     model: &Classifier,
     images: &ImageSet,
 ) -> Result<(Outcome, String)> {
-    let mut cfg = NcConfig {
-        seed: a.seed,
-        ..Default::default()
-    };
-    if let Some(s) = a.nc_steps {
-        cfg.steps = s;
-    }
-    let sample = images.balanced_sample(a.per_class, a.seed)?;
-    let r = neural_cleanse(model, &sample, &cfg, &|_| {})
+    let cfg = &settings.nc;
+    let sample = images.balanced_sample(settings.scan.per_class, settings.scan.seed)?;
+    let r = neural_cleanse(model, &sample, cfg, &|_| {})
         .with_context(|| format!("Neural Cleanse on {}", m.id))?;
     let o = Outcome {
         model: m.id.clone(),
@@ -353,6 +420,7 @@ fn append(path: &Path, o: &impl Serialize) -> Result<()> {
 /// Stage 2 on every kept backdoored model (resumable through `inversions.jsonl`).
 fn run_inversions(
     a: &EvalArgs,
+    settings: &Settings,
     models: &[ManifestEntry],
     kept: &BTreeSet<&str>,
     data: &mut BTreeMap<PathBuf, ImageSet>,
@@ -370,12 +438,9 @@ fn run_inversions(
     for (i, m) in todo.iter().enumerate() {
         let (model, images) = open(a, m, data, device)?;
         let target = m.target.unwrap_or(0);
-        let (fit, holdout) = split_sample(images, a.per_class, 10, a.seed)?;
-        let cfg = InvertConfig {
-            seed: a.seed,
-            ..Default::default()
-        };
-        let mut inv = invert(&model, &fit, holdout.as_ref(), target, &cfg)
+        let sc = &settings.scan;
+        let (fit, holdout) = split_sample(images, sc.per_class, sc.holdout_per_class, sc.seed)?;
+        let mut inv = invert(&model, &fit, holdout.as_ref(), target, &settings.invert)
             .with_context(|| format!("inversion on {}", m.id))?;
         let truth = Truth {
             target: Some(target),
@@ -424,7 +489,7 @@ fn true_patch(m: &ManifestEntry, images: &ImageSet) -> Option<TruthPatch> {
     let attack: AttackConfig = serde_json::from_value(m.params.get("attack")?.clone()).ok()?;
     match attack {
         AttackConfig::BadNets(b) => {
-            let (row, col) = b.position(images.height, images.width).ok()?;
+            let (row, col) = b.fixed_position(images.height, images.width)?;
             Some(TruthPatch {
                 row,
                 col,

@@ -11,6 +11,7 @@ use cepa::detect::invert::{
     Inversion, InvertConfig, KindChoice, TriggerKind, Truth, invert, invert_towards, split_sample,
 };
 use cepa::model::{Classifier, cpu_device};
+use cepa::settings::Settings;
 
 use crate::args::{Format, InvertArgs, KindArg};
 use crate::report::{Example, Page, TriggerSection};
@@ -27,18 +28,31 @@ pub fn run(a: InvertArgs) -> anyhow::Result<ExitStatus> {
     model.check_images(&data)?;
     data.num_classes = model.num_classes();
     let truth = a.truth.as_deref().map(read_truth).transpose()?;
-    let (fit, holdout) = split_sample(&data, a.per_class, a.holdout_per_class, a.seed)?;
+    // Images as a scan draws them ([scan] per_class, holdout_per_class, seed); the trigger's
+    // settings from [invert], its seed the scan's.
+    let settings = Settings::load(a.config.as_deref())?;
+    let per_class = a.per_class.unwrap_or(settings.scan.per_class);
+    let holdout_per_class = a
+        .holdout_per_class
+        .unwrap_or(settings.scan.holdout_per_class);
+    let seed = a.seed.unwrap_or(settings.scan.seed);
+    let (fit, holdout) = split_sample(&data, per_class, holdout_per_class, seed)?;
     let mut cfg = InvertConfig {
-        seed: a.seed,
-        kind: match a.kind {
+        seed,
+        ..settings.invert
+    };
+    if let Some(k) = a.kind {
+        cfg.kind = match k {
             KindArg::Auto => KindChoice::Auto,
             KindArg::Additive => KindChoice::Additive,
             KindArg::MaskPattern => KindChoice::MaskPattern,
-        },
-        ..Default::default()
-    };
+        };
+    }
     if let Some(s) = a.steps {
         cfg.steps = s;
+    }
+    if let Some(p) = a.pi {
+        cfg.pi = p;
     }
     let mut inv = invert(&model, &fit, holdout.as_ref(), a.target, &cfg)
         .with_context(|| format!("inversion of class {} failed", a.target))?;
@@ -50,7 +64,7 @@ pub fn run(a: InvertArgs) -> anyhow::Result<ExitStatus> {
         "spec": model.spec(),
         "images": {
             "source": data.source.display().to_string(),
-            "per_class": a.per_class,
+            "per_class": per_class,
             "holdout_per_class": holdout.as_ref().map_or(0, |h| h.len() / model.num_classes()),
         },
         "inversion": &inv,
@@ -105,6 +119,7 @@ pub fn for_scan(
     data: &ImageSet,
     report: &ScanReport,
     target: usize,
+    settings: &InvertConfig,
     truth: Option<&Truth>,
 ) -> anyhow::Result<(Inversion, ImageSet)> {
     let mut data = data.clone();
@@ -115,16 +130,21 @@ pub fn for_scan(
         report.images.holdout_per_class,
         report.config.seed,
     )?;
-    // The consensus term (when turned on) pulls towards stage 1's mu at the scan's first layer.
+    // The consensus term (when turned on) pulls towards stage 1's mu at the scan's first layer,
+    // or towards the perturbations' own mean at another layer named in the settings.
     let cfg = InvertConfig {
         seed: report.config.seed,
-        layer: report.layers.first().cloned(),
-        ..Default::default()
+        layer: settings
+            .layer
+            .clone()
+            .or_else(|| report.layers.first().cloned()),
+        ..settings.clone()
     };
     let mu = report
         .results
         .get(target)
         .and_then(|r| r.layers.first())
+        .filter(|_| cfg.layer.as_ref() == report.layers.first())
         .map(|l| l.mu.as_slice());
     let mut inv = invert_towards(model, &fit, holdout.as_ref(), target, mu, &cfg)
         .with_context(|| format!("inversion of class {target} failed"))?;

@@ -6,8 +6,9 @@ use std::path::Path;
 use anyhow::Context;
 use cepa::data::{ImageSet, to_png_bytes};
 use cepa::detect::invert::Inversion;
-use cepa::detect::{LayerChoice, ScanConfig, ScanReport, scan_with_progress};
+use cepa::detect::{LayerChoice, ScanReport, scan_with_progress};
 use cepa::model::{Classifier, cpu_device};
+use cepa::settings::Settings;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::args::{Format, ScanArgs};
@@ -20,11 +21,14 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
     let model = Classifier::load(path, &spec, &cpu_device(true)).context("cannot load model")?;
     let data = cepa::data::load(&a.data, a.split).context("cannot read images")?;
     let truth = a.truth.as_deref().map(invert::read_truth).transpose()?;
-    let mut cfg = ScanConfig {
-        per_class: a.per_class,
-        seed: a.seed,
-        ..Default::default()
-    };
+    let settings = Settings::load(a.config.as_deref())?;
+    let mut cfg = settings.scan.clone();
+    if let Some(n) = a.per_class {
+        cfg.per_class = n;
+    }
+    if let Some(s) = a.seed {
+        cfg.seed = s;
+    }
     if let Some(h) = a.holdout_per_class {
         cfg.holdout_per_class = h;
     }
@@ -72,6 +76,7 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
             &data,
             &report,
             target,
+            &settings.invert,
             truth.as_ref(),
         )?),
         _ => None,

@@ -20,6 +20,7 @@ pub mod eval;
 pub mod model;
 pub mod onnx;
 pub mod runtime;
+pub mod settings;
 pub mod train;
 pub mod zoo;
 

@@ -1,7 +1,11 @@
-//! BadNets (Gu et al., 2017): a small solid patch stamped at a fixed place; images carrying it
-//! are relabelled to the target class (all-to-one, or source-specific).
+//! BadNets (Gu et al., 2017): a small solid patch stamped on the image; images carrying it are
+//! relabelled to the target class (all-to-one, or source-specific). The patch sits at a fixed
+//! place or at a random place per image, in a fixed colour or a random colour per image.
 
 use serde::{Deserialize, Serialize};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
 use super::{Trigger, check_len, poison_with};
 use crate::data::ImageSet;
@@ -28,6 +32,34 @@ pub struct BadNetsConfig {
     pub rate: f64,
     /// Classes whose images are eligible. Default `None`: every class except the target.
     pub sources: Option<Vec<usize>>,
+    /// Where the patch goes. Default `fixed` (at `row`, `col`).
+    pub placement: Placement,
+    /// The patch's colour. Default `fixed` (`value` in every channel).
+    pub colour: Colour,
+    /// Seed of the per-image random placement and colour. Default 0.
+    pub random_seed: u64,
+}
+
+/// Where a BadNets patch goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placement {
+    /// At `row`, `col` (default: bottom-right) on every image.
+    #[default]
+    Fixed,
+    /// Anywhere the patch fits, drawn uniformly per image.
+    Random,
+}
+
+/// The colour of a BadNets patch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Colour {
+    /// `value` in every channel.
+    #[default]
+    Fixed,
+    /// One colour per image, each channel uniform in `[0, 1]`, uniform over the patch.
+    Random,
 }
 
 impl Default for BadNetsConfig {
@@ -40,6 +72,9 @@ impl Default for BadNetsConfig {
             target: 0,
             rate: 0.1,
             sources: None,
+            placement: Placement::Fixed,
+            colour: Colour::Fixed,
+            random_seed: 0,
         }
     }
 }
@@ -76,17 +111,52 @@ impl BadNetsConfig {
     }
 
     /// Stamp the patch on one CHW image: exactly the `patch x patch` pixels at
-    /// [`position`](Self::position), in every channel, are set to `value`.
+    /// [`position`](Self::position), in every channel, are set to `value` (the image is taken as
+    /// image 0 of its set for a random placement or colour; see [`Self::apply_nth`]).
     pub fn apply(&self, chw: &mut [f32], c: usize, h: usize, w: usize) -> Result<()> {
+        self.apply_nth(chw, c, h, w, 0)
+    }
+
+    /// Stamp the patch on image `index` of a set: a random placement or colour is drawn from
+    /// `random_seed` and `index`, so the same image always gets the same patch.
+    pub fn apply_nth(
+        &self,
+        chw: &mut [f32],
+        c: usize,
+        h: usize,
+        w: usize,
+        index: usize,
+    ) -> Result<()> {
         check_len(chw, c, h, w)?;
-        let (row, col) = self.position(h, w)?;
-        for ch in 0..c {
+        let (fixed_row, fixed_col) = self.position(h, w)?;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.random_seed);
+        rng.set_stream(index as u64);
+        let (row, col) = match self.placement {
+            Placement::Fixed => (fixed_row, fixed_col),
+            Placement::Random => (
+                rng.random_range(0..=h - self.patch),
+                rng.random_range(0..=w - self.patch),
+            ),
+        };
+        let colour: Vec<f32> = match self.colour {
+            Colour::Fixed => vec![self.value; c],
+            Colour::Random => (0..c).map(|_| rng.random::<f32>()).collect(),
+        };
+        for (ch, &v) in colour.iter().enumerate() {
             for r in row..row + self.patch {
                 let start = (ch * h + r) * w + col;
-                chw[start..start + self.patch].fill(self.value);
+                chw[start..start + self.patch].fill(v);
             }
         }
         Ok(())
+    }
+
+    /// The patch's place when it is the same on every image (`None` for a random placement).
+    pub fn fixed_position(&self, h: usize, w: usize) -> Option<(usize, usize)> {
+        match self.placement {
+            Placement::Fixed => self.position(h, w).ok(),
+            Placement::Random => None,
+        }
     }
 
     /// A poisoned copy of `set`: `rate` of the eligible images (see [`sources`](Self::sources))
@@ -108,6 +178,10 @@ impl BadNetsConfig {
 impl Trigger for BadNetsConfig {
     fn apply(&self, chw: &mut [f32], c: usize, h: usize, w: usize) -> Result<()> {
         BadNetsConfig::apply(self, chw, c, h, w)
+    }
+
+    fn apply_nth(&self, chw: &mut [f32], c: usize, h: usize, w: usize, n: usize) -> Result<()> {
+        BadNetsConfig::apply_nth(self, chw, c, h, w, n)
     }
 }
 
@@ -244,5 +318,87 @@ mod tests {
             ..Default::default()
         };
         assert!(outside.poison(&clean, 0).is_err());
+    }
+
+    /// The changed pixels of one image: the set of (row, col) and, per channel, their values.
+    fn changed(
+        before: &[f32],
+        after: &[f32],
+        c: usize,
+        h: usize,
+        w: usize,
+    ) -> Vec<(usize, usize, Vec<f32>)> {
+        let mut out = Vec::new();
+        for r in 0..h {
+            for x in 0..w {
+                let vals: Vec<f32> = (0..c).map(|ch| after[(ch * h + r) * w + x]).collect();
+                if (0..c).any(|ch| after[(ch * h + r) * w + x] != before[(ch * h + r) * w + x]) {
+                    out.push((r, x, vals));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn random_placement_and_colour_vary_per_image_and_repeat_per_index() {
+        let (c, h, w, n) = (3, 12, 10, 40);
+        let mut clean = set(vec![0; n], c, h, w);
+        clean.pixels.fill(-1.0); // outside [0, 1], so every patch pixel shows as changed
+        let cfg = BadNetsConfig {
+            patch: 3,
+            placement: Placement::Random,
+            colour: Colour::Random,
+            random_seed: 5,
+            ..Default::default()
+        };
+        let stamped = stamp_all(&clean, &cfg).unwrap();
+        let mut corners = std::collections::BTreeSet::new();
+        let mut colours = std::collections::BTreeSet::new();
+        for i in 0..n {
+            let ch = changed(clean.image(i), stamped.image(i), c, h, w);
+            // Exactly one 3x3 square, one colour in [0, 1] per channel over it.
+            assert_eq!(ch.len(), 9, "image {i}");
+            let (r0, c0) = (ch[0].0, ch[0].1);
+            assert!(r0 + 3 <= h && c0 + 3 <= w);
+            for (r, x, v) in &ch {
+                assert!(
+                    (r0..r0 + 3).contains(r) && (c0..c0 + 3).contains(x),
+                    "image {i}"
+                );
+                assert_eq!(v, &ch[0].2, "one colour over the patch");
+                assert!(v.iter().all(|p| (0.0..=1.0).contains(p)));
+            }
+            corners.insert((r0, c0));
+            colours.insert(ch[0].2.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            // The same index always gets the same patch; another seed another one.
+            let mut again = clean.image(i).to_vec();
+            cfg.apply_nth(&mut again, c, h, w, i).unwrap();
+            assert_eq!(again, stamped.image(i));
+        }
+        assert!(corners.len() > 10, "places vary: {corners:?}");
+        assert_eq!(colours.len(), n, "colours vary");
+        let other = BadNetsConfig {
+            random_seed: 6,
+            ..cfg.clone()
+        };
+        assert_ne!(stamp_all(&clean, &other).unwrap().pixels, stamped.pixels);
+        assert_eq!(cfg.fixed_position(h, w), None);
+
+        // A random colour at the fixed place: only the bottom-right patch changes.
+        let coloured = BadNetsConfig {
+            colour: Colour::Random,
+            ..Default::default()
+        };
+        let s = stamp_all(&clean, &coloured).unwrap();
+        for i in 0..n {
+            let ch = changed(clean.image(i), s.image(i), c, h, w);
+            assert_eq!(ch.len(), 9);
+            assert!(
+                ch.iter()
+                    .all(|(r, x, _)| (8..11).contains(r) && (6..9).contains(x))
+            );
+        }
+        assert_eq!(coloured.fixed_position(h, w), Some((8, 6)));
     }
 }

@@ -17,7 +17,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-pub use badnets::BadNetsConfig;
+pub use badnets::{BadNetsConfig, Colour, Placement};
 pub use blend::{BlendConfig, BlendTrigger};
 pub use chessboard::ChessboardConfig;
 pub use sig::SigConfig;
@@ -31,6 +31,13 @@ pub trait Trigger {
     /// Stamp the trigger on one image of `c x h x w` values. Errors when the image does not have
     /// that many values or the trigger does not fit it.
     fn apply(&self, chw: &mut [f32], c: usize, h: usize, w: usize) -> Result<()>;
+
+    /// Stamp the trigger on image `n` of a set. A trigger that varies per image (a BadNets patch
+    /// at a random place) draws its variation from `n`; the others ignore it.
+    fn apply_nth(&self, chw: &mut [f32], c: usize, h: usize, w: usize, n: usize) -> Result<()> {
+        let _ = n;
+        self.apply(chw, c, h, w)
+    }
 }
 
 /// Which images of `labels` to poison: `round(rate * eligible)` of the eligible ones, chosen with a
@@ -124,7 +131,7 @@ pub(crate) fn stamp_at(
     let (c, h, w) = (set.channels, set.height, set.width);
     let per = set.image_len();
     for &i in indices {
-        trigger.apply(&mut out.pixels[i * per..(i + 1) * per], c, h, w)?;
+        trigger.apply_nth(&mut out.pixels[i * per..(i + 1) * per], c, h, w, i)?;
         if let Some(target) = relabel {
             out.labels[i] = target;
         }
@@ -139,8 +146,8 @@ pub fn stamp_all(set: &ImageSet, trigger: &impl Trigger) -> Result<ImageSet> {
     let mut out = set.clone();
     let per = set.image_len();
     if per > 0 {
-        for chw in out.pixels.chunks_exact_mut(per) {
-            trigger.apply(chw, set.channels, set.height, set.width)?;
+        for (i, chw) in out.pixels.chunks_exact_mut(per).enumerate() {
+            trigger.apply_nth(chw, set.channels, set.height, set.width, i)?;
         }
     }
     Ok(out)
