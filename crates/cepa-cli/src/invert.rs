@@ -54,6 +54,9 @@ pub fn run(a: InvertArgs) -> anyhow::Result<ExitStatus> {
     if let Some(p) = a.pi {
         cfg.pi = p;
     }
+    if let Some(c) = a.confidence {
+        cfg.confidence = c;
+    }
     let mut inv = invert(&model, &fit, holdout.as_ref(), a.target, &cfg)
         .with_context(|| format!("inversion of class {} failed", a.target))?;
     if let Some(t) = &truth {

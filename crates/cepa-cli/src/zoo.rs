@@ -59,6 +59,22 @@ fn build(a: BuildArgs, quiet: bool) -> Result<ExitStatus> {
         .filter(|p| a.only.as_deref().is_none_or(|o| p.id.contains(o)))
         .cloned()
         .collect();
+    // A model built from an older version of the config is not silently kept.
+    let stale: Vec<String> = plans
+        .iter()
+        .filter_map(|p| zoo::stale_reason(&a.out, p).map(|why| format!("{} ({why})", p.id)))
+        .collect();
+    if !stale.is_empty() {
+        anyhow::bail!(
+            "{} holds {} model(s) built with other settings than {} now gives: {}. Delete \
+             their files (ID.json, ID.onnx, ID.cepa.toml) to rebuild them, or build into another \
+             --out",
+            a.out.display(),
+            stale.len(),
+            a.config.display(),
+            stale.join(", ")
+        );
+    }
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
     let device = cpu_device(true);
     let todo = plans

@@ -271,7 +271,7 @@ fn resolve_attack(
         AttackConfig::Sig(x) => drop_target(&mut x.sources, t),
         AttackConfig::Chessboard(x) => drop_target(&mut x.sources, t),
     }
-    a.validate(c, h, w)?;
+    a.validate(c, h, w, k)?;
     Ok(a)
 }
 
@@ -330,6 +330,37 @@ pub type EpochCallback<'a> = &'a mut dyn FnMut(usize, usize, f64, f64);
 /// Whether `out` already holds the finished model `id`.
 pub fn is_done(out: &Path, id: &str) -> bool {
     out.join(format!("{id}.json")).is_file()
+}
+
+/// Why the finished model `p.id` in `out` no longer matches its plan (`None` when it does, or
+/// when it is not built): its attack, architecture or training settings differ from those the
+/// config now resolves to, e.g. after the config was edited. Fields added to a settings type
+/// since the model was built take their defaults, so they do not count as a change.
+pub fn stale_reason(out: &Path, p: &ModelPlan) -> Option<String> {
+    let path = out.join(format!("{}.json", p.id));
+    let text = std::fs::read_to_string(&path).ok()?;
+    let Ok(built) = serde_json::from_str::<ManifestEntry>(&text) else {
+        return Some(format!("{} is not a model entry", path.display()));
+    };
+    let mut diffs = Vec::new();
+    let attack: Option<Option<AttackConfig>> = built
+        .params
+        .get("attack")
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    if attack.as_ref() != Some(&p.attack) {
+        diffs.push("attack");
+    }
+    let train: Option<TrainConfig> = built
+        .params
+        .get("train")
+        .and_then(|v| serde_json::from_value(v.clone()).ok());
+    if train.as_ref() != Some(&p.recipe.train) {
+        diffs.push("training");
+    }
+    if built.arch != p.recipe.arch {
+        diffs.push("architecture");
+    }
+    (!diffs.is_empty()).then(|| format!("its {} settings changed", diffs.join(", ")))
 }
 
 /// Train, export and measure one model; writes `ID.onnx`, `ID.cepa.toml` and, last, `ID.json`.

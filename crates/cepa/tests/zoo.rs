@@ -145,6 +145,21 @@ fn tiny_zoo_builds_resumes_and_reads_back() {
         .collect();
     assert_eq!(argmax, ours);
 
-    // A rerun finds both models finished.
+    // A rerun finds both models finished, and up to date with the config.
     assert!(plans.iter().all(|p| zoo::is_done(dir.path(), &p.id)));
+    assert!(
+        plans
+            .iter()
+            .all(|p| zoo::stale_reason(dir.path(), p).is_none())
+    );
+    // An edited config no longer matches what was built.
+    let mut edited = plans.clone();
+    edited[0].recipe.train.epochs += 1;
+    let why = zoo::stale_reason(dir.path(), &edited[0]).expect("more epochs is a change");
+    assert!(why.contains("training"), "{why}");
+    if let Some(cepa::attack::AttackConfig::Blend(b)) = &mut edited[1].attack {
+        b.alpha += 0.1;
+    }
+    let why = zoo::stale_reason(dir.path(), &edited[1]).expect("another alpha is a change");
+    assert!(why.contains("attack") && !why.contains("training"), "{why}");
 }

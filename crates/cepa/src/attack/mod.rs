@@ -218,9 +218,37 @@ impl AttackConfig {
         }
     }
 
-    /// Check the config against `c x h x w` images without poisoning anything (reads a Blend
-    /// pattern image), so a bad value fails before any training.
-    pub fn validate(&self, c: usize, h: usize, w: usize) -> Result<()> {
+    /// Check the config against `c x h x w` images of `k` classes without poisoning anything
+    /// (reads a Blend pattern image), so a bad value fails before any training: the target and
+    /// the sources are classes, the sources do not include the target and are not empty.
+    pub fn validate(&self, c: usize, h: usize, w: usize, k: usize) -> Result<()> {
+        let t = self.target();
+        if t >= k {
+            return Err(Error::Config(format!(
+                "{} target class {t} is outside the {k} classes",
+                self.name()
+            )));
+        }
+        if let Some(s) = self.sources() {
+            if let Some(bad) = s.iter().find(|&&x| x >= k) {
+                return Err(Error::Config(format!(
+                    "{} source class {bad} is outside the {k} classes",
+                    self.name()
+                )));
+            }
+            if s.contains(&t) {
+                return Err(Error::Config(format!(
+                    "{} source classes {s:?} include the target class {t}",
+                    self.name()
+                )));
+            }
+            if s.is_empty() {
+                return Err(Error::Config(format!(
+                    "{} has an empty list of source classes (none left besides the target {t})",
+                    self.name()
+                )));
+            }
+        }
         check_rate(match self {
             AttackConfig::BadNets(a) => a.rate,
             AttackConfig::Blend(a) => a.rate,
@@ -378,16 +406,42 @@ mod tests {
         assert_eq!(stamped.pixels, direct.pixels);
         assert_ne!(stamped.pixels, set.pixels);
 
-        assert!(attack.validate(1, 4, 4).is_ok());
+        assert!(attack.validate(1, 4, 4, 10).is_ok());
+        let far = AttackConfig::Blend(BlendConfig {
+            target: 10,
+            ..Default::default()
+        });
+        assert!(
+            far.validate(1, 4, 4, 10)
+                .unwrap_err()
+                .to_string()
+                .contains("target class 10")
+        );
+        let sourced = |s: Vec<usize>| {
+            AttackConfig::Chessboard(ChessboardConfig {
+                target: 1,
+                sources: Some(s),
+                ..Default::default()
+            })
+        };
+        assert!(sourced(vec![0, 2]).validate(1, 4, 4, 10).is_ok());
+        for (s, says) in [
+            (vec![0, 12], "source class 12"),
+            (vec![1, 2], "include the target"),
+            (vec![], "empty"),
+        ] {
+            let e = sourced(s).validate(1, 4, 4, 10).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
         let too_big = AttackConfig::BadNets(BadNetsConfig {
             patch: 4,
             ..Default::default()
         });
-        assert!(too_big.validate(1, 4, 4).is_err());
+        assert!(too_big.validate(1, 4, 4, 10).is_err());
         let bad_rate = AttackConfig::Sig(SigConfig {
             rate: 2.0,
             ..Default::default()
         });
-        assert!(bad_rate.validate(1, 4, 4).is_err());
+        assert!(bad_rate.validate(1, 4, 4, 10).is_err());
     }
 }

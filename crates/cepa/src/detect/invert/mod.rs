@@ -103,6 +103,9 @@ pub struct InvertConfig {
     pub check_every: usize,
     /// Feasible: at least this fraction of the optimisation images reaches the target [ours]. Default 0.95.
     pub pi: f64,
+    /// An optimisation image counts as reached when the target is its prediction with at least
+    /// this softmax probability [ours]. Default 0.5 (see EVALUATION.md).
+    pub confidence: f64,
     /// `lambda2 = consensus_ratio * lambda1`: weight of the dispersion of the embedded
     /// perturbations; 0 turns the consensus term off [ours]. Default 0: on badnets-pytorch-mnist
     /// a ratio of 0.1 (1.0) raised the trigger's cost from 0.013 to 0.017 (0.028) and lowered its
@@ -132,6 +135,7 @@ impl Default for InvertConfig {
             lambda_factor: 1.5,
             check_every: 5,
             pi: 0.95,
+            confidence: 0.5,
             consensus_ratio: 0.0,
             layer: None,
             init_max: 0.1,
@@ -157,6 +161,12 @@ impl InvertConfig {
         }
         if !(self.pi > 0.0 && self.pi <= 1.0) {
             return bad(format!("inversion pi {} must be in (0, 1]", self.pi));
+        }
+        if !(0.0..1.0).contains(&self.confidence) {
+            return bad(format!(
+                "inversion confidence {} must be in [0, 1)",
+                self.confidence
+            ));
         }
         if !(positive(self.lambda_init) && self.lambda_factor > 1.0) {
             return bad("inversion lambda_init must be > 0 and lambda_factor > 1".into());

@@ -216,14 +216,19 @@ fn objective(
         disp_v = Some(first(disp.clone().detach()));
         j = j + disp * (s.cfg.consensus_ratio * lambda1);
     }
-    let hits = first(
-        logits
-            .argmax(1)
-            .equal_elem(s.target as i64)
-            .int()
-            .sum()
-            .float(),
-    );
+    // Reached: the target is the prediction, with at least `confidence` of the probability.
+    let target_prob = log_softmax(logits.clone().detach(), 1)
+        .narrow(1, s.target, 1)
+        .exp()
+        .squeeze_dim::<1>(1);
+    let reached = logits
+        .detach()
+        .argmax(1)
+        .squeeze_dim::<1>(1)
+        .equal_elem(s.target as i64)
+        .int()
+        * target_prob.greater_equal_elem(s.cfg.confidence).int();
+    let hits = first(reached.sum().float());
     (j, hits / n as f64, reg_v, disp_v)
 }
 
