@@ -187,10 +187,11 @@ pub struct InvertArgs {
     /// Seed of the image sampling and the initial trigger (default 0).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Fraction of the optimisation images the trigger must send to the target (default 0.95).
+    /// Fraction of the optimisation images the trigger must send to the target (default 0.99).
     #[arg(long)]
     pub pi: Option<f64>,
-    /// Softmax probability of the target at which an optimisation image counts as reached.
+    /// Softmax probability of the target at which an optimisation image counts as reached
+    /// (default 0.99).
     #[arg(long)]
     pub confidence: Option<f64>,
     /// Optimisation steps per form (default from the inversion config).
