@@ -268,6 +268,13 @@ pub fn text(inv: &Inversion, dir: Option<&Path>) -> anyhow::Result<String> {
         write!(t, ", mask l1 {m:.1} px")?;
     }
     writeln!(t)?;
+    if let Some(c) = b.confident_success {
+        writeln!(
+            t,
+            "  strength x{:.2} of the smallest trigger (cost {:.4}): {:.3} of the optimisation images at probability >= {}",
+            b.strength, b.base_cost, c, inv.config.confidence
+        )?;
+    }
     writeln!(
         t,
         "  lambda  lambda1 {:.3e}, lambda2 {:.3e} ({}), {} steps, {:.1} s",

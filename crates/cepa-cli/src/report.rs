@@ -247,6 +247,16 @@ fn trigger(h: &mut String, t: &TriggerSection) -> std::fmt::Result {
             format!("{:.3}", b.fit_success),
         ),
         ("mean |x~ - x|", format!("{:.4}", b.cost)),
+        (
+            "strengthened",
+            match b.confident_success {
+                Some(c) => format!(
+                    "x{:.2} (smallest trigger {:.4}); {:.3} of the optimisation images at probability >= {}",
+                    b.strength, b.base_cost, c, inv.config.confidence
+                ),
+                None => "no".into(),
+            },
+        ),
         ("per image l1 / l2", format!("{:.2} / {:.3}", b.l1, b.l2)),
         (
             "lambda1 / lambda2",

@@ -409,6 +409,66 @@ fn check_self_contained_html(dir: &Path) -> (String, usize) {
     (html, imgs)
 }
 
+/// Load `dir/report.html` in headless Chromium and return what the page holds once rendered:
+/// (images, images that failed to decode, SVG charts, tables). `None` when no Chromium is
+/// installed, unless `CEPA_REQUIRE_CHROMIUM=1` (set by `.ci/run` after installing it).
+fn rendered_in_chromium(dir: &Path) -> Option<(usize, usize, usize, usize)> {
+    let browser = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    let Some(browser) = browser else {
+        assert!(
+            std::env::var("CEPA_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
+            "CEPA_REQUIRE_CHROMIUM=1 but no chromium is installed"
+        );
+        eprintln!("no chromium: the report is checked by parsing only");
+        return None;
+    };
+    // A page beside the report loads it in a frame and counts what rendered.
+    let check = dir.join("check.html");
+    std::fs::write(
+        &check,
+        r#"<!DOCTYPE html><html><body><iframe id="f" src="report.html"></iframe><script>
+document.getElementById('f').addEventListener('load', () => {
+  const d = document.getElementById('f').contentDocument;
+  const imgs = Array.from(d.images);
+  const broken = imgs.filter(i => !i.complete || i.naturalWidth === 0).length;
+  document.body.setAttribute('data-result', [imgs.length, broken,
+    d.querySelectorAll('svg').length, d.querySelectorAll('table').length].join(' '));
+});
+</script></body></html>"#,
+    )
+    .unwrap();
+    let out = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--allow-file-access-from-files",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+        ])
+        .arg(format!(
+            "file://{}",
+            check.canonicalize().unwrap().display()
+        ))
+        .output()
+        .expect("run chromium");
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let result = dom
+        .split("data-result=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("chromium did not render the report: {dom}"));
+    let n: Vec<usize> = result.split(' ').map(|v| v.parse().unwrap()).collect();
+    Some((n[0], n[1], n[2], n[3]))
+}
+
 /// Share of a PNG's "ink" (distance from `zero`) in the bottom-right quadrant.
 fn bottom_right_share(png: &Path, zero: f32) -> f64 {
     let img = image::open(png).expect("png").to_luma8();
@@ -483,6 +543,10 @@ fn scan_out_of_the_example_estimates_the_trigger_and_writes_a_self_contained_rep
     let (html, imgs) = check_self_contained_html(&dir);
     // Trigger, 9 clean/triggered pairs, 45 perturbed/perturbation pairs.
     assert_eq!(imgs, 1 + 2 * 9 + 2 * 45);
+    // A browser shows every picture, the chart and the table.
+    if let Some(shown) = rendered_in_chromium(&dir) {
+        assert_eq!(shown, (imgs, 0, 1, 1), "images, broken, charts, tables");
+    }
     for needle in [
         "BACKDOORED: target class 7",
         "<svg",

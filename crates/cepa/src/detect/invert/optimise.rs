@@ -216,19 +216,14 @@ fn objective(
         disp_v = Some(first(disp.clone().detach()));
         j = j + disp * (s.cfg.consensus_ratio * lambda1);
     }
-    // Reached: the target is the prediction, with at least `confidence` of the probability.
-    let target_prob = log_softmax(logits.clone().detach(), 1)
-        .narrow(1, s.target, 1)
-        .exp()
-        .squeeze_dim::<1>(1);
-    let reached = logits
-        .detach()
-        .argmax(1)
-        .squeeze_dim::<1>(1)
-        .equal_elem(s.target as i64)
-        .int()
-        * target_prob.greater_equal_elem(s.cfg.confidence).int();
-    let hits = first(reached.sum().float());
+    let hits = first(
+        logits
+            .argmax(1)
+            .equal_elem(s.target as i64)
+            .int()
+            .sum()
+            .float(),
+    );
     (j, hits / n as f64, reg_v, disp_v)
 }
 
@@ -305,6 +300,7 @@ pub(super) fn optimise(
                 feasible: rho >= cfg.pi,
                 fit_success: rho,
                 cost: f64::NAN,
+                base_cost: f64::NAN,
                 l1: f64::NAN,
                 l2: f64::NAN,
                 mask_l1: None,
@@ -313,6 +309,8 @@ pub(super) fn optimise(
                 steps: step + 1,
                 lambda1,
                 lambda2: cfg.consensus_ratio * lambda1,
+                strength: 1.0,
+                confident_success: None,
                 trigger: Vec::new(),
                 mask: None,
             };

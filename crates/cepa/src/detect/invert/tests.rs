@@ -115,13 +115,8 @@ fn planted_patch_is_recovered_by_both_forms() {
         KindChoice::MaskPattern,
         KindChoice::Auto,
     ] {
-        // The planted backdoor adds at most 12 to the target's logit, so it is not a confident
-        // one: at the default confidence (0.99) the cheapest way there also darkens the image's
-        // own class. The search for the patch itself is tested at "reached = predicted".
         let cfg = InvertConfig {
             kind,
-            pi: 0.95,
-            confidence: 0.0,
             ..Default::default()
         };
         let mut inv = invert(&model, &fit, Some(&held), TARGET, &cfg).unwrap();
@@ -279,6 +274,7 @@ fn apply_matches_the_formulas() {
         feasible: true,
         fit_success: 1.0,
         cost: 0.0,
+        base_cost: 0.0,
         l1: 0.0,
         l2: 0.0,
         mask_l1: None,
@@ -287,6 +283,8 @@ fn apply_matches_the_formulas() {
         steps: 1,
         lambda1: 0.0,
         lambda2: 0.0,
+        strength: 1.0,
+        confident_success: None,
         trigger,
         mask,
     };
@@ -304,4 +302,55 @@ fn apply_matches_the_formulas() {
         mp.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
         "{mp:?}"
     );
+}
+
+#[test]
+fn strengthening_scales_the_smallest_trigger_and_keeps_its_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = planted_model(dir.path());
+    let fit = images(8, 0);
+    for kind in [KindChoice::Additive, KindChoice::MaskPattern] {
+        let plain = InvertConfig {
+            kind,
+            steps: 60,
+            confidence: 0.0,
+            ..Default::default()
+        };
+        let strong = InvertConfig {
+            confidence: 0.99,
+            ..plain.clone()
+        };
+        let a = invert(&model, &fit, None, TARGET, &plain).unwrap();
+        let b = invert(&model, &fit, None, TARGET, &strong).unwrap();
+        let (a, b) = (&a.best, &b.best);
+        assert_eq!(a.strength, 1.0);
+        assert_eq!(a.confident_success, None);
+        // The factor is a power of 1.15 within [1, max_strength].
+        let k = b.strength.ln() / 1.15f64.ln();
+        assert!(
+            (k - k.round()).abs() < 1e-6 && b.strength <= 4.0 + 1e-9,
+            "{}",
+            b.strength
+        );
+        let reached = b.confident_success.unwrap();
+        assert!((0.0..=1.0).contains(&reached));
+        // The same optimisation, scaled: the shape is kept.
+        let s = b.strength as f32;
+        match (&a.mask, &b.mask) {
+            (Some(ma), Some(mb)) => {
+                for (x, y) in ma.iter().zip(mb) {
+                    assert!(((x * s).min(1.0) - y).abs() < 1e-6);
+                }
+                assert_eq!(a.trigger, b.trigger, "the pattern is kept");
+            }
+            (None, None) => {
+                for (x, y) in a.trigger.iter().zip(&b.trigger) {
+                    assert!((x * s - y).abs() < 1e-6);
+                }
+            }
+            _ => panic!("{kind:?}: forms differ"),
+        }
+        // A stronger trigger costs at least as much.
+        assert!(b.cost >= a.cost - 1e-9, "{kind:?}: {} < {}", b.cost, a.cost);
+    }
 }
