@@ -101,4 +101,21 @@ mod tests {
         assert!(e.contains("/no/such/cepa-settings.toml"), "{e}");
         assert_eq!(Settings::load(None).unwrap().scan.per_class, 10);
     }
+
+    #[test]
+    fn the_readme_example_parses() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("### Settings file")
+            .nth(1)
+            .expect("README has a settings section");
+        let block = section
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("with a TOML example");
+        let s = Settings::parse(block).unwrap();
+        assert_eq!(s.scan.per_class, 20);
+        assert_eq!(s.invert.confidence, 0.99);
+    }
 }
