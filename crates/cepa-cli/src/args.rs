@@ -92,6 +92,26 @@ pub struct DataArgs {
     pub split: Split,
 }
 
+/// The settings file and the clean images a detector command samples (scan and invert).
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// Settings file (TOML with [scan], [scan.cepa], [scan.decision], [invert], [nc] sections;
+    /// see `cepa::settings`). Flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Clean images per class that are optimised (default 10; for invert the target's own are
+    /// left out).
+    #[arg(long)]
+    pub per_class: Option<usize>,
+    /// Held-out clean images per class: scan's transfer statistic, the trigger's attack success
+    /// (default 10).
+    #[arg(long)]
+    pub holdout_per_class: Option<usize>,
+    /// Seed of the image sampling and the initial perturbations (default 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
 #[derive(Args, Debug)]
 pub struct InspectArgs {
     #[command(flatten)]
@@ -116,22 +136,11 @@ pub struct ScanArgs {
     /// Which split of the data folder to read.
     #[arg(long, default_value = "test", value_parser = |s: &str| s.parse::<Split>())]
     pub split: Split,
-    /// Settings file (TOML with [scan], [scan.cepa], [scan.decision], [invert], [nc] sections;
-    /// see `cepa::settings`). Flags override it.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Clean images per class used in the optimisation (default 10).
-    #[arg(long)]
-    pub per_class: Option<usize>,
-    /// Held-out clean images per class for the transfer statistic (default 10).
-    #[arg(long)]
-    pub holdout_per_class: Option<usize>,
+    #[command(flatten)]
+    pub sample: SampleArgs,
     /// Layer(s) to work at, by ONNX tensor name (comma-separated), or `auto`.
     #[arg(long, default_value = "auto")]
     pub layer: String,
-    /// Seed of the image sampling and the initial perturbations (default 0).
-    #[arg(long)]
-    pub seed: Option<u64>,
     /// Optimisation steps per class (default from the detector's config).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -174,24 +183,14 @@ pub struct InvertArgs {
     /// The target class whose trigger is estimated.
     #[arg(long)]
     pub target: usize,
-    /// Settings file (TOML with [scan], [scan.cepa], [scan.decision], [invert], [nc] sections;
-    /// see `cepa::settings`). Flags override it.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Clean images per class used in the optimisation, the target's own left out (default 10).
-    #[arg(long)]
-    pub per_class: Option<usize>,
-    /// Held-out clean images per class for the attack success rate (default 10).
-    #[arg(long)]
-    pub holdout_per_class: Option<usize>,
-    /// Seed of the image sampling and the initial trigger (default 0).
-    #[arg(long)]
-    pub seed: Option<u64>,
-    /// Fraction of the optimisation images the trigger must send to the target (default 0.99).
+    #[command(flatten)]
+    pub sample: SampleArgs,
+    /// Fraction of the optimisation images the smallest trigger must send to the target
+    /// (default 0.95).
     #[arg(long)]
     pub pi: Option<f64>,
-    /// Softmax probability of the target at which an optimisation image counts as reached
-    /// (default 0.99).
+    /// The trigger is then scaled until that fraction goes to the target with at least this
+    /// probability (default 0.99; 0 turns the strengthening off).
     #[arg(long)]
     pub confidence: Option<f64>,
     /// Optimisation steps per form (default from the inversion config).

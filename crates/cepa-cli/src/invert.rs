@@ -30,12 +30,13 @@ pub fn run(a: InvertArgs) -> anyhow::Result<ExitStatus> {
     let truth = a.truth.as_deref().map(read_truth).transpose()?;
     // Images as a scan draws them ([scan] per_class, holdout_per_class, seed); the trigger's
     // settings from [invert], its seed the scan's.
-    let settings = Settings::load(a.config.as_deref())?;
-    let per_class = a.per_class.unwrap_or(settings.scan.per_class);
+    let settings = Settings::load(a.sample.config.as_deref())?;
+    let per_class = a.sample.per_class.unwrap_or(settings.scan.per_class);
     let holdout_per_class = a
+        .sample
         .holdout_per_class
         .unwrap_or(settings.scan.holdout_per_class);
-    let seed = a.seed.unwrap_or(settings.scan.seed);
+    let seed = a.sample.seed.unwrap_or(settings.scan.seed);
     let (fit, holdout) = split_sample(&data, per_class, holdout_per_class, seed)?;
     let mut cfg = InvertConfig {
         seed,

@@ -21,15 +21,15 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
     let model = Classifier::load(path, &spec, &cpu_device(true)).context("cannot load model")?;
     let data = cepa::data::load(&a.data, a.split).context("cannot read images")?;
     let truth = a.truth.as_deref().map(invert::read_truth).transpose()?;
-    let settings = Settings::load(a.config.as_deref())?;
+    let settings = Settings::load(a.sample.config.as_deref())?;
     let mut cfg = settings.scan.clone();
-    if let Some(n) = a.per_class {
+    if let Some(n) = a.sample.per_class {
         cfg.per_class = n;
     }
-    if let Some(s) = a.seed {
+    if let Some(s) = a.sample.seed {
         cfg.seed = s;
     }
-    if let Some(h) = a.holdout_per_class {
+    if let Some(h) = a.sample.holdout_per_class {
         cfg.holdout_per_class = h;
     }
     if a.layer != "auto" {

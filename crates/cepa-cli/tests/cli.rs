@@ -312,6 +312,25 @@ fn scan_out_writes_report_and_perturbation_pictures() {
 }
 
 #[test]
+fn a_settings_file_with_an_unknown_key_is_refused_naming_file_and_key() {
+    let dir = tmp_dir("settings");
+    let file = dir.join("cepa.toml");
+    std::fs::write(&file, "[scan]\nper_class = 5\n[invert]\npie = 0.9\n").unwrap();
+    let model = example("model.onnx");
+    let images = example("images");
+    for cmd in [
+        vec!["scan", model.to_str().unwrap()],
+        vec!["invert", model.to_str().unwrap(), "--target", "7"],
+    ] {
+        let mut args = cmd.clone();
+        args.extend(["--data", images.to_str().unwrap()]);
+        args.extend(["--config", file.to_str().unwrap()]);
+        assert_error(&cepa(&args), &["cepa.toml", "pie"]);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn scan_rejects_an_unknown_layer_naming_it() {
     let model = real("badnets-pytorch-mnist.onnx");
     let data = shared().join("data/mnist");
@@ -790,5 +809,22 @@ fn zoo_build_then_eval_both_detectors_resumably() {
     assert_eq!(again.status.code(), Some(0));
     let lines = std::fs::read_to_string(out_dir.join("results.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 4, "nothing rerun");
+    // Results made with other settings are not mixed into the folder.
+    let other = cepa(&[
+        "eval",
+        zoo.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--steps",
+        "11",
+        "--per-class",
+        "3",
+        "-q",
+    ]);
+    assert_error(&other, &["other settings", "scan.cepa.steps: 10 -> 11"]);
+    // An edited zoo config is noticed: the built model no longer matches it.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("patch = 4", "patch = 5")).unwrap();
+    assert_error(&build(()), &["badnets-s1", "attack settings changed"]);
     std::fs::remove_dir_all(&dir).ok();
 }
