@@ -47,7 +47,7 @@ pub struct Page<'a> {
 
 const CSS: &str = "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}\
 h1{font-size:1.4em}h2{font-size:1.15em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}\
-table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}\
+.wide{overflow-x:auto}table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}\
 th{background:#f3f3f3}tr.target td{background:#fde2e2;font-weight:bold}\
 .verdict{font-size:1.2em;padding:.6em 1em;border-radius:6px;display:inline-block}\
 .bad{background:#fde2e2;color:#900}.ok{background:#e2f5e2;color:#060}\
@@ -146,7 +146,7 @@ fn verdict(h: &mut String, s: &ScanReport) -> std::fmt::Result {
     writeln!(h, "{}", bar_chart(&bars, threshold, s.target))?;
     writeln!(
         h,
-        "<table><tr><th>class</th><th>feasible</th><th>steps</th><th>rho</th>"
+        "<div class=\"wide\"><table><tr><th>class</th><th>feasible</th><th>steps</th><th>rho</th>"
     )?;
     if let Some(first) = d.classes.first() {
         for st in &first.statistics {
@@ -184,7 +184,7 @@ fn verdict(h: &mut String, s: &ScanReport) -> std::fmt::Result {
     }
     writeln!(
         h,
-        "</table><p>Cells: one-sided MAD anomaly index of each statistic (hover for its value); combined: the verdict's index.</p>"
+        "</table></div><p>Cells: one-sided MAD anomaly index of each statistic (hover for its value); combined: the verdict's index.</p>"
     )?;
     for n in &d.notes {
         writeln!(h, "<p>note: {}</p>", esc(n))?;
