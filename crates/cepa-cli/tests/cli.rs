@@ -796,6 +796,36 @@ fn zoo_build_then_eval_both_detectors_resumably() {
             assert!(all.get(key).is_some(), "{det} lacks {key}");
         }
         assert!(ev[det]["mnist"]["families"].get("badnets").is_some());
+        // The numbers agree with the per-model lines: one backdoored and one clean model.
+        let rows: Vec<serde_json::Value> = lines
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .filter(|r: &serde_json::Value| r["detector"] == det)
+            .collect();
+        let flagged = |attack: &str| {
+            rows.iter()
+                .filter(|r| (r["attack"] == "clean") == (attack == "clean"))
+                .all(|r| r["flagged"] == true)
+        };
+        let (tp, fp) = (flagged("badnets"), flagged("clean"));
+        let num = |k: &str| all[k].as_f64().unwrap();
+        assert_eq!(num("tpr"), if tp { 1.0 } else { 0.0 }, "{det}: {all}");
+        assert_eq!(num("fpr"), if fp { 1.0 } else { 0.0 }, "{det}: {all}");
+        let right = usize::from(tp) + usize::from(!fp);
+        assert_eq!(
+            num("detection_accuracy"),
+            right as f64 / 2.0,
+            "{det}: {all}"
+        );
+        let seconds: Vec<f64> = rows
+            .iter()
+            .map(|r| r["seconds"].as_f64().unwrap())
+            .collect();
+        let median = (seconds[0] + seconds[1]) / 2.0;
+        assert!(
+            (num("median_seconds") - median).abs() < 1e-6,
+            "{det}: {all}"
+        );
     }
     let md = std::fs::read_to_string(out_dir.join("evaluation.md")).unwrap();
     assert!(
