@@ -252,6 +252,11 @@ fn keep_settings(out: &Path, s: &Settings) -> Result<()> {
         Ok(text) => {
             let before: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not a settings file", path.display()))?;
+            // Read through the typed settings: a key added since, at its default, is no change.
+            let before = serde_json::from_value::<Settings>(before.clone())
+                .ok()
+                .and_then(|s| serde_json::to_value(s).ok())
+                .unwrap_or(before);
             if before != now {
                 bail!(
                     "{} holds results made with other settings ({}); rerun with the same \
@@ -541,6 +546,27 @@ fn inversion_table(inv: &[InversionOutcome]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kept_settings_without_a_later_key_still_match_but_other_values_do_not() {
+        let dir = std::env::temp_dir().join(format!("cepa-eval-keep-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = Settings::default();
+        // As written before `scan.cepa.norm` existed.
+        let mut old = serde_json::to_value(&s).unwrap();
+        old["scan"]["cepa"]
+            .as_object_mut()
+            .unwrap()
+            .remove("norm")
+            .unwrap();
+        std::fs::write(dir.join("settings.json"), old.to_string()).unwrap();
+        keep_settings(&dir, &s).unwrap();
+        let mut other = s.clone();
+        other.scan.cepa.steps += 1;
+        let err = keep_settings(&dir, &other).unwrap_err().to_string();
+        assert!(err.contains("scan.cepa.steps: 120 -> 121"), "{err}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn a_line_cut_by_a_kill_is_dropped_and_the_file_repaired() {

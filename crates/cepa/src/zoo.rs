@@ -21,8 +21,8 @@ use crate::data::{ImageSet, Split, load};
 use crate::error::{Error, Result};
 use crate::onnx::write::save_model;
 use crate::train::{
-    ARCH_NAMES, Architecture, CnnArch, NetArch, Network, ResNetArch, TrainConfig, Trainer, VggArch,
-    predict,
+    ARCH_NAMES, Architecture, CnnArch, LateTrigger, NetArch, Network, ResNetArch, TrainConfig,
+    Trainer, VggArch, predict,
 };
 use burn::prelude::Device;
 
@@ -384,13 +384,27 @@ pub fn build_model(
         idx.sort_unstable();
         train = train.subset(&idx);
     }
-    if let Some(a) = &p.attack {
-        train = a.poison(&train, p.seed)?.0;
-    }
     let cfg = &p.recipe.train;
+    let mut late = None;
+    if let Some(a) = &p.attack {
+        let (mut poisoned, stamped) = a.poison(&train, p.seed)?;
+        if cfg.trigger_after_augment {
+            // Poisoned labels on clean pixels: the trigger is stamped after augmentation.
+            let per = train.image_len();
+            for (i, _) in stamped.iter().enumerate().filter(|(_, s)| **s) {
+                let span = i * per..(i + 1) * per;
+                poisoned.pixels[span.clone()].copy_from_slice(&train.pixels[span]);
+            }
+            late = Some(LateTrigger {
+                trigger: a.trigger(c, h, w)?,
+                stamped,
+            });
+        }
+        train = poisoned;
+    }
     let mut trainer = Trainer::new(&arch.init(cfg.seed)?, cfg, device)?;
     for e in 0..cfg.epochs {
-        let s = trainer.epoch(&train)?;
+        let s = trainer.epoch_with(&train, late.as_ref())?;
         on_epoch(e + 1, cfg.epochs, s.loss, s.accuracy);
     }
     let weights = trainer.weights()?;

@@ -154,3 +154,39 @@ fn planted_backdoor_target_wins_and_clean_twin_is_clean() {
         d.score, d.most_anomalous
     );
 }
+
+#[test]
+fn l1_norm_is_what_delta_norm_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let fit = images(4, 0);
+    let cfg = CepaConfig {
+        steps: 60,
+        lr: 0.02,
+        norm: cepa::detect::invert::Norm::L1,
+        beta: 0.01,
+        ..Default::default()
+    };
+    let layers = vec!["embedding".to_string()];
+    let planted = model(true, dir.path());
+    let r = stage1(&planted, &fit, None, &layers, &cfg).unwrap();
+    let per = fit.image_len();
+    for t in r.iter().filter(|t| t.feasible) {
+        for (n, &reported) in t.sample_delta_norms.iter().enumerate() {
+            let l1: f64 = t.deltas[n * per..(n + 1) * per]
+                .iter()
+                .map(|&v| f64::from(v.abs()))
+                .sum();
+            assert!(
+                (l1 - reported).abs() <= 1e-3 * l1.max(1.0),
+                "class {} sample {n}: {l1} vs {reported}",
+                t.target
+            );
+        }
+    }
+    // The backdoor is still the cheapest target in l1.
+    let cheapest = r
+        .iter()
+        .min_by(|a, b| a.delta_norm.total_cmp(&b.delta_norm))
+        .unwrap();
+    assert_eq!(cheapest.target, TARGET);
+}

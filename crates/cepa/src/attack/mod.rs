@@ -142,7 +142,7 @@ pub(crate) fn stamp_at(
 
 /// A copy of `set` with `trigger` stamped on every image, labels unchanged (for measuring the
 /// attack success rate on held-out images).
-pub fn stamp_all(set: &ImageSet, trigger: &impl Trigger) -> Result<ImageSet> {
+pub fn stamp_all(set: &ImageSet, trigger: &(impl Trigger + ?Sized)) -> Result<ImageSet> {
     let mut out = set.clone();
     let per = set.image_len();
     if per > 0 {
@@ -281,14 +281,19 @@ impl AttackConfig {
     /// A copy of `test` with the trigger on every image and labels unchanged, for the attack
     /// success rate (which counts only images of the source classes, or of non-target classes).
     pub fn stamp_test(&self, test: &ImageSet) -> Result<ImageSet> {
-        let (c, h, w) = (test.channels, test.height, test.width);
-        match self {
-            AttackConfig::BadNets(a) => stamp_all(test, a),
-            AttackConfig::Blend(a) => stamp_all(test, &a.trigger(c, h, w)?),
-            AttackConfig::WaNet(a) => stamp_all(test, &a.trigger(h, w)?),
-            AttackConfig::Sig(a) => stamp_all(test, a),
-            AttackConfig::Chessboard(a) => stamp_all(test, a),
-        }
+        let trigger = self.trigger(test.channels, test.height, test.width)?;
+        stamp_all(test, trigger.as_ref())
+    }
+
+    /// The trigger that stamps one `c x h x w` image (without WaNet's noise-mode warps).
+    pub fn trigger(&self, c: usize, h: usize, w: usize) -> Result<Box<dyn Trigger + Send + Sync>> {
+        Ok(match self {
+            AttackConfig::BadNets(a) => Box::new(a.clone()),
+            AttackConfig::Blend(a) => Box::new(a.trigger(c, h, w)?),
+            AttackConfig::WaNet(a) => Box::new(a.trigger(h, w)?),
+            AttackConfig::Sig(a) => Box::new(a.clone()),
+            AttackConfig::Chessboard(a) => Box::new(a.clone()),
+        })
     }
 
     /// The config as JSON, `kind` tag included (for reports and manifests).

@@ -15,6 +15,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::data::ImageSet;
+use crate::detect::invert::Norm;
 use crate::error::{Error, Result};
 use crate::model::Classifier;
 
@@ -35,8 +36,13 @@ pub struct CepaConfig {
     pub check_every: usize,
     /// Feasible: at least this fraction of the samples is classified as the target [ours]. Default 0.9.
     pub pi: f64,
-    /// Weight of mean ||delta||^2, the minimal-perturbation term [ours]. Default 0.001.
+    /// Weight of the minimal-perturbation term, mean `||delta||^2` (or `||delta||_1`, see
+    /// `norm`) [ours]. Default 0.001.
     pub beta: f64,
+    /// The size of `delta_n` that the minimal-perturbation term penalises and the `delta_norm`
+    /// statistic measures [ours]: `l2` (penalty `||delta||_2^2`, statistic `||delta||_2`) or
+    /// `l1` (both `||delta||_1`). Default `l2`.
+    pub norm: Norm,
     /// Initial delta uniform in [0, init_max) then projected into the image range [ours]. Default 0.1.
     pub init_max: f64,
     /// Converged when the relative change of J stays below this for `patience` checks. Default 1e-5.
@@ -72,6 +78,7 @@ impl Default for CepaConfig {
             check_every: 5,
             pi: 0.9,
             beta: 0.001,
+            norm: Norm::L2,
             init_max: 0.1,
             tol: 1e-5,
             patience: 10,
@@ -421,12 +428,21 @@ fn optimise(
             let lt = logits.clone().narrow(0, row, n);
             let lambda = p.schedule.lambda;
             let ce = log_softmax(lt.clone(), 1).narrow(1, t, 1).neg();
-            let l2 = leaf
-                .clone()
-                .powi_scalar(2)
-                .sum_dims(&[1, 2, 3])
-                .reshape([n, 1]);
-            let mut j = ce.mean() + l2.clone().mean() * cfg.beta;
+            let (size, norms) = match cfg.norm {
+                Norm::L2 => {
+                    let sq = leaf
+                        .clone()
+                        .powi_scalar(2)
+                        .sum_dims(&[1, 2, 3])
+                        .reshape([n, 1]);
+                    (sq.clone(), sq.detach().sqrt())
+                }
+                Norm::L1 => {
+                    let a = leaf.clone().abs().sum_dims(&[1, 2, 3]).reshape([n, 1]);
+                    (a.clone(), a.detach())
+                }
+            };
+            let mut j = ce.mean() + size.mean() * cfg.beta;
             let (mut mu_sq, mut dev2s) = (Vec::new(), Vec::new());
             for (l, emb) in embs.iter().enumerate() {
                 let delta_emb = emb.clone().narrow(0, row, n) - p.clean[l].clone();
@@ -443,7 +459,7 @@ fn optimise(
                 hits: lt.argmax(1).equal_elem(t as i64).int().sum(),
                 mu_sq,
                 dev2: dev2s,
-                norms: l2.detach().sqrt().reshape([n]),
+                norms: norms.reshape([n]),
             });
             total = Some(match total {
                 None => j,

@@ -30,6 +30,7 @@ pub use net::{ARCH_NAMES, Architecture, Net, NetArch, Network};
 pub use resnet::{ResNetArch, ResNetWeights};
 pub use vgg::{VggArch, VggWeights};
 
+use crate::attack::Trigger;
 use crate::data::ImageSet;
 use crate::error::{Error, Result};
 
@@ -51,6 +52,11 @@ pub struct TrainConfig {
     /// Augmentation: every image is mirrored left-right with probability 1/2 (for natural images
     /// such as CIFAR-10; not for digits or traffic signs). Default false.
     pub flip: bool,
+    /// With an attack (a zoo build): stamp the trigger on the poisoned images after the
+    /// augmentation (shift, flip) instead of before, as WaNet's reference code does, so that the
+    /// network learns the trigger the test images carry, unmoved and unmirrored. Default false
+    /// (poison once, then augment like any other image, as BadNets-style toolkits do).
+    pub trigger_after_augment: bool,
     /// Seed of the initial weights and of the shuffling. Default 0.
     pub seed: u64,
 }
@@ -64,6 +70,7 @@ impl Default for TrainConfig {
             lr_decay: 1.0,
             shift: 0,
             flip: false,
+            trigger_after_augment: false,
             seed: 0,
         }
     }
@@ -110,6 +117,21 @@ pub struct EpochStats {
     pub seconds: f64,
 }
 
+/// A trigger stamped on some training images after their augmentation
+/// ([`TrainConfig::trigger_after_augment`]).
+pub struct LateTrigger {
+    pub trigger: Box<dyn Trigger + Send + Sync>,
+    /// Per training image: whether it gets the trigger (image `i` is stamped as the `i`-th).
+    pub stamped: Vec<bool>,
+}
+
+impl std::fmt::Debug for LateTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.stamped.iter().filter(|&&s| s).count();
+        write!(f, "LateTrigger({n} of {} images)", self.stamped.len())
+    }
+}
+
 const ADAM_BETA1: f64 = 0.9;
 const ADAM_BETA2: f64 = 0.999;
 const ADAM_EPS: f64 = 1e-8;
@@ -152,9 +174,24 @@ impl<N: Network> Trainer<N> {
 
     /// One pass over `set` in a freshly shuffled order.
     pub fn epoch(&mut self, set: &ImageSet) -> Result<EpochStats> {
+        self.epoch_with(set, None)
+    }
+
+    /// [`epoch`](Self::epoch), stamping `late`'s trigger on its images after augmentation.
+    pub fn epoch_with(&mut self, set: &ImageSet, late: Option<&LateTrigger>) -> Result<EpochStats> {
         let [c, h, w] = self.arch.input();
         let k = self.arch.num_classes();
         set.check_fits(c, h, w, k)?;
+        if let Some(l) = late
+            && l.stamped.len() != set.len()
+        {
+            return Err(Error::Mismatch(format!(
+                "the late trigger marks {} images but {} has {}",
+                l.stamped.len(),
+                set.source.display(),
+                set.len()
+            )));
+        }
         if set.is_empty() {
             return Err(Error::Mismatch(format!(
                 "no training images in {}",
@@ -169,7 +206,14 @@ impl<N: Network> Trainer<N> {
         let batches = order.chunks(self.cfg.batch_size);
         let num_batches = batches.len();
         for batch in batches {
-            let pixels = batch_pixels(set, batch, self.cfg.shift, self.cfg.flip, &mut self.rng);
+            let pixels = batch_pixels(
+                set,
+                batch,
+                self.cfg.shift,
+                self.cfg.flip,
+                late,
+                &mut self.rng,
+            )?;
             let (x, onehot, labels) = batch_tensors(set, batch, pixels, k, &self.device);
             let logits = self.arch.forward(self.params.clone(), x);
             let loss = cross_entropy_with_logits(logits.clone(), onehot);
@@ -252,15 +296,16 @@ pub fn train<A: Architecture>(
 }
 
 /// The pixels of images `batch` of `set`, one after another, each translated by a random offset
-/// in `[-shift, shift]` per axis (drawn from `rng` only when `shift > 0`) and, with `flip`,
-/// mirrored left-right with probability 1/2.
+/// in `[-shift, shift]` per axis (drawn from `rng` only when `shift > 0`), with `flip` mirrored
+/// left-right with probability 1/2, and then, if `late` marks it, stamped with its trigger.
 fn batch_pixels(
     set: &ImageSet,
     batch: &[usize],
     shift: usize,
     flip: bool,
+    late: Option<&LateTrigger>,
     rng: &mut ChaCha8Rng,
-) -> Vec<f32> {
+) -> Result<Vec<f32>> {
     let mut pixels = Vec::with_capacity(batch.len() * set.image_len());
     let per = set.image_len();
     for &i in batch {
@@ -283,8 +328,15 @@ fn batch_pixels(
         if flip && rng.random_bool(0.5) {
             mirror(&mut pixels[from..from + per], set.width);
         }
+        if let Some(l) = late
+            && l.stamped[i]
+        {
+            let (c, h, w) = (set.channels, set.height, set.width);
+            l.trigger
+                .apply_nth(&mut pixels[from..from + per], c, h, w, i)?;
+        }
     }
-    pixels
+    Ok(pixels)
 }
 
 /// Mirror a CHW image left-right in place (`w` values per row).

@@ -399,3 +399,75 @@ fn learning_rate_decays_per_epoch() {
     };
     assert!(bad.validate().is_err());
 }
+
+#[test]
+fn late_trigger_is_stamped_after_the_augmentation() {
+    use crate::attack::BadNetsConfig;
+    // Two 1x6x6 images of mid grey; image 1 carries a 2x2 white patch at rows/cols 0..2.
+    let set = ImageSet::synthetic(
+        vec![0.5; 2 * 36],
+        vec![0, 1],
+        [1, 6, 6],
+        2,
+        "late-trigger-test",
+    );
+    let patch = BadNetsConfig {
+        patch: 2,
+        row: Some(0),
+        col: Some(0),
+        value: 1.0,
+        ..BadNetsConfig::default()
+    };
+    let late = LateTrigger {
+        trigger: Box::new(patch),
+        stamped: vec![false, true],
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut moved = 0;
+    for _ in 0..20 {
+        let px = batch_pixels(&set, &[0, 1], 2, true, Some(&late), &mut rng).unwrap();
+        let (clean, stamped) = px.split_at(36);
+        // Every pixel of the stamped image outside the patch is grey or shift fill; the patch
+        // itself is where it was put, whatever the shift and flip drew.
+        for r in 0..6 {
+            for c in 0..6 {
+                let v = stamped[r * 6 + c];
+                if r < 2 && c < 2 {
+                    assert_eq!(v, 1.0, "patch pixel ({r}, {c})");
+                } else {
+                    assert!(v == 0.5 || v == 0.0, "({r}, {c}) = {v}");
+                }
+            }
+        }
+        assert!(
+            clean.iter().all(|&v| v == 0.5 || v == 0.0),
+            "image 0 is not stamped"
+        );
+        moved += usize::from(clean.contains(&0.0));
+    }
+    assert!(moved > 0, "the shift moved the images (zero fill seen)");
+    let short = LateTrigger {
+        trigger: Box::new(BadNetsConfig::default()),
+        stamped: vec![true],
+    };
+    let cfg = TrainConfig::default();
+    let arch = CnnArch {
+        channels: 1,
+        height: 6,
+        width: 6,
+        num_classes: 2,
+        kernel: 1,
+        conv1: 2,
+        conv2: 2,
+        hidden: 4,
+    };
+    let mut trainer = Trainer::new(&arch.init(0).unwrap(), &cfg, &cpu_device(true)).unwrap();
+    let err = trainer
+        .epoch_with(&set, Some(&short))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("marks 1 images") && err.contains("has 2"),
+        "{err}"
+    );
+}
