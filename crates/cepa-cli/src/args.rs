@@ -160,6 +160,18 @@ pub struct ScanArgs {
     /// A known trigger (JSON: `target`, `patch: {row, col, size}`) to compare the estimate with.
     #[arg(long)]
     pub truth: Option<PathBuf>,
+    /// Also run a baseline detector on the same clean images and report it beside CEPA (its
+    /// verdict is shown, not merged: CEPA's verdict sets the exit status). `nc`: Neural Cleanse,
+    /// settings from the `[nc]` section of the settings file.
+    #[arg(long, value_enum)]
+    pub baseline: Option<Baseline>,
+}
+
+/// A baseline detector `scan` can run beside CEPA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Baseline {
+    /// Neural Cleanse (Wang et al., 2019).
+    Nc,
 }
 
 /// Which trigger forms `invert` optimises.

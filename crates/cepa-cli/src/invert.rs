@@ -90,6 +90,7 @@ pub fn run(a: InvertArgs) -> anyhow::Result<ExitStatus> {
                 scan: None,
                 trigger: Some(section),
                 perturbations: None,
+                baseline: None,
                 config: serde_json::json!({ "inversion": &inv.config }),
             };
             std::fs::write(dir.join("report.html"), crate::report::render(&page))?;

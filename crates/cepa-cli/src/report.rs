@@ -5,8 +5,10 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use cepa::data::to_png_bytes;
 use cepa::detect::ScanReport;
 use cepa::detect::invert::Inversion;
+use cepa::detect::nc::NcReport;
 use cepa::model::ResolvedSpec;
 
 /// One clean image and the same image with the estimated trigger, with predictions.
@@ -41,6 +43,8 @@ pub struct Page<'a> {
     pub scan: Option<&'a ScanReport>,
     pub trigger: Option<TriggerSection<'a>>,
     pub perturbations: Option<Perturbations>,
+    /// Neural Cleanse run beside CEPA (`scan --baseline nc`).
+    pub baseline: Option<&'a NcReport>,
     /// The resolved configuration, shown as pretty JSON.
     pub config: serde_json::Value,
 }
@@ -113,12 +117,102 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
         }
         writeln!(h, "</div>")?;
     }
+    if let Some(nc) = p.baseline {
+        baseline(h, nc, p.scan.and_then(|s| s.target))?;
+    }
     let config = serde_json::to_string_pretty(&p.config).unwrap_or_default();
     writeln!(
         h,
         "<h2>Resolved configuration</h2>\n<pre>{}</pre>\n</body></html>",
         esc(&config)
     )
+}
+
+/// Neural Cleanse's verdict, anomaly indices, per-class table and its most anomalous class's
+/// mask and masked pattern.
+fn baseline(h: &mut String, nc: &NcReport, cepa_target: Option<usize>) -> std::fmt::Result {
+    let threshold = nc.config.threshold;
+    writeln!(
+        h,
+        "<h2>Baseline: Neural Cleanse on the same {} images</h2>",
+        nc.images
+    )?;
+    let (class, text) = match nc.target {
+        Some(t) => (
+            "bad",
+            format!(
+                "BACKDOORED: target class {t} (index {:.2} &gt; {threshold:.2})",
+                nc.score
+            ),
+        ),
+        None => (
+            "ok",
+            format!(
+                "clean: largest index {:.2} at class {} (threshold {threshold:.2})",
+                nc.score, nc.most_anomalous
+            ),
+        ),
+    };
+    writeln!(h, "<p class=\"verdict {class}\">{text}</p>")?;
+    if nc.target != cepa_target {
+        writeln!(
+            h,
+            "<p>The detectors disagree; CEPA's verdict is the report's (and the exit status).</p>"
+        )?;
+    }
+    let bars: Vec<(usize, f64)> = nc
+        .classes
+        .iter()
+        .map(|c| (c.target, c.anomaly_index))
+        .collect();
+    writeln!(h, "{}", bar_chart(&bars, threshold, nc.target))?;
+    writeln!(
+        h,
+        "<div class=\"wide\"><table><tr><th>class</th><th>mask L1</th><th>ASR</th><th>feasible</th><th>steps</th><th>anomaly index</th></tr>"
+    )?;
+    for c in &nc.classes {
+        let row = if Some(c.target) == nc.target {
+            " class=\"target\""
+        } else {
+            ""
+        };
+        writeln!(
+            h,
+            "<tr{row}><td>{}</td><td>{:.1}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            c.target,
+            c.l1,
+            c.asr,
+            if c.feasible { "yes" } else { "no" },
+            c.steps,
+            num(c.anomaly_index)
+        )?;
+    }
+    writeln!(h, "</table></div>")?;
+    let [ch, hh, ww] = nc.dims;
+    if let Some(c) = nc.classes.get(nc.most_anomalous)
+        && c.mask.len() == hh * ww
+        && c.pattern.len() == ch * hh * ww
+    {
+        let masked: Vec<f32> = c
+            .pattern
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p * c.mask[i % (hh * ww)])
+            .collect();
+        if let (Ok(m), Ok(mp)) = (
+            to_png_bytes(&c.mask, 1, hh, ww),
+            to_png_bytes(&masked, ch, hh, ww),
+        ) {
+            writeln!(
+                h,
+                "<div><figure>{}<figcaption>mask, class {}</figcaption></figure><figure>{}<figcaption>mask x pattern</figcaption></figure></div>",
+                img(&m, "Neural Cleanse mask"),
+                c.target,
+                img(&mp, "Neural Cleanse mask times pattern")
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// Verdict line, per-class table and bar chart.

@@ -6,12 +6,13 @@ use std::path::Path;
 use anyhow::Context;
 use cepa::data::{ImageSet, to_png_bytes};
 use cepa::detect::invert::Inversion;
+use cepa::detect::nc::{NcReport, neural_cleanse};
 use cepa::detect::{LayerChoice, ScanReport, scan_with_progress};
 use cepa::model::{Classifier, cpu_device};
 use cepa::settings::Settings;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::args::{Format, ScanArgs};
+use crate::args::{Baseline, Format, ScanArgs};
 use crate::report::{Page, Perturbations};
 use crate::{ExitStatus, invert, out};
 
@@ -69,6 +70,20 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
     })
     .context("scan failed")?;
     bar.finish_and_clear();
+    let baseline = match (a.baseline, report.fit_images.as_ref()) {
+        (Some(Baseline::Nc), Some(fit)) => {
+            let mut nc = settings.nc.clone();
+            if let Some(s) = a.sample.seed {
+                nc.seed = s;
+            }
+            tracing::info!(
+                "baseline: Neural Cleanse on the {} images CEPA optimised",
+                fit.len()
+            );
+            Some(neural_cleanse(&model, fit, &nc, &|_| {}).context("Neural Cleanse failed")?)
+        }
+        _ => None,
+    };
     // Stage 2 for a flagged model when there is somewhere to put the trigger.
     let inversion = match (&a.out, report.target) {
         (Some(_), Some(target)) => Some(invert::for_scan(
@@ -85,9 +100,12 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
     if let (Some((inv, _)), Some(obj)) = (&inversion, json.as_object_mut()) {
         obj.insert("inversion".into(), serde_json::to_value(inv)?);
     }
+    if let (Some(nc), Some(obj)) = (&baseline, json.as_object_mut()) {
+        obj.insert("baseline_nc".into(), serde_json::to_value(nc)?);
+    }
     if let Some(dir) = &a.out {
         let stage2 = inversion.as_ref().map(|(inv, held)| (inv, held));
-        write_out(dir, &report, &json, &model, path, stage2)
+        write_out(dir, &report, &json, &model, path, stage2, baseline.as_ref())
             .with_context(|| format!("cannot write {}", dir.display()))?;
     }
     match a.format {
@@ -96,6 +114,9 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
             let mut t = text(&report, path)?;
             if let Some((inv, _)) = &inversion {
                 t += &invert::text(inv, a.out.as_deref())?;
+            }
+            if let Some(nc) = &baseline {
+                t += &nc_text(nc, report.target)?;
             }
             out(&t)
         }
@@ -192,6 +213,60 @@ fn text(r: &ScanReport, path: &Path) -> anyhow::Result<String> {
     Ok(t)
 }
 
+/// The baseline's verdict and per-class masks, and whether it agrees with CEPA's `target`.
+fn nc_text(nc: &NcReport, cepa_target: Option<usize>) -> anyhow::Result<String> {
+    let mut t = String::new();
+    writeln!(
+        t,
+        "\nbaseline: Neural Cleanse on the same {} images (mask L1 per class, one-sided MAD)",
+        nc.images
+    )?;
+    writeln!(
+        t,
+        "{:>5} {:>8} {:>6} {:>9} {:>9}",
+        "class", "mask L1", "ASR", "feasible", "index"
+    )?;
+    for c in &nc.classes {
+        let mark = if Some(c.target) == nc.target {
+            "  <- target"
+        } else {
+            ""
+        };
+        writeln!(
+            t,
+            "{:>5} {:>8.1} {:>6.2} {:>9} {:>9.2}{mark}",
+            c.target,
+            c.l1,
+            c.asr,
+            if c.feasible { "yes" } else { "no" },
+            c.anomaly_index
+        )?;
+    }
+    let threshold = nc.config.threshold;
+    match nc.target {
+        Some(target) => writeln!(
+            t,
+            "baseline verdict: BACKDOORED, target class {target} (index {:.2} > {threshold:.2}), {:.1} s",
+            nc.score, nc.seconds
+        )?,
+        None => writeln!(
+            t,
+            "baseline verdict: clean (largest index {:.2} at class {}, threshold {threshold:.2}), {:.1} s",
+            nc.score, nc.most_anomalous, nc.seconds
+        )?,
+    }
+    if nc.target != cepa_target {
+        writeln!(
+            t,
+            "note: the detectors disagree (CEPA {}, Neural Cleanse {}); CEPA's verdict sets the exit status",
+            cepa_target.map_or("clean".to_string(), |c| format!("class {c}")),
+            nc.target
+                .map_or("clean".to_string(), |c| format!("class {c}"))
+        )?;
+    }
+    Ok(t)
+}
+
 /// `report.json`, `report.html`, the most anomalous class's per-sample perturbations as PNG and,
 /// after stage 2, `trigger.png` (and `mask.png`).
 fn write_out(
@@ -201,6 +276,7 @@ fn write_out(
     model: &Classifier,
     path: &Path,
     stage2: Option<(&Inversion, &ImageSet)>,
+    baseline: Option<&NcReport>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(
@@ -225,6 +301,9 @@ fn write_out(
         None => None,
     };
     let mut config = serde_json::json!({ "scan": &r.config });
+    if let Some(nc) = baseline {
+        config["baseline_nc"] = serde_json::to_value(&nc.config)?;
+    }
     if let Some((inv, _)) = stage2 {
         config["inversion"] = serde_json::to_value(&inv.config)?;
     }
@@ -235,6 +314,7 @@ fn write_out(
         scan: Some(r),
         trigger,
         perturbations,
+        baseline,
         config,
     };
     std::fs::write(dir.join("report.html"), crate::report::render(&page))?;

@@ -613,6 +613,61 @@ fn a_clean_verdict_gets_a_report_without_inversion() {
 }
 
 #[test]
+fn baseline_nc_is_reported_beside_cepa_without_changing_its_verdict() {
+    let dir = tmp_dir("baseline-nc");
+    let settings = dir.join("settings.toml");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(&settings, "[nc]\nsteps = 120\n").unwrap();
+    let out = cepa(&[
+        "scan",
+        example("model.onnx").to_str().unwrap(),
+        "--data",
+        example("images").to_str().unwrap(),
+        "--per-class",
+        "5",
+        "--steps",
+        "10",
+        "--threshold",
+        "1000",
+        "--baseline",
+        "nc",
+        "--config",
+        settings.to_str().unwrap(),
+        "-q",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "CEPA's clean verdict sets the exit status: {text}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let nc = &r["baseline_nc"];
+    assert_eq!(nc["classes"].as_array().unwrap().len(), 10);
+    assert_eq!(nc["images"], 50, "the 5 x 10 images CEPA optimised");
+    assert_eq!(nc["config"]["steps"], 120, "[nc] of the settings file");
+    // The example's backdoor is a patch, which Neural Cleanse finds: class 7 has the smallest mask.
+    assert_eq!(nc["most_anomalous"], 7, "{nc}");
+    assert_eq!(nc["target"], 7);
+    assert!(
+        text.contains("baseline verdict: BACKDOORED, target class 7"),
+        "{text}"
+    );
+    assert!(text.contains("the detectors disagree"), "{text}");
+    let (html, imgs) = check_self_contained_html(&dir);
+    assert!(html.contains("Baseline: Neural Cleanse"));
+    assert!(html.contains("The detectors disagree"));
+    assert_eq!(
+        imgs,
+        2 * 9 * 5 + 2,
+        "perturbations, then NC's mask and mask x pattern"
+    );
+}
+
+#[test]
 fn invert_alone_writes_mask_trigger_and_report_reproducibly() {
     let run = |tag: &str| {
         let dir = tmp_dir(tag);
