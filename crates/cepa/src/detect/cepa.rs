@@ -159,6 +159,9 @@ pub struct LayerStats {
     pub mu_norm: f64,
     /// Mean `||Delta_n - mu||^2 / ||mu||^2`.
     pub dispersion: f64,
+    /// `sqrt(mean_n ||Delta_n||^2) = sqrt(||mu||^2 + mean_n ||Delta_n - mu||^2)`: how much the
+    /// embedding moves.
+    pub embed_norm: f64,
     /// Fraction of held-out clean non-target images sent to the target by `h(g(x) + mu_t)`
     /// (`None` without held-out images).
     pub transfer: Option<f64>,
@@ -494,9 +497,11 @@ fn optimise(
                 .zip(m.dev2)
                 .map(|(mu_sq, dev2)| {
                     let mu_norm = first(mu_sq).sqrt();
+                    let dev2 = first(dev2);
                     LayerStats {
                         mu_norm,
-                        dispersion: first(dev2) / (mu_norm * mu_norm).max(1e-30),
+                        dispersion: dev2 / (mu_norm * mu_norm).max(1e-30),
+                        embed_norm: (mu_norm * mu_norm + dev2).sqrt(),
                         transfer: None,
                         mu: Vec::new(),
                     }

@@ -69,6 +69,9 @@ pub enum Tail {
     Large,
     /// Small values are suspicious (perturbation size, dispersion).
     Small,
+    /// Either way is suspicious (the size of the embedded perturbations: a backdoor can make
+    /// its target unusually cheap or unusually loud in the embedding): `|s - median| / scale`.
+    Both,
 }
 
 /// One-sided MAD anomaly indices over classes: `a(t) = (s(t) - median) / (1.4826 * MAD)` for
@@ -90,6 +93,10 @@ pub fn anomaly_indices(values: &[f64], tail: Tail) -> Vec<f64> {
     let least_suspicious = match tail {
         Tail::Large => finite.min_by(f64::total_cmp),
         Tail::Small => finite.max_by(f64::total_cmp),
+        Tail::Both => {
+            let f: Vec<f64> = finite.collect();
+            (!f.is_empty()).then(|| median(&f))
+        }
     };
     let Some(fill) = least_suspicious else {
         return vec![0.0; values.len()];
@@ -118,6 +125,7 @@ pub fn anomaly_indices(values: &[f64], tail: Tail) -> Vec<f64> {
         .map(|&v| match tail {
             Tail::Large => (v - centre) / scale,
             Tail::Small => (centre - v) / scale,
+            Tail::Both => (v - centre).abs() / scale,
         })
         .collect()
 }

@@ -19,6 +19,10 @@ pub enum Statistic {
     Dispersion,
     /// Share of held-out images that `mu_t` alone sends to `t`, large is suspicious.
     Transfer,
+    /// `sqrt(mean_n ||Delta_n||^2)`, how far the embedding moves; anomalous either way: a
+    /// backdoor target reached with an unusually small move (a shortcut) or an unusually large
+    /// one (the paper's overfitting, large activations).
+    EmbedNorm,
 }
 
 impl Statistic {
@@ -26,6 +30,7 @@ impl Statistic {
         match self {
             Statistic::MuNorm | Statistic::Transfer => Tail::Large,
             Statistic::DeltaNorm | Statistic::Dispersion => Tail::Small,
+            Statistic::EmbedNorm => Tail::Both,
         }
     }
 
@@ -35,6 +40,7 @@ impl Statistic {
             Statistic::DeltaNorm => "delta_norm",
             Statistic::Dispersion => "dispersion",
             Statistic::Transfer => "transfer",
+            Statistic::EmbedNorm => "embed_norm",
         }
     }
 
@@ -49,16 +55,18 @@ impl Statistic {
             Statistic::DeltaNorm => r.delta_norm,
             Statistic::Dispersion => r.layers[layer].dispersion,
             Statistic::Transfer => r.layers[layer].transfer.unwrap_or(f64::NAN),
+            Statistic::EmbedNorm => r.layers[layer].embed_norm,
         }
     }
 }
 
-/// Scores (largest mean index, default statistics and layers) of the clean reference scans: the
+/// Scores (largest mean index, default rule and layers) of the clean reference scans: the
 /// 10 clean MNIST models of `zoo/standard.toml` and the two real clean models (5 seeds each),
-/// from EVALUATION.md. The p-value of a score is the share of them at least as high.
+/// from EVALUATION.md (re-decided from their saved reports by `scripts/rescore_cepa.py` when the
+/// rule changed). The p-value of a score is the share of them at least as high.
 pub const CLEAN_REFERENCE: [f64; 20] = [
-    0.49, 0.52, 0.55, 0.62, 0.62, 0.63, 0.65, 0.66, 0.66, 0.67, 0.76, 0.89, 0.93, 1.06, 1.12, 1.24,
-    1.39, 1.43, 1.47, 1.64,
+    0.58, 0.59, 0.66, 0.68, 0.68, 0.76, 0.78, 0.80, 0.81, 0.83, 0.85, 0.87, 0.87, 0.89, 0.97, 1.15,
+    1.21, 1.26, 1.37, 1.50,
 ];
 
 /// `(1 + #{reference >= score}) / (1 + #reference)`: an empirical p-value against the clean
@@ -84,16 +92,22 @@ pub enum Combine {
 #[serde(default, deny_unknown_fields)]
 pub struct DecisionConfig {
     /// Statistics whose anomaly indices are averaged into the combined index. Default:
-    /// delta_norm, dispersion, transfer (EVALUATION.md: `mu_norm` pointed at the wrong class on
-    /// the real MNIST backdoor).
+    /// delta_norm, embed_norm, transfer (EVALUATION.md, session 4: over 79 zoo and real scans
+    /// it replaced dispersion, whose direction flips between MNIST and CIFAR-10 backdoors;
+    /// `mu_norm` pointed at the wrong class on the real MNIST backdoor).
     pub statistics: Vec<Statistic>,
+    /// Each chosen index is capped at this before averaging, so that one statistic at one layer
+    /// cannot carry the verdict alone; 0 turns the cap off. Default 3.0 (EVALUATION.md: without
+    /// it a clean MLP with three unreachable classes scored 2.16 on one embed_norm outlier).
+    pub index_cap: f64,
     /// How they are combined. Default `mean` (EVALUATION.md: over 20 clean and 20 backdoored
     /// scans its ROC AUC was 1.00 against 0.955 for `restandardised`, which flagged 4 clean
     /// models).
     pub combine: Combine,
     /// Backdoored when the largest combined index exceeds this. Default 1.5, calibrated on
-    /// the clean models of the zoo and the real clean models (EVALUATION.md): 1 of 20 clean scans
-    /// above it, every backdoored one above it. For `restandardised`, 2.0 was used.
+    /// the clean models of the zoo and the real clean models (EVALUATION.md): none of 30 clean
+    /// scans above it (the highest 1.4995), every real backdoored one above it. For
+    /// `restandardised`, 2.0 was used.
     pub threshold: f64,
     /// A source class is suspected when its samples' mean `||delta||` has a (small-tail) MAD
     /// index above this among the sources. Default 2.0.
@@ -105,9 +119,10 @@ impl Default for DecisionConfig {
         Self {
             statistics: vec![
                 Statistic::DeltaNorm,
-                Statistic::Dispersion,
+                Statistic::EmbedNorm,
                 Statistic::Transfer,
             ],
+            index_cap: 3.0,
             combine: Combine::Mean,
             threshold: 1.5,
             source_threshold: 2.0,
@@ -199,6 +214,7 @@ pub fn decide(
         Statistic::DeltaNorm,
         Statistic::MuNorm,
         Statistic::Dispersion,
+        Statistic::EmbedNorm,
         Statistic::Transfer,
     ];
     for stat in all {
@@ -247,7 +263,11 @@ pub fn decide(
                     anomaly_index: idx[t],
                 });
                 if chosen {
-                    combined[t] += idx[t];
+                    combined[t] += if cfg.index_cap > 0.0 {
+                        idx[t].min(cfg.index_cap)
+                    } else {
+                        idx[t]
+                    };
                 }
             }
             if chosen {
@@ -371,6 +391,7 @@ mod tests {
             layers: vec![LayerStats {
                 mu_norm: 1.0,
                 dispersion: disp,
+                embed_norm: (1.0 + disp).sqrt(),
                 transfer: Some(transfer),
                 mu: vec![],
             }],
@@ -419,6 +440,52 @@ mod tests {
     }
 
     #[test]
+    fn embed_norm_is_suspicious_either_way_and_indices_are_capped() {
+        let layers = vec!["emb".to_string()];
+        let noise = [1.0, 1.1, 0.9, 1.05, 0.95, 1.02, 0.98];
+        let base = |t: usize| result(t, 5.0 * noise[t], noise[t], 0.1 * noise[t], true);
+        let index = |d: &Decision, t: usize, s: Statistic| {
+            d.classes[t]
+                .statistics
+                .iter()
+                .find(|x| x.statistic == s)
+                .unwrap()
+                .anomaly_index
+        };
+        // A class whose embedding moves far more than the others' and one that moves far less:
+        // both get a large positive embed_norm index.
+        let mut rs: Vec<TargetResult> = (0..7).map(base).collect();
+        rs[2].layers[0].embed_norm = 50.0;
+        rs[5].layers[0].embed_norm = 0.01;
+        let d = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
+        assert!(index(&d, 2, Statistic::EmbedNorm) > 3.0);
+        assert!(index(&d, 5, Statistic::EmbedNorm) > 3.0);
+        // Capped at 3 in the mean of the three chosen statistics: no verdict from it alone.
+        assert!(d.classes[2].mean_index <= (3.0 + 2.0 * 3.0) / 3.0);
+        let mean = |d: &Decision, t: usize| {
+            d.classes[t]
+                .statistics
+                .iter()
+                .filter(|x| DecisionConfig::default().statistics.contains(&x.statistic))
+                .map(|x| x.anomaly_index.min(3.0))
+                .sum::<f64>()
+                / 3.0
+        };
+        assert!((d.classes[2].mean_index - mean(&d, 2)).abs() < 1e-12);
+        assert!(
+            !d.backdoored,
+            "one loud statistic is not a backdoor: {}",
+            d.score
+        );
+        let uncapped = DecisionConfig {
+            index_cap: 0.0,
+            ..DecisionConfig::default()
+        };
+        let u = decide(&rs, &layers, &uncapped).unwrap();
+        assert!(u.classes[2].mean_index > d.classes[2].mean_index);
+    }
+
+    #[test]
     fn reference_p_value_counts_clean_scans_at_least_as_high() {
         assert!(
             (reference_p_value(10.0) - 1.0 / 21.0).abs() < 1e-12,
@@ -428,8 +495,8 @@ mod tests {
             (reference_p_value(0.0) - 1.0).abs() < 1e-12,
             "below every clean scan"
         );
-        // 1.64 and 1.47 are >= 1.45: (1 + 2) / 21.
-        assert!((reference_p_value(1.45) - 3.0 / 21.0).abs() < 1e-12);
+        // 1.50 and 1.37 are >= 1.3: (1 + 2) / 21.
+        assert!((reference_p_value(1.3) - 3.0 / 21.0).abs() < 1e-12);
         assert!(CLEAN_REFERENCE.windows(2).all(|w| w[0] <= w[1]));
     }
 }
