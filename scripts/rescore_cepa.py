@@ -28,6 +28,8 @@ MAD_TO_SIGMA = 1.4826
 MEAN_ABS_DEV_TO_SIGMA = 1.2533
 SCALE_FLOOR = 1e-12
 TAILS = {"delta_norm": "small", "embed_norm": "both", "transfer": "large"}
+# Scale floor, as a fraction of the median (verdict.rs `Statistic::relative_floor`).
+RELATIVE_FLOOR = {"embed_norm": 0.05}
 INDEX_CAP = 3.0
 
 
@@ -37,7 +39,7 @@ def median(v):
     return s[m] if len(s) % 2 else 0.5 * (s[m - 1] + s[m])
 
 
-def anomaly_indices(values, tail):
+def anomaly_indices(values, tail, relative=0.0):
     finite = [v for v in values if math.isfinite(v)]
     if not finite:
         return [0.0] * len(values)
@@ -52,7 +54,7 @@ def anomaly_indices(values, tail):
         if mean_abs <= 0:
             return [0.0] * len(values)
         scale = MEAN_ABS_DEV_TO_SIGMA * mean_abs
-    scale = max(scale, SCALE_FLOOR * max(abs(centre), 1.0))
+    scale = max(scale, SCALE_FLOOR * max(abs(centre), 1.0), relative * abs(centre))
     return [
         {"large": v - centre, "small": centre - v, "both": abs(v - centre)}[tail] / scale
         for v in clean
@@ -87,7 +89,7 @@ def decide(report):
             ok = [c["feasible"] and math.isfinite(v) for c, v in zip(classes, raw)]
             vals = [v for v, o in zip(raw, ok) if o]
             if len(vals) >= 3:
-                sub = anomaly_indices(vals, tail)
+                sub = anomaly_indices(vals, tail, RELATIVE_FLOOR.get(stat, 0.0))
                 least = min(sub)
                 it = iter(sub)
                 idx = [next(it) if o else least for o in ok]

@@ -17,7 +17,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from rescore_cepa import anomaly_indices, value  # noqa: E402
+from rescore_cepa import RELATIVE_FLOOR, anomaly_indices, value  # noqa: E402
 
 RULES = {
     "delta, dispersion, transfer (session 2)": [("delta_norm", "small"), ("dispersion", "small"), ("transfer", "large")],
@@ -44,7 +44,7 @@ def decide(report, spec, cap=None):
             ok = [c["feasible"] and math.isfinite(v) for c, v in zip(classes, raw)]
             vals = [v for v, o in zip(raw, ok) if o]
             if len(vals) >= 3:
-                sub = anomaly_indices(vals, tail)
+                sub = anomaly_indices(vals, tail, RELATIVE_FLOOR.get(stat, 0.0))
                 least, it = min(sub), iter(sub)
                 idx = [next(it) if o else least for o in ok]
             else:

@@ -89,6 +89,13 @@ pub enum Tail {
 ///
 /// Empty input gives an empty vector.
 pub fn anomaly_indices(values: &[f64], tail: Tail) -> Vec<f64> {
+    anomaly_indices_floored(values, tail, 0.0)
+}
+
+/// [`anomaly_indices`] with the scale floored at `relative * |median|` as well: for a size
+/// whose differences below that fraction mean nothing (with few classes, or classes the model
+/// treats alike, the MAD of nearly equal values is tiny and any wobble looks anomalous).
+pub fn anomaly_indices_floored(values: &[f64], tail: Tail, relative: f64) -> Vec<f64> {
     let finite = values.iter().copied().filter(|v| v.is_finite());
     let least_suspicious = match tail {
         Tail::Large => finite.min_by(f64::total_cmp),
@@ -118,7 +125,9 @@ pub fn anomaly_indices(values: &[f64], tail: Tail) -> Vec<f64> {
         }
         MEAN_ABS_DEV_TO_SIGMA * mean_abs_dev
     };
-    let scale = scale.max(SCALE_FLOOR * centre.abs().max(1.0));
+    let scale = scale
+        .max(SCALE_FLOOR * centre.abs().max(1.0))
+        .max(relative * centre.abs());
 
     clean
         .iter()
@@ -605,6 +614,24 @@ mod tests {
         );
         // Far upper tail: the survival function keeps precision where 1 - F would be 0.
         assert_rel(gamma_sf(50.0, 1.0, 1.0), 1.928_749_847_963_918_e-22, 1e-10);
+    }
+
+    #[test]
+    fn both_tails_and_the_relative_floor() {
+        let values = [10.0, 10.1, 9.9, 10.05, 9.95, 14.0, 6.0];
+        let both = anomaly_indices(&values, Tail::Both);
+        let large = anomaly_indices(&values, Tail::Large);
+        // Either way: the index is the absolute value of the one-sided one.
+        for (b, l) in both.iter().zip(&large) {
+            assert!((b - l.abs()).abs() < 1e-12);
+        }
+        assert!(both[5] > 10.0 && both[6] > 10.0, "{both:?}");
+        // With the scale floored at 5 % of the median (0.5), 4 away is an index of 8.
+        let floored = anomaly_indices_floored(&values, Tail::Both, 0.05);
+        assert!((floored[5] - 8.0).abs() < 1e-12, "{floored:?}");
+        // Nearly equal values: the floor keeps a 1 % wobble small.
+        let tight = anomaly_indices_floored(&[1.0, 1.001, 0.999, 1.01], Tail::Both, 0.05);
+        assert!(tight.iter().all(|&a| a < 0.25), "{tight:?}");
     }
 
     #[test]
