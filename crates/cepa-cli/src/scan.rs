@@ -70,8 +70,12 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
     })
     .context("scan failed")?;
     bar.finish_and_clear();
-    let baseline = match (a.baseline, report.fit_images.as_ref()) {
-        (Some(Baseline::Nc), Some(fit)) => {
+    let baseline = match a.baseline {
+        Some(Baseline::Nc) => {
+            let fit = report
+                .fit_images
+                .as_ref()
+                .context("the scan kept no images for the baseline to run on")?;
             let mut nc = settings.nc.clone();
             if let Some(s) = a.sample.seed {
                 nc.seed = s;
@@ -82,7 +86,7 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
             );
             Some(neural_cleanse(&model, fit, &nc, &|_| {}).context("Neural Cleanse failed")?)
         }
-        _ => None,
+        None => None,
     };
     // Stage 2 for a flagged model when there is somewhere to put the trigger.
     let inversion = match (&a.out, report.target) {
