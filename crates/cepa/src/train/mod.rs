@@ -26,7 +26,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 pub use cnn::{Cnn, CnnArch, CnnWeights};
-pub use net::{ARCH_NAMES, Architecture, Net, NetArch, Network};
+pub use net::{ARCH_NAMES, Architecture, FlatArch, FlatWeights, Net, NetArch, Network};
 pub use resnet::{ResNetArch, ResNetWeights};
 pub use vgg::{VggArch, VggWeights};
 

@@ -77,6 +77,80 @@ pub trait Network: Clone + fmt::Debug {
     fn to_onnx(&self) -> Result<ModelProto>;
 }
 
+/// An architecture whose parameters are one flat vector laid out by a [`Layout`] (the ResNet and
+/// the VGG net): [`FlatWeights`] does the rest.
+pub trait FlatArch: Architecture<Weights = FlatWeights<Self>> + PartialEq {
+    /// The network's name in messages.
+    const LABEL: &'static str;
+
+    /// Its parameter tensors in flat order.
+    fn param_layout(&self) -> Layout;
+
+    /// The ONNX model with these parameter values (already checked against the layout).
+    fn graph(&self, params: &[f32]) -> Result<ModelProto>;
+}
+
+/// The parameter values of a [`FlatArch`] network on the host, in the order of its layout; conv
+/// weights `[out, in, k, k]`, linear weights `[out, in]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlatWeights<A> {
+    pub arch: A,
+    pub params: Vec<f32>,
+}
+
+impl<A: FlatArch> FlatWeights<A> {
+    /// Seeded He initialisation of a checked architecture.
+    pub fn fresh(arch: &A, seed: u64) -> Result<Self> {
+        arch.validate()?;
+        Ok(Self {
+            arch: arch.clone(),
+            params: arch.param_layout().init(seed),
+        })
+    }
+
+    /// Weights from every parameter in one vector, checked against the layout.
+    pub fn from_flat(arch: &A, flat: &[f32]) -> Result<Self> {
+        let w = Self {
+            arch: arch.clone(),
+            params: flat.to_vec(),
+        };
+        w.validate()?;
+        Ok(w)
+    }
+
+    /// The values of parameter `name` (e.g. `layer1.0.conv2.weight`, `stage2.conv1.weight`).
+    pub fn values(&self, name: &str) -> Option<&[f32]> {
+        self.arch.param_layout().values(&self.params, name)
+    }
+
+    /// The values of parameter `name`, to change in place.
+    pub fn values_mut(&mut self, name: &str) -> Option<&mut [f32]> {
+        self.arch.param_layout().values_mut(&mut self.params, name)
+    }
+}
+
+impl<A: FlatArch> Network for FlatWeights<A> {
+    type Arch = A;
+
+    fn arch(&self) -> A {
+        self.arch.clone()
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.arch.validate()?;
+        self.arch.param_layout().check(&self.params, A::LABEL)
+    }
+
+    fn to_flat(&self) -> Vec<f32> {
+        self.params.clone()
+    }
+
+    fn to_onnx(&self) -> Result<ModelProto> {
+        self.validate()?;
+        self.arch.graph(&self.params)
+    }
+}
+
 /// The spec of a model that takes `[0, 1]` pixels as they are and outputs logits.
 pub fn logits_spec(num_classes: usize) -> ModelSpec {
     ModelSpec {

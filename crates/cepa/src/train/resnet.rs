@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::cnn::{INPUT, OPSET, OUTPUT};
 use super::net::{
-    Architecture, Init, Layout, Network, ParamSpec, conv, linear, onnx_conv, onnx_linear,
+    Architecture, FlatArch, FlatWeights, Init, Layout, ParamSpec, conv, linear, onnx_conv,
+    onnx_linear,
 };
 use crate::error::{Error, Result};
 use crate::onnx::write::GraphBuilder;
@@ -153,20 +154,11 @@ impl Architecture for ResNetArch {
     }
 
     fn init(&self, seed: u64) -> Result<ResNetWeights> {
-        self.validate()?;
-        Ok(ResNetWeights {
-            arch: self.clone(),
-            params: self.layout().init(seed),
-        })
+        FlatWeights::fresh(self, seed)
     }
 
     fn unflatten(&self, flat: &[f32]) -> Result<ResNetWeights> {
-        let w = ResNetWeights {
-            arch: self.clone(),
-            params: flat.to_vec(),
-        };
-        w.validate()?;
-        Ok(w)
+        FlatWeights::from_flat(self, flat)
     }
 
     fn forward(&self, params: Tensor<1>, x: Tensor<4>) -> Tensor<2> {
@@ -188,54 +180,27 @@ impl Architecture for ResNetArch {
     }
 }
 
-/// The ResNet's parameters on the host, one flat vector in the order of
-/// [`ResNetArch::layout`]; conv weights `[out, in, k, k]`, the linear weight `[out, in]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ResNetWeights {
-    pub arch: ResNetArch,
-    pub params: Vec<f32>,
-}
+/// The ResNet's parameters on the host: one flat vector in the order of [`ResNetArch::layout`].
+pub type ResNetWeights = FlatWeights<ResNetArch>;
 
-impl ResNetWeights {
-    /// The values of parameter `name` (e.g. `layer1.0.conv2.weight`).
-    pub fn values(&self, name: &str) -> Option<&[f32]> {
-        self.arch.layout().values(&self.params, name)
-    }
+impl FlatArch for ResNetArch {
+    const LABEL: &'static str = "ResNet";
 
-    /// The values of parameter `name`, to change in place.
-    pub fn values_mut(&mut self, name: &str) -> Option<&mut [f32]> {
-        self.arch.layout().values_mut(&mut self.params, name)
-    }
-}
-
-impl Network for ResNetWeights {
-    type Arch = ResNetArch;
-
-    fn arch(&self) -> ResNetArch {
-        self.arch.clone()
-    }
-
-    fn validate(&self) -> Result<()> {
-        self.arch.validate()?;
-        self.arch.layout().check(&self.params, "ResNet")
-    }
-
-    fn to_flat(&self) -> Vec<f32> {
-        self.params.clone()
+    fn param_layout(&self) -> Layout {
+        self.layout()
     }
 
     /// Conv (3x3 pad 1, the first of a downsampling block stride 2; 1x1 projections), Relu,
     /// Add, GlobalAveragePool, Flatten and Gemm (`transB = 1`). Tensors keep the parameter
     /// names; a block's output is `layerS.B.relu`.
-    fn to_onnx(&self) -> Result<ModelProto> {
-        self.validate()?;
-        let a = &self.arch;
+    fn graph(&self, params: &[f32]) -> Result<ModelProto> {
+        let a = self;
         let mut g = GraphBuilder::new("cepa_resnet");
         g.input(
             INPUT,
             &[None, Some(a.channels), Some(a.height), Some(a.width)],
         );
-        a.layout().add_initializers(&mut g, &self.params);
+        a.layout().add_initializers(&mut g, params);
         let stem = onnx_conv(&mut g, INPUT, "stem", 3, 1, 1, "stem");
         let mut x = g.node("Relu", &[&stem], Some("stem.relu"), &[]);
         for b in a.block_list() {

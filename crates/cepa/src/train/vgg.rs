@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use super::cnn::{INPUT, OPSET, OUTPUT};
 use super::net::{
-    Architecture, Init, Layout, Network, ParamSpec, conv, linear, onnx_conv, onnx_linear,
+    Architecture, FlatArch, FlatWeights, Init, Layout, ParamSpec, conv, linear, onnx_conv,
+    onnx_linear,
 };
 use crate::error::{Error, Result};
 use crate::onnx::write::{AttrValue, GraphBuilder};
@@ -144,20 +145,11 @@ impl Architecture for VggArch {
     }
 
     fn init(&self, seed: u64) -> Result<VggWeights> {
-        self.validate()?;
-        Ok(VggWeights {
-            arch: self.clone(),
-            params: self.layout().init(seed),
-        })
+        FlatWeights::fresh(self, seed)
     }
 
     fn unflatten(&self, flat: &[f32]) -> Result<VggWeights> {
-        let w = VggWeights {
-            arch: self.clone(),
-            params: flat.to_vec(),
-        };
-        w.validate()?;
-        Ok(w)
+        FlatWeights::from_flat(self, flat)
     }
 
     fn forward(&self, params: Tensor<1>, x: Tensor<4>) -> Tensor<2> {
@@ -178,53 +170,26 @@ impl Architecture for VggArch {
     }
 }
 
-/// The VGG net's parameters on the host, one flat vector in the order of [`VggArch::layout`];
-/// conv weights `[out, in, 3, 3]`, linear weights `[out, in]`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct VggWeights {
-    pub arch: VggArch,
-    pub params: Vec<f32>,
-}
+/// The VGG net's parameters on the host: one flat vector in the order of [`VggArch::layout`].
+pub type VggWeights = FlatWeights<VggArch>;
 
-impl VggWeights {
-    /// The values of parameter `name` (e.g. `stage2.conv1.weight`).
-    pub fn values(&self, name: &str) -> Option<&[f32]> {
-        self.arch.layout().values(&self.params, name)
-    }
+impl FlatArch for VggArch {
+    const LABEL: &'static str = "VGG net";
 
-    /// The values of parameter `name`, to change in place.
-    pub fn values_mut(&mut self, name: &str) -> Option<&mut [f32]> {
-        self.arch.layout().values_mut(&mut self.params, name)
-    }
-}
-
-impl Network for VggWeights {
-    type Arch = VggArch;
-
-    fn arch(&self) -> VggArch {
-        self.arch.clone()
-    }
-
-    fn validate(&self) -> Result<()> {
-        self.arch.validate()?;
-        self.arch.layout().check(&self.params, "VGG net")
-    }
-
-    fn to_flat(&self) -> Vec<f32> {
-        self.params.clone()
+    fn param_layout(&self) -> Layout {
+        self.layout()
     }
 
     /// Conv (3x3, pad 1), Relu, MaxPool (2x2, stride 2), Flatten and Gemm (`transB = 1`).
     /// Tensors keep the parameter names: `stageS.reluI`, `stageS.pool`, `flatten`, `fc1.relu`.
-    fn to_onnx(&self) -> Result<ModelProto> {
-        self.validate()?;
-        let a = &self.arch;
+    fn graph(&self, params: &[f32]) -> Result<ModelProto> {
+        let a = self;
         let mut g = GraphBuilder::new("cepa_vgg");
         g.input(
             INPUT,
             &[None, Some(a.channels), Some(a.height), Some(a.width)],
         );
-        a.layout().add_initializers(&mut g, &self.params);
+        a.layout().add_initializers(&mut g, params);
         let mut x = INPUT.to_string();
         for (s, stage) in a.stages.iter().enumerate() {
             for i in 0..stage.len() {
