@@ -75,6 +75,11 @@ pub struct EvalArgs {
     /// table in evaluation.md).
     #[arg(long)]
     pub invert: bool,
+    /// Run nothing: write evaluation.json, evaluation.md and the ROC pictures from the results
+    /// OUT already holds (while another run is still adding to it, or after its CEPA lines were
+    /// re-decided by `scripts/rescore_cepa.py`).
+    #[arg(long)]
+    pub tables_only: bool,
 }
 
 /// One line of `inversions.jsonl`.
@@ -114,6 +119,11 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
         .iter()
         .filter(|m| m.attack_success_rate.is_some_and(|r| r < a.min_asr))
         .collect();
+    // Listed as left out: the weak models among those this run covers.
+    let weak_listed: Vec<&&ManifestEntry> = weak
+        .iter()
+        .filter(|m| a.only.as_deref().is_none_or(|s| m.id.contains(s)))
+        .collect();
     let kept: BTreeSet<&str> = manifest
         .models
         .iter()
@@ -134,6 +144,7 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
         .filter(|m| a.only.as_deref().is_none_or(|s| m.id.contains(s)))
         .flat_map(|m| detectors.iter().map(move |d| (m, *d)))
         .filter(|(m, d)| !done.contains(&(m.id.clone(), d.to_string())))
+        .filter(|_| !a.tables_only)
         .collect();
     if !quiet {
         eprintln!(
@@ -191,12 +202,12 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
         settings.scan.seed
     );
     md.push_str(&markdown(&ev));
-    if !weak.is_empty() {
+    if !weak_listed.is_empty() {
         md.push_str(&format!(
             "Left out (attack success below {}, so not backdoored in fact):\n\n",
             a.min_asr
         ));
-        for w in &weak {
+        for w in &weak_listed {
             md.push_str(&format!(
                 "- {} ({}, attack success {:.3})\n",
                 w.id,
@@ -439,6 +450,7 @@ fn run_inversions(
         .filter(|m| kept.contains(m.id.as_str()) && m.target.is_some())
         .filter(|m| a.only.as_deref().is_none_or(|s| m.id.contains(s)))
         .filter(|m| !done.iter().any(|d| d.model == m.id))
+        .filter(|_| !a.tables_only)
         .collect();
     for (i, m) in todo.iter().enumerate() {
         let (model, images) = open(a, m, data, device)?;

@@ -894,6 +894,37 @@ fn zoo_build_then_eval_both_detectors_resumably() {
     assert_eq!(again.status.code(), Some(0));
     let lines = std::fs::read_to_string(out_dir.join("results.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 4, "nothing rerun");
+    // --tables-only runs nothing: with one result removed, the tables count what is left.
+    let kept: Vec<&str> = lines
+        .lines()
+        .filter(|l| !(l.contains("\"nc\"") && l.contains("clean-s0")))
+        .collect();
+    assert_eq!(kept.len(), 3);
+    std::fs::write(out_dir.join("results.jsonl"), kept.join("\n") + "\n").unwrap();
+    let tables = cepa(&[
+        "eval",
+        zoo.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--steps",
+        "10",
+        "--nc-steps",
+        "20",
+        "--per-class",
+        "3",
+        "--min-asr",
+        "0",
+        "--tables-only",
+        "-q",
+    ]);
+    assert_eq!(tables.status.code(), Some(0));
+    let lines = std::fs::read_to_string(out_dir.join("results.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 3, "nothing run");
+    let ev: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("evaluation.json")).unwrap())
+            .unwrap();
+    assert_eq!(ev["nc"]["mnist"]["families"]["all"]["n"], 1);
+    assert_eq!(ev["cepa"]["mnist"]["families"]["all"]["n"], 2);
     // Results made with other settings are not mixed into the folder.
     let other = cepa(&[
         "eval",
