@@ -806,8 +806,8 @@ fn zoo_build_then_eval_both_detectors_resumably() {
     assert!(stderr.contains("2 already built, 0 to train"), "{stderr}");
 
     let out_dir = dir.join("eval");
-    let eval = || {
-        cepa(&[
+    let eval_with = |extra: &[&str]| {
+        let mut args = vec![
             "eval",
             zoo.to_str().unwrap(),
             "--detector",
@@ -823,8 +823,11 @@ fn zoo_build_then_eval_both_detectors_resumably() {
             "--min-asr",
             "0",
             "-q",
-        ])
+        ];
+        args.extend_from_slice(extra);
+        cepa(&args)
     };
+    let eval = || eval_with(&[]);
     let out = eval();
     assert_eq!(
         out.status.code(),
@@ -901,22 +904,7 @@ fn zoo_build_then_eval_both_detectors_resumably() {
         .collect();
     assert_eq!(kept.len(), 3);
     std::fs::write(out_dir.join("results.jsonl"), kept.join("\n") + "\n").unwrap();
-    let tables = cepa(&[
-        "eval",
-        zoo.to_str().unwrap(),
-        "--out",
-        out_dir.to_str().unwrap(),
-        "--steps",
-        "10",
-        "--nc-steps",
-        "20",
-        "--per-class",
-        "3",
-        "--min-asr",
-        "0",
-        "--tables-only",
-        "-q",
-    ]);
+    let tables = eval_with(&["--tables-only"]);
     assert_eq!(tables.status.code(), Some(0));
     let lines = std::fs::read_to_string(out_dir.join("results.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 3, "nothing run");
