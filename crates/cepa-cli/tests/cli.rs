@@ -509,14 +509,23 @@ fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// `cepa scan` of the shipped example model on its images, with `args` after them.
+fn scan_example(args: &[&str]) -> Output {
+    let (model, images) = (example("model.onnx"), example("images"));
+    let mut all = vec![
+        "scan",
+        model.to_str().unwrap(),
+        "--data",
+        images.to_str().unwrap(),
+    ];
+    all.extend_from_slice(args);
+    cepa(&all)
+}
+
 #[test]
 fn scan_out_of_the_example_estimates_the_trigger_and_writes_a_self_contained_report() {
     let dir = tmp_dir("example-html");
-    let out = cepa(&[
-        "scan",
-        example("model.onnx").to_str().unwrap(),
-        "--data",
-        example("images").to_str().unwrap(),
+    let out = scan_example(&[
         "--per-class",
         "5",
         "--truth",
@@ -585,11 +594,7 @@ fn scan_out_of_the_example_estimates_the_trigger_and_writes_a_self_contained_rep
 #[test]
 fn a_clean_verdict_gets_a_report_without_inversion() {
     let dir = tmp_dir("clean-html");
-    let out = cepa(&[
-        "scan",
-        example("model.onnx").to_str().unwrap(),
-        "--data",
-        example("images").to_str().unwrap(),
+    let out = scan_example(&[
         "--per-class",
         "3",
         "--steps",
@@ -618,11 +623,7 @@ fn baseline_nc_is_reported_beside_cepa_without_changing_its_verdict() {
     let settings = dir.join("settings.toml");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(&settings, "[nc]\nsteps = 120\n").unwrap();
-    let out = cepa(&[
-        "scan",
-        example("model.onnx").to_str().unwrap(),
-        "--data",
-        example("images").to_str().unwrap(),
+    let out = scan_example(&[
         "--per-class",
         "5",
         "--steps",
