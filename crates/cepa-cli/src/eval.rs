@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use cepa::attack::AttackConfig;
 use cepa::data::{ImageSet, Split};
-use cepa::detect::invert::{Truth, TruthPatch, invert, split_sample};
+use cepa::detect::invert::{Truth, TruthPatch, invert, measure_split};
 use cepa::detect::nc::neural_cleanse;
 use cepa::detect::scan;
 use cepa::eval::{Outcome, evaluate, markdown, roc_svg};
@@ -75,6 +75,12 @@ pub struct EvalArgs {
     /// table in evaluation.md).
     #[arg(long)]
     pub invert: bool,
+    /// Held-out clean images per class on which each inversion's attack success is measured,
+    /// drawn from the images the scan does not optimise on (the inversion is fitted on the
+    /// scan's own). With a scan's 10 a class, one image of the 90 moves the rate by 1.1 points;
+    /// 50 (450 images) measure it to about 1 point.
+    #[arg(long, default_value_t = 50)]
+    pub invert_holdout: usize,
     /// Run nothing: write evaluation.json, evaluation.md and the ROC pictures from the results
     /// OUT already holds (while another run is still adding to it, or after its CEPA lines were
     /// re-decided by `scripts/rescore_cepa.py`).
@@ -95,6 +101,10 @@ pub struct InversionOutcome {
     pub mask_iou: Option<f64>,
     pub mask_iou_top_area: Option<f64>,
     pub mass_in_patch: Option<f64>,
+    /// Held-out images the attack success was measured on (absent in lines written before it
+    /// was recorded: 10 a class, 90 on a 10-class dataset).
+    #[serde(default)]
+    pub holdout_images: Option<usize>,
     pub seconds: f64,
 }
 
@@ -456,7 +466,13 @@ fn run_inversions(
         let (model, images) = open(a, m, data, device)?;
         let target = m.target.unwrap_or(0);
         let sc = &settings.scan;
-        let (fit, holdout) = split_sample(images, sc.per_class, sc.holdout_per_class, sc.seed)?;
+        let (fit, holdout) = measure_split(
+            images,
+            sc.per_class,
+            sc.holdout_per_class,
+            a.invert_holdout,
+            sc.seed,
+        )?;
         let mut inv = invert(&model, &fit, holdout.as_ref(), target, &settings.invert)
             .with_context(|| format!("inversion on {}", m.id))?;
         let truth = Truth {
@@ -476,6 +492,7 @@ fn run_inversions(
             mask_iou: cmp.mask_iou,
             mask_iou_top_area: cmp.mask_iou_top_area,
             mass_in_patch: cmp.mass_in_patch,
+            holdout_images: Some(inv.holdout_images),
             seconds: inv.seconds,
         };
         append(&path, &o)?;
@@ -532,19 +549,27 @@ fn inversion_table(inv: &[InversionOutcome]) -> String {
     let cell = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |x| format!("{x:.2}"));
     let mut s = String::from(
         "### Trigger inversion (stage 2) at the true target\n\n\
-         | dataset | family | n | mean ASR | ASR >= 0.90 | forms (additive/mask) | mean mask IoU | mean mass in patch | median s |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+         | dataset | family | n | mean ASR | ASR >= 0.90 | held-out images | forms (additive/mask) | mean mask IoU | mean mass in patch | median s |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for ((ds, fam), v) in &groups {
         let asr: Vec<f64> = v.iter().filter_map(|o| o.asr).collect();
         let hit = asr.iter().filter(|&&x| x >= 0.9).count();
         let add = v.iter().filter(|o| o.kind == "additive").count();
         let secs: Vec<f64> = v.iter().map(|o| o.seconds).collect();
+        let held: BTreeSet<String> = v
+            .iter()
+            .map(|o| {
+                o.holdout_images
+                    .map_or_else(|| "?".into(), |n| n.to_string())
+            })
+            .collect();
         s.push_str(&format!(
-            "| {ds} | {fam} | {} | {} | {hit}/{} | {add}/{} | {} | {} | {:.1} |\n",
+            "| {ds} | {fam} | {} | {} | {hit}/{} | {} | {add}/{} | {} | {} | {:.1} |\n",
             v.len(),
             cell(mean(asr.clone())),
             asr.len(),
+            held.into_iter().collect::<Vec<_>>().join(", "),
             v.len() - add,
             cell(mean(v.iter().filter_map(|o| o.mask_iou).collect())),
             cell(mean(v.iter().filter_map(|o| o.mass_in_patch).collect())),

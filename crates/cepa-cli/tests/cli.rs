@@ -914,6 +914,35 @@ fn zoo_build_then_eval_both_detectors_resumably() {
             .unwrap();
     assert_eq!(ev["nc"]["mnist"]["families"]["all"]["n"], 1);
     assert_eq!(ev["cepa"]["mnist"]["families"]["all"]["n"], 2);
+    // --invert inverts the backdoored model only, at its true target, and measures the attack
+    // success on --invert-holdout images of each other class (the removed line is rerun).
+    let inv = eval_with(&["--invert", "--invert-holdout", "5"]);
+    assert_eq!(
+        inv.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&inv.stderr)
+    );
+    let lines = std::fs::read_to_string(out_dir.join("inversions.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{lines}");
+    assert_eq!(rows[0]["model"], "badnets-s1");
+    assert_eq!(rows[0]["target"], 3);
+    assert_eq!(
+        rows[0]["holdout_images"], 45,
+        "5 images of each of 9 classes"
+    );
+    let asr = rows[0]["asr"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&asr) && (asr * 45.0 - (asr * 45.0).round()).abs() < 1e-9);
+    let md = std::fs::read_to_string(out_dir.join("evaluation.md")).unwrap();
+    assert!(
+        md.contains("### Trigger inversion") && md.contains("| mnist | badnets | 1 |"),
+        "{md}"
+    );
+    assert!(md.contains(" | 45 | "), "{md}");
     // Results made with other settings are not mixed into the folder.
     let other = cepa(&[
         "eval",

@@ -358,6 +358,43 @@ pub fn split_sample(
     holdout_per_class: usize,
     seed: u64,
 ) -> Result<(ImageSet, Option<ImageSet>)> {
+    let (fit, hold) = split_indices(data, per_class, holdout_per_class, seed)?;
+    Ok((
+        data.subset(&fit),
+        (!hold.is_empty()).then(|| data.subset(&hold)),
+    ))
+}
+
+/// The optimisation images of a scan ([`split_sample`] with `holdout_per_class`), and a wider
+/// held-out set to measure a trigger's attack success on: `measure_per_class` images per class
+/// (capped by what the smallest class has left) drawn with `seed` from the images the
+/// optimisation does not use. The evaluation harness measures on more images than a scan
+/// holds out, so that one image does not move the rate by a point.
+pub fn measure_split(
+    data: &ImageSet,
+    per_class: usize,
+    holdout_per_class: usize,
+    measure_per_class: usize,
+    seed: u64,
+) -> Result<(ImageSet, Option<ImageSet>)> {
+    let (fit, _) = split_indices(data, per_class, holdout_per_class, seed)?;
+    let used: std::collections::BTreeSet<usize> = fit.iter().copied().collect();
+    let rest: Vec<usize> = (0..data.len()).filter(|i| !used.contains(i)).collect();
+    let rest = data.subset(&rest);
+    let smallest = rest.class_counts().into_iter().min().unwrap_or(0);
+    let per = measure_per_class.min(smallest);
+    let hold = (per > 0)
+        .then(|| rest.balanced_sample(per, seed))
+        .transpose()?;
+    Ok((data.subset(&fit), hold))
+}
+
+fn split_indices(
+    data: &ImageSet,
+    per_class: usize,
+    holdout_per_class: usize,
+    seed: u64,
+) -> Result<(Vec<usize>, Vec<usize>)> {
     let smallest = data.class_counts().into_iter().min().unwrap_or(0);
     let holdout = holdout_per_class.min(smallest.saturating_sub(per_class));
     let per = per_class + holdout;
@@ -370,10 +407,7 @@ pub fn split_sample(
             hold.push(j);
         }
     }
-    Ok((
-        data.subset(&fit),
-        (!hold.is_empty()).then(|| data.subset(&hold)),
-    ))
+    Ok((fit, hold))
 }
 
 /// Apply a form's trigger to CHW images on the host.

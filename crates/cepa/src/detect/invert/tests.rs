@@ -232,6 +232,23 @@ fn split_sample_draws_the_scans_optimisation_images() {
     }
     let (_, none) = split_sample(&data, 9, 3, 5).unwrap();
     assert!(none.is_none(), "nothing left beyond per_class");
+    // The wider measurement split keeps the scan's optimisation images and holds out more,
+    // all of them other images, capped by what each class has left.
+    let (fit, wide) = measure_split(&data, 4, 3, 5, 5).unwrap();
+    assert_eq!(
+        (&fit.labels, &fit.pixels),
+        (&scanned.labels, &scanned.pixels)
+    );
+    let wide = wide.unwrap();
+    assert_eq!(wide.len(), 5 * CLASSES);
+    assert!(wide.class_counts().iter().all(|&n| n == 5));
+    for i in 0..wide.len() {
+        assert!((0..scanned.len()).all(|k| scanned.image(k) != wide.image(i)));
+    }
+    let (_, capped) = measure_split(&data, 4, 3, 50, 5).unwrap();
+    assert_eq!(capped.unwrap().len(), 5 * CLASSES, "9 - 4 left per class");
+    let (_, none) = measure_split(&data, 9, 3, 5, 5).unwrap();
+    assert!(none.is_none());
 }
 
 #[test]
