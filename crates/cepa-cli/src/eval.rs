@@ -10,7 +10,7 @@ use cepa::data::{ImageSet, Split};
 use cepa::detect::invert::{Truth, TruthPatch, invert, measure_split};
 use cepa::detect::nc::neural_cleanse;
 use cepa::detect::scan;
-use cepa::eval::{Outcome, evaluate, markdown, roc_svg};
+use cepa::eval::{Outcome, either, evaluate, markdown, roc_svg};
 use cepa::model::{Classifier, ModelSpec, cpu_device};
 use cepa::settings::Settings;
 use cepa::zoo::{ManifestEntry, read_manifest};
@@ -197,7 +197,10 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
     } else {
         Vec::new()
     };
-    let ev = evaluate(&outcomes, a.fpr);
+    // Where both detectors judged a model, the tables also show them combined ("cepa-or-nc").
+    let combined = either(&outcomes);
+    let judged = [outcomes.clone(), combined.clone()].concat();
+    let ev = evaluate(&judged, a.fpr);
     std::fs::write(
         a.out.join("evaluation.json"),
         serde_json::to_string_pretty(&ev)?,
@@ -211,6 +214,12 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
         settings.scan.per_class,
         settings.scan.seed
     );
+    if !combined.is_empty() {
+        md.push_str(
+            "`cepa-or-nc` flags a model when either detector does; its score is the larger of the \
+             two scores, each over its own threshold (so its threshold is 1).\n\n",
+        );
+    }
     md.push_str(&markdown(&ev));
     if !weak_listed.is_empty() {
         md.push_str(&format!(
@@ -233,7 +242,7 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
     std::fs::write(a.out.join("evaluation.md"), &md)?;
     let datasets: BTreeSet<&str> = outcomes.iter().map(|o| o.dataset.as_str()).collect();
     for ds in datasets {
-        std::fs::write(a.out.join(format!("roc-{ds}.svg")), roc_svg(&outcomes, ds))?;
+        std::fs::write(a.out.join(format!("roc-{ds}.svg")), roc_svg(&judged, ds))?;
     }
     crate::out(&md);
     Ok(ExitStatus::Success)

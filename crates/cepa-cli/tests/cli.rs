@@ -886,9 +886,22 @@ fn zoo_build_then_eval_both_detectors_resumably() {
             "{det}: {all}"
         );
     }
+    // Both detectors judged both models: the combined detector flags what either flags.
+    let either = &ev["cepa-or-nc"]["mnist"]["families"]["all"];
+    assert_eq!(either["n"], 2, "{either}");
+    let flagged = |det: &str, attack: &str| {
+        lines
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .any(|r| r["detector"] == det && r["attack"] == attack && r["flagged"] == true)
+    };
+    let tp = flagged("cepa", "badnets") || flagged("nc", "badnets");
+    assert_eq!(either["tpr"].as_f64(), Some(if tp { 1.0 } else { 0.0 }));
     let md = std::fs::read_to_string(out_dir.join("evaluation.md")).unwrap();
     assert!(
-        md.contains("| badnets | cepa |") && md.contains("| badnets | nc |"),
+        md.contains("| badnets | cepa |")
+            && md.contains("| badnets | nc |")
+            && md.contains("| badnets | cepa-or-nc |"),
         "{md}"
     );
     let svg = std::fs::read_to_string(out_dir.join("roc-mnist.svg")).unwrap();
@@ -914,6 +927,10 @@ fn zoo_build_then_eval_both_detectors_resumably() {
             .unwrap();
     assert_eq!(ev["nc"]["mnist"]["families"]["all"]["n"], 1);
     assert_eq!(ev["cepa"]["mnist"]["families"]["all"]["n"], 2);
+    assert_eq!(
+        ev["cepa-or-nc"]["mnist"]["families"]["all"]["n"], 1,
+        "only where both judged"
+    );
     // --invert inverts the backdoored model only, at its true target, and measures the attack
     // success on --invert-holdout images of each other class (the removed line is rerun).
     let inv = eval_with(&["--invert", "--invert-holdout", "5"]);

@@ -164,6 +164,47 @@ pub struct DatasetEval {
 /// `evaluation.json`: detector -> dataset -> results.
 pub type Evaluation = BTreeMap<String, BTreeMap<String, DatasetEval>>;
 
+/// The name of the combined detector [`either`] adds.
+pub const EITHER: &str = "cepa-or-nc";
+
+/// A combined detector, `cepa-or-nc`, for every model that both CEPA and Neural Cleanse judged: it
+/// flags a model when either does. Its score is the larger of the two scores each divided by its
+/// own threshold (so its threshold is 1 and `flagged == score > 1`), and its target and most
+/// anomalous class are those of the detector with that larger ratio among the ones that flag
+/// (or among both, when neither does). Its time is the sum of the two.
+pub fn either(outcomes: &[Outcome]) -> Vec<Outcome> {
+    let nc: BTreeMap<&str, &Outcome> = outcomes
+        .iter()
+        .filter(|o| o.detector == "nc")
+        .map(|o| (o.model.as_str(), o))
+        .collect();
+    let ratio = |o: &Outcome| o.score / o.threshold;
+    outcomes
+        .iter()
+        .filter(|o| o.detector == "cepa")
+        .filter_map(|c| nc.get(c.model.as_str()).map(|n| (c, *n)))
+        .map(|(c, n)| {
+            let flagged = c.flagged || n.flagged;
+            let lead = match (c.flagged, n.flagged) {
+                (true, false) => c,
+                (false, true) => n,
+                _ if ratio(n) > ratio(c) => n,
+                _ => c,
+            };
+            Outcome {
+                detector: EITHER.into(),
+                flagged,
+                target: if flagged { lead.target } else { None },
+                most_anomalous: lead.most_anomalous,
+                score: ratio(c).max(ratio(n)),
+                threshold: 1.0,
+                seconds: c.seconds + n.seconds,
+                ..c.clone()
+            }
+        })
+        .collect()
+}
+
 /// Group `outcomes` and compute every table.
 pub fn evaluate(outcomes: &[Outcome], fpr_goal: f64) -> Evaluation {
     let mut out = Evaluation::new();
@@ -365,6 +406,43 @@ mod tests {
             threshold: 2.0,
             seconds: 1.0,
         }
+    }
+
+    #[test]
+    fn either_flags_what_one_detector_flags_with_that_detectors_target() {
+        let mut v = vec![
+            // CEPA alone flags m1 (class 4); NC alone flags m2 (class 6); neither flags m3;
+            // both flag m4, NC by the larger margin; m5 has no NC line.
+            o("m1", "cepa", "blend", Some(4), true, Some(4), 3.0),
+            o("m1", "nc", "blend", Some(4), false, None, 1.0),
+            o("m2", "cepa", "badnets", Some(6), false, None, 1.0),
+            o("m2", "nc", "badnets", Some(6), true, Some(6), 3.0),
+            o("m3", "cepa", "clean", None, false, None, 1.2),
+            o("m3", "nc", "clean", None, false, None, 1.8),
+            o("m4", "cepa", "sig", Some(1), true, Some(2), 3.0),
+            o("m4", "nc", "sig", Some(1), true, Some(1), 5.0),
+            o("m5", "cepa", "clean", None, false, None, 0.5),
+        ];
+        for x in v.iter_mut().filter(|x| x.detector == "cepa") {
+            x.threshold = 1.5;
+        }
+        let e = either(&v);
+        assert_eq!(e.len(), 4, "only models both detectors judged");
+        assert!(e.iter().all(|x| x.detector == EITHER && x.threshold == 1.0));
+        assert!(e.iter().all(|x| x.flagged == (x.score > 1.0)));
+        let get = |m: &str| e.iter().find(|x| x.model == m).unwrap();
+        assert_eq!((get("m1").flagged, get("m1").target), (true, Some(4)));
+        assert!((get("m1").score - 2.0).abs() < 1e-12, "3.0 / 1.5");
+        assert_eq!((get("m2").flagged, get("m2").target), (true, Some(6)));
+        assert!((get("m2").score - 1.5).abs() < 1e-12, "3.0 / 2.0");
+        assert_eq!((get("m3").flagged, get("m3").target), (false, None));
+        assert!((get("m3").score - 0.9).abs() < 1e-12, "max(1.2/1.5, 1.8/2)");
+        assert_eq!(get("m4").target, Some(1), "NC's 5/2 beats CEPA's 3/1.5");
+        assert_eq!(get("m4").seconds, 2.0);
+        let ev = evaluate(&[v.clone(), e].concat(), 0.05);
+        let m = &ev[EITHER]["mnist"].families["all"];
+        assert_eq!((m.tpr, m.fpr), (Some(1.0), Some(0.0)));
+        assert_eq!(m.target_accuracy, Some(1.0));
     }
 
     #[test]
