@@ -165,6 +165,22 @@ pub struct ScanArgs {
     /// settings from the `[nc]` section of the settings file.
     #[arg(long, value_enum)]
     pub baseline: Option<Baseline>,
+    /// Whose verdict sets the exit status and the class stage 2 inverts: `cepa` (the default),
+    /// or `either` (with `--baseline nc`): backdoored when either detector flags the model, at
+    /// the target of the one that flags it by the larger margin over its own threshold. The two
+    /// are complementary: on the project's CIFAR-10 zoo CEPA caught the additive triggers and
+    /// Neural Cleanse the patches (EVALUATION.md).
+    #[arg(long, value_enum, default_value = "cepa")]
+    pub verdict: VerdictArg,
+}
+
+/// Whose verdict `scan` reports as its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum VerdictArg {
+    /// CEPA's.
+    Cepa,
+    /// Backdoored when CEPA or the baseline flags the model.
+    Either,
 }
 
 /// A baseline detector `scan` can run beside CEPA.

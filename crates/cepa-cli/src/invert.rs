@@ -91,6 +91,7 @@ pub fn run(a: InvertArgs) -> anyhow::Result<ExitStatus> {
                 trigger: Some(section),
                 perturbations: None,
                 baseline: None,
+                combined: None,
                 config: serde_json::json!({ "inversion": &inv.config }),
             };
             std::fs::write(dir.join("report.html"), crate::report::render(&page))?;

@@ -45,6 +45,8 @@ pub struct Page<'a> {
     pub perturbations: Option<Perturbations>,
     /// Neural Cleanse run beside CEPA (`scan --baseline nc`).
     pub baseline: Option<&'a NcReport>,
+    /// The combined verdict of `scan --verdict either`: whether backdoored, and its sentence.
+    pub combined: Option<(bool, String)>,
     /// The resolved configuration, shown as pretty JSON.
     pub config: serde_json::Value,
 }
@@ -97,6 +99,10 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
     if let Some(s) = p.scan {
         verdict(h, s)?;
     }
+    if let Some((bad, text)) = &p.combined {
+        let class = if *bad { "bad" } else { "ok" };
+        writeln!(h, "<p class=\"verdict {class}\">{}</p>", esc(text))?;
+    }
     if let Some(t) = &p.trigger {
         trigger(h, t)?;
     }
@@ -118,7 +124,7 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
         writeln!(h, "</div>")?;
     }
     if let Some(nc) = p.baseline {
-        baseline(h, nc, p.scan.and_then(|s| s.target))?;
+        baseline(h, nc, p.scan.and_then(|s| s.target), p.combined.is_some())?;
     }
     let config = serde_json::to_string_pretty(&p.config).unwrap_or_default();
     writeln!(
@@ -130,7 +136,12 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
 
 /// Neural Cleanse's verdict, anomaly indices, per-class table and its most anomalous class's
 /// mask and masked pattern.
-fn baseline(h: &mut String, nc: &NcReport, cepa_target: Option<usize>) -> std::fmt::Result {
+fn baseline(
+    h: &mut String,
+    nc: &NcReport,
+    cepa_target: Option<usize>,
+    combined: bool,
+) -> std::fmt::Result {
     let threshold = nc.config.threshold;
     writeln!(
         h,
@@ -155,10 +166,12 @@ fn baseline(h: &mut String, nc: &NcReport, cepa_target: Option<usize>) -> std::f
     };
     writeln!(h, "<p class=\"verdict {class}\">{text}</p>")?;
     if nc.target != cepa_target {
-        writeln!(
-            h,
-            "<p>The detectors disagree; CEPA's verdict is the report's (and the exit status).</p>"
-        )?;
+        let status = if combined {
+            "the combined verdict above sets the exit status"
+        } else {
+            "CEPA's verdict is the report's (and the exit status)"
+        };
+        writeln!(h, "<p>The detectors disagree; {status}.</p>")?;
     }
     let bars: Vec<(usize, f64)> = nc
         .classes

@@ -12,11 +12,14 @@ use cepa::model::{Classifier, cpu_device};
 use cepa::settings::Settings;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::args::{Baseline, Format, ScanArgs};
+use crate::args::{Baseline, Format, ScanArgs, VerdictArg};
 use crate::report::{Page, Perturbations};
 use crate::{ExitStatus, invert, out};
 
 pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
+    if a.verdict == VerdictArg::Either && a.baseline.is_none() {
+        anyhow::bail!("--verdict either needs a second detector: add --baseline nc");
+    }
     let spec = a.model.spec()?;
     let path = &a.model.model;
     let model = Classifier::load(path, &spec, &cpu_device(true)).context("cannot load model")?;
@@ -88,8 +91,16 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
         }
         None => None,
     };
+    let combined = match (a.verdict, &baseline) {
+        (VerdictArg::Either, Some(nc)) => Some(combine(&report, nc)),
+        _ => None,
+    };
+    let (backdoored, target) = match &combined {
+        Some(c) => (c.flagged, c.target),
+        None => (report.decision.backdoored, report.target),
+    };
     // Stage 2 for a flagged model when there is somewhere to put the trigger.
-    let inversion = match (&a.out, report.target) {
+    let inversion = match (&a.out, target) {
         (Some(_), Some(target)) => Some(invert::for_scan(
             &model,
             &data,
@@ -107,10 +118,31 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
     if let (Some(nc), Some(obj)) = (&baseline, json.as_object_mut()) {
         obj.insert("baseline_nc".into(), serde_json::to_value(nc)?);
     }
+    if let (Some(c), Some(obj)) = (&combined, json.as_object_mut()) {
+        obj.insert(
+            "combined".into(),
+            serde_json::json!({
+                "rule": "either: backdoored when CEPA or Neural Cleanse flags the model; score = \
+                         the larger of the two scores over their own thresholds",
+                "backdoored": c.flagged,
+                "target": c.target,
+                "most_anomalous": c.most_anomalous,
+                "score": c.score,
+            }),
+        );
+    }
     if let Some(dir) = &a.out {
         let stage2 = inversion.as_ref().map(|(inv, held)| (inv, held));
-        write_out(dir, &report, &json, &model, path, stage2, baseline.as_ref())
-            .with_context(|| format!("cannot write {}", dir.display()))?;
+        write_out(
+            dir,
+            &report,
+            &json,
+            &model,
+            path,
+            stage2,
+            baseline.as_ref().map(|nc| (nc, combined.as_ref())),
+        )
+        .with_context(|| format!("cannot write {}", dir.display()))?;
     }
     match a.format {
         Format::Json => out(&(serde_json::to_string_pretty(&json)? + "\n")),
@@ -120,12 +152,15 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
                 t += &invert::text(inv, a.out.as_deref())?;
             }
             if let Some(nc) = &baseline {
-                t += &nc_text(nc, report.target)?;
+                t += &nc_text(nc, report.target, combined.is_some())?;
+            }
+            if let Some(c) = &combined {
+                t += &combined_text(c);
             }
             out(&t)
         }
     }
-    Ok(if report.decision.backdoored {
+    Ok(if backdoored {
         ExitStatus::Backdoor
     } else {
         ExitStatus::Success
@@ -217,8 +252,64 @@ fn text(r: &ScanReport, path: &Path) -> anyhow::Result<String> {
     Ok(t)
 }
 
+/// CEPA and Neural Cleanse as one verdict ([`cepa::eval::either`], as the evaluation tables'
+/// `cepa-or-nc`).
+fn combine(report: &ScanReport, nc: &NcReport) -> cepa::eval::Outcome {
+    let outcome =
+        |detector: &str, flagged, target, most, score, threshold, seconds| cepa::eval::Outcome {
+            model: String::new(),
+            detector: detector.into(),
+            dataset: String::new(),
+            attack: String::new(),
+            truth_target: None,
+            flagged,
+            target,
+            most_anomalous: Some(most),
+            score,
+            threshold,
+            seconds,
+        };
+    let d = &report.decision;
+    let both = [
+        outcome(
+            "cepa",
+            d.backdoored,
+            report.target,
+            d.most_anomalous,
+            d.score,
+            report.config.decision.threshold,
+            report.seconds,
+        ),
+        outcome(
+            "nc",
+            nc.verdict_backdoored,
+            nc.target,
+            nc.most_anomalous,
+            nc.score,
+            nc.config.threshold,
+            nc.seconds,
+        ),
+    ];
+    cepa::eval::either(&both).remove(0)
+}
+
+fn combined_text(c: &cepa::eval::Outcome) -> String {
+    match c.target {
+        Some(t) => format!(
+            "combined verdict (either detector): BACKDOORED, target class {t} (score {:.2} > 1: \
+             the larger of the two scores over their thresholds); it sets the exit status\n",
+            c.score
+        ),
+        None => format!(
+            "combined verdict (either detector): clean (score {:.2} <= 1: neither detector \
+             flags the model); it sets the exit status\n",
+            c.score
+        ),
+    }
+}
+
 /// The baseline's verdict and per-class masks, and whether it agrees with CEPA's `target`.
-fn nc_text(nc: &NcReport, cepa_target: Option<usize>) -> anyhow::Result<String> {
+fn nc_text(nc: &NcReport, cepa_target: Option<usize>, combined: bool) -> anyhow::Result<String> {
     let mut t = String::new();
     writeln!(
         t,
@@ -260,9 +351,14 @@ fn nc_text(nc: &NcReport, cepa_target: Option<usize>) -> anyhow::Result<String> 
         )?,
     }
     if nc.target != cepa_target {
+        let status = if combined {
+            "the combined verdict below sets the exit status"
+        } else {
+            "CEPA's verdict sets the exit status"
+        };
         writeln!(
             t,
-            "note: the detectors disagree (CEPA {}, Neural Cleanse {}); CEPA's verdict sets the exit status",
+            "note: the detectors disagree (CEPA {}, Neural Cleanse {}); {status}",
             cepa_target.map_or("clean".to_string(), |c| format!("class {c}")),
             nc.target
                 .map_or("clean".to_string(), |c| format!("class {c}"))
@@ -280,8 +376,10 @@ fn write_out(
     model: &Classifier,
     path: &Path,
     stage2: Option<(&Inversion, &ImageSet)>,
-    baseline: Option<&NcReport>,
+    // Neural Cleanse beside CEPA, and the two combined (`--verdict either`).
+    second: Option<(&NcReport, Option<&cepa::eval::Outcome>)>,
 ) -> anyhow::Result<()> {
+    let (baseline, combined) = (second.map(|s| s.0), second.and_then(|s| s.1));
     std::fs::create_dir_all(dir)?;
     std::fs::write(
         dir.join("report.json"),
@@ -319,6 +417,7 @@ fn write_out(
         trigger,
         perturbations,
         baseline,
+        combined: combined.map(|c| (c.flagged, combined_text(c).trim_end().to_string())),
         config,
     };
     std::fs::write(dir.join("report.html"), crate::report::render(&page))?;

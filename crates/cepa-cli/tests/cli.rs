@@ -666,6 +666,54 @@ fn baseline_nc_is_reported_beside_cepa_without_changing_its_verdict() {
         2 * 9 * 5 + 2,
         "perturbations, then NC's mask and mask x pattern"
     );
+    // --verdict either: Neural Cleanse's flag makes the model backdoored, and stage 2 estimates
+    // the trigger of its target.
+    let either = dir.join("either");
+    let out = scan_example(&[
+        "--per-class",
+        "5",
+        "--steps",
+        "10",
+        "--threshold",
+        "1000",
+        "--baseline",
+        "nc",
+        "--verdict",
+        "either",
+        "--config",
+        settings.to_str().unwrap(),
+        "-q",
+        "--out",
+        either.to_str().unwrap(),
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "the combined verdict: {text}");
+    assert!(
+        text.contains("combined verdict (either detector): BACKDOORED, target class 7"),
+        "{text}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(either.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(r["verdict"], "clean", "CEPA's own verdict is kept: {r}");
+    assert_eq!(r["combined"]["backdoored"], true);
+    assert_eq!(r["combined"]["target"], 7);
+    let ratio = r["baseline_nc"]["score"].as_f64().unwrap() / 2.0;
+    assert!((r["combined"]["score"].as_f64().unwrap() - ratio).abs() < 1e-9);
+    assert_eq!(
+        r["inversion"]["target"], 7,
+        "stage 2 at the combined target"
+    );
+    assert!(either.join("trigger.png").is_file());
+    let (html, _) = check_self_contained_html(&either);
+    assert!(
+        html.contains("combined verdict (either detector): BACKDOORED, target class 7")
+            && html.contains("the combined verdict above sets the exit status"),
+        "the page shows the verdict that counts"
+    );
+    // Without a second detector there is nothing to combine.
+    let alone = scan_example(&["--verdict", "either", "-q"]);
+    assert_error(&alone, &["--verdict either", "--baseline nc"]);
 }
 
 #[test]
