@@ -623,21 +623,27 @@ fn baseline_nc_is_reported_beside_cepa_without_changing_its_verdict() {
     let settings = dir.join("settings.toml");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(&settings, "[nc]\nsteps = 120\n").unwrap();
-    let out = scan_example(&[
-        "--per-class",
-        "5",
-        "--steps",
-        "10",
-        "--threshold",
-        "1000",
-        "--baseline",
-        "nc",
-        "--config",
-        settings.to_str().unwrap(),
-        "-q",
-        "--out",
-        dir.to_str().unwrap(),
-    ]);
+    // CEPA forced clean (threshold 1000), Neural Cleanse beside it.
+    let with_nc = |extra: &[&str], out: &Path| {
+        let mut args = vec![
+            "--per-class",
+            "5",
+            "--steps",
+            "10",
+            "--threshold",
+            "1000",
+            "--baseline",
+            "nc",
+            "--config",
+            settings.to_str().unwrap(),
+            "-q",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        scan_example(&args)
+    };
+    let out = with_nc(&[], &dir);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -669,23 +675,7 @@ fn baseline_nc_is_reported_beside_cepa_without_changing_its_verdict() {
     // --verdict either: Neural Cleanse's flag makes the model backdoored, and stage 2 estimates
     // the trigger of its target.
     let either = dir.join("either");
-    let out = scan_example(&[
-        "--per-class",
-        "5",
-        "--steps",
-        "10",
-        "--threshold",
-        "1000",
-        "--baseline",
-        "nc",
-        "--verdict",
-        "either",
-        "--config",
-        settings.to_str().unwrap(),
-        "-q",
-        "--out",
-        either.to_str().unwrap(),
-    ]);
+    let out = with_nc(&["--verdict", "either"], &either);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "the combined verdict: {text}");
     assert!(
