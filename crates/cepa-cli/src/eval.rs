@@ -199,7 +199,8 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
     };
     // Where both detectors judged a model, the tables also show them combined ("cepa-or-nc").
     let combined = either(&outcomes);
-    let judged = [outcomes.clone(), combined.clone()].concat();
+    let any_combined = !combined.is_empty();
+    let judged = [outcomes.clone(), combined].concat();
     let ev = evaluate(&judged, a.fpr);
     std::fs::write(
         a.out.join("evaluation.json"),
@@ -214,7 +215,7 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
         settings.scan.per_class,
         settings.scan.seed
     );
-    if !combined.is_empty() {
+    if any_combined {
         md.push_str(
             "`cepa-or-nc` flags a model when either detector does; its score is the larger of the \
              two scores, each over its own threshold (so its threshold is 1).\n\n",

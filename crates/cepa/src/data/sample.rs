@@ -13,12 +13,25 @@ impl ImageSet {
     ///
     /// Within a class the chosen indices are in increasing order. `per_class` must be at least 1.
     pub fn balanced_indices(&self, per_class: usize, seed: u64) -> Result<Vec<usize>> {
+        let all: Vec<usize> = (0..self.len()).collect();
+        self.balanced_indices_among(&all, per_class, seed)
+    }
+
+    /// [`balanced_indices`](Self::balanced_indices) over the images at `among` only (indices
+    /// into `self`, in increasing order), without copying them out: the same choice as
+    /// `self.subset(among).balanced_indices(per_class, seed)`, given as indices into `self`.
+    pub fn balanced_indices_among(
+        &self,
+        among: &[usize],
+        per_class: usize,
+        seed: u64,
+    ) -> Result<Vec<usize>> {
         if per_class == 0 {
             return Err(Error::Config("per_class must be at least 1".into()));
         }
         let mut by_class = vec![Vec::new(); self.num_classes];
-        for (i, &label) in self.labels.iter().enumerate() {
-            if let Some(members) = by_class.get_mut(label) {
+        for &i in among {
+            if let Some(members) = self.labels.get(i).and_then(|&l| by_class.get_mut(l)) {
                 members.push(i);
             }
         }
@@ -92,6 +105,24 @@ mod tests {
         let sample = set.balanced_sample(5, 7).unwrap();
         assert_eq!(sample.labels, [[0; 5], [1; 5], [2; 5]].concat());
         assert_eq!(sample.image(6), set.image(idx[6]));
+    }
+
+    #[test]
+    fn among_chooses_what_the_subset_would_without_copying_it() {
+        let set = toy_set(labels(), 3);
+        // Every third image is taken out; classes keep 6-7, 4 and 5-6 images.
+        let among: Vec<usize> = (0..set.len()).filter(|i| i % 3 != 0).collect();
+        for seed in 0..4 {
+            let direct = set.balanced_indices_among(&among, 3, seed).unwrap();
+            let via_subset = set.subset(&among).balanced_indices(3, seed).unwrap();
+            let mapped: Vec<usize> = via_subset.iter().map(|&k| among[k]).collect();
+            assert_eq!(direct, mapped, "seed {seed}");
+            assert!(direct.iter().all(|i| among.contains(i)));
+        }
+        assert!(
+            set.balanced_indices_among(&among, 5, 0).is_err(),
+            "class 1 has 4 left"
+        );
     }
 
     #[test]

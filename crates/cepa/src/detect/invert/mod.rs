@@ -380,13 +380,17 @@ pub fn measure_split(
     let (fit, _) = split_indices(data, per_class, holdout_per_class, seed)?;
     let used: std::collections::BTreeSet<usize> = fit.iter().copied().collect();
     let rest: Vec<usize> = (0..data.len()).filter(|i| !used.contains(i)).collect();
-    let rest = data.subset(&rest);
-    let smallest = rest.class_counts().into_iter().min().unwrap_or(0);
-    let per = measure_per_class.min(smallest);
+    let mut left = vec![0usize; data.num_classes];
+    for &i in &rest {
+        if let Some(n) = left.get_mut(data.labels[i]) {
+            *n += 1;
+        }
+    }
+    let per = measure_per_class.min(left.into_iter().min().unwrap_or(0));
     let hold = (per > 0)
-        .then(|| rest.balanced_sample(per, seed))
+        .then(|| data.balanced_indices_among(&rest, per, seed))
         .transpose()?;
-    Ok((data.subset(&fit), hold))
+    Ok((data.subset(&fit), hold.map(|h| data.subset(&h))))
 }
 
 fn split_indices(
