@@ -165,11 +165,13 @@ pub struct ScanArgs {
     /// settings from the `[nc]` section of the settings file.
     #[arg(long, value_enum)]
     pub baseline: Option<Baseline>,
-    /// Whose verdict sets the exit status and the class stage 2 inverts: `cepa` (the default),
-    /// or `either` (with `--baseline nc`): backdoored when either detector flags the model, at
-    /// the target of the one that flags it by the larger margin over its own threshold. The two
-    /// are complementary: on the project's CIFAR-10 zoo CEPA caught the additive triggers and
-    /// Neural Cleanse the patches (EVALUATION.md).
+    /// Whose verdict sets the exit status and the class stage 2 inverts: `cepa` (the default);
+    /// with `--baseline nc`, `agree` (recommended for a model of a task the thresholds were not
+    /// set on): backdoored when a detector flags the model at the class the other also finds
+    /// most anomalous, or when one alone clears 1.5 times its threshold; or `either`:
+    /// backdoored when either detector flags it. The two detectors are complementary: on the
+    /// project's CIFAR-10 zoo CEPA caught the additive triggers and Neural Cleanse the patches;
+    /// on Fashion-MNIST `either` flagged 7 of 8 clean models and `agree` 1 (EVALUATION.md).
     #[arg(long, value_enum, default_value = "cepa")]
     pub verdict: VerdictArg,
 }
@@ -181,6 +183,8 @@ pub enum VerdictArg {
     Cepa,
     /// Backdoored when CEPA or the baseline flags the model.
     Either,
+    /// Backdoored when they agree on the class, or one alone is 1.5 times as sure.
+    Agree,
 }
 
 /// A baseline detector `scan` can run beside CEPA.

@@ -10,7 +10,7 @@ use cepa::data::{ImageSet, Split};
 use cepa::detect::invert::{Truth, TruthPatch, invert, measure_split};
 use cepa::detect::nc::neural_cleanse;
 use cepa::detect::scan;
-use cepa::eval::{Outcome, either, evaluate, markdown, roc_svg};
+use cepa::eval::{Combination, Outcome, agree, either, evaluate, markdown, roc_svg};
 use cepa::model::{Classifier, ModelSpec, cpu_device};
 use cepa::settings::Settings;
 use cepa::zoo::{ManifestEntry, read_manifest};
@@ -197,8 +197,9 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
     } else {
         Vec::new()
     };
-    // Where both detectors judged a model, the tables also show them combined ("cepa-or-nc").
-    let combined = either(&outcomes);
+    // Where both detectors judged a model, the tables also show them combined, both ways
+    // ("cepa-or-nc", "cepa-nc-agree").
+    let combined = [either(&outcomes), agree(&outcomes)].concat();
     let any_combined = !combined.is_empty();
     let judged = [outcomes.clone(), combined].concat();
     let ev = evaluate(&judged, a.fpr);
@@ -216,10 +217,13 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
         settings.scan.seed
     );
     if any_combined {
-        md.push_str(
-            "`cepa-or-nc` flags a model when either detector does; its score is the larger of the \
-             two scores, each over its own threshold (so its threshold is 1).\n\n",
-        );
+        md.push_str(&format!(
+            "The two detectors combined (threshold 1):\n- `{}`: {}.\n- `{}`: {}.\n\n",
+            Combination::Either.name(),
+            Combination::Either.rule(),
+            Combination::Agree.name(),
+            Combination::Agree.rule()
+        ));
     }
     md.push_str(&markdown(&ev));
     if !weak_listed.is_empty() {

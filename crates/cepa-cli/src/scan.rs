@@ -8,6 +8,7 @@ use cepa::data::{ImageSet, to_png_bytes};
 use cepa::detect::invert::Inversion;
 use cepa::detect::nc::{NcReport, neural_cleanse};
 use cepa::detect::{LayerChoice, ScanReport, scan_with_progress};
+use cepa::eval::Combination;
 use cepa::model::{Classifier, cpu_device};
 use cepa::settings::Settings;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -17,8 +18,16 @@ use crate::report::{Page, Perturbations};
 use crate::{ExitStatus, invert, out};
 
 pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
-    if a.verdict == VerdictArg::Either && a.baseline.is_none() {
-        anyhow::bail!("--verdict either needs a second detector: add --baseline nc");
+    let combination = match a.verdict {
+        VerdictArg::Cepa => None,
+        VerdictArg::Either => Some(Combination::Either),
+        VerdictArg::Agree => Some(Combination::Agree),
+    };
+    if let (Some(how), None) = (combination, a.baseline) {
+        anyhow::bail!(
+            "--verdict {} needs a second detector: add --baseline nc",
+            verdict_flag(how)
+        );
     }
     let spec = a.model.spec()?;
     let path = &a.model.model;
@@ -91,12 +100,12 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
         }
         None => None,
     };
-    let combined = match (a.verdict, &baseline) {
-        (VerdictArg::Either, Some(nc)) => Some(combine(&report, nc)),
+    let combined = match (combination, &baseline) {
+        (Some(how), Some(nc)) => Some((how, combine(&report, nc, how))),
         _ => None,
     };
     let (backdoored, target) = match &combined {
-        Some(c) => (c.flagged, c.target),
+        Some((_, c)) => (c.flagged, c.target),
         None => (report.decision.backdoored, report.target),
     };
     // Stage 2 for a flagged model when there is somewhere to put the trigger.
@@ -118,12 +127,12 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
     if let (Some(nc), Some(obj)) = (&baseline, json.as_object_mut()) {
         obj.insert("baseline_nc".into(), serde_json::to_value(nc)?);
     }
-    if let (Some(c), Some(obj)) = (&combined, json.as_object_mut()) {
+    if let (Some((how, c)), Some(obj)) = (&combined, json.as_object_mut()) {
         obj.insert(
             "combined".into(),
             serde_json::json!({
-                "rule": "either: backdoored when CEPA or Neural Cleanse flags the model; score = \
-                         the larger of the two scores over their own thresholds",
+                "verdict": verdict_flag(*how),
+                "rule": how.rule(),
                 "backdoored": c.flagged,
                 "target": c.target,
                 "most_anomalous": c.most_anomalous,
@@ -140,7 +149,9 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
             &model,
             path,
             stage2,
-            baseline.as_ref().map(|nc| (nc, combined.as_ref())),
+            baseline
+                .as_ref()
+                .map(|nc| (nc, combined.as_ref().map(|(how, c)| (*how, c)))),
         )
         .with_context(|| format!("cannot write {}", dir.display()))?;
     }
@@ -154,8 +165,8 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
             if let Some(nc) = &baseline {
                 t += &nc_text(nc, report.target, combined.is_some())?;
             }
-            if let Some(c) = &combined {
-                t += &combined_text(c);
+            if let Some((how, c)) = &combined {
+                t += &combined_text(*how, c);
             }
             out(&t)
         }
@@ -252,9 +263,9 @@ fn text(r: &ScanReport, path: &Path) -> anyhow::Result<String> {
     Ok(t)
 }
 
-/// CEPA and Neural Cleanse as one verdict ([`cepa::eval::either`], as the evaluation tables'
-/// `cepa-or-nc`).
-fn combine(report: &ScanReport, nc: &NcReport) -> cepa::eval::Outcome {
+/// CEPA and Neural Cleanse as one verdict ([`cepa::eval::combine`], as the evaluation tables'
+/// `cepa-or-nc` and `cepa-nc-agree` rows).
+fn combine(report: &ScanReport, nc: &NcReport, how: Combination) -> cepa::eval::Outcome {
     let outcome =
         |detector: &str, flagged, target, most, score, threshold, seconds| cepa::eval::Outcome {
             model: String::new(),
@@ -290,22 +301,27 @@ fn combine(report: &ScanReport, nc: &NcReport) -> cepa::eval::Outcome {
             nc.seconds,
         ),
     ];
-    cepa::eval::either(&both).remove(0)
+    cepa::eval::combine(&both, how).remove(0)
 }
 
-fn combined_text(c: &cepa::eval::Outcome) -> String {
-    match c.target {
-        Some(t) => format!(
-            "combined verdict (either detector): BACKDOORED, target class {t} (score {:.2} > 1: \
-             the larger of the two scores over their thresholds); it sets the exit status\n",
-            c.score
-        ),
-        None => format!(
-            "combined verdict (either detector): clean (score {:.2} <= 1: neither detector \
-             flags the model); it sets the exit status\n",
-            c.score
-        ),
+/// The `--verdict` value of a combination.
+fn verdict_flag(how: Combination) -> &'static str {
+    match how {
+        Combination::Either => "either",
+        Combination::Agree => "agree",
     }
+}
+
+fn combined_text(how: Combination, c: &cepa::eval::Outcome) -> String {
+    let name = verdict_flag(how);
+    let verdict = match c.target {
+        Some(t) => format!("BACKDOORED, target class {t} (score {:.2} > 1)", c.score),
+        None => format!("clean (score {:.2} <= 1)", c.score),
+    };
+    format!(
+        "combined verdict ({name}): {verdict}; it sets the exit status.\n  rule: {}\n",
+        how.rule()
+    )
 }
 
 /// The baseline's verdict and per-class masks, and whether it agrees with CEPA's `target`.
@@ -376,8 +392,8 @@ fn write_out(
     model: &Classifier,
     path: &Path,
     stage2: Option<(&Inversion, &ImageSet)>,
-    // Neural Cleanse beside CEPA, and the two combined (`--verdict either`).
-    second: Option<(&NcReport, Option<&cepa::eval::Outcome>)>,
+    // Neural Cleanse beside CEPA, and the two combined (`--verdict either|agree`).
+    second: Option<(&NcReport, Option<(Combination, &cepa::eval::Outcome)>)>,
 ) -> anyhow::Result<()> {
     let (baseline, combined) = (second.map(|s| s.0), second.and_then(|s| s.1));
     std::fs::create_dir_all(dir)?;
@@ -417,7 +433,8 @@ fn write_out(
         trigger,
         perturbations,
         baseline,
-        combined: combined.map(|c| (c.flagged, combined_text(c).trim_end().to_string())),
+        combined: combined
+            .map(|(how, c)| (c.flagged, combined_text(how, c).trim_end().to_string())),
         config,
     };
     std::fs::write(dir.join("report.html"), crate::report::render(&page))?;

@@ -679,7 +679,7 @@ fn baseline_nc_is_reported_beside_cepa_without_changing_its_verdict() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "the combined verdict: {text}");
     assert!(
-        text.contains("combined verdict (either detector): BACKDOORED, target class 7"),
+        text.contains("combined verdict (either): BACKDOORED, target class 7"),
         "{text}"
     );
     let r: serde_json::Value =
@@ -688,6 +688,7 @@ fn baseline_nc_is_reported_beside_cepa_without_changing_its_verdict() {
     assert_eq!(r["verdict"], "clean", "CEPA's own verdict is kept: {r}");
     assert_eq!(r["combined"]["backdoored"], true);
     assert_eq!(r["combined"]["target"], 7);
+    assert_eq!(r["combined"]["verdict"], "either");
     let ratio = r["baseline_nc"]["score"].as_f64().unwrap() / 2.0;
     assert!((r["combined"]["score"].as_f64().unwrap() - ratio).abs() < 1e-9);
     assert_eq!(
@@ -697,13 +698,41 @@ fn baseline_nc_is_reported_beside_cepa_without_changing_its_verdict() {
     assert!(either.join("trigger.png").is_file());
     let (html, _) = check_self_contained_html(&either);
     assert!(
-        html.contains("combined verdict (either detector): BACKDOORED, target class 7")
+        html.contains("combined verdict (either): BACKDOORED, target class 7")
             && html.contains("the combined verdict above sets the exit status"),
         "the page shows the verdict that counts"
     );
+    // --verdict agree: CEPA's most anomalous class is not NC's 7, so NC alone must clear 1.5
+    // times its threshold; the report says which rule decided and with what score.
+    let agree = dir.join("agree");
+    let out = with_nc(&["--verdict", "agree"], &agree);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(agree.join("report.json")).unwrap()).unwrap();
+    let cepa_class = r["decision"]["most_anomalous"].as_u64().unwrap();
+    let lone = if cepa_class == 7 { 1.0 } else { 1.5 };
+    let nc_ratio = r["baseline_nc"]["score"].as_f64().unwrap() / 2.0;
+    let cepa_ratio =
+        r["score"].as_f64().unwrap() / r["config"]["decision"]["threshold"].as_f64().unwrap();
+    let score = nc_ratio.max(cepa_ratio) / lone;
+    assert_eq!(r["combined"]["verdict"], "agree");
+    assert!(
+        (r["combined"]["score"].as_f64().unwrap() - score).abs() < 1e-9,
+        "{r}"
+    );
+    assert_eq!(r["combined"]["backdoored"], score > 1.0);
+    assert_eq!(
+        out.status.code(),
+        Some(if score > 1.0 { 1 } else { 0 }),
+        "{text}"
+    );
+    assert!(text.contains("combined verdict (agree): "), "{text}");
+    assert!(text.contains("1.5 times its threshold"), "{text}");
     // Without a second detector there is nothing to combine.
     let alone = scan_example(&["--verdict", "either", "-q"]);
     assert_error(&alone, &["--verdict either", "--baseline nc"]);
+    let alone = scan_example(&["--verdict", "agree", "-q"]);
+    assert_error(&alone, &["--verdict agree", "--baseline nc"]);
 }
 
 #[test]

@@ -167,12 +167,73 @@ pub type Evaluation = BTreeMap<String, BTreeMap<String, DatasetEval>>;
 /// The name of the combined detector [`either`] adds.
 pub const EITHER: &str = "cepa-or-nc";
 
+/// The name of the combined detector [`agree`] adds.
+pub const AGREE: &str = "cepa-nc-agree";
+
+/// How much surer than its own threshold a detector must be to flag a model alone under
+/// [`Combination::Agree`], when the other detector's most anomalous class is another one. 1.5
+/// (EVALUATION.md, session 6): on the 85 models both detectors judged it kept every zoo and
+/// real detection of the `either` rule but two (MNIST 23/25, CIFAR-10 16/25, real 2/2) and
+/// took the Fashion-MNIST clean models flagged from 7 of 8 to 1; 1.3 left 4 of 8, 1.75 lost
+/// two more CIFAR-10 detections.
+pub const LONE_FACTOR: f64 = 1.5;
+
+/// How two detectors' verdicts on one model become one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Combination {
+    /// Backdoored when either detector flags the model.
+    Either,
+    /// Backdoored when either detector flags the model at the class the other one also finds
+    /// most anomalous; a detector whose class the other does not share must clear
+    /// [`LONE_FACTOR`] times its threshold. Two detectors that work differently (an input mask
+    /// against embedded perturbations) rarely single out the same class by chance, while a
+    /// class that is only naturally easy to reach tends to stand out for one of them.
+    Agree,
+}
+
+impl Combination {
+    /// The detector name of its rows.
+    pub fn name(self) -> &'static str {
+        match self {
+            Combination::Either => EITHER,
+            Combination::Agree => AGREE,
+        }
+    }
+
+    /// One sentence on how it decides, for reports.
+    pub fn rule(self) -> String {
+        match self {
+            Combination::Either => "backdoored when CEPA or Neural Cleanse flags the model; \
+                score = the larger of the two scores over their own thresholds"
+                .into(),
+            Combination::Agree => format!(
+                "backdoored when CEPA or Neural Cleanse flags the model and both find the same \
+                 class most anomalous, or when one alone clears {LONE_FACTOR} times its \
+                 threshold; score = the larger of the two scores over their own thresholds, \
+                 divided by {LONE_FACTOR} when the classes differ"
+            ),
+        }
+    }
+}
+
 /// A combined detector, `cepa-or-nc`, for every model that both CEPA and Neural Cleanse judged: it
-/// flags a model when either does. Its score is the larger of the two scores each divided by its
-/// own threshold (so its threshold is 1 and `flagged == score > 1`), and its target and most
-/// anomalous class are those of the detector with that larger ratio among the ones that flag
-/// (or among both, when neither does). Its time is the sum of the two.
+/// flags a model when either does ([`combine`] with [`Combination::Either`]).
 pub fn either(outcomes: &[Outcome]) -> Vec<Outcome> {
+    combine(outcomes, Combination::Either)
+}
+
+/// A combined detector, `cepa-nc-agree` ([`combine`] with [`Combination::Agree`]).
+pub fn agree(outcomes: &[Outcome]) -> Vec<Outcome> {
+    combine(outcomes, Combination::Agree)
+}
+
+/// One combined outcome (detector `how.name()`) for every model that both CEPA and Neural
+/// Cleanse judged. Its score is the larger of the two scores each divided by its own threshold,
+/// for [`Combination::Agree`] divided again by [`LONE_FACTOR`] when the two most anomalous
+/// classes differ; its threshold is 1 and `flagged == score > 1`. Its target and most anomalous
+/// class are those of the detector with the larger ratio. Its time is the sum of the two.
+pub fn combine(outcomes: &[Outcome], how: Combination) -> Vec<Outcome> {
     let nc: BTreeMap<&str, &Outcome> = outcomes
         .iter()
         .filter(|o| o.detector == "nc")
@@ -184,19 +245,20 @@ pub fn either(outcomes: &[Outcome]) -> Vec<Outcome> {
         .filter(|o| o.detector == "cepa")
         .filter_map(|c| nc.get(c.model.as_str()).map(|n| (c, *n)))
         .map(|(c, n)| {
-            let flagged = c.flagged || n.flagged;
-            let lead = match (c.flagged, n.flagged) {
-                (true, false) => c,
-                (false, true) => n,
-                _ if ratio(n) > ratio(c) => n,
-                _ => c,
+            let lead = if ratio(n) > ratio(c) { n } else { c };
+            let same = c.most_anomalous.is_some() && c.most_anomalous == n.most_anomalous;
+            let discount = match how {
+                Combination::Agree if !same => LONE_FACTOR,
+                _ => 1.0,
             };
+            let score = ratio(lead) / discount;
+            let flagged = score > 1.0;
             Outcome {
-                detector: EITHER.into(),
+                detector: how.name().into(),
                 flagged,
-                target: if flagged { lead.target } else { None },
+                target: if flagged { lead.most_anomalous } else { None },
                 most_anomalous: lead.most_anomalous,
-                score: ratio(c).max(ratio(n)),
+                score,
                 threshold: 1.0,
                 seconds: c.seconds + n.seconds,
                 ..c.clone()
@@ -443,6 +505,59 @@ mod tests {
         let m = &ev[EITHER]["mnist"].families["all"];
         assert_eq!((m.tpr, m.fpr), (Some(1.0), Some(0.0)));
         assert_eq!(m.target_accuracy, Some(1.0));
+    }
+
+    #[test]
+    fn agree_needs_the_same_class_or_a_lone_detector_one_and_a_half_times_as_sure() {
+        let mut v = vec![
+            // m1: both single out class 4, only CEPA over its threshold -> flagged, class 4.
+            o("m1", "cepa", "blend", Some(4), true, Some(4), 2.0),
+            o("m1", "nc", "blend", Some(4), false, None, 1.0),
+            // m2: CEPA over its threshold at class 8, NC's most anomalous is 6 -> 2.0/1.5
+            // = 1.33 < 1.5: not flagged (it would be under `either`).
+            o("m2", "cepa", "clean", None, true, Some(8), 2.0),
+            o("m2", "nc", "clean", None, false, None, 1.0),
+            // m3: NC alone at 3.2 (> 1.5 x 2) at class 6, CEPA's class 1 -> flagged, class 6.
+            o("m3", "cepa", "badnets", Some(6), false, None, 1.0),
+            o("m3", "nc", "badnets", Some(6), true, Some(6), 3.2),
+        ];
+        for x in v.iter_mut() {
+            if x.detector == "cepa" {
+                x.threshold = 1.5;
+            }
+        }
+        v[1].most_anomalous = Some(4);
+        v[3].most_anomalous = Some(6);
+        v[4].most_anomalous = Some(1);
+        let a = agree(&v);
+        let e = either(&v);
+        assert!(a.iter().all(|x| x.detector == AGREE && x.threshold == 1.0));
+        assert!(a.iter().all(|x| x.flagged == (x.score > 1.0)));
+        let get = |set: &[Outcome], m: &str| set.iter().find(|x| x.model == m).unwrap().clone();
+        assert_eq!(
+            (get(&a, "m1").flagged, get(&a, "m1").target),
+            (true, Some(4))
+        );
+        assert!(
+            (get(&a, "m1").score - 2.0 / 1.5).abs() < 1e-12,
+            "agreeing: no discount"
+        );
+        assert!(get(&e, "m2").flagged, "either flags m2");
+        let m2 = get(&a, "m2");
+        assert_eq!(
+            (m2.flagged, m2.target, m2.most_anomalous),
+            (false, None, Some(8))
+        );
+        assert!((m2.score - 2.0 / 1.5 / LONE_FACTOR).abs() < 1e-12);
+        assert_eq!(
+            (get(&a, "m3").flagged, get(&a, "m3").target),
+            (true, Some(6))
+        );
+        assert!((get(&a, "m3").score - 1.6 / LONE_FACTOR).abs() < 1e-12);
+        // With no NC class to compare, the lone-detector rule applies.
+        let mut w = v.clone();
+        w[1].most_anomalous = None;
+        assert!((get(&agree(&w), "m1").score - 2.0 / 1.5 / LONE_FACTOR).abs() < 1e-12);
     }
 
     #[test]
