@@ -10,7 +10,8 @@ again here:
   and transfer at each layer (large);
 - one MAD anomaly index per statistic and layer over the feasible classes (infeasible classes get
   the smallest index), each capped at 3, averaged into the class's combined index; score = the
-  largest, threshold 1.5.
+  largest, threshold 1.5, raised by sqrt(ln K / ln 10) for K > 10 classes
+  (`DecisionConfig::threshold_for`).
 
 The old file is kept as results.jsonl.bak; `settings.json` gets the rule's statistics and cap
 (the saved per-model reports keep the decision they were made with). Then rerun the same
@@ -31,6 +32,14 @@ TAILS = {"delta_norm": "small", "embed_norm": "both", "transfer": "large"}
 # Scale floor, as a fraction of the median (verdict.rs `Statistic::relative_floor`).
 RELATIVE_FLOOR = {"embed_norm": 0.05}
 INDEX_CAP = 3.0
+REFERENCE_CLASSES = 10
+
+
+def threshold_for(threshold, k):
+    """The threshold for a model of k classes (verdict.rs `class_factor`)."""
+    if k <= REFERENCE_CLASSES:
+        return threshold
+    return threshold * math.sqrt(math.log(k) / math.log(REFERENCE_CLASSES))
 
 
 def median(v):
@@ -74,8 +83,8 @@ def value(c, stat, layer):
     return float("nan") if v is None else v
 
 
-def decide(report):
-    """(score, most anomalous class) of a saved scan report under the default rule."""
+def class_indices(report):
+    """Every class's combined index of a saved scan report under the default rule."""
     classes = report["decision"]["classes"]
     layers = report["layers"]
     k = len(classes)
@@ -97,9 +106,14 @@ def decide(report):
                 idx = [0.0] * k
             combined = [a + min(b, INDEX_CAP) for a, b in zip(combined, idx)]
             terms += 1
-    combined = [c / terms for c in combined]
-    best = max(range(k), key=lambda i: (combined[i], -i))
-    return combined[best], classes[best]["class"]
+    return [c / terms for c in combined]
+
+
+def decide(report):
+    """(score, most anomalous class) of a saved scan report under the default rule."""
+    combined = class_indices(report)
+    best = max(range(len(combined)), key=lambda i: (combined[i], -i))
+    return combined[best], report["decision"]["classes"][best]["class"]
 
 
 def main(out, threshold=1.5):
@@ -109,12 +123,13 @@ def main(out, threshold=1.5):
     for o in lines:
         if o["detector"] != "cepa":
             continue
-        score, best = decide(json.load(open(f"{out}/reports/cepa/{o['model']}.json")))
+        report = json.load(open(f"{out}/reports/cepa/{o['model']}.json"))
+        score, best = decide(report)
         o["score"] = score
         o["most_anomalous"] = best
-        o["flagged"] = score > threshold
+        o["threshold"] = threshold_for(threshold, len(report["decision"]["classes"]))
+        o["flagged"] = score > o["threshold"]
         o["target"] = best if o["flagged"] else None
-        o["threshold"] = threshold
     with open(path, "w") as f:
         for o in lines:
             f.write(json.dumps(o) + "\n")

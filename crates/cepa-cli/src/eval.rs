@@ -377,7 +377,7 @@ fn run_cepa(
         target: r.target,
         most_anomalous: Some(r.decision.most_anomalous),
         score: r.score,
-        threshold: cfg.decision.threshold,
+        threshold: r.decision.threshold,
         seconds: r.seconds,
     };
     Ok((o, serde_json::to_string_pretty(&r)?))

@@ -231,7 +231,7 @@ fn baseline(
 /// Verdict line, per-class table and bar chart.
 fn verdict(h: &mut String, s: &ScanReport) -> std::fmt::Result {
     let d = &s.decision;
-    let threshold = s.config.decision.threshold;
+    let threshold = d.threshold;
     match s.target {
         Some(t) => writeln!(
             h,

@@ -252,12 +252,12 @@ fn text(r: &ScanReport, path: &Path) -> anyhow::Result<String> {
         Some(target) => writeln!(
             t,
             "verdict: BACKDOORED, target class {target} (score {:.2} > {:.2}, p = {:.2e}), suspected sources {:?}, {:.1} s",
-            r.score, r.config.decision.threshold, r.p_value, r.sources, r.seconds
+            r.score, r.decision.threshold, r.p_value, r.sources, r.seconds
         )?,
         None => writeln!(
             t,
             "verdict: clean (largest score {:.2} at class {}, threshold {:.2}, p = {:.2e}), {:.1} s",
-            r.score, r.decision.most_anomalous, r.config.decision.threshold, r.p_value, r.seconds
+            r.score, r.decision.most_anomalous, r.decision.threshold, r.p_value, r.seconds
         )?,
     }
     Ok(t)
@@ -288,7 +288,7 @@ fn combine(report: &ScanReport, nc: &NcReport, how: Combination) -> cepa::eval::
             report.target,
             d.most_anomalous,
             d.score,
-            report.config.decision.threshold,
+            d.threshold,
             report.seconds,
         ),
         outcome(

@@ -122,9 +122,32 @@ pub struct DecisionConfig {
     /// scans above it (the highest 1.4995), every real backdoored one above it. For
     /// `restandardised`, 2.0 was used.
     pub threshold: f64,
+    /// The number of classes `threshold` was calibrated at. A model with more classes has more
+    /// chances for one of them to stand out by chance, so its threshold is raised by
+    /// `sqrt(ln K / ln reference_classes)`, the growth of the expected largest of K standard
+    /// scores (1.28 for 43 classes, 1.41 for 100; resampling the class indices of the clean
+    /// zoo scans gave 1.30 for 43: EVALUATION.md, GTSRB). Never lowered for fewer classes. 0 turns
+    /// the scaling off [ours]. Default 10.
+    pub reference_classes: usize,
     /// A source class is suspected when its samples' mean `||delta||` has a (small-tail) MAD
     /// index above this among the sources. Default 2.0.
     pub source_threshold: f64,
+}
+
+impl DecisionConfig {
+    /// The threshold that applies to a model with `classes` classes (see `reference_classes`).
+    pub fn threshold_for(&self, classes: usize) -> f64 {
+        self.threshold * class_factor(classes, self.reference_classes)
+    }
+}
+
+/// `sqrt(ln k / ln reference)` for `k > reference >= 2`, else 1.
+pub fn class_factor(k: usize, reference: usize) -> f64 {
+    if reference < 2 || k <= reference {
+        1.0
+    } else {
+        ((k as f64).ln() / (reference as f64).ln()).sqrt()
+    }
 }
 
 impl Default for DecisionConfig {
@@ -138,6 +161,7 @@ impl Default for DecisionConfig {
             index_cap: 3.0,
             combine: Combine::Mean,
             threshold: 1.5,
+            reference_classes: 10,
             source_threshold: 2.0,
         }
     }
@@ -186,6 +210,9 @@ pub struct Decision {
     pub most_anomalous: usize,
     /// Its combined anomaly index.
     pub score: f64,
+    /// The threshold `score` was compared with: the configured one, raised for a model with
+    /// more classes than it was calibrated at ([`DecisionConfig::threshold_for`]).
+    pub threshold: f64,
     /// p-value of the score: with `combine = mean`, the share of the clean reference scans
     /// scoring at least as high ([`reference_p_value`]); otherwise an MM-BD-style Gamma fit to
     /// the other classes' combined indices.
@@ -316,7 +343,16 @@ pub fn decide(
                 (0, f64::NEG_INFINITY),
                 |a, (i, v)| if v > a.1 { (i, v) } else { a },
             );
-    let backdoored = score > cfg.threshold;
+    let threshold = cfg.threshold_for(k);
+    if threshold != cfg.threshold {
+        notes.push(format!(
+            "{k} classes: threshold {:.2} raised to {threshold:.2} (x{:.3}), for the largest of more \
+             classes standing out more by chance",
+            cfg.threshold,
+            threshold / cfg.threshold
+        ));
+    }
+    let backdoored = score > threshold;
     let (sources, source_stats) = suspected_sources(&results[best], cfg.source_threshold);
     let classes = results
         .iter()
@@ -338,8 +374,10 @@ pub fn decide(
         target: backdoored.then_some(best),
         most_anomalous: best,
         score,
+        threshold,
         p_value: if cfg.combine == Combine::Mean {
-            reference_p_value(score)
+            // Against the reference scans (10 classes) on the same footing.
+            reference_p_value(score * cfg.threshold / threshold)
         } else {
             max_p_value(&mean_index)
         },
@@ -435,6 +473,48 @@ mod tests {
             .find(|s| s.statistic == Statistic::DeltaNorm)
             .unwrap();
         assert!(delta.anomaly_index > 2.0);
+    }
+
+    #[test]
+    fn the_threshold_rises_with_the_number_of_classes_beyond_the_reference() {
+        assert_eq!(class_factor(3, 10), 1.0);
+        assert_eq!(class_factor(10, 10), 1.0);
+        assert!((class_factor(43, 10) - (43f64.ln() / 10f64.ln()).sqrt()).abs() < 1e-12);
+        assert!((class_factor(100, 10) - 2f64.sqrt()).abs() < 1e-12);
+        assert_eq!(class_factor(100, 0), 1.0, "0 turns it off");
+        // 43 classes with one moderate outlier: a threshold just under its score flags it
+        // with the scaling off and not with it, and the decision says which threshold held.
+        let layers = vec!["emb".to_string()];
+        let noise = |t: usize| 1.0 + 0.1 * ((t as f64) * 1.7).sin();
+        let mut rs: Vec<TargetResult> = (0..43)
+            .map(|t| result(t, 5.0 * noise(t), noise(t), 0.1 * noise(t), true))
+            .collect();
+        rs[7] = result(7, 4.0, 0.9, 0.2, true);
+        let off = DecisionConfig {
+            reference_classes: 0,
+            ..Default::default()
+        };
+        let base = decide(&rs, &layers, &off).unwrap();
+        assert_eq!(base.most_anomalous, 7);
+        assert_eq!(base.threshold, off.threshold);
+        let just_under = base.score / 1.1;
+        let off = DecisionConfig {
+            threshold: just_under,
+            ..off
+        };
+        let on = DecisionConfig {
+            reference_classes: 10,
+            ..off.clone()
+        };
+        assert!(decide(&rs, &layers, &off).unwrap().backdoored);
+        let d = decide(&rs, &layers, &on).unwrap();
+        assert!(!d.backdoored, "score {} threshold {}", d.score, d.threshold);
+        assert!((d.threshold - just_under * class_factor(43, 10)).abs() < 1e-12);
+        assert!(
+            d.notes.iter().any(|n| n.contains("43 classes")),
+            "{:?}",
+            d.notes
+        );
     }
 
     #[test]
