@@ -35,11 +35,11 @@ INDEX_CAP = 3.0
 REFERENCE_CLASSES = 10
 
 
-def threshold_for(threshold, k):
-    """The threshold for a model of k classes (verdict.rs `class_factor`)."""
-    if k <= REFERENCE_CLASSES:
+def threshold_for(threshold, k, reference=REFERENCE_CLASSES):
+    """The threshold for a model of k classes (verdict.rs `class_factor`; reference 0: off)."""
+    if reference < 2 or k <= reference:
         return threshold
-    return threshold * math.sqrt(math.log(k) / math.log(REFERENCE_CLASSES))
+    return threshold * math.sqrt(math.log(k) / math.log(reference))
 
 
 def median(v):
@@ -120,6 +120,11 @@ def main(out, threshold=1.5):
     path = f"{out}/results.jsonl"
     shutil.copy(path, path + ".bak")
     lines = [json.loads(l) for l in open(path) if l.strip()]
+    settings = f"{out}/settings.json"
+    try:
+        reference = json.load(open(settings))["scan"]["decision"].get("reference_classes", REFERENCE_CLASSES)
+    except FileNotFoundError:
+        reference = REFERENCE_CLASSES
     for o in lines:
         if o["detector"] != "cepa":
             continue
@@ -127,13 +132,12 @@ def main(out, threshold=1.5):
         score, best = decide(report)
         o["score"] = score
         o["most_anomalous"] = best
-        o["threshold"] = threshold_for(threshold, len(report["decision"]["classes"]))
+        o["threshold"] = threshold_for(threshold, len(report["decision"]["classes"]), reference)
         o["flagged"] = score > o["threshold"]
         o["target"] = best if o["flagged"] else None
     with open(path, "w") as f:
         for o in lines:
             f.write(json.dumps(o) + "\n")
-    settings = f"{out}/settings.json"
     try:
         kept = json.load(open(settings))
     except FileNotFoundError:

@@ -147,7 +147,9 @@ pub struct ScanArgs {
     /// Adam learning rate in pixel units.
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Combined anomaly index above which the model is called backdoored.
+    /// Combined anomaly index above which the model is called backdoored, applied as given
+    /// (the default, 1.5, is raised for models of more than 10 classes; a threshold set here,
+    /// e.g. from a clean model of the same task, is not).
     #[arg(long)]
     pub threshold: Option<f64>,
     /// Report format.

@@ -285,8 +285,24 @@ fn keep_settings(out: &Path, s: &Settings) -> Result<()> {
     let now = serde_json::to_value(s)?;
     match std::fs::read_to_string(&path) {
         Ok(text) => {
-            let before: serde_json::Value = serde_json::from_str(&text)
+            let mut before: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not a settings file", path.display()))?;
+            // Keys added since whose absence meant other behaviour than their default: results
+            // made before them ran without the class-count threshold and without Neural
+            // Cleanse's image cap.
+            for (section, key, old) in [
+                (
+                    &["scan", "decision"][..],
+                    "reference_classes",
+                    serde_json::json!(0),
+                ),
+                (&["nc"][..], "max_images", serde_json::json!(usize::MAX)),
+            ] {
+                let at = section.iter().try_fold(&mut before, |v, k| v.get_mut(*k));
+                if let Some(serde_json::Value::Object(m)) = at {
+                    m.entry(key).or_insert(old);
+                }
+            }
             // Read through the typed settings: a key added since, at its default, is no change.
             let before = serde_json::from_value::<Settings>(before.clone())
                 .ok()
@@ -616,6 +632,30 @@ mod tests {
         other.scan.cepa.steps += 1;
         let err = keep_settings(&dir, &other).unwrap_err().to_string();
         assert!(err.contains("scan.cepa.steps: 120 -> 121"), "{err}");
+        // Keys whose absence meant other behaviour: a folder made before them is refused.
+        for (section, key, shown) in [
+            (
+                "decision",
+                "reference_classes",
+                "scan.decision.reference_classes: 0 -> 10",
+            ),
+            (
+                "nc",
+                "max_images",
+                "nc.max_images: 18446744073709551615 -> 100",
+            ),
+        ] {
+            let mut old = serde_json::to_value(&s).unwrap();
+            let at = if section == "nc" {
+                &mut old["nc"]
+            } else {
+                &mut old["scan"]["decision"]
+            };
+            at.as_object_mut().unwrap().remove(key).unwrap();
+            std::fs::write(dir.join("settings.json"), old.to_string()).unwrap();
+            let err = keep_settings(&dir, &s).unwrap_err().to_string();
+            assert!(err.contains(shown), "{err}");
+        }
         std::fs::remove_dir_all(&dir).ok();
     }
 

@@ -145,7 +145,7 @@ fn baseline(
     let threshold = nc.config.threshold;
     writeln!(
         h,
-        "<h2>Baseline: Neural Cleanse on the same {} images</h2>",
+        "<h2>Baseline: Neural Cleanse on {} of the images CEPA optimised</h2>",
         nc.images
     )?;
     let (class, text) = match nc.target {

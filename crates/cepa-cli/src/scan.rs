@@ -55,7 +55,9 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
         cfg.cepa.lr = lr;
     }
     if let Some(t) = a.threshold {
+        // A threshold the user sets is applied as given, whatever the number of classes.
         cfg.decision.threshold = t;
+        cfg.decision.reference_classes = 0;
     }
     tracing::info!("model {}: {}", path.display(), model.spec().summary());
     for n in &model.spec().notes {
@@ -93,7 +95,8 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
                 nc.seed = s;
             }
             tracing::info!(
-                "baseline: Neural Cleanse on the {} images CEPA optimised",
+                "baseline: Neural Cleanse on {} of the {} images CEPA optimised",
+                fit.len().min(nc.max_images),
                 fit.len()
             );
             Some(neural_cleanse(&model, fit, &nc, &|_| {}).context("Neural Cleanse failed")?)
@@ -329,7 +332,8 @@ fn nc_text(nc: &NcReport, cepa_target: Option<usize>, combined: bool) -> anyhow:
     let mut t = String::new();
     writeln!(
         t,
-        "\nbaseline: Neural Cleanse on the same {} images (mask L1 per class, one-sided MAD)",
+        "\nbaseline: Neural Cleanse on {} of the images CEPA optimised (mask L1 per class, \
+         one-sided MAD)",
         nc.images
     )?;
     writeln!(

@@ -712,8 +712,7 @@ fn baseline_nc_is_reported_beside_cepa_without_changing_its_verdict() {
     let cepa_class = r["decision"]["most_anomalous"].as_u64().unwrap();
     let lone = if cepa_class == 7 { 1.0 } else { 1.5 };
     let nc_ratio = r["baseline_nc"]["score"].as_f64().unwrap() / 2.0;
-    let cepa_ratio =
-        r["score"].as_f64().unwrap() / r["config"]["decision"]["threshold"].as_f64().unwrap();
+    let cepa_ratio = r["score"].as_f64().unwrap() / r["decision"]["threshold"].as_f64().unwrap();
     let score = nc_ratio.max(cepa_ratio) / lone;
     assert_eq!(r["combined"]["verdict"], "agree");
     assert!(

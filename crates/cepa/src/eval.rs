@@ -256,7 +256,11 @@ pub fn combine(outcomes: &[Outcome], how: Combination) -> Vec<Outcome> {
             Outcome {
                 detector: how.name().into(),
                 flagged,
-                target: if flagged { lead.most_anomalous } else { None },
+                target: if flagged {
+                    lead.most_anomalous.or(lead.target)
+                } else {
+                    None
+                },
                 most_anomalous: lead.most_anomalous,
                 score,
                 threshold: 1.0,

@@ -15,8 +15,9 @@
 //!
 //! The reference makes one "epoch" a pass over about 1000 images in mini-batches; with the ~10
 //! clean images per class we work with, one step here is one Adam step on all the images, and the
-//! controller and the early stop count steps. Every target uses all the images, its own class
-//! included, as the reference does. The K problems run batched like CEPA's stage 1
+//! controller and the early stop count steps. Every target uses the same images, its own class
+//! included, as the reference does: all of them up to `max_images`, beyond that `max_images` of
+//! them dealt round-robin over the classes. The K problems run batched like CEPA's stage 1
 //! ([`crate::detect::cepa`]): split over the cores, each core's share stamped into forward passes
 //! of at most `max_batch` images; masks, patterns and Adam's moments stay on the host.
 
@@ -81,8 +82,9 @@ pub struct NcConfig {
     /// At most this many stamped images in one forward pass; the targets of a core are run in
     /// groups that fit [ours]. Default 2048.
     pub max_batch: usize,
-    /// At most this many of the clean images are stamped in every target's problem, taken
-    /// evenly over the classes (as CEPA's `max_samples`): a step costs classes x images, so
+    /// At most this many of the clean images are stamped in every target's problem, dealt
+    /// round-robin over the classes (as CEPA's `max_samples`; when the classes do not divide it,
+    /// the first ones get one more): a step costs classes x images, so
     /// 43 GTSRB classes x 430 images would be 18,000 stamped images a step, and 100 classes
     /// quadratically more; the reference optimises on mini-batches of 32 [ours]. Default 100
     /// (10 classes x 10 images: all of them).
@@ -475,7 +477,8 @@ impl Problem {
     }
 }
 
-/// Run Neural Cleanse on `model` with the clean `images` (all of them stamped for every target).
+/// Run Neural Cleanse on `model` with the clean `images` (every target stamps the same ones: all
+/// of them, or `cfg.max_images` dealt round-robin over the classes).
 /// `progress` is called with the number of per-target steps just taken (nominal total:
 /// classes x `cfg.steps`).
 pub fn neural_cleanse(
@@ -490,8 +493,8 @@ pub fn neural_cleanse(
     if images.is_empty() {
         return Err(Error::Mismatch("Neural Cleanse needs clean images".into()));
     }
-    // Every target stamps the same images: at most max_images, evenly over the classes (no
-    // class is left out of the round-robin: `num_classes` is no image's label).
+    // Every target stamps the same images: at most max_images, round-robin over the classes (no
+    // class is left out: `num_classes` is no image's label).
     let capped;
     let images = if images.len() > cfg.max_images {
         let keep = crate::detect::cepa::sources_of(

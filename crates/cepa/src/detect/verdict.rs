@@ -377,7 +377,7 @@ pub fn decide(
         threshold,
         p_value: if cfg.combine == Combine::Mean {
             // Against the reference scans (10 classes) on the same footing.
-            reference_p_value(score * cfg.threshold / threshold)
+            reference_p_value(score / class_factor(k, cfg.reference_classes))
         } else {
             max_p_value(&mean_index)
         },
