@@ -10,7 +10,11 @@ use cepa::data::{ImageSet, Split};
 use cepa::detect::invert::{Truth, TruthPatch, invert, measure_split};
 use cepa::detect::nc::neural_cleanse;
 use cepa::detect::scan;
-use cepa::eval::{Combination, Outcome, agree, either, evaluate, markdown, roc_svg};
+use cepa::detect::verdict::{SavedScan, redecide};
+use cepa::eval::{
+    Combination, Outcome, agree, either, evaluate, leave_one_dataset_out, leave_one_out_markdown,
+    markdown, roc_svg,
+};
 use cepa::model::{Classifier, ModelSpec, cpu_device};
 use cepa::settings::Settings;
 use cepa::zoo::{ManifestEntry, read_manifest};
@@ -28,7 +32,8 @@ pub enum DetectorChoice {
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
-    /// A zoo folder with manifest.json (from `cepa zoo build`, or written by hand).
+    /// A zoo folder with manifest.json (from `cepa zoo build`, or written by hand), or a
+    /// manifest file (enough for --tables-only and --rescore, which open no model).
     pub zoo: PathBuf,
     /// Which detector(s) to run.
     #[arg(long, value_enum, default_value = "all")]
@@ -82,10 +87,20 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 50)]
     pub invert_holdout: usize,
     /// Run nothing: write evaluation.json, evaluation.md and the ROC pictures from the results
-    /// OUT already holds (while another run is still adding to it, or after its CEPA lines were
-    /// re-decided by `scripts/rescore_cepa.py`).
+    /// OUT already holds (while another run is still adding to it).
     #[arg(long)]
     pub tables_only: bool,
+    /// Optimise nothing: decide every saved scan again (OUT/reports/cepa/ID.json) under the
+    /// `[scan.decision]` of --config, or the default rule without it, Neural Cleanse's lines
+    /// under its `[nc] threshold`, and the combined rows under its `[verdict]`; rewrite
+    /// results.jsonl and those settings in settings.json, then the tables. The rest of --config
+    /// is not used.
+    #[arg(long, conflicts_with_all = ["per_class", "seed", "steps", "nc_steps", "plateau", "invert", "tables_only"])]
+    pub rescore: bool,
+    /// With --rescore: read the results and saved scans from this folder instead, and leave it
+    /// as it is (to compare rules offline); OUT gets the re-decided results and tables.
+    #[arg(long, requires = "rescore")]
+    pub from: Option<PathBuf>,
 }
 
 /// One line of `inversions.jsonl`.
@@ -120,10 +135,15 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
     };
     std::fs::create_dir_all(a.out.join("reports"))
         .with_context(|| format!("{}", a.out.display()))?;
-    let settings = resolve_settings(&a)?;
-    keep_settings(&a.out, &settings)?;
     let results = a.out.join("results.jsonl");
-    let mut outcomes = read_results(&results)?;
+    let (settings, mut outcomes) = if a.rescore {
+        rescore(&a)?
+    } else {
+        let settings = resolve_settings(&a)?;
+        keep_settings(&a.out, &settings)?;
+        let outcomes = read_results(&results)?;
+        (settings, outcomes)
+    };
     let weak: Vec<&ManifestEntry> = manifest
         .models
         .iter()
@@ -154,7 +174,7 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
         .filter(|m| a.only.as_deref().is_none_or(|s| m.id.contains(s)))
         .flat_map(|m| detectors.iter().map(move |d| (m, *d)))
         .filter(|(m, d)| !done.contains(&(m.id.clone(), d.to_string())))
-        .filter(|_| !a.tables_only)
+        .filter(|_| !a.tables_only && !a.rescore)
         .collect();
     if !quiet {
         eprintln!(
@@ -195,11 +215,18 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
     let inversions = if a.invert {
         run_inversions(&a, &settings, &manifest.models, &kept, &mut data, quiet)?
     } else {
-        Vec::new()
+        let mut kept_lines: Vec<InversionOutcome> =
+            read_lines(&source(&a).join("inversions.jsonl"))?;
+        kept_lines.retain(|d| kept.contains(d.model.as_str()));
+        kept_lines
     };
     // Where both detectors judged a model, the tables also show them combined, both ways
     // ("cepa-or-nc", "cepa-nc-agree").
-    let combined = [either(&outcomes), agree(&outcomes)].concat();
+    let combined = [
+        either(&outcomes, &settings.verdict),
+        agree(&outcomes, &settings.verdict),
+    ]
+    .concat();
     let any_combined = !combined.is_empty();
     let judged = [outcomes.clone(), combined].concat();
     let ev = evaluate(&judged, a.fpr);
@@ -218,14 +245,22 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
     );
     if any_combined {
         md.push_str(&format!(
-            "The two detectors combined (threshold 1):\n- `{}`: {}.\n- `{}`: {}.\n\n",
+            "The two detectors combined:\n- `{}`: {}.\n- `{}`: {}.\n\n",
             Combination::Either.name(),
-            Combination::Either.rule(),
+            Combination::Either.rule(&settings.verdict),
             Combination::Agree.name(),
-            Combination::Agree.rule()
+            Combination::Agree.rule(&settings.verdict)
         ));
     }
     md.push_str(&markdown(&ev));
+    let held_out = leave_one_dataset_out(&judged, a.fpr);
+    if !held_out.folds.is_empty() {
+        std::fs::write(
+            a.out.join("leave-one-dataset-out.json"),
+            serde_json::to_string_pretty(&held_out)? + "\n",
+        )?;
+        md.push_str(&leave_one_out_markdown(&held_out));
+    }
     if !weak_listed.is_empty() {
         md.push_str(&format!(
             "Left out (attack success below {}, so not backdoored in fact):\n\n",
@@ -251,6 +286,75 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
     }
     crate::out(&md);
     Ok(ExitStatus::Success)
+}
+
+/// The folder results and saved scans are read from: `--from`, or OUT.
+fn source(a: &EvalArgs) -> &Path {
+    a.from.as_deref().unwrap_or(&a.out)
+}
+
+/// `--rescore`: the source folder's settings with the decision of `--config` (or the default),
+/// and its results decided again under them, CEPA's from the saved scans and Neural Cleanse's
+/// by its threshold. Written to OUT: settings.json and results.jsonl (whole, through a
+/// temporary file).
+fn rescore(a: &EvalArgs) -> Result<(Settings, Vec<Outcome>)> {
+    let from = source(a);
+    let kept_path = from.join("settings.json");
+    let text = std::fs::read_to_string(&kept_path)
+        .with_context(|| format!("{}: no settings of the saved scans", kept_path.display()))?;
+    let mut settings: Settings = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a settings file", kept_path.display()))?;
+    let rule = Settings::load(a.config.as_deref())?;
+    settings.scan.decision = rule.scan.decision;
+    settings.nc.threshold = rule.nc.threshold;
+    settings.verdict = rule.verdict;
+    let mut outcomes = read_results(&from.join("results.jsonl"))?;
+    for o in &mut outcomes {
+        match o.detector.as_str() {
+            "cepa" => {
+                let path = from
+                    .join("reports")
+                    .join("cepa")
+                    .join(format!("{}.json", o.model));
+                let text = std::fs::read_to_string(&path).with_context(|| {
+                    format!("{}: the saved scan of {}", path.display(), o.model)
+                })?;
+                let saved: SavedScan = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not a saved scan", path.display()))?;
+                let d = redecide(&saved, &settings.scan.decision)
+                    .with_context(|| format!("{}", path.display()))?;
+                o.flagged = d.backdoored;
+                o.target = d.target;
+                o.most_anomalous = Some(d.most_anomalous);
+                o.score = d.score;
+                o.threshold = d.threshold;
+            }
+            "nc" => {
+                o.threshold = settings.nc.threshold;
+                o.flagged = o.score > o.threshold;
+                o.target = if o.flagged { o.most_anomalous } else { None };
+            }
+            _ => {}
+        }
+    }
+    write_whole(
+        &a.out.join("settings.json"),
+        &(serde_json::to_string_pretty(&settings)? + "\n"),
+    )?;
+    let lines: Vec<String> = outcomes
+        .iter()
+        .map(serde_json::to_string)
+        .collect::<serde_json::Result<_>>()?;
+    write_whole(&a.out.join("results.jsonl"), &(lines.join("\n") + "\n"))?;
+    Ok((settings, outcomes))
+}
+
+/// Write `text` to `path` through a temporary file beside it and a rename, so that a reader (or
+/// a kill) never sees half of it.
+fn write_whole(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// The settings file with the flags applied: `--seed` seeds every detector, `--steps` and

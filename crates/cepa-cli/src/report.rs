@@ -45,7 +45,8 @@ pub struct Page<'a> {
     pub perturbations: Option<Perturbations>,
     /// Neural Cleanse run beside CEPA (`scan --baseline nc`).
     pub baseline: Option<&'a NcReport>,
-    /// The combined verdict of `scan --verdict either`: whether backdoored, and its sentence.
+    /// The combined verdict of `scan --verdict either|agree`: whether backdoored, and its
+    /// sentence. When present it is the page's verdict, shown first, and CEPA's is labelled.
     pub combined: Option<(bool, String)>,
     /// The resolved configuration, shown as pretty JSON.
     pub config: serde_json::Value,
@@ -96,12 +97,14 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
         )?;
     }
     writeln!(h, "</dl>")?;
-    if let Some(s) = p.scan {
-        verdict(h, s)?;
-    }
+    // The verdict that sets the exit status comes first: the combined one when there is one,
+    // with CEPA's own below it, labelled.
     if let Some((bad, text)) = &p.combined {
         let class = if *bad { "bad" } else { "ok" };
         writeln!(h, "<p class=\"verdict {class}\">{}</p>", esc(text))?;
+    }
+    if let Some(s) = p.scan {
+        verdict(h, s, p.combined.is_some())?;
     }
     if let Some(t) = &p.trigger {
         trigger(h, t)?;
@@ -167,7 +170,7 @@ fn baseline(
     writeln!(h, "<p class=\"verdict {class}\">{text}</p>")?;
     if nc.target != cepa_target {
         let status = if combined {
-            "the combined verdict above sets the exit status"
+            "the combined verdict at the top sets the exit status"
         } else {
             "CEPA's verdict is the report's (and the exit status)"
         };
@@ -229,18 +232,19 @@ fn baseline(
 }
 
 /// Verdict line, per-class table and bar chart.
-fn verdict(h: &mut String, s: &ScanReport) -> std::fmt::Result {
+fn verdict(h: &mut String, s: &ScanReport, combined: bool) -> std::fmt::Result {
     let d = &s.decision;
     let threshold = d.threshold;
+    let label = if combined { "CEPA alone: " } else { "" };
     match s.target {
         Some(t) => writeln!(
             h,
-            "<p class=\"verdict bad\">BACKDOORED: target class {t} (score {:.2} &gt; {threshold:.2}, p = {:.2e}), suspected sources {:?}</p>",
+            "<p class=\"verdict bad\">{label}BACKDOORED: target class {t} (score {:.2} &gt; {threshold:.2}, p = {:.2e}), suspected sources {:?}</p>",
             s.score, s.p_value, s.sources
         )?,
         None => writeln!(
             h,
-            "<p class=\"verdict ok\">clean: largest score {:.2} at class {} (threshold {threshold:.2}, p = {:.2e})</p>",
+            "<p class=\"verdict ok\">{label}clean: largest score {:.2} at class {} (threshold {threshold:.2}, p = {:.2e})</p>",
             s.score, d.most_anomalous, s.p_value
         )?,
     }

@@ -8,7 +8,7 @@ use cepa::data::{ImageSet, to_png_bytes};
 use cepa::detect::invert::Inversion;
 use cepa::detect::nc::{NcReport, neural_cleanse};
 use cepa::detect::{LayerChoice, ScanReport, scan_with_progress};
-use cepa::eval::Combination;
+use cepa::eval::{Combination, VerdictConfig};
 use cepa::model::{Classifier, cpu_device};
 use cepa::settings::Settings;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -104,11 +104,15 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
         None => None,
     };
     let combined = match (combination, &baseline) {
-        (Some(how), Some(nc)) => Some((how, combine(&report, nc, how))),
+        (Some(how), Some(nc)) => Some(Combined {
+            how,
+            outcome: combine(&report, nc, how, &settings.verdict),
+            rule: how.rule(&settings.verdict),
+        }),
         _ => None,
     };
     let (backdoored, target) = match &combined {
-        Some((_, c)) => (c.flagged, c.target),
+        Some(c) => (c.outcome.flagged, c.outcome.target),
         None => (report.decision.backdoored, report.target),
     };
     // Stage 2 for a flagged model when there is somewhere to put the trigger.
@@ -130,19 +134,7 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
     if let (Some(nc), Some(obj)) = (&baseline, json.as_object_mut()) {
         obj.insert("baseline_nc".into(), serde_json::to_value(nc)?);
     }
-    if let (Some((how, c)), Some(obj)) = (&combined, json.as_object_mut()) {
-        obj.insert(
-            "combined".into(),
-            serde_json::json!({
-                "verdict": verdict_flag(*how),
-                "rule": how.rule(),
-                "backdoored": c.flagged,
-                "target": c.target,
-                "most_anomalous": c.most_anomalous,
-                "score": c.score,
-            }),
-        );
-    }
+    headline(&mut json, &report, combined.as_ref());
     if let Some(dir) = &a.out {
         let stage2 = inversion.as_ref().map(|(inv, held)| (inv, held));
         write_out(
@@ -152,24 +144,22 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
             &model,
             path,
             stage2,
-            baseline
-                .as_ref()
-                .map(|nc| (nc, combined.as_ref().map(|(how, c)| (*how, c)))),
+            baseline.as_ref().map(|nc| (nc, combined.as_ref())),
         )
         .with_context(|| format!("cannot write {}", dir.display()))?;
     }
     match a.format {
         Format::Json => out(&(serde_json::to_string_pretty(&json)? + "\n")),
         Format::Text => {
-            let mut t = text(&report, path)?;
+            let mut t = text(&report, path, combined.is_some())?;
             if let Some((inv, _)) = &inversion {
                 t += &invert::text(inv, a.out.as_deref())?;
             }
             if let Some(nc) = &baseline {
                 t += &nc_text(nc, report.target, combined.is_some())?;
             }
-            if let Some((how, c)) = &combined {
-                t += &combined_text(*how, c);
+            if let Some(c) = &combined {
+                t += &combined_text(c);
             }
             out(&t)
         }
@@ -181,7 +171,76 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
     })
 }
 
-fn text(r: &ScanReport, path: &Path) -> anyhow::Result<String> {
+/// The verdict a reader sees first is the one that sets the exit status: with `--verdict
+/// agree|either` the top-level `verdict`, `target`, `score`, `threshold`, `p_value` and `sources`
+/// are the combined verdict's (its threshold is `[verdict] threshold`, it has no p-value, and CEPA's suspected
+/// sources are kept only when it names CEPA's class), and `verdict_rule` names the rule. CEPA's
+/// own verdict is always under `cepa`, Neural Cleanse's under `baseline_nc`; `combined` keeps
+/// the rule's sentence and both detectors' classes.
+fn headline(json: &mut serde_json::Value, r: &ScanReport, combined: Option<&Combined>) {
+    let Some(obj) = json.as_object_mut() else {
+        return;
+    };
+    let d = &r.decision;
+    obj.insert(
+        "cepa".into(),
+        serde_json::json!({
+            "verdict": r.verdict,
+            "target": r.target,
+            "most_anomalous": d.most_anomalous,
+            "score": r.score,
+            "threshold": d.threshold,
+            "p_value": r.p_value,
+            "sources": r.sources,
+        }),
+    );
+    obj.insert("threshold".into(), d.threshold.into());
+    obj.insert("verdict_rule".into(), "cepa".into());
+    let Some(Combined {
+        how,
+        outcome: c,
+        rule,
+    }) = combined
+    else {
+        return;
+    };
+    let how = *how;
+    let sources = if c.target.is_some() && c.target == r.target {
+        r.sources.clone()
+    } else {
+        Vec::new()
+    };
+    for (key, value) in [
+        ("verdict", serde_json::json!(verdict_word(c.flagged))),
+        ("target", serde_json::json!(c.target)),
+        ("score", serde_json::json!(c.score)),
+        ("threshold", serde_json::json!(c.threshold)),
+        ("p_value", serde_json::Value::Null),
+        ("sources", serde_json::json!(sources)),
+        ("verdict_rule", serde_json::json!(verdict_flag(how))),
+        (
+            "combined",
+            serde_json::json!({
+                "verdict": verdict_flag(how),
+                "rule": rule,
+                "backdoored": c.flagged,
+                "target": c.target,
+                "most_anomalous": c.most_anomalous,
+                "score": c.score,
+            }),
+        ),
+    ] {
+        obj.insert(key.into(), value);
+    }
+}
+
+fn verdict_word(backdoored: bool) -> &'static str {
+    if backdoored { "backdoored" } else { "clean" }
+}
+
+/// The scan's text report; with a combined verdict CEPA's own line is labelled as CEPA's, and
+/// the combined line that follows is the verdict.
+fn text(r: &ScanReport, path: &Path, combined: bool) -> anyhow::Result<String> {
     let mut t = String::new();
     writeln!(t, "model   {}", path.display())?;
     writeln!(t, "spec    {}", r.spec.summary())?;
@@ -251,24 +310,37 @@ fn text(r: &ScanReport, path: &Path) -> anyhow::Result<String> {
         writeln!(t, "note: {n}")?;
     }
     writeln!(t)?;
+    let label = if combined { "CEPA verdict" } else { "verdict" };
     match r.target {
         Some(target) => writeln!(
             t,
-            "verdict: BACKDOORED, target class {target} (score {:.2} > {:.2}, p = {:.2e}), suspected sources {:?}, {:.1} s",
+            "{label}: BACKDOORED, target class {target} (score {:.2} > {:.2}, p = {:.2e}), suspected sources {:?}, {:.1} s",
             r.score, r.decision.threshold, r.p_value, r.sources, r.seconds
         )?,
         None => writeln!(
             t,
-            "verdict: clean (largest score {:.2} at class {}, threshold {:.2}, p = {:.2e}), {:.1} s",
+            "{label}: clean (largest score {:.2} at class {}, threshold {:.2}, p = {:.2e}), {:.1} s",
             r.score, r.decision.most_anomalous, r.decision.threshold, r.p_value, r.seconds
         )?,
     }
     Ok(t)
 }
 
+/// The combined verdict of `--verdict either|agree`, with the sentence of its rule.
+struct Combined {
+    how: Combination,
+    outcome: cepa::eval::Outcome,
+    rule: String,
+}
+
 /// CEPA and Neural Cleanse as one verdict ([`cepa::eval::combine`], as the evaluation tables'
 /// `cepa-or-nc` and `cepa-nc-agree` rows).
-fn combine(report: &ScanReport, nc: &NcReport, how: Combination) -> cepa::eval::Outcome {
+fn combine(
+    report: &ScanReport,
+    nc: &NcReport,
+    how: Combination,
+    cfg: &VerdictConfig,
+) -> cepa::eval::Outcome {
     let outcome =
         |detector: &str, flagged, target, most, score, threshold, seconds| cepa::eval::Outcome {
             model: String::new(),
@@ -304,7 +376,7 @@ fn combine(report: &ScanReport, nc: &NcReport, how: Combination) -> cepa::eval::
             nc.seconds,
         ),
     ];
-    cepa::eval::combine(&both, how).remove(0)
+    cepa::eval::combine(&both, how, cfg).remove(0)
 }
 
 /// The `--verdict` value of a combination.
@@ -315,15 +387,19 @@ fn verdict_flag(how: Combination) -> &'static str {
     }
 }
 
-fn combined_text(how: Combination, c: &cepa::eval::Outcome) -> String {
+fn combined_text(combined: &Combined) -> String {
+    let (how, c) = (combined.how, &combined.outcome);
     let name = verdict_flag(how);
     let verdict = match c.target {
-        Some(t) => format!("BACKDOORED, target class {t} (score {:.2} > 1)", c.score),
-        None => format!("clean (score {:.2} <= 1)", c.score),
+        Some(t) => format!(
+            "BACKDOORED, target class {t} (score {:.3} > {})",
+            c.score, c.threshold
+        ),
+        None => format!("clean (score {:.3} <= {})", c.score, c.threshold),
     };
     format!(
-        "combined verdict ({name}): {verdict}; it sets the exit status.\n  rule: {}\n",
-        how.rule()
+        "verdict ({name}, CEPA and Neural Cleanse combined): {verdict}; it sets the exit status.\n  rule: {}\n",
+        combined.rule
     )
 }
 
@@ -397,7 +473,7 @@ fn write_out(
     path: &Path,
     stage2: Option<(&Inversion, &ImageSet)>,
     // Neural Cleanse beside CEPA, and the two combined (`--verdict either|agree`).
-    second: Option<(&NcReport, Option<(Combination, &cepa::eval::Outcome)>)>,
+    second: Option<(&NcReport, Option<&Combined>)>,
 ) -> anyhow::Result<()> {
     let (baseline, combined) = (second.map(|s| s.0), second.and_then(|s| s.1));
     std::fs::create_dir_all(dir)?;
@@ -437,8 +513,7 @@ fn write_out(
         trigger,
         perturbations,
         baseline,
-        combined: combined
-            .map(|(how, c)| (c.flagged, combined_text(how, c).trim_end().to_string())),
+        combined: combined.map(|c| (c.outcome.flagged, combined_text(c).trim_end().to_string())),
         config,
     };
     std::fs::write(dir.join("report.html"), crate::report::render(&page))?;

@@ -679,18 +679,35 @@ fn baseline_nc_is_reported_beside_cepa_without_changing_its_verdict() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "the combined verdict: {text}");
     assert!(
-        text.contains("combined verdict (either): BACKDOORED, target class 7"),
+        text.contains(
+            "verdict (either, CEPA and Neural Cleanse combined): BACKDOORED, target class 7"
+        ),
         "{text}"
     );
+    assert!(text.contains("CEPA verdict: clean"), "{text}");
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(either.join("report.json")).unwrap())
             .unwrap();
-    assert_eq!(r["verdict"], "clean", "CEPA's own verdict is kept: {r}");
+    // The top-level verdict is the one that set the exit status; CEPA's own sits under `cepa`.
+    assert_eq!(r["verdict"], "backdoored", "{r}");
+    assert_eq!(r["verdict_rule"], "either");
+    assert_eq!(
+        (r["target"].as_u64(), r["threshold"].as_f64()),
+        (Some(7), Some(COMBINED_THRESHOLD))
+    );
+    assert!(r["p_value"].is_null());
+    assert_eq!(
+        r["cepa"]["verdict"], "clean",
+        "CEPA's own verdict is kept: {r}"
+    );
+    assert_eq!(r["cepa"]["threshold"], 1000.0);
+    assert!(r["cepa"]["target"].is_null());
     assert_eq!(r["combined"]["backdoored"], true);
     assert_eq!(r["combined"]["target"], 7);
     assert_eq!(r["combined"]["verdict"], "either");
     let ratio = r["baseline_nc"]["score"].as_f64().unwrap() / 2.0;
     assert!((r["combined"]["score"].as_f64().unwrap() - ratio).abs() < 1e-9);
+    assert_eq!(r["score"], r["combined"]["score"]);
     assert_eq!(
         r["inversion"]["target"], 7,
         "stage 2 at the combined target"
@@ -698,9 +715,16 @@ fn baseline_nc_is_reported_beside_cepa_without_changing_its_verdict() {
     assert!(either.join("trigger.png").is_file());
     let (html, _) = check_self_contained_html(&either);
     assert!(
-        html.contains("combined verdict (either): BACKDOORED, target class 7")
-            && html.contains("the combined verdict above sets the exit status"),
+        html.contains(
+            "verdict (either, CEPA and Neural Cleanse combined): BACKDOORED, target class 7"
+        ) && html.contains("the combined verdict at the top sets the exit status")
+            && html.contains("CEPA alone: clean"),
         "the page shows the verdict that counts"
+    );
+    let first = |needle: &str| html.find(needle).unwrap_or(usize::MAX);
+    assert!(
+        first("CEPA and Neural Cleanse combined") < first("CEPA alone: clean"),
+        "the combined verdict comes first"
     );
     // --verdict agree: CEPA's most anomalous class is not NC's 7, so NC alone must clear 1.5
     // times its threshold; the report says which rule decided and with what score.
@@ -712,20 +736,37 @@ fn baseline_nc_is_reported_beside_cepa_without_changing_its_verdict() {
     let cepa_class = r["decision"]["most_anomalous"].as_u64().unwrap();
     let lone = if cepa_class == 7 { 1.0 } else { 1.5 };
     let nc_ratio = r["baseline_nc"]["score"].as_f64().unwrap() / 2.0;
-    let cepa_ratio = r["score"].as_f64().unwrap() / r["decision"]["threshold"].as_f64().unwrap();
+    let cepa_ratio =
+        r["cepa"]["score"].as_f64().unwrap() / r["decision"]["threshold"].as_f64().unwrap();
     let score = nc_ratio.max(cepa_ratio) / lone;
     assert_eq!(r["combined"]["verdict"], "agree");
     assert!(
         (r["combined"]["score"].as_f64().unwrap() - score).abs() < 1e-9,
         "{r}"
     );
-    assert_eq!(r["combined"]["backdoored"], score > 1.0);
+    let flagged = score > COMBINED_THRESHOLD;
+    assert_eq!(r["combined"]["backdoored"], flagged);
     assert_eq!(
         out.status.code(),
-        Some(if score > 1.0 { 1 } else { 0 }),
+        Some(if flagged { 1 } else { 0 }),
         "{text}"
     );
-    assert!(text.contains("combined verdict (agree): "), "{text}");
+    assert!(
+        text.contains("verdict (agree, CEPA and Neural Cleanse combined): "),
+        "{text}"
+    );
+    // What a script reads is what the exit status says, in the file and on stdout alike, while
+    // CEPA alone (threshold 1000) says clean.
+    assert_eq!(r["verdict"], if flagged { "backdoored" } else { "clean" });
+    assert_eq!(r["verdict_rule"], "agree");
+    assert_eq!(r["cepa"]["verdict"], "clean");
+    let json_out = with_nc(
+        &["--verdict", "agree", "--format", "json"],
+        &dir.join("agree-json"),
+    );
+    let j: serde_json::Value = serde_json::from_slice(&json_out.stdout).unwrap();
+    assert_eq!(j["verdict"], r["verdict"]);
+    assert_eq!(json_out.status.code(), out.status.code());
     assert!(text.contains("1.5 times its threshold"), "{text}");
     // Without a second detector there is nothing to combine.
     let alone = scan_example(&["--verdict", "either", "-q"]);
@@ -1044,4 +1085,192 @@ fn zoo_build_then_eval_both_detectors_resumably() {
     std::fs::write(&config, text.replace("patch = 4", "patch = 5")).unwrap();
     assert_error(&build(()), &["badnets-s1", "attack settings changed"]);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The combined verdict's default threshold (`[verdict] threshold`).
+const COMBINED_THRESHOLD: f64 = 0.973;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path)
+}
+
+/// Every number of `a` within `tol` of `b`'s, everything else equal.
+fn assert_json_close(a: &serde_json::Value, b: &serde_json::Value, tol: f64, at: &str) {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            assert!((x - y).abs() <= tol, "{at}: {x} vs {y}");
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            let kx: Vec<&String> = x.keys().collect();
+            let ky: Vec<&String> = y.keys().collect();
+            assert_eq!(kx, ky, "{at}: keys");
+            for (k, v) in x {
+                assert_json_close(v, &y[k], tol, &format!("{at}.{k}"));
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{at}: length");
+            for (i, (v, w)) in x.iter().zip(y).enumerate() {
+                assert_json_close(v, w, tol, &format!("{at}[{i}]"));
+            }
+        }
+        _ => assert_eq!(a, b, "{at}"),
+    }
+}
+
+fn jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
+    // Every committed evaluation that keeps its saved scans, decided again by the rule in the
+    // code: the same verdicts, scores and tables (written by this very command).
+    for (manifest, folder) in [
+        ("eval/zoo-standard-manifest.json", "eval/standard"),
+        ("eval/zoo-holdout-manifest.json", "eval/holdout-fashion"),
+        ("zoo/real/manifest.json", "eval/real"),
+    ] {
+        let from = repo(folder);
+        let out = tmp_dir(&format!("rescore-{}", folder.replace('/', "-")));
+        let run = cepa(&[
+            "eval",
+            repo(manifest).to_str().unwrap(),
+            "--rescore",
+            "--from",
+            from.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "-q",
+        ]);
+        assert_eq!(
+            run.status.code(),
+            Some(0),
+            "{folder}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let (mine, kept) = (
+            jsonl(&out.join("results.jsonl")),
+            jsonl(&from.join("results.jsonl")),
+        );
+        assert_eq!(mine.len(), kept.len(), "{folder}");
+        assert!(mine.iter().any(|o| o["detector"] == "cepa"));
+        assert_json_close(
+            &serde_json::Value::Array(mine),
+            &serde_json::Value::Array(kept),
+            1e-9,
+            folder,
+        );
+        let read = |dir: &Path, name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+        let (ev, ev_kept): (serde_json::Value, serde_json::Value) = (
+            serde_json::from_str(&read(&out, "evaluation.json")).unwrap(),
+            serde_json::from_str(&read(&from, "evaluation.json")).unwrap(),
+        );
+        assert_json_close(&ev, &ev_kept, 1e-9, folder);
+        // The Markdown names the files it read; past those two lines the tables are the same.
+        let body = |t: String| t.lines().skip(3).collect::<Vec<_>>().join("\n");
+        assert_eq!(
+            body(read(&out, "evaluation.md")),
+            body(read(&from, "evaluation.md")),
+            "{folder}: evaluation.md"
+        );
+        std::fs::remove_dir_all(&out).ok();
+    }
+}
+
+#[test]
+fn rescore_under_another_rule_changes_the_verdicts_and_leaves_the_source_alone() {
+    let from = repo("eval/holdout-fashion");
+    let before = std::fs::read_to_string(from.join("results.jsonl")).unwrap();
+    let out = tmp_dir("rescore-rule");
+    let rule = out.join("rule.toml");
+    // Transfer alone, and a Neural Cleanse threshold nothing reaches.
+    std::fs::write(
+        &rule,
+        "[scan.decision]\nstatistics = [\"transfer\"]\nthreshold = 0.5\n[nc]\nthreshold = 1000.0\n",
+    )
+    .unwrap();
+    let run = cepa(&[
+        "eval",
+        repo("eval/zoo-holdout-manifest.json").to_str().unwrap(),
+        "--rescore",
+        "--from",
+        from.to_str().unwrap(),
+        "--config",
+        rule.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+    ]);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(from.join("results.jsonl")).unwrap(),
+        before,
+        "--from is only read"
+    );
+    let kept = jsonl(&from.join("results.jsonl"));
+    let mine = jsonl(&out.join("results.jsonl"));
+    let nc: Vec<&serde_json::Value> = mine.iter().filter(|o| o["detector"] == "nc").collect();
+    assert!(
+        !nc.is_empty()
+            && nc
+                .iter()
+                .all(|o| o["flagged"] == false && o["threshold"] == 1000.0)
+    );
+    let cepa_lines = |v: &[serde_json::Value]| -> Vec<(f64, bool)> {
+        v.iter()
+            .filter(|o| o["detector"] == "cepa")
+            .map(|o| {
+                (
+                    o["score"].as_f64().unwrap(),
+                    o["flagged"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (new, old) = (cepa_lines(&mine), cepa_lines(&kept));
+    assert!(
+        new.iter().all(|(s, f)| *f == (*s > 0.5)),
+        "flagged = score > 0.5"
+    );
+    assert!(
+        new.iter().zip(&old).any(|(a, b)| (a.0 - b.0).abs() > 1e-3),
+        "transfer alone scores otherwise"
+    );
+    let settings: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("settings.json")).unwrap()).unwrap();
+    assert_eq!(
+        settings["scan"]["decision"]["statistics"],
+        serde_json::json!(["transfer"]),
+        "the folder records the rule its lines were decided by"
+    );
+    // A folder without saved scans is a clear error naming what is missing.
+    let empty = out.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    std::fs::copy(from.join("settings.json"), empty.join("settings.json")).unwrap();
+    std::fs::copy(from.join("results.jsonl"), empty.join("results.jsonl")).unwrap();
+    let run = cepa(&[
+        "eval",
+        repo("eval/zoo-holdout-manifest.json").to_str().unwrap(),
+        "--rescore",
+        "--out",
+        empty.to_str().unwrap(),
+        "-q",
+    ]);
+    assert_error(&run, &["saved scan of", "reports"]);
+    std::fs::remove_dir_all(&out).ok();
 }

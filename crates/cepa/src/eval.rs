@@ -170,13 +170,36 @@ pub const EITHER: &str = "cepa-or-nc";
 /// The name of the combined detector [`agree`] adds.
 pub const AGREE: &str = "cepa-nc-agree";
 
-/// How much surer than its own threshold a detector must be to flag a model alone under
-/// [`Combination::Agree`], when the other detector's most anomalous class is another one. 1.5
-/// (EVALUATION.md, session 6): on the 85 models both detectors judged it kept every zoo and
-/// real detection of the `either` rule but two (MNIST 23/25, CIFAR-10 16/25, real 2/2) and
-/// took the Fashion-MNIST clean models flagged from 7 of 8 to 1; 1.3 left 4 of 8, 1.75 lost
-/// two more CIFAR-10 detections.
-pub const LONE_FACTOR: f64 = 1.5;
+/// How the two detectors' verdicts on one model become one (`scan --verdict either|agree`, the
+/// evaluation's `cepa-or-nc` and `cepa-nc-agree` rows): the `[verdict]` section of a settings
+/// file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerdictConfig {
+    /// Backdoored when the combined score (the larger of the two scores, each over its own
+    /// threshold) exceeds this. Default 0.973: what the leave-one-dataset-out procedure
+    /// ([`leave_one_dataset_out`]: at most 5 % of the clean models above it) chooses for
+    /// `agree` on the clean models of the MNIST, CIFAR-10, Fashion-MNIST and GTSRB-32 zoo
+    /// (EVALUATION.md, "A decision not re-fit on its own test data"; frozen 2026-12-02). It was
+    /// 1 before, which flags the same models of that zoo.
+    pub threshold: f64,
+    /// How much surer than its own threshold a detector must be to flag a model alone under
+    /// [`Combination::Agree`], when the other detector's most anomalous class is another one.
+    /// Default 1.5 (EVALUATION.md, session 6): on the 85 models both detectors judged it kept
+    /// every zoo and real detection of the `either` rule but two (MNIST 23/25, CIFAR-10 16/25,
+    /// real 2/2) and took the Fashion-MNIST clean models flagged from 7 of 8 to 1; 1.3 left 4 of
+    /// 8, 1.75 lost two more CIFAR-10 detections.
+    pub lone_factor: f64,
+}
+
+impl Default for VerdictConfig {
+    fn default() -> Self {
+        Self {
+            threshold: 0.973,
+            lone_factor: 1.5,
+        }
+    }
+}
 
 /// How two detectors' verdicts on one model become one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -186,9 +209,10 @@ pub enum Combination {
     Either,
     /// Backdoored when either detector flags the model at the class the other one also finds
     /// most anomalous; a detector whose class the other does not share must clear
-    /// [`LONE_FACTOR`] times its threshold. Two detectors that work differently (an input mask
-    /// against embedded perturbations) rarely single out the same class by chance, while a
-    /// class that is only naturally easy to reach tends to stand out for one of them.
+    /// [`VerdictConfig::lone_factor`] times its threshold. Two detectors that work differently
+    /// (an input mask against embedded perturbations) rarely single out the same class by
+    /// chance, while a class that is only naturally easy to reach tends to stand out for one of
+    /// them.
     Agree,
 }
 
@@ -202,16 +226,18 @@ impl Combination {
     }
 
     /// One sentence on how it decides, for reports.
-    pub fn rule(self) -> String {
+    pub fn rule(self, cfg: &VerdictConfig) -> String {
+        let t = cfg.threshold;
         match self {
-            Combination::Either => "backdoored when CEPA or Neural Cleanse flags the model; \
-                score = the larger of the two scores over their own thresholds"
-                .into(),
+            Combination::Either => format!(
+                "score = the larger of CEPA's and Neural Cleanse's scores, each over its own \
+                 threshold; backdoored when it exceeds {t}"
+            ),
             Combination::Agree => format!(
-                "backdoored when CEPA or Neural Cleanse flags the model and both find the same \
-                 class most anomalous, or when one alone clears {LONE_FACTOR} times its \
-                 threshold; score = the larger of the two scores over their own thresholds, \
-                 divided by {LONE_FACTOR} when the classes differ"
+                "score = the larger of CEPA's and Neural Cleanse's scores, each over its own \
+                 threshold, divided by {} when the two detectors' most anomalous classes \
+                 differ; backdoored when it exceeds {t}",
+                cfg.lone_factor
             ),
         }
     }
@@ -219,21 +245,22 @@ impl Combination {
 
 /// A combined detector, `cepa-or-nc`, for every model that both CEPA and Neural Cleanse judged: it
 /// flags a model when either does ([`combine`] with [`Combination::Either`]).
-pub fn either(outcomes: &[Outcome]) -> Vec<Outcome> {
-    combine(outcomes, Combination::Either)
+pub fn either(outcomes: &[Outcome], cfg: &VerdictConfig) -> Vec<Outcome> {
+    combine(outcomes, Combination::Either, cfg)
 }
 
 /// A combined detector, `cepa-nc-agree` ([`combine`] with [`Combination::Agree`]).
-pub fn agree(outcomes: &[Outcome]) -> Vec<Outcome> {
-    combine(outcomes, Combination::Agree)
+pub fn agree(outcomes: &[Outcome], cfg: &VerdictConfig) -> Vec<Outcome> {
+    combine(outcomes, Combination::Agree, cfg)
 }
 
 /// One combined outcome (detector `how.name()`) for every model that both CEPA and Neural
 /// Cleanse judged. Its score is the larger of the two scores each divided by its own threshold,
-/// for [`Combination::Agree`] divided again by [`LONE_FACTOR`] when the two most anomalous
-/// classes differ; its threshold is 1 and `flagged == score > 1`. Its target and most anomalous
-/// class are those of the detector with the larger ratio. Its time is the sum of the two.
-pub fn combine(outcomes: &[Outcome], how: Combination) -> Vec<Outcome> {
+/// for [`Combination::Agree`] divided again by `cfg.lone_factor` when the two most anomalous
+/// classes differ; its threshold is `cfg.threshold` and `flagged == score > threshold`. Its
+/// target and most anomalous class are those of the detector with the larger ratio. Its time is
+/// the sum of the two.
+pub fn combine(outcomes: &[Outcome], how: Combination, cfg: &VerdictConfig) -> Vec<Outcome> {
     let nc: BTreeMap<&str, &Outcome> = outcomes
         .iter()
         .filter(|o| o.detector == "nc")
@@ -248,11 +275,11 @@ pub fn combine(outcomes: &[Outcome], how: Combination) -> Vec<Outcome> {
             let lead = if ratio(n) > ratio(c) { n } else { c };
             let same = c.most_anomalous.is_some() && c.most_anomalous == n.most_anomalous;
             let discount = match how {
-                Combination::Agree if !same => LONE_FACTOR,
+                Combination::Agree if !same => cfg.lone_factor,
                 _ => 1.0,
             };
             let score = ratio(lead) / discount;
-            let flagged = score > 1.0;
+            let flagged = score > cfg.threshold;
             Outcome {
                 detector: how.name().into(),
                 flagged,
@@ -263,7 +290,7 @@ pub fn combine(outcomes: &[Outcome], how: Combination) -> Vec<Outcome> {
                 },
                 most_anomalous: lead.most_anomalous,
                 score,
-                threshold: 1.0,
+                threshold: cfg.threshold,
                 seconds: c.seconds + n.seconds,
                 ..c.clone()
             }
@@ -323,6 +350,180 @@ pub fn evaluate(outcomes: &[Outcome], fpr_goal: f64) -> Evaluation {
         );
     }
     out
+}
+
+/// One fold of [`leave_one_dataset_out`]: a detector's threshold chosen on the clean models of
+/// every other dataset, judged on the dataset left out.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeldOutFold {
+    pub detector: String,
+    /// The dataset left out (judged).
+    pub dataset: String,
+    /// The datasets the threshold was chosen on.
+    pub chosen_on: Vec<String>,
+    /// Clean models it was chosen on.
+    pub chosen_on_clean: usize,
+    /// In units of the detector's own threshold (`score / threshold > this` flags a model).
+    pub threshold: f64,
+    pub n_backdoored: usize,
+    pub n_clean: usize,
+    /// Flagged backdoored / backdoored.
+    pub tpr: Option<f64>,
+    /// Flagged at the true target / backdoored.
+    pub tpr_right_target: Option<f64>,
+    pub fpr: Option<f64>,
+    /// Per attack family: (flagged at the true target, models).
+    pub families: BTreeMap<String, (usize, usize)>,
+}
+
+/// The leave-one-dataset-out table: for every detector and dataset, the threshold chosen on all
+/// the other datasets ([`calibrate`] at `fpr_goal` on their clean models' scores, each score in
+/// units of its own threshold so that the class-count scaling and the two detectors' scales are
+/// taken out) and its rates on the dataset left out; and `pooled`, what the same procedure
+/// chooses on every dataset, which is what a default taken from it is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LeaveOneOut {
+    pub fpr_goal: f64,
+    pub folds: Vec<HeldOutFold>,
+    /// Detector -> threshold chosen on the clean models of every dataset (own-threshold units).
+    pub pooled: BTreeMap<String, f64>,
+    /// Detector -> the smallest threshold it ran with (a 10-class model's, for CEPA): `pooled`
+    /// times this is the procedure's threshold in the detector's own score units.
+    pub ran_with: BTreeMap<String, f64>,
+}
+
+/// `score / threshold`: a score in units of its own threshold.
+fn relative(o: &Outcome) -> f64 {
+    o.score / o.threshold
+}
+
+/// See [`LeaveOneOut`]. Datasets without clean models cannot be chosen on, and a detector seen
+/// on fewer than two datasets has no fold.
+pub fn leave_one_dataset_out(outcomes: &[Outcome], fpr_goal: f64) -> LeaveOneOut {
+    let mut detectors: Vec<&str> = outcomes.iter().map(|o| o.detector.as_str()).collect();
+    detectors.sort_unstable();
+    detectors.dedup();
+    let mut folds = Vec::new();
+    let mut pooled = BTreeMap::new();
+    let mut ran_with = BTreeMap::new();
+    for det in detectors {
+        let here: Vec<&Outcome> = outcomes.iter().filter(|o| o.detector == det).collect();
+        let clean_of = |keep: &dyn Fn(&str) -> bool| -> Vec<f64> {
+            here.iter()
+                .filter(|o| !o.backdoored() && keep(&o.dataset))
+                .map(|o| relative(o))
+                .collect()
+        };
+        if let Some(t) = calibrate(&clean_of(&|_| true), fpr_goal) {
+            pooled.insert(det.to_string(), t);
+        }
+        ran_with.insert(
+            det.to_string(),
+            here.iter()
+                .map(|o| o.threshold)
+                .fold(f64::INFINITY, f64::min),
+        );
+        let mut datasets: Vec<&str> = here.iter().map(|o| o.dataset.as_str()).collect();
+        datasets.sort_unstable();
+        datasets.dedup();
+        if datasets.len() < 2 {
+            continue;
+        }
+        for &ds in &datasets {
+            let train = clean_of(&|d| d != ds);
+            let Some(t) = calibrate(&train, fpr_goal) else {
+                continue;
+            };
+            let test: Vec<&&Outcome> = here.iter().filter(|o| o.dataset == ds).collect();
+            let bad: Vec<&&&Outcome> = test.iter().filter(|o| o.backdoored()).collect();
+            let clean = test.len() - bad.len();
+            let flagged = |o: &Outcome| relative(o) > t;
+            let right = |o: &Outcome| {
+                flagged(o) && o.most_anomalous.is_some() && o.most_anomalous == o.truth_target
+            };
+            let mut families: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+            for o in &bad {
+                let e = families.entry(o.attack.clone()).or_default();
+                e.0 += usize::from(right(o));
+                e.1 += 1;
+            }
+            let mut chosen_on: Vec<String> = here
+                .iter()
+                .filter(|o| o.dataset != ds && !o.backdoored())
+                .map(|o| o.dataset.clone())
+                .collect();
+            chosen_on.sort();
+            chosen_on.dedup();
+            folds.push(HeldOutFold {
+                detector: det.to_string(),
+                dataset: ds.to_string(),
+                chosen_on,
+                chosen_on_clean: train.len(),
+                threshold: t,
+                n_backdoored: bad.len(),
+                n_clean: clean,
+                tpr: ratio(bad.iter().filter(|o| flagged(o)).count(), bad.len()),
+                tpr_right_target: ratio(bad.iter().filter(|o| right(o)).count(), bad.len()),
+                fpr: ratio(
+                    test.iter()
+                        .filter(|o| !o.backdoored() && flagged(o))
+                        .count(),
+                    clean,
+                ),
+                families,
+            });
+        }
+    }
+    LeaveOneOut {
+        fpr_goal,
+        folds,
+        pooled,
+        ran_with,
+    }
+}
+
+/// The leave-one-dataset-out table as Markdown.
+pub fn leave_one_out_markdown(l: &LeaveOneOut) -> String {
+    let mut s = format!(
+        "### Leave one dataset out\n\n\
+         Each detector's threshold chosen on the clean models of the other datasets (the \
+         smallest with at most {:.0} % of them above it; in units of the detector's own \
+         threshold, so 1.00 is the threshold it ran with), judged on the dataset left out. \
+         Right target: flagged at the true target.\n\n\
+         | detector | left out | chosen on (clean models) | threshold | TPR | right target | FPR | right target per family |\n\
+         |---|---|---|---|---|---|---|---|\n",
+        100.0 * l.fpr_goal
+    );
+    for f in &l.folds {
+        let fams: Vec<String> = f
+            .families
+            .iter()
+            .map(|(k, (r, n))| format!("{k} {r}/{n}"))
+            .collect();
+        s.push_str(&format!(
+            "| {} | {} | {} ({}) | {:.3} | {} | {} | {} | {} |\n",
+            f.detector,
+            f.dataset,
+            f.chosen_on.join(", "),
+            f.chosen_on_clean,
+            f.threshold,
+            cell(f.tpr),
+            cell(f.tpr_right_target),
+            cell(f.fpr),
+            fams.join(", ")
+        ));
+    }
+    s.push('\n');
+    for (det, t) in &l.pooled {
+        let unit = l.ran_with.get(det).copied().unwrap_or(1.0);
+        s.push_str(&format!(
+            "- {det}: the same procedure on the clean models of every dataset chooses {t:.3} x \
+             its threshold {unit}, a score threshold of {:.3}\n",
+            t * unit
+        ));
+    }
+    s.push('\n');
+    s
 }
 
 fn cell(v: Option<f64>) -> String {
@@ -492,10 +693,11 @@ mod tests {
         for x in v.iter_mut().filter(|x| x.detector == "cepa") {
             x.threshold = 1.5;
         }
-        let e = either(&v);
+        let e = either(&v, &VerdictConfig::default());
         assert_eq!(e.len(), 4, "only models both detectors judged");
-        assert!(e.iter().all(|x| x.detector == EITHER && x.threshold == 1.0));
-        assert!(e.iter().all(|x| x.flagged == (x.score > 1.0)));
+        let t = VerdictConfig::default().threshold;
+        assert!(e.iter().all(|x| x.detector == EITHER && x.threshold == t));
+        assert!(e.iter().all(|x| x.flagged == (x.score > t)));
         let get = |m: &str| e.iter().find(|x| x.model == m).unwrap();
         assert_eq!((get("m1").flagged, get("m1").target), (true, Some(4)));
         assert!((get("m1").score - 2.0).abs() < 1e-12, "3.0 / 1.5");
@@ -533,10 +735,11 @@ mod tests {
         v[1].most_anomalous = Some(4);
         v[3].most_anomalous = Some(6);
         v[4].most_anomalous = Some(1);
-        let a = agree(&v);
-        let e = either(&v);
-        assert!(a.iter().all(|x| x.detector == AGREE && x.threshold == 1.0));
-        assert!(a.iter().all(|x| x.flagged == (x.score > 1.0)));
+        let a = agree(&v, &VerdictConfig::default());
+        let e = either(&v, &VerdictConfig::default());
+        let t = VerdictConfig::default().threshold;
+        assert!(a.iter().all(|x| x.detector == AGREE && x.threshold == t));
+        assert!(a.iter().all(|x| x.flagged == (x.score > t)));
         let get = |set: &[Outcome], m: &str| set.iter().find(|x| x.model == m).unwrap().clone();
         assert_eq!(
             (get(&a, "m1").flagged, get(&a, "m1").target),
@@ -552,16 +755,113 @@ mod tests {
             (m2.flagged, m2.target, m2.most_anomalous),
             (false, None, Some(8))
         );
-        assert!((m2.score - 2.0 / 1.5 / LONE_FACTOR).abs() < 1e-12);
+        assert!((m2.score - 2.0 / 1.5 / 1.5).abs() < 1e-12);
         assert_eq!(
             (get(&a, "m3").flagged, get(&a, "m3").target),
             (true, Some(6))
         );
-        assert!((get(&a, "m3").score - 1.6 / LONE_FACTOR).abs() < 1e-12);
+        assert!((get(&a, "m3").score - 1.6 / 1.5).abs() < 1e-12);
         // With no NC class to compare, the lone-detector rule applies.
         let mut w = v.clone();
         w[1].most_anomalous = None;
-        assert!((get(&agree(&w), "m1").score - 2.0 / 1.5 / LONE_FACTOR).abs() < 1e-12);
+        assert!(
+            (get(&agree(&w, &VerdictConfig::default()), "m1").score - 2.0 / 1.5 / 1.5).abs()
+                < 1e-12
+        );
+    }
+
+    #[test]
+    fn leave_one_dataset_out_chooses_on_the_others_and_judges_the_one_left_out() {
+        let mut all = Vec::new();
+        // Clean scores (own threshold 2): mnist 1.0..1.9, cifar 0.5..1.4, fashion 3.0, 3.2.
+        for i in 0..10 {
+            let mut m = o(
+                &format!("mc{i}"),
+                "cepa",
+                "clean",
+                None,
+                false,
+                None,
+                1.0 + 0.1 * i as f64,
+            );
+            all.push(m.clone());
+            m.model = format!("cc{i}");
+            m.dataset = "cifar10".into();
+            m.score -= 0.5;
+            all.push(m);
+        }
+        for (i, score) in [3.0, 3.2].into_iter().enumerate() {
+            let mut m = o(
+                &format!("fc{i}"),
+                "cepa",
+                "clean",
+                None,
+                true,
+                Some(0),
+                score,
+            );
+            m.dataset = "fashion".into();
+            all.push(m);
+        }
+        // Backdoored: fashion one at 3.1 (right target), cifar two at 2.5 (one wrong class).
+        let mut f = o("fb", "cepa", "badnets", Some(3), true, Some(3), 3.1);
+        f.dataset = "fashion".into();
+        all.push(f);
+        for (i, most) in [1, 5].into_iter().enumerate() {
+            let mut c = o(
+                &format!("cb{i}"),
+                "cepa",
+                "blend",
+                Some(1),
+                true,
+                Some(most),
+                2.5,
+            );
+            c.dataset = "cifar10".into();
+            c.most_anomalous = Some(most);
+            all.push(c);
+        }
+        let l = leave_one_dataset_out(&all, 0.05);
+        let fold = |ds: &str| l.folds.iter().find(|f| f.dataset == ds).unwrap();
+        // Leaving fashion out: 20 clean models (mnist, cifar), one may lie above: the second
+        // highest, 1.8 / 2 = 0.9. Both fashion clean models (1.5, 1.6) are flagged, and the
+        // backdoor (1.55).
+        let fa = fold("fashion");
+        assert_eq!(
+            fa.chosen_on,
+            vec!["cifar10".to_string(), "mnist".to_string()]
+        );
+        assert_eq!(fa.chosen_on_clean, 20);
+        assert!((fa.threshold - 0.9).abs() < 1e-12, "{}", fa.threshold);
+        assert_eq!((fa.tpr, fa.fpr), (Some(1.0), Some(1.0)));
+        assert_eq!(fa.families["badnets"], (1, 1));
+        // Leaving cifar out: mnist and fashion (12 clean), none may lie above: 3.2 / 2 = 1.6,
+        // over the cifar backdoors' 1.25.
+        let ci = fold("cifar10");
+        assert!((ci.threshold - 1.6).abs() < 1e-12);
+        assert_eq!((ci.tpr, ci.fpr), (Some(0.0), Some(0.0)));
+        // Leaving mnist out: 12 clean, threshold 1.6 again; no backdoored mnist model.
+        assert_eq!(fold("mnist").tpr, None);
+        // Pooled over all 22 clean: one may lie above: 3.0 / 2.
+        assert!((l.pooled["cepa"] - 1.5).abs() < 1e-12);
+        assert_eq!(l.ran_with["cepa"], 2.0);
+        // A cifar fold at a threshold under 1.25 counts the wrong class as flagged, not right.
+        let low = leave_one_dataset_out(
+            &all.iter()
+                .filter(|o| o.dataset != "fashion")
+                .cloned()
+                .collect::<Vec<_>>(),
+            0.05,
+        );
+        let c = low.folds.iter().find(|f| f.dataset == "cifar10").unwrap();
+        assert!(
+            (c.threshold - 0.95).abs() < 1e-12,
+            "10 mnist clean: none above"
+        );
+        assert_eq!((c.tpr, c.tpr_right_target), (Some(1.0), Some(0.5)));
+        assert_eq!(c.families["blend"], (1, 2));
+        let md = leave_one_out_markdown(&l);
+        assert!(md.contains("| cepa | fashion | cifar10, mnist (20) | 0.900 | 1.00 | 1.00 | 1.00 | badnets 1/1 |"), "{md}");
     }
 
     #[test]

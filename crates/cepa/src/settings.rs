@@ -14,6 +14,8 @@
 //! pi = 0.99
 //! [nc]              # the Neural Cleanse baseline
 //! steps = 300
+//! [verdict]         # CEPA and Neural Cleanse combined (scan --verdict agree|either)
+//! threshold = 0.973
 //! ```
 //!
 //! Command-line flags override the file. The resolved settings are written into every report.
@@ -26,6 +28,7 @@ use crate::detect::ScanConfig;
 use crate::detect::invert::InvertConfig;
 use crate::detect::nc::NcConfig;
 use crate::error::{Error, Result};
+use crate::eval::VerdictConfig;
 
 /// The resolved settings of the detectors.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -34,6 +37,7 @@ pub struct Settings {
     pub scan: ScanConfig,
     pub invert: InvertConfig,
     pub nc: NcConfig,
+    pub verdict: VerdictConfig,
 }
 
 impl Settings {

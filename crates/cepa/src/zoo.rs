@@ -522,8 +522,13 @@ pub fn write_manifest(out: &Path, plans: &[ModelPlan]) -> Result<Manifest> {
 }
 
 /// Read `DIR/manifest.json`.
+/// The manifest of a zoo folder (`DIR/manifest.json`), or a manifest file named directly.
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
-    let path = dir.join("manifest.json");
+    let path = if dir.is_file() {
+        dir.to_path_buf()
+    } else {
+        dir.join("manifest.json")
+    };
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::format(&path, format!("bad manifest: {e}")))
 }

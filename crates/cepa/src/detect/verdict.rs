@@ -75,7 +75,7 @@ impl Statistic {
 
 /// Scores (largest mean index, default rule and layers) of the clean reference scans: the
 /// 10 clean MNIST models of `zoo/standard.toml` and the two real clean models (5 seeds each),
-/// from EVALUATION.md (re-decided from their saved reports by `scripts/rescore_cepa.py` when the
+/// from EVALUATION.md (re-decided from their saved reports by `cepa eval --rescore` when the
 /// rule changed). The p-value of a score is the share of them at least as high.
 pub const CLEAN_REFERENCE: [f64; 20] = [
     0.58, 0.59, 0.66, 0.68, 0.68, 0.76, 0.78, 0.80, 0.81, 0.83, 0.85, 0.87, 0.87, 0.89, 0.97, 1.15,
@@ -388,6 +388,112 @@ pub fn decide(
     })
 }
 
+/// What a saved scan report (`report.json`, or an eval's `reports/cepa/ID.json`) keeps of stage 1:
+/// every class's measured values, enough to decide again under another [`DecisionConfig`]
+/// without re-optimising ([`redecide`]).
+#[derive(Clone, Debug, Deserialize)]
+pub struct SavedScan {
+    pub layers: Vec<String>,
+    pub decision: SavedDecision,
+}
+
+/// The `decision` of a saved report: its classes (the verdict itself is decided again).
+#[derive(Clone, Debug, Deserialize)]
+pub struct SavedDecision {
+    pub classes: Vec<SavedClass>,
+}
+
+/// One class of a saved report.
+#[derive(Clone, Debug, Deserialize)]
+pub struct SavedClass {
+    pub class: usize,
+    pub feasible: bool,
+    pub steps: usize,
+    pub rho: f64,
+    pub lambda: f64,
+    pub statistics: Vec<SavedValue>,
+}
+
+/// One statistic's value at one layer (`null`: not measured, or not finite).
+#[derive(Clone, Debug, Deserialize)]
+pub struct SavedValue {
+    pub statistic: Statistic,
+    pub layer: Option<String>,
+    pub value: Option<f64>,
+}
+
+impl SavedClass {
+    fn value(&self, stat: Statistic, layer: Option<&str>) -> Option<f64> {
+        self.statistics
+            .iter()
+            .find(|s| s.statistic == stat && s.layer.as_deref() == layer)
+            .and_then(|s| s.value)
+    }
+
+    /// The stage-1 result this class's values describe (without per-sample data).
+    fn result(&self, layers: &[String]) -> Result<TargetResult> {
+        let missing = |stat: Statistic, layer: Option<&str>| {
+            Error::Mismatch(format!(
+                "class {}: no {} value{}",
+                self.class,
+                stat.name(),
+                layer.map_or_else(String::new, |l| format!(" at layer {l}"))
+            ))
+        };
+        let layers = layers
+            .iter()
+            .map(|l| {
+                let at = Some(l.as_str());
+                let get = |stat| self.value(stat, at).ok_or_else(|| missing(stat, at));
+                let (mu_norm, dispersion) = (get(Statistic::MuNorm)?, get(Statistic::Dispersion)?);
+                Ok(crate::detect::cepa::LayerStats {
+                    mu_norm,
+                    dispersion,
+                    // Reports made before embed_norm was kept: sqrt(||mu||^2 (1 + dispersion)),
+                    // its definition.
+                    embed_norm: self
+                        .value(Statistic::EmbedNorm, at)
+                        .unwrap_or_else(|| (mu_norm * mu_norm * (1.0 + dispersion)).sqrt()),
+                    transfer: self.value(Statistic::Transfer, at),
+                    mu: Vec::new(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(TargetResult {
+            target: self.class,
+            feasible: self.feasible,
+            steps: self.steps,
+            rho: self.rho,
+            lambda: self.lambda,
+            delta_norm: self
+                .value(Statistic::DeltaNorm, None)
+                .ok_or_else(|| missing(Statistic::DeltaNorm, None))?,
+            layers,
+            sources: Vec::new(),
+            sample_delta_norms: Vec::new(),
+            deltas: Vec::new(),
+        })
+    }
+}
+
+/// Decide a saved scan again under `cfg`: the same [`decide`] as a fresh scan, on the values the
+/// report kept. The suspected sources need per-sample sizes a report does not keep, so the
+/// decision has none.
+pub fn redecide(saved: &SavedScan, cfg: &DecisionConfig) -> Result<Decision> {
+    let results = saved
+        .decision
+        .classes
+        .iter()
+        .map(|c| c.result(&saved.layers))
+        .collect::<Result<Vec<_>>>()?;
+    if results.iter().enumerate().any(|(i, r)| r.target != i) {
+        return Err(Error::Mismatch(
+            "the saved classes are not 0, 1, 2, ... in order".into(),
+        ));
+    }
+    decide(&results, &saved.layers, cfg)
+}
+
 /// Source classes whose samples reach the target far more cheaply than the others; all of them
 /// when none stands out (an all-to-one backdoor).
 fn suspected_sources(r: &TargetResult, threshold: f64) -> (Vec<usize>, Vec<SourceReport>) {
@@ -576,6 +682,72 @@ mod tests {
         };
         let u = decide(&rs, &layers, &uncapped).unwrap();
         assert!(u.classes[2].mean_index > d.classes[2].mean_index);
+    }
+
+    #[test]
+    fn a_saved_report_decides_again_as_the_scan_did() {
+        let layers = vec!["emb".to_string()];
+        let noise = [1.0, 1.1, 0.9, 1.05, 0.95, 1.02, 0.98];
+        let mut rs: Vec<TargetResult> = (0..7)
+            .map(|t| result(t, 5.0 * noise[t], noise[t], 0.1 * noise[t], true))
+            .collect();
+        rs[4] = result(4, 2.0, 0.3, 0.8, true);
+        rs[6] = result(6, 0.5, 0.1, 0.0, false);
+        let cfg = DecisionConfig::default();
+        let fresh = decide(&rs, &layers, &cfg).unwrap();
+        // Through the report's JSON, as an eval folder keeps it.
+        let json = serde_json::json!({ "layers": layers, "decision": fresh });
+        let saved: SavedScan = serde_json::from_value(json.clone()).unwrap();
+        let again = redecide(&saved, &cfg).unwrap();
+        assert_eq!(
+            (again.backdoored, again.most_anomalous),
+            (fresh.backdoored, fresh.most_anomalous)
+        );
+        assert_eq!(again.most_anomalous, 4);
+        assert!((again.score - fresh.score).abs() < 1e-12);
+        for (a, b) in again.classes.iter().zip(&fresh.classes) {
+            assert!((a.anomaly_index - b.anomaly_index).abs() < 1e-12);
+        }
+        // Another config decides otherwise: a threshold above the score clears the model, and a
+        // rule of transfer alone gives other indices.
+        let high = DecisionConfig {
+            threshold: fresh.score + 0.01,
+            ..cfg.clone()
+        };
+        assert!(!redecide(&saved, &high).unwrap().backdoored);
+        let transfer_only = DecisionConfig {
+            statistics: vec![Statistic::Transfer],
+            ..cfg.clone()
+        };
+        let t = redecide(&saved, &transfer_only).unwrap();
+        assert!(
+            t.classes
+                .iter()
+                .zip(&fresh.classes)
+                .any(|(a, b)| (a.mean_index - b.mean_index).abs() > 1e-6)
+        );
+        // A report before embed_norm was kept: derived from mu_norm and dispersion.
+        let mut old = json.clone();
+        for c in old["decision"]["classes"].as_array_mut().unwrap() {
+            c["statistics"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|s| s["statistic"] != "embed_norm");
+        }
+        let old: SavedScan = serde_json::from_value(old).unwrap();
+        assert!((redecide(&old, &cfg).unwrap().score - fresh.score).abs() < 1e-12);
+        // A value missing altogether is an error naming it, not a silent zero.
+        let mut cut = json;
+        cut["decision"]["classes"][2]["statistics"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|s| s["statistic"] != "delta_norm");
+        let cut: SavedScan = serde_json::from_value(cut).unwrap();
+        let err = redecide(&cut, &cfg).unwrap_err().to_string();
+        assert!(
+            err.contains("class 2") && err.contains("delta_norm"),
+            "{err}"
+        );
     }
 
     #[test]
