@@ -147,9 +147,10 @@ pub struct ScanArgs {
     /// Adam learning rate in pixel units.
     #[arg(long)]
     pub lr: Option<f64>,
-    /// Combined anomaly index above which the model is called backdoored, applied as given
-    /// (the default, 1.5, is raised for models of more than 10 classes; a threshold set here,
-    /// e.g. from a clean model of the same task, is not).
+    /// CEPA's threshold on its combined anomaly index, applied as given (the default, 1.5, is
+    /// raised for models of more than 10 classes; a threshold set here, e.g. from a clean model
+    /// of the same task, is not). Under a combined `--verdict` it is the scale CEPA's score is
+    /// divided by.
     #[arg(long)]
     pub threshold: Option<f64>,
     /// Report format.
@@ -162,19 +163,20 @@ pub struct ScanArgs {
     /// A known trigger (JSON: `target`, `patch: {row, col, size}`) to compare the estimate with.
     #[arg(long)]
     pub truth: Option<PathBuf>,
-    /// Also run a baseline detector on the same clean images and report it beside CEPA (its
-    /// verdict is shown, not merged: CEPA's verdict sets the exit status). `nc`: Neural Cleanse,
-    /// settings from the `[nc]` section of the settings file.
+    /// Run a baseline detector on the same clean images beside CEPA. `nc`: Neural Cleanse,
+    /// settings from the `[nc]` section of the settings file. A combined `--verdict` (the
+    /// default) runs it anyway; with `--verdict cepa` it is reported beside CEPA's verdict
+    /// without changing it.
     #[arg(long, value_enum)]
     pub baseline: Option<Baseline>,
-    /// Whose verdict sets the exit status and the class stage 2 inverts: `cepa` (the default);
-    /// with `--baseline nc`, `agree` (recommended for a model of a task the thresholds were not
-    /// set on): backdoored when a detector flags the model at the class the other also finds
-    /// most anomalous, or when one alone clears 1.5 times its threshold; or `either`:
-    /// backdoored when either detector flags it. The two detectors are complementary: on the
-    /// project's CIFAR-10 zoo CEPA caught the additive triggers and Neural Cleanse the patches;
-    /// on Fashion-MNIST `either` flagged 7 of 8 clean models and `agree` 1 (EVALUATION.md).
-    #[arg(long, value_enum, default_value = "cepa")]
+    /// Whose verdict sets the exit status, the report's top-level verdict and the class stage 2
+    /// inverts. `agree` (the default, and the frozen rule of EVALUATION.md): CEPA and Neural
+    /// Cleanse combined, backdoored when the larger of their scores, each over its own
+    /// threshold and divided by 1.5 when they single out different classes, exceeds 0.973
+    /// (`[verdict]` of the settings file). `either`: the same without the division. `cepa`:
+    /// CEPA alone, about half the time, but its threshold does not carry across datasets as
+    /// well (EVALUATION.md, "A decision not re-fit on its own test data").
+    #[arg(long, value_enum, default_value = "agree")]
     pub verdict: VerdictArg,
 }
 
@@ -185,7 +187,7 @@ pub enum VerdictArg {
     Cepa,
     /// Backdoored when CEPA or the baseline flags the model.
     Either,
-    /// Backdoored when they agree on the class, or one alone is 1.5 times as sure.
+    /// Backdoored when they agree on the class, or one alone is 1.5 times as sure (the default).
     Agree,
 }
 

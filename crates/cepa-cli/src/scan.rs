@@ -23,12 +23,12 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
         VerdictArg::Either => Some(Combination::Either),
         VerdictArg::Agree => Some(Combination::Agree),
     };
-    if let (Some(how), None) = (combination, a.baseline) {
-        anyhow::bail!(
-            "--verdict {} needs a second detector: add --baseline nc",
-            verdict_flag(how)
-        );
-    }
+    // A combined verdict needs Neural Cleanse beside CEPA: it runs whenever one is asked for.
+    let baseline_choice = match (a.baseline, combination) {
+        (Some(b), _) => Some(b),
+        (None, Some(_)) => Some(Baseline::Nc),
+        (None, None) => None,
+    };
     let spec = a.model.spec()?;
     let path = &a.model.model;
     let model = Classifier::load(path, &spec, &cpu_device(true)).context("cannot load model")?;
@@ -84,7 +84,7 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
     })
     .context("scan failed")?;
     bar.finish_and_clear();
-    let baseline = match a.baseline {
+    let baseline = match baseline_choice {
         Some(Baseline::Nc) => {
             let fit = report
                 .fit_images

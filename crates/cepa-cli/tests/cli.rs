@@ -261,6 +261,8 @@ fn quick_scan(extra: &[&str]) -> (Output, serde_json::Value) {
         "4",
         "--steps",
         "8",
+        "--verdict",
+        "cepa",
         "--format",
         "json",
         "-q",
@@ -346,7 +348,9 @@ fn scan_rejects_an_unknown_layer_naming_it() {
 }
 
 #[test]
-fn the_readme_example_is_found_backdoored_with_target_7() {
+fn the_readme_example_is_found_backdoored_with_target_7_by_a_clear_margin() {
+    // The README's command, with the default verdict (agree: CEPA and Neural Cleanse, which
+    // runs without being asked for).
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let model = root.join("examples/mnist-badnets/model.onnx");
     let images = root.join("examples/mnist-badnets/images");
@@ -355,15 +359,29 @@ fn the_readme_example_is_found_backdoored_with_target_7() {
         model.to_str().unwrap(),
         "--data",
         images.to_str().unwrap(),
-        "--per-class",
-        "5",
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("verdict (agree, CEPA and Neural Cleanse combined): "))
+        .unwrap_or_else(|| panic!("no combined verdict line: {text}"));
     assert!(
-        text.contains("verdict: BACKDOORED, target class 7"),
+        line.contains("BACKDOORED, target class 7 (score "),
+        "{line}"
+    );
+    assert!(
+        text.contains("baseline verdict: BACKDOORED, target class 7"),
         "{text}"
     );
+    // The showcase is not one seed from a wrong answer: at least 1.5 times the threshold.
+    let score: f64 = line
+        .split("(score ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no score in {line}"));
+    assert!(score >= 1.5 * COMBINED_THRESHOLD, "{line}");
 }
 
 /// Standard base64 (with padding) back to bytes; `None` on a character outside the alphabet.
@@ -525,9 +543,10 @@ fn scan_example(args: &[&str]) -> Output {
 #[test]
 fn scan_out_of_the_example_estimates_the_trigger_and_writes_a_self_contained_report() {
     let dir = tmp_dir("example-html");
+    // The README's configuration (10 images per class optimised, 10 held out), CEPA alone.
     let out = scan_example(&[
-        "--per-class",
-        "5",
+        "--verdict",
+        "cepa",
         "--truth",
         example("truth.json").to_str().unwrap(),
         "--format",
@@ -554,12 +573,12 @@ fn scan_out_of_the_example_estimates_the_trigger_and_writes_a_self_contained_rep
     let asr = inv["asr"].as_f64().unwrap();
     assert!(asr >= 0.9, "ASR {asr}");
     assert_eq!(
-        inv["holdout_images"], 45,
-        "5 held-out images of each other class"
+        inv["holdout_images"], 90,
+        "10 held-out images of each other class"
     );
-    // Measured: the additive form is the cheaper here (cost 0.0057 vs 0.0064), its footprint
-    // thresholded at half its maximum has IoU 0.44 with the true 3x3 patch at 24..27, and most
-    // of its mass lies in the bottom-right quadrant.
+    // Measured: the additive form is the cheaper here, its footprint thresholded at half its
+    // maximum has IoU 0.44 with the true 3x3 patch at 24..27 (0.79 of its mass inside it), and
+    // most of its mass lies in the bottom-right quadrant.
     assert_eq!(inv["kind"], "additive", "{inv}");
     let iou = inv["truth"]["mask_iou"].as_f64().unwrap();
     assert!(iou > 0.3, "mask IoU {iou}");
@@ -569,8 +588,8 @@ fn scan_out_of_the_example_estimates_the_trigger_and_writes_a_self_contained_rep
     assert!(share > 0.5, "bottom-right share {share}");
 
     let (html, imgs) = check_self_contained_html(&dir);
-    // Trigger, 9 clean/triggered pairs, 45 perturbed/perturbation pairs.
-    assert_eq!(imgs, 1 + 2 * 9 + 2 * 45);
+    // Trigger, 9 clean/triggered pairs, 90 perturbed/perturbation pairs.
+    assert_eq!(imgs, 1 + 2 * 9 + 2 * 90);
     // A browser shows every picture, the chart and the table.
     if let Some(shown) = rendered_in_chromium(&dir) {
         assert_eq!(shown, (imgs, 0, 1, 1), "images, broken, charts, tables");
@@ -595,6 +614,8 @@ fn scan_out_of_the_example_estimates_the_trigger_and_writes_a_self_contained_rep
 fn a_clean_verdict_gets_a_report_without_inversion() {
     let dir = tmp_dir("clean-html");
     let out = scan_example(&[
+        "--verdict",
+        "cepa",
         "--per-class",
         "3",
         "--steps",
@@ -643,7 +664,7 @@ fn baseline_nc_is_reported_beside_cepa_without_changing_its_verdict() {
         args.extend_from_slice(extra);
         scan_example(&args)
     };
-    let out = with_nc(&[], &dir);
+    let out = with_nc(&["--verdict", "cepa"], &dir);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),
@@ -756,7 +777,12 @@ fn baseline_nc_is_reported_beside_cepa_without_changing_its_verdict() {
         "{text}"
     );
     // What a script reads is what the exit status says, in the file and on stdout alike, while
-    // CEPA alone (threshold 1000) says clean.
+    // CEPA alone (threshold 1000) says clean. Measured: both detectors single out class 7 and
+    // Neural Cleanse's index 3.93 makes the combined score 1.96, so the two verdicts differ.
+    assert!(
+        flagged,
+        "the case where CEPA and the combined verdict differ: {r}"
+    );
     assert_eq!(r["verdict"], if flagged { "backdoored" } else { "clean" });
     assert_eq!(r["verdict_rule"], "agree");
     assert_eq!(r["cepa"]["verdict"], "clean");
@@ -767,12 +793,7 @@ fn baseline_nc_is_reported_beside_cepa_without_changing_its_verdict() {
     let j: serde_json::Value = serde_json::from_slice(&json_out.stdout).unwrap();
     assert_eq!(j["verdict"], r["verdict"]);
     assert_eq!(json_out.status.code(), out.status.code());
-    assert!(text.contains("1.5 times its threshold"), "{text}");
-    // Without a second detector there is nothing to combine.
-    let alone = scan_example(&["--verdict", "either", "-q"]);
-    assert_error(&alone, &["--verdict either", "--baseline nc"]);
-    let alone = scan_example(&["--verdict", "agree", "-q"]);
-    assert_error(&alone, &["--verdict agree", "--baseline nc"]);
+    assert!(text.contains("divided by 1.5 when"), "{text}");
 }
 
 #[test]
