@@ -6,9 +6,8 @@ use std::path::Path;
 
 use anyhow::Context;
 use cepa::data::{ImageSet, to_png_bytes};
-use cepa::detect::ScanReport;
 use cepa::detect::invert::{
-    Inversion, InvertConfig, KindChoice, TriggerKind, Truth, invert, invert_towards, split_sample,
+    Inversion, InvertConfig, KindChoice, TriggerKind, Truth, invert, split_sample,
 };
 use cepa::model::{Classifier, cpu_device};
 use cepa::settings::Settings;
@@ -116,48 +115,6 @@ pub fn read_truth(path: &Path) -> anyhow::Result<Truth> {
             path.display()
         )
     })
-}
-
-/// Stage 2 for the target a scan flagged, on the scan's optimisation images and its held-out
-/// images (drawn again with the scan's seed and counts). Returns the held-out images too.
-pub fn for_scan(
-    model: &Classifier,
-    data: &ImageSet,
-    report: &ScanReport,
-    target: usize,
-    settings: &InvertConfig,
-    truth: Option<&Truth>,
-) -> anyhow::Result<(Inversion, ImageSet)> {
-    let mut data = data.clone();
-    data.num_classes = model.num_classes();
-    let (fit, holdout) = split_sample(
-        &data,
-        report.config.per_class,
-        report.images.holdout_per_class,
-        report.config.seed,
-    )?;
-    // The consensus term (when turned on) pulls towards stage 1's mu at the scan's first layer,
-    // or towards the perturbations' own mean at another layer named in the settings.
-    let cfg = InvertConfig {
-        seed: report.config.seed,
-        layer: settings
-            .layer
-            .clone()
-            .or_else(|| report.layers.first().cloned()),
-        ..settings.clone()
-    };
-    let mu = report
-        .results
-        .get(target)
-        .and_then(|r| r.layers.first())
-        .filter(|_| cfg.layer.as_ref() == report.layers.first())
-        .map(|l| l.mu.as_slice());
-    let mut inv = invert_towards(model, &fit, holdout.as_ref(), target, mu, &cfg)
-        .with_context(|| format!("inversion of class {target} failed"))?;
-    if let Some(t) = truth {
-        inv.compare(t);
-    }
-    Ok((inv, holdout.unwrap_or(fit)))
 }
 
 /// The trigger as a picture: an additive `delta` with mid-grey = 0 scaled to its largest

@@ -4,12 +4,12 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
-use cepa::data::{ImageSet, to_png_bytes};
-use cepa::detect::invert::Inversion;
-use cepa::detect::nc::{NcReport, neural_cleanse};
-use cepa::detect::{LayerChoice, ScanReport, scan_with_progress};
-use cepa::eval::{Combination, VerdictConfig};
+use cepa::data::to_png_bytes;
+use cepa::detect::nc::NcReport;
+use cepa::detect::{LayerChoice, ScanReport};
+use cepa::eval::Combination;
 use cepa::model::{Classifier, cpu_device};
+use cepa::pipeline::{Combined, ScanRequest, ScanRun, Verdict, scan_model};
 use cepa::settings::Settings;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -18,30 +18,26 @@ use crate::report::{Page, Perturbations};
 use crate::{ExitStatus, invert, out};
 
 pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
-    let combination = match a.verdict {
-        VerdictArg::Cepa => None,
-        VerdictArg::Either => Some(Combination::Either),
-        VerdictArg::Agree => Some(Combination::Agree),
-    };
-    // A combined verdict needs Neural Cleanse beside CEPA: it runs whenever one is asked for.
-    let baseline_choice = match (a.baseline, combination) {
-        (Some(b), _) => Some(b),
-        (None, Some(_)) => Some(Baseline::Nc),
-        (None, None) => None,
+    let verdict = match a.verdict {
+        VerdictArg::Cepa => Verdict::Cepa,
+        VerdictArg::Either => Verdict::Combined(Combination::Either),
+        VerdictArg::Agree => Verdict::Combined(Combination::Agree),
     };
     let spec = a.model.spec()?;
     let path = &a.model.model;
     let model = Classifier::load(path, &spec, &cpu_device(true)).context("cannot load model")?;
     let data = cepa::data::load(&a.data, a.split).context("cannot read images")?;
     let truth = a.truth.as_deref().map(invert::read_truth).transpose()?;
-    let settings = Settings::load(a.sample.config.as_deref())?;
-    let mut cfg = settings.scan.clone();
+    let mut settings = Settings::load(a.sample.config.as_deref())?;
+    let cfg = &mut settings.scan;
     if let Some(n) = a.sample.per_class {
         cfg.per_class = n;
     }
     if let Some(s) = a.sample.seed {
         cfg.seed = s;
+        settings.nc.seed = s;
     }
+    let cfg = &mut settings.scan;
     if let Some(h) = a.sample.holdout_per_class {
         cfg.holdout_per_class = h;
     }
@@ -63,7 +59,7 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
     for n in &model.spec().notes {
         tracing::info!("note: {n}");
     }
-    let total = (model.num_classes() * cfg.cepa.steps) as u64;
+    let total = (model.num_classes() * settings.scan.cepa.steps) as u64;
     let bar = if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden())
     } else {
@@ -75,167 +71,55 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let report = scan_with_progress(&model, &data, &cfg, &|n| {
-        // Classes that are hard to reach may run past the nominal budget.
+    let request = ScanRequest {
+        settings: &settings,
+        verdict,
+        baseline: a.baseline == Some(Baseline::Nc),
+        // Stage 2 for a flagged model when there is somewhere to put the trigger.
+        invert: a.out.is_some(),
+        truth: truth.as_ref(),
+    };
+    let run = scan_model(&model, &data, &request, &|n| {
+        // Classes that are hard to reach may run past the nominal budget; the bar is cleared
+        // when stage 1 is done (Neural Cleanse and stage 2 follow).
         if bar.position() + n as u64 > bar.length().unwrap_or(0) {
             bar.set_length(bar.position() + n as u64);
         }
-        bar.inc(n as u64)
+        bar.inc(n as u64);
+        if bar.position() >= total {
+            bar.finish_and_clear();
+        }
     })
     .context("scan failed")?;
     bar.finish_and_clear();
-    let baseline = match baseline_choice {
-        Some(Baseline::Nc) => {
-            let fit = report
-                .fit_images
-                .as_ref()
-                .context("the scan kept no images for the baseline to run on")?;
-            let mut nc = settings.nc.clone();
-            if let Some(s) = a.sample.seed {
-                nc.seed = s;
-            }
-            tracing::info!(
-                "baseline: Neural Cleanse on {} of the {} images CEPA optimised",
-                fit.len().min(nc.max_images),
-                fit.len()
-            );
-            Some(neural_cleanse(&model, fit, &nc, &|_| {}).context("Neural Cleanse failed")?)
-        }
-        None => None,
-    };
-    let combined = match (combination, &baseline) {
-        (Some(how), Some(nc)) => Some(Combined {
-            how,
-            outcome: combine(&report, nc, how, &settings.verdict),
-            rule: how.rule(&settings.verdict),
-        }),
-        _ => None,
-    };
-    let (backdoored, target) = match &combined {
-        Some(c) => (c.outcome.flagged, c.outcome.target),
-        None => (report.decision.backdoored, report.target),
-    };
-    // Stage 2 for a flagged model when there is somewhere to put the trigger.
-    let inversion = match (&a.out, target) {
-        (Some(_), Some(target)) => Some(invert::for_scan(
-            &model,
-            &data,
-            &report,
-            target,
-            &settings.invert,
-            truth.as_ref(),
-        )?),
-        _ => None,
-    };
-    let mut json = serde_json::to_value(&report)?;
-    if let (Some((inv, _)), Some(obj)) = (&inversion, json.as_object_mut()) {
-        obj.insert("inversion".into(), serde_json::to_value(inv)?);
-    }
-    if let (Some(nc), Some(obj)) = (&baseline, json.as_object_mut()) {
-        obj.insert("baseline_nc".into(), serde_json::to_value(nc)?);
-    }
-    headline(&mut json, &report, combined.as_ref());
+    let json = run.to_json()?;
+    let combined = run.combined.as_ref();
     if let Some(dir) = &a.out {
-        let stage2 = inversion.as_ref().map(|(inv, held)| (inv, held));
-        write_out(
-            dir,
-            &report,
-            &json,
-            &model,
-            path,
-            stage2,
-            baseline.as_ref().map(|nc| (nc, combined.as_ref())),
-        )
-        .with_context(|| format!("cannot write {}", dir.display()))?;
+        write_out(dir, &run, &json, &model, path)
+            .with_context(|| format!("cannot write {}", dir.display()))?;
     }
     match a.format {
         Format::Json => out(&(serde_json::to_string_pretty(&json)? + "\n")),
         Format::Text => {
-            let mut t = text(&report, path, combined.is_some())?;
-            if let Some((inv, _)) = &inversion {
+            let report = &run.report;
+            let mut t = text(report, path, combined.is_some())?;
+            if let Some((inv, _)) = &run.inversion {
                 t += &invert::text(inv, a.out.as_deref())?;
             }
-            if let Some(nc) = &baseline {
+            if let Some(nc) = &run.baseline {
                 t += &nc_text(nc, report.target, combined.is_some())?;
             }
-            if let Some(c) = &combined {
+            if let Some(c) = combined {
                 t += &combined_text(c);
             }
             out(&t)
         }
     }
-    Ok(if backdoored {
+    Ok(if run.backdoored() {
         ExitStatus::Backdoor
     } else {
         ExitStatus::Success
     })
-}
-
-/// The verdict a reader sees first is the one that sets the exit status: with `--verdict
-/// agree|either` the top-level `verdict`, `target`, `score`, `threshold`, `p_value` and `sources`
-/// are the combined verdict's (its threshold is `[verdict] threshold`, it has no p-value, and CEPA's suspected
-/// sources are kept only when it names CEPA's class), and `verdict_rule` names the rule. CEPA's
-/// own verdict is always under `cepa`, Neural Cleanse's under `baseline_nc`; `combined` keeps
-/// the rule's sentence and both detectors' classes.
-fn headline(json: &mut serde_json::Value, r: &ScanReport, combined: Option<&Combined>) {
-    let Some(obj) = json.as_object_mut() else {
-        return;
-    };
-    let d = &r.decision;
-    obj.insert(
-        "cepa".into(),
-        serde_json::json!({
-            "verdict": r.verdict,
-            "target": r.target,
-            "most_anomalous": d.most_anomalous,
-            "score": r.score,
-            "threshold": d.threshold,
-            "p_value": r.p_value,
-            "sources": r.sources,
-        }),
-    );
-    obj.insert("threshold".into(), d.threshold.into());
-    obj.insert("verdict_rule".into(), "cepa".into());
-    let Some(Combined {
-        how,
-        outcome: c,
-        rule,
-    }) = combined
-    else {
-        return;
-    };
-    let how = *how;
-    let sources = if c.target.is_some() && c.target == r.target {
-        r.sources.clone()
-    } else {
-        Vec::new()
-    };
-    for (key, value) in [
-        ("verdict", serde_json::json!(verdict_word(c.flagged))),
-        ("target", serde_json::json!(c.target)),
-        ("score", serde_json::json!(c.score)),
-        ("threshold", serde_json::json!(c.threshold)),
-        ("p_value", serde_json::Value::Null),
-        ("sources", serde_json::json!(sources)),
-        ("verdict_rule", serde_json::json!(verdict_flag(how))),
-        (
-            "combined",
-            serde_json::json!({
-                "verdict": verdict_flag(how),
-                "rule": rule,
-                "backdoored": c.flagged,
-                "target": c.target,
-                "most_anomalous": c.most_anomalous,
-                "score": c.score,
-            }),
-        ),
-    ] {
-        obj.insert(key.into(), value);
-    }
-}
-
-fn verdict_word(backdoored: bool) -> &'static str {
-    if backdoored { "backdoored" } else { "clean" }
 }
 
 /// The scan's text report; with a combined verdict CEPA's own line is labelled as CEPA's, and
@@ -326,70 +210,9 @@ fn text(r: &ScanReport, path: &Path, combined: bool) -> anyhow::Result<String> {
     Ok(t)
 }
 
-/// The combined verdict of `--verdict either|agree`, with the sentence of its rule.
-struct Combined {
-    how: Combination,
-    outcome: cepa::eval::Outcome,
-    rule: String,
-}
-
-/// CEPA and Neural Cleanse as one verdict ([`cepa::eval::combine`], as the evaluation tables'
-/// `cepa-or-nc` and `cepa-nc-agree` rows).
-fn combine(
-    report: &ScanReport,
-    nc: &NcReport,
-    how: Combination,
-    cfg: &VerdictConfig,
-) -> cepa::eval::Outcome {
-    let outcome =
-        |detector: &str, flagged, target, most, score, threshold, seconds| cepa::eval::Outcome {
-            model: String::new(),
-            detector: detector.into(),
-            dataset: String::new(),
-            attack: String::new(),
-            truth_target: None,
-            flagged,
-            target,
-            most_anomalous: Some(most),
-            score,
-            threshold,
-            seconds,
-        };
-    let d = &report.decision;
-    let both = [
-        outcome(
-            "cepa",
-            d.backdoored,
-            report.target,
-            d.most_anomalous,
-            d.score,
-            d.threshold,
-            report.seconds,
-        ),
-        outcome(
-            "nc",
-            nc.verdict_backdoored,
-            nc.target,
-            nc.most_anomalous,
-            nc.score,
-            nc.config.threshold,
-            nc.seconds,
-        ),
-    ];
-    cepa::eval::combine(&both, how, cfg).remove(0)
-}
-
-/// The `--verdict` value of a combination.
-fn verdict_flag(how: Combination) -> &'static str {
-    match how {
-        Combination::Either => "either",
-        Combination::Agree => "agree",
-    }
-}
-
 fn combined_text(combined: &Combined) -> String {
-    let (how, c) = (combined.how, &combined.outcome);
-    let name = verdict_flag(how);
+    let c = &combined.outcome;
+    let name = Verdict::Combined(combined.how).name();
     let verdict = match c.target {
         Some(t) => format!(
             "BACKDOORED, target class {t} (score {:.3} > {})",
@@ -467,15 +290,14 @@ fn nc_text(nc: &NcReport, cepa_target: Option<usize>, combined: bool) -> anyhow:
 /// after stage 2, `trigger.png` (and `mask.png`).
 fn write_out(
     dir: &Path,
-    r: &ScanReport,
+    run: &ScanRun,
     json: &serde_json::Value,
     model: &Classifier,
     path: &Path,
-    stage2: Option<(&Inversion, &ImageSet)>,
-    // Neural Cleanse beside CEPA, and the two combined (`--verdict either|agree`).
-    second: Option<(&NcReport, Option<&Combined>)>,
 ) -> anyhow::Result<()> {
-    let (baseline, combined) = (second.map(|s| s.0), second.and_then(|s| s.1));
+    let r = &run.report;
+    let (baseline, combined) = (run.baseline.as_ref(), run.combined.as_ref());
+    let stage2 = run.inversion.as_ref().map(|(inv, held)| (inv, held));
     std::fs::create_dir_all(dir)?;
     std::fs::write(
         dir.join("report.json"),

@@ -19,6 +19,7 @@ pub mod error;
 pub mod eval;
 pub mod model;
 pub mod onnx;
+pub mod pipeline;
 pub mod runtime;
 pub mod settings;
 pub mod train;
