@@ -17,6 +17,7 @@ use cepa::eval::{
 };
 use cepa::model::{Classifier, ModelSpec, cpu_device};
 use cepa::settings::Settings;
+use cepa::shard::Shard;
 use cepa::zoo::{ManifestEntry, read_manifest};
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
@@ -101,6 +102,14 @@ pub struct EvalArgs {
     /// as it is (to compare rules offline); OUT gets the re-decided results and tables.
     #[arg(long, requires = "rescore")]
     pub from: Option<PathBuf>,
+    /// Run only this task's share of the models: `I/N` (0 <= I < N), a model belonging to the
+    /// shard its id hashes to, whatever other shards have done. Without the flag, Slurm's
+    /// SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT, or Kubernetes' JOB_COMPLETION_INDEX with
+    /// CEPA_SHARDS, give the shard. A shard appends to its own results-shard-I-of-N.jsonl (and
+    /// inversions-shard-I-of-N.jsonl) and writes no tables; `--tables-only` afterwards merges
+    /// every shard's results and names the models that no shard finished.
+    #[arg(long, conflicts_with_all = ["tables_only", "rescore"])]
+    pub shard: Option<String>,
 }
 
 /// One line of `inversions.jsonl`.
@@ -135,13 +144,15 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
     };
     std::fs::create_dir_all(a.out.join("reports"))
         .with_context(|| format!("{}", a.out.display()))?;
-    let results = a.out.join("results.jsonl");
+    let shard = resolve_shard(&a, quiet)?;
+    let results = a.out.join(own_file("results", shard));
     let (settings, mut outcomes) = if a.rescore {
         rescore(&a)?
     } else {
         let settings = resolve_settings(&a)?;
         keep_settings(&a.out, &settings)?;
-        let outcomes = read_results(&results)?;
+        // Every shard's results: a model another task finished is not run again.
+        let outcomes = read_all(&a.out, "results")?;
         (settings, outcomes)
     };
     let weak: Vec<&ManifestEntry> = manifest
@@ -174,6 +185,7 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
         .filter(|m| a.only.as_deref().is_none_or(|s| m.id.contains(s)))
         .flat_map(|m| detectors.iter().map(move |d| (m, *d)))
         .filter(|(m, d)| !done.contains(&(m.id.clone(), d.to_string())))
+        .filter(|(m, _)| shard.is_none_or(|s| s.owns(&m.id)))
         .filter(|_| !a.tables_only && !a.rescore)
         .collect();
     if !quiet {
@@ -194,7 +206,8 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
         };
         let rdir = a.out.join("reports").join(det);
         std::fs::create_dir_all(&rdir)?;
-        std::fs::write(rdir.join(format!("{}.json", m.id)), report)?;
+        // The report is whole before the result line that points at it is written.
+        write_whole(&rdir.join(format!("{}.json", m.id)), &report)?;
         append(&results, &o)?;
         if !quiet {
             eprintln!(
@@ -212,14 +225,49 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
         }
         outcomes.push(o);
     }
-    let inversions = if a.invert {
-        run_inversions(&a, &settings, &manifest.models, &kept, &mut data, quiet)?
-    } else {
-        let mut kept_lines: Vec<InversionOutcome> =
-            read_lines(&source(&a).join("inversions.jsonl"))?;
-        kept_lines.retain(|d| kept.contains(d.model.as_str()));
-        kept_lines
-    };
+    if a.invert {
+        run_inversions(
+            &a,
+            &settings,
+            &manifest.models,
+            &kept,
+            shard,
+            &mut data,
+            quiet,
+        )?;
+    }
+    if let Some(s) = shard {
+        if !quiet {
+            eprintln!(
+                "shard {s}: done ({} in {}); when every shard is done, `cepa eval {} --out {} \
+                 --tables-only` merges them into the tables",
+                todo.len(),
+                results.display(),
+                a.zoo.display(),
+                a.out.display()
+            );
+        }
+        return Ok(ExitStatus::Success);
+    }
+    let mut inversions: Vec<InversionOutcome> = read_all(source(&a), "inversions")?;
+    inversions.retain(|d| kept.contains(d.model.as_str()));
+    // What no run has finished: named, so that a merge of a job array that lost a task says so.
+    let unfinished: Vec<String> = manifest
+        .models
+        .iter()
+        .filter(|m| kept.contains(m.id.as_str()))
+        .filter(|m| a.only.as_deref().is_none_or(|s| m.id.contains(s)))
+        .flat_map(|m| detectors.iter().map(move |d| (m, *d)))
+        .filter(|(m, d)| !outcomes.iter().any(|o| o.model == m.id && o.detector == *d))
+        .map(|(m, d)| format!("{} ({d})", m.id))
+        .collect();
+    if !unfinished.is_empty() {
+        tracing::warn!(
+            "{} result(s) missing, no run finished them: {}",
+            unfinished.len(),
+            unfinished.join(", ")
+        );
+    }
     // Where both detectors judged a model, the tables also show them combined, both ways
     // ("cepa-or-nc", "cepa-nc-agree").
     let combined = [
@@ -276,6 +324,12 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
         }
         md.push('\n');
     }
+    if !unfinished.is_empty() {
+        md.push_str(&format!(
+            "Not finished (no run wrote a result for them): {}.\n\n",
+            unfinished.join(", ")
+        ));
+    }
     if !inversions.is_empty() {
         md.push_str(&inversion_table(&inversions));
     }
@@ -308,7 +362,7 @@ fn rescore(a: &EvalArgs) -> Result<(Settings, Vec<Outcome>)> {
     settings.scan.decision = rule.scan.decision;
     settings.nc.threshold = rule.nc.threshold;
     settings.verdict = rule.verdict;
-    let mut outcomes = read_results(&from.join("results.jsonl"))?;
+    let mut outcomes: Vec<Outcome> = read_all(from, "results")?;
     for o in &mut outcomes {
         match o.detector.as_str() {
             "cepa" => {
@@ -346,6 +400,12 @@ fn rescore(a: &EvalArgs) -> Result<(Settings, Vec<Outcome>)> {
         .map(serde_json::to_string)
         .collect::<serde_json::Result<_>>()?;
     write_whole(&a.out.join("results.jsonl"), &(lines.join("\n") + "\n"))?;
+    // Rescored in place, the shards' files are now merged into results.jsonl.
+    if from == a.out.as_path() {
+        for f in shard_files(&a.out, "results")? {
+            std::fs::remove_file(&f).with_context(|| format!("{}", f.display()))?;
+        }
+    }
     Ok((settings, outcomes))
 }
 
@@ -529,8 +589,86 @@ fn run_nc(
     Ok((o, serde_json::to_string_pretty(&r)?))
 }
 
-fn read_results(path: &Path) -> Result<Vec<Outcome>> {
-    read_lines(path)
+/// The shard a run is: `--shard`, or the scheduler's environment; none for `--tables-only`
+/// and `--rescore`, which read every shard's results.
+fn resolve_shard(a: &EvalArgs, quiet: bool) -> Result<Option<Shard>> {
+    if a.tables_only || a.rescore {
+        return Ok(None);
+    }
+    if let Some(text) = &a.shard {
+        return Ok(Some(Shard::parse(text)?));
+    }
+    let found = Shard::from_env(|k| std::env::var(k).ok())?;
+    if let (Some((s, from)), false) = (&found, quiet) {
+        eprintln!("shard {s}, from the environment: {from}");
+    }
+    Ok(found.map(|(s, _)| s))
+}
+
+/// `STEM.jsonl`, or a shard's own `STEM-shard-I-of-N.jsonl`.
+fn own_file(stem: &str, shard: Option<Shard>) -> String {
+    match shard {
+        Some(s) => format!("{stem}-{}.jsonl", s.tag()),
+        None => format!("{stem}.jsonl"),
+    }
+}
+
+/// The shards' `STEM-shard-*.jsonl` files in `dir`, in name order.
+fn shard_files(dir: &Path, stem: &str) -> Result<Vec<PathBuf>> {
+    let prefix = format!("{stem}-shard-");
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".jsonl"))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("{}", dir.display())),
+    };
+    files.sort();
+    Ok(files)
+}
+
+/// The lines of `STEM.jsonl` and of every shard's `STEM-shard-*.jsonl` in `dir`, each model and
+/// detector once (the first line found is kept).
+fn read_all<T: serde::de::DeserializeOwned + Keyed>(dir: &Path, stem: &str) -> Result<Vec<T>> {
+    let mut out: Vec<T> = Vec::new();
+    let mut seen = BTreeSet::new();
+    let files = std::iter::once(dir.join(format!("{stem}.jsonl"))).chain(shard_files(dir, stem)?);
+    for path in files {
+        for line in read_lines::<T>(&path)? {
+            if seen.insert(line.key()) {
+                out.push(line);
+            } else {
+                tracing::warn!(
+                    "{}: {:?} again; the first one is kept",
+                    path.display(),
+                    line.key()
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What identifies a line: the model, and the detector for results.
+trait Keyed {
+    fn key(&self) -> (String, String);
+}
+
+impl Keyed for Outcome {
+    fn key(&self) -> (String, String) {
+        (self.model.clone(), self.detector.clone())
+    }
+}
+
+impl Keyed for InversionOutcome {
+    fn key(&self) -> (String, String) {
+        (self.model.clone(), String::new())
+    }
 }
 
 fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
@@ -574,6 +712,10 @@ fn append(path: &Path, o: &impl Serialize) -> Result<()> {
         .open(path)
         .with_context(|| format!("{}", path.display()))?;
     writeln!(f, "{}", serde_json::to_string(o)?)?;
+    // On disk before the run goes on: a kill after this line leaves it whole, one before it
+    // leaves at most a cut last line, which the next read drops and redoes.
+    f.sync_data()
+        .with_context(|| format!("cannot sync {}", path.display()))?;
     Ok(())
 }
 
@@ -583,17 +725,19 @@ fn run_inversions(
     settings: &Settings,
     models: &[ManifestEntry],
     kept: &BTreeSet<&str>,
+    shard: Option<Shard>,
     data: &mut BTreeMap<PathBuf, ImageSet>,
     quiet: bool,
-) -> Result<Vec<InversionOutcome>> {
+) -> Result<()> {
     let device = &cpu_device(true);
-    let path = a.out.join("inversions.jsonl");
-    let mut done: Vec<InversionOutcome> = read_lines(&path)?;
+    let path = a.out.join(own_file("inversions", shard));
+    let done: Vec<InversionOutcome> = read_all(&a.out, "inversions")?;
     let todo: Vec<&ManifestEntry> = models
         .iter()
         .filter(|m| kept.contains(m.id.as_str()) && m.target.is_some())
         .filter(|m| a.only.as_deref().is_none_or(|s| m.id.contains(s)))
         .filter(|m| !done.iter().any(|d| d.model == m.id))
+        .filter(|m| shard.is_none_or(|s| s.owns(&m.id)))
         .filter(|_| !a.tables_only)
         .collect();
     for (i, m) in todo.iter().enumerate() {
@@ -642,10 +786,8 @@ fn run_inversions(
                 o.seconds
             );
         }
-        done.push(o);
     }
-    done.retain(|d| kept.contains(d.model.as_str()));
-    Ok(done)
+    Ok(())
 }
 
 /// The true patch of a BadNets model, from its resolved attack in the manifest (or, for models

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use cepa::model::cpu_device;
+use cepa::shard::Shard;
 use cepa::zoo::{self, DataPair, ZooConfig};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -28,6 +29,13 @@ pub struct BuildArgs {
     /// Only the models whose id contains this text.
     #[arg(long)]
     pub only: Option<String>,
+    /// Build only this task's share of the models: `I/N` (0 <= I < N), as `cepa eval --shard`
+    /// (the same models go to the same shard). Without the flag, Slurm's SLURM_ARRAY_TASK_ID
+    /// and SLURM_ARRAY_TASK_COUNT, or Kubernetes' JOB_COMPLETION_INDEX with CEPA_SHARDS, give
+    /// the shard. Every task rewrites manifest.json with all the models finished so far; a
+    /// plain rerun after the array trains nothing and writes the complete manifest.
+    #[arg(long)]
+    pub shard: Option<String>,
 }
 
 pub fn run(cmd: ZooCommand, quiet: bool) -> Result<ExitStatus> {
@@ -54,9 +62,20 @@ fn build(a: BuildArgs, quiet: bool) -> Result<ExitStatus> {
     }
     let shapes = data.iter().map(|(k, v)| (k.clone(), v.shape())).collect();
     let all = zoo::resolve(&cfg, &shapes)?;
+    let shard = match &a.shard {
+        Some(text) => Some(Shard::parse(text)?),
+        None => {
+            let found = Shard::from_env(|k| std::env::var(k).ok())?;
+            if let Some((s, from)) = &found {
+                eprintln!("shard {s}, from the environment: {from}");
+            }
+            found.map(|(s, _)| s)
+        }
+    };
     plans = all
         .iter()
         .filter(|p| a.only.as_deref().is_none_or(|o| p.id.contains(o)))
+        .filter(|p| shard.is_none_or(|s| s.owns(&p.id)))
         .cloned()
         .collect();
     // A model built from an older version of the config is not silently kept.

@@ -966,6 +966,7 @@ fn zoo_build_then_eval_both_detectors_resumably() {
     );
     let lines = std::fs::read_to_string(out_dir.join("results.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 4, "2 models x 2 detectors");
+    sharded_eval_equals_the_single_run(&zoo, &dir.join("eval-sharded"), &lines);
     let ev: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("evaluation.json")).unwrap())
             .unwrap();
@@ -1294,4 +1295,123 @@ fn rescore_under_another_rule_changes_the_verdicts_and_leaves_the_source_alone()
     ]);
     assert_error(&run, &["saved scan of", "reports"]);
     std::fs::remove_dir_all(&out).ok();
+}
+
+/// The same evaluation as two shards, one named by `--shard`, one by Slurm's variables, then
+/// merged by `--tables-only`: every model in the shard that owns it, the merged results equal
+/// the single run's `lines`, and a merge that lacks a shard names what is missing.
+fn sharded_eval_equals_the_single_run(zoo: &Path, out: &Path, lines: &str) {
+    let run = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut args = vec![
+            "eval",
+            zoo.to_str().unwrap(),
+            "--detector",
+            "all",
+            "--out",
+            out.to_str().unwrap(),
+            "--steps",
+            "10",
+            "--nc-steps",
+            "20",
+            "--per-class",
+            "3",
+            "--min-asr",
+            "0",
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_cepa"))
+            .args(&args)
+            .envs(env.iter().copied())
+            .env_remove("SLURM_ARRAY_TASK_MIN")
+            .output()
+            .expect("run cepa");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["--shard", "0/2"], &[]);
+    run(
+        &[],
+        &[
+            ("SLURM_ARRAY_TASK_ID", "1"),
+            ("SLURM_ARRAY_TASK_COUNT", "2"),
+        ],
+    );
+    assert!(
+        !out.join("evaluation.json").exists(),
+        "a shard writes no tables"
+    );
+    let mut seen = Vec::new();
+    for i in 0..2 {
+        let shard = cepa::shard::Shard { index: i, count: 2 };
+        let file = out.join(format!("results-shard-{i}-of-2.jsonl"));
+        let rows: Vec<serde_json::Value> = if file.exists() {
+            jsonl(&file)
+        } else {
+            Vec::new()
+        };
+        for r in &rows {
+            let id = r["model"].as_str().unwrap();
+            assert!(shard.owns(id), "{id} in shard {i}");
+            seen.push((id.to_string(), r["detector"].as_str().unwrap().to_string()));
+        }
+    }
+    seen.sort();
+    assert_eq!(
+        seen.len(),
+        4,
+        "each model and detector in exactly one shard"
+    );
+    seen.dedup();
+    assert_eq!(seen.len(), 4);
+    run(&["--tables-only"], &[]);
+    let merged: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("evaluation.json")).unwrap())
+            .unwrap();
+    let single: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for det in ["cepa", "nc"] {
+        assert_eq!(merged[det]["mnist"]["families"]["all"]["n"], 2, "{det}");
+    }
+    let sharded: Vec<serde_json::Value> = (0..2)
+        .map(|i| out.join(format!("results-shard-{i}-of-2.jsonl")))
+        .filter(|f| f.exists())
+        .flat_map(|f| jsonl(&f))
+        .collect();
+    for s in &single {
+        let twin = sharded
+            .iter()
+            .find(|r| r["model"] == s["model"] && r["detector"] == s["detector"])
+            .unwrap();
+        for key in ["flagged", "target", "most_anomalous", "threshold"] {
+            assert_eq!(twin[key], s[key], "{key} of {}", s["model"]);
+        }
+        let (a, b) = (
+            twin["score"].as_f64().unwrap(),
+            s["score"].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-9, "score of {}: {a} vs {b}", s["model"]);
+    }
+    // A merge without one shard names the models it lacks.
+    let lost = (0..2)
+        .map(|i| out.join(format!("results-shard-{i}-of-2.jsonl")))
+        .find(|f| f.exists())
+        .unwrap();
+    let lost_models: Vec<String> = jsonl(&lost)
+        .iter()
+        .map(|r| r["model"].as_str().unwrap().to_string())
+        .collect();
+    std::fs::remove_file(&lost).unwrap();
+    run(&["--tables-only"], &[]);
+    let md = std::fs::read_to_string(out.join("evaluation.md")).unwrap();
+    assert!(md.contains("Not finished"), "{md}");
+    for m in &lost_models {
+        assert!(md.contains(m.as_str()), "{m} named: {md}");
+    }
 }

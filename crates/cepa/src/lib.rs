@@ -22,6 +22,7 @@ pub mod onnx;
 pub mod pipeline;
 pub mod runtime;
 pub mod settings;
+pub mod shard;
 pub mod train;
 pub mod zoo;
 

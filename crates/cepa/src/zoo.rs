@@ -492,8 +492,10 @@ pub fn attack_success_rate(
 /// Write through a temporary file renamed into place, so a killed build never leaves a partial
 /// file under the final name.
 fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    // The temporary name is the process's own: builds running side by side into one folder (a
+    // sharded build, `--only` groups) never write into each other's half-written file.
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".part");
+    tmp.push(format!(".part{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
     write(&tmp)?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
@@ -521,7 +523,6 @@ pub fn write_manifest(out: &Path, plans: &[ModelPlan]) -> Result<Manifest> {
     Ok(manifest)
 }
 
-/// Read `DIR/manifest.json`.
 /// The manifest of a zoo folder (`DIR/manifest.json`), or a manifest file named directly.
 pub fn read_manifest(dir: &Path) -> Result<Manifest> {
     let path = if dir.is_file() {
