@@ -72,7 +72,8 @@ done
 scancel --signal=KILL "${killed}_1"
 drain
 lines_at_kill=$(wc -l < "$part")
-sb --wait --array=1 deploy/slurm/eval-array.sbatch "$work/zoo" "$work/killed" "${flags[@]}" > /dev/null
+# Resubmitted alone, the task is an array of one: CEPA_SHARDS keeps it shard 1 of 3.
+CEPA_SHARDS=3 sb --wait --array=1 deploy/slurm/eval-array.sbatch "$work/zoo" "$work/killed" "${flags[@]}" > /dev/null
 sb --wait deploy/slurm/merge.sbatch "$work/zoo" "$work/killed" "${flags[@]}" > /dev/null
 drain
 
@@ -116,6 +117,10 @@ for run in ["array", "killed"]:
     close(ev, json.load(open(f"{work}/single/evaluation.json")), f"{run} evaluation.json")
     md = open(f"{work}/{run}/evaluation.md").read()
     assert "Not finished" not in md, f"{run}: {md}"
+# The resubmitted task was shard 1 of 3 again, and the kill came before it had finished.
+assert not glob.glob(f"{work}/killed/results-shard-0-of-1.jsonl"), "resubmitted as shard 0/1"
+total = len(lines(f"{work}/killed/results-shard-1-of-3.jsonl"))
+assert at_kill < total, f"killed after {at_kill} of {total} lines: not in the middle"
 # Which models each shard owns: Slurm's tasks and the hand-run shards agree.
 for i in range(3):
     owned = lambda run: sorted({o["model"] for o in lines(f"{work}/{run}/results-shard-{i}-of-3.jsonl")})

@@ -135,7 +135,7 @@ pub struct InversionOutcome {
 pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
     let manifest = read_manifest(&a.zoo)?;
     if manifest.models.is_empty() {
-        bail!("{} lists no models", a.zoo.join("manifest.json").display());
+        bail!("the manifest of {} lists no models", a.zoo.display());
     }
     let detectors: &[&str] = match a.detector {
         DetectorChoice::Cepa => &["cepa"],
@@ -252,12 +252,19 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
     let mut inversions: Vec<InversionOutcome> = read_all(source(&a), "inversions")?;
     inversions.retain(|d| kept.contains(d.model.as_str()));
     // What no run has finished: named, so that a merge of a job array that lost a task says so.
+    // A run that only reads (--tables-only, --rescore) expects the detectors its folder has.
+    let present: BTreeSet<&str> = outcomes.iter().map(|o| o.detector.as_str()).collect();
+    let expected: Vec<&str> = if a.tables_only || a.rescore {
+        present.into_iter().collect()
+    } else {
+        detectors.to_vec()
+    };
     let unfinished: Vec<String> = manifest
         .models
         .iter()
         .filter(|m| kept.contains(m.id.as_str()))
         .filter(|m| a.only.as_deref().is_none_or(|s| m.id.contains(s)))
-        .flat_map(|m| detectors.iter().map(move |d| (m, *d)))
+        .flat_map(|m| expected.iter().map(move |d| (m, *d)))
         .filter(|(m, d)| !outcomes.iter().any(|o| o.model == m.id && o.detector == *d))
         .map(|(m, d)| format!("{} ({d})", m.id))
         .collect();
@@ -412,8 +419,17 @@ fn rescore(a: &EvalArgs) -> Result<(Settings, Vec<Outcome>)> {
 /// Write `text` to `path` through a temporary file beside it and a rename, so that a reader (or
 /// a kill) never sees half of it.
 fn write_whole(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
+    // The temporary name is this process's own (shards write side by side), and the data is on
+    // disk before the rename makes it visible.
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".tmp{}", std::process::id()));
+    let tmp = PathBuf::from(name);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    };
+    write().with_context(|| format!("cannot write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -483,7 +499,7 @@ fn keep_settings(out: &Path, s: &Settings) -> Result<()> {
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::write(&path, serde_json::to_string_pretty(&now)? + "\n")
+            write_whole(&path, &(serde_json::to_string_pretty(&now)? + "\n"))
                 .with_context(|| format!("cannot write {}", path.display()))
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
@@ -685,16 +701,15 @@ fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     for (k, &(i, l)) in lines.iter().enumerate() {
         match serde_json::from_str(l) {
             Ok(v) => out.push(v),
-            // A run killed while appending leaves a cut last line: that result is redone.
+            // A run killed while appending (or still appending: another shard's file) leaves a
+            // cut last line: it is no result, and the file is left as it is. Only its own
+            // writer repairs it, before appending ([`append`]); the result is redone.
             Err(_) if k + 1 == lines.len() && !text.ends_with('\n') => {
                 tracing::warn!(
                     "{} line {}: cut short; it will be redone",
                     path.display(),
                     i + 1
                 );
-                let keep = text.rfind('\n').map_or(0, |p| p + 1);
-                std::fs::write(path, &text[..keep])
-                    .with_context(|| format!("{}", path.display()))?;
             }
             Err(e) => {
                 return Err(e)
@@ -705,13 +720,30 @@ fn read_lines<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
     Ok(out)
 }
 
+/// Append one line to a results file only this process writes, as one write, synced. A last
+/// line that a kill cut is removed first (when it is not a whole record) or ended (when it is),
+/// so that the new line never joins it.
 fn append(path: &Path, o: &impl Serialize) -> Result<()> {
+    if let Ok(text) = std::fs::read_to_string(path)
+        && !text.is_empty()
+        && !text.ends_with('\n')
+    {
+        let start = text.rfind('\n').map_or(0, |p| p + 1);
+        let whole = serde_json::from_str::<serde_json::Value>(&text[start..]).is_ok();
+        let fixed = if whole {
+            format!("{text}\n")
+        } else {
+            text[..start].to_string()
+        };
+        std::fs::write(path, fixed).with_context(|| format!("{}", path.display()))?;
+    }
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .with_context(|| format!("{}", path.display()))?;
-    writeln!(f, "{}", serde_json::to_string(o)?)?;
+    f.write_all(format!("{}\n", serde_json::to_string(o)?).as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
     // On disk before the run goes on: a kill after this line leaves it whole, one before it
     // leaves at most a cut last line, which the next read drops and redoes.
     f.sync_data()
@@ -906,17 +938,30 @@ mod tests {
     }
 
     #[test]
-    fn a_line_cut_by_a_kill_is_dropped_and_the_file_repaired() {
+    fn a_line_cut_by_a_kill_is_dropped_and_its_writer_repairs_the_file() {
         let dir = std::env::temp_dir().join(format!("cepa-eval-cut-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("results.jsonl");
         std::fs::write(&path, "{\"a\": 1}\n{\"a\": 2}\n{\"a\": ").unwrap();
         let v: Vec<serde_json::Value> = read_lines(&path).unwrap();
         assert_eq!(v.len(), 2);
+        // A reader leaves the file alone (it may be another shard's, still being written)...
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .ends_with("{\"a\": ")
+        );
+        // ...its writer removes the cut piece before it appends.
+        append(&path, &serde_json::json!({"a": 3})).unwrap();
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
-            "{\"a\": 1}\n{\"a\": 2}\n"
+            "{\"a\": 1}\n{\"a\": 2}\n{\"a\":3}\n"
         );
+        // A whole record that lost only its newline is kept and ended.
+        std::fs::write(&path, "{\"a\": 1}").unwrap();
+        append(&path, &serde_json::json!({"a": 2})).unwrap();
+        let v: Vec<serde_json::Value> = read_lines(&path).unwrap();
+        assert_eq!(v.len(), 2);
         // A broken line that is not the last one is an error, not silently skipped.
         std::fs::write(&path, "{\"a\": 1}\nnot json\n{\"a\": 2}\n").unwrap();
         assert!(read_lines::<serde_json::Value>(&path).is_err());

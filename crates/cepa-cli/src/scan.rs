@@ -37,6 +37,7 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
         cfg.seed = s;
         settings.nc.seed = s;
     }
+    // Borrowed again after the Neural Cleanse seed.
     let cfg = &mut settings.scan;
     if let Some(h) = a.sample.holdout_per_class {
         cfg.holdout_per_class = h;

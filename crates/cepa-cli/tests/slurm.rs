@@ -11,9 +11,13 @@ use std::process::Command;
 fn a_slurm_job_array_and_its_merge_equal_the_single_run_even_after_a_kill() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let required = std::env::var("CEPA_REQUIRE_SLURM").is_ok_and(|v| v == "1");
-    let have = ["/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged"]
-        .iter()
-        .all(|p| Path::new(p).is_file())
+    let have = [
+        "/usr/sbin/slurmctld",
+        "/usr/sbin/slurmd",
+        "/usr/sbin/munged",
+    ]
+    .iter()
+    .all(|p| Path::new(p).is_file())
         && Command::new("sbatch").arg("--version").output().is_ok();
     // The daemons run as root here (SlurmUser=root).
     let root_user = Command::new("id")

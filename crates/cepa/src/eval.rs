@@ -192,6 +192,25 @@ pub struct VerdictConfig {
     pub lone_factor: f64,
 }
 
+impl VerdictConfig {
+    /// A threshold that is a positive number and a lone factor of at least 1.
+    pub fn validate(&self) -> crate::error::Result<()> {
+        if !(self.threshold.is_finite() && self.threshold > 0.0) {
+            return Err(crate::error::Error::Config(format!(
+                "[verdict] threshold = {}: must be a positive number",
+                self.threshold
+            )));
+        }
+        if !(self.lone_factor.is_finite() && self.lone_factor >= 1.0) {
+            return Err(crate::error::Error::Config(format!(
+                "[verdict] lone_factor = {}: must be at least 1",
+                self.lone_factor
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for VerdictConfig {
     fn default() -> Self {
         Self {

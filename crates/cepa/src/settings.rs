@@ -59,6 +59,7 @@ impl Settings {
         s.scan.cepa.validate().map_err(|e| e.to_string())?;
         s.invert.validate().map_err(|e| e.to_string())?;
         s.nc.validate().map_err(|e| e.to_string())?;
+        s.verdict.validate().map_err(|e| e.to_string())?;
         Ok(s)
     }
 }
@@ -66,6 +67,16 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_verdict_section_out_of_range_is_refused_naming_the_key() {
+        let err = Settings::parse("[verdict]\nlone_factor = 0.5\n").unwrap_err();
+        assert!(err.contains("lone_factor"), "{err}");
+        let err = Settings::parse("[verdict]\nthreshold = -1.0\n").unwrap_err();
+        assert!(err.contains("threshold"), "{err}");
+        let s = Settings::parse("[verdict]\nthreshold = 1.2\n").unwrap();
+        assert_eq!((s.verdict.threshold, s.verdict.lone_factor), (1.2, 1.5));
+    }
 
     #[test]
     fn sections_override_only_the_fields_they_name() {

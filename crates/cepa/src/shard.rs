@@ -34,7 +34,8 @@ impl Shard {
 
     /// The shard a scheduler gives this process, from its environment: Slurm's
     /// `SLURM_ARRAY_TASK_ID` (counted from `SLURM_ARRAY_TASK_MIN`, 0 when unset) of
-    /// `SLURM_ARRAY_TASK_COUNT`, or Kubernetes' `JOB_COMPLETION_INDEX` of `CEPA_SHARDS` (an
+    /// `SLURM_ARRAY_TASK_COUNT`, or of `CEPA_SHARDS` when that is set (then counted from 0, so
+    /// that a task resubmitted alone keeps its shard), or Kubernetes' `JOB_COMPLETION_INDEX` of `CEPA_SHARDS` (an
     /// indexed Job does not tell its tasks how many there are: set it to the Job's
     /// `completions`). `None` outside a job array; an error when the variables do not make a
     /// shard.
@@ -57,10 +58,36 @@ impl Shard {
                 Ok(Some((Shard { index, count }, from)))
             }
         };
-        if let (Some(id), Some(count)) =
-            (num("SLURM_ARRAY_TASK_ID")?, num("SLURM_ARRAY_TASK_COUNT")?)
-        {
+        if let Some(id) = num("SLURM_ARRAY_TASK_ID")? {
+            // CEPA_SHARDS names the array's size: needed when a task is resubmitted alone
+            // (`sbatch --array=3`), whose own array has one task; submit.sh sets it.
+            if let Some(count) = num("CEPA_SHARDS")? {
+                return checked(
+                    id,
+                    count,
+                    format!("Slurm array task {id} of CEPA_SHARDS={count}"),
+                );
+            }
+            let count = num("SLURM_ARRAY_TASK_COUNT")?.ok_or_else(|| {
+                Error::Config(
+                    "SLURM_ARRAY_TASK_ID is set but SLURM_ARRAY_TASK_COUNT is not: set \
+                     CEPA_SHARDS to the array's task count, or pass --shard I/N"
+                        .into(),
+                )
+            })?;
             let min = num("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+            if num("SLURM_ARRAY_TASK_STEP")?.unwrap_or(1) != 1 {
+                return Err(Error::Config(
+                    "a Slurm array with a step (e.g. 0-14:2): set CEPA_SHARDS, or pass --shard"
+                        .into(),
+                ));
+            }
+            if count == 1 && min > 0 {
+                return Err(Error::Config(format!(
+                    "Slurm array task {id} is an array of one (a task resubmitted alone?): set \
+                     CEPA_SHARDS to the first array's task count, or pass --shard {id}/N"
+                )));
+            }
             let index = id.checked_sub(min).ok_or_else(|| {
                 Error::Config(format!(
                     "SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}"
@@ -173,6 +200,34 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(s.index, 0);
+        // Task 1 resubmitted alone (`sbatch --array=1`): an array of one, refused unless
+        // CEPA_SHARDS says how many there were.
+        let err = Shard::from_env(env(&[
+            ("SLURM_ARRAY_TASK_ID", "1"),
+            ("SLURM_ARRAY_TASK_MIN", "1"),
+            ("SLURM_ARRAY_TASK_COUNT", "1"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("CEPA_SHARDS"), "{err}");
+        let (s, _) = Shard::from_env(env(&[
+            ("SLURM_ARRAY_TASK_ID", "1"),
+            ("SLURM_ARRAY_TASK_MIN", "1"),
+            ("SLURM_ARRAY_TASK_COUNT", "1"),
+            ("CEPA_SHARDS", "3"),
+        ]))
+        .unwrap()
+        .unwrap();
+        assert_eq!(s, Shard { index: 1, count: 3 });
+        assert!(Shard::from_env(env(&[("SLURM_ARRAY_TASK_ID", "1")])).is_err());
+        assert!(
+            Shard::from_env(env(&[
+                ("SLURM_ARRAY_TASK_ID", "2"),
+                ("SLURM_ARRAY_TASK_COUNT", "8"),
+                ("SLURM_ARRAY_TASK_STEP", "2"),
+            ]))
+            .is_err()
+        );
         let (s, _) = Shard::from_env(env(&[("JOB_COMPLETION_INDEX", "4"), ("CEPA_SHARDS", "5")]))
             .unwrap()
             .unwrap();

@@ -423,11 +423,13 @@ pub struct SavedValue {
 }
 
 impl SavedClass {
+    /// The saved value: `None` when the report has no entry for it (an older report); an entry
+    /// of `null` is a value that was not finite, NaN again, as the scan had it.
     fn value(&self, stat: Statistic, layer: Option<&str>) -> Option<f64> {
         self.statistics
             .iter()
             .find(|s| s.statistic == stat && s.layer.as_deref() == layer)
-            .and_then(|s| s.value)
+            .map(|s| s.value.unwrap_or(f64::NAN))
     }
 
     /// The stage-1 result this class's values describe (without per-sample data).
@@ -737,6 +739,16 @@ mod tests {
         let old: SavedScan = serde_json::from_value(old).unwrap();
         assert!((redecide(&old, &cfg).unwrap().score - fresh.score).abs() < 1e-12);
         // A value missing altogether is an error naming it, not a silent zero.
+        // A null value (not finite when scanned) is NaN again, as in the scan, not an error.
+        let mut nan = json.clone();
+        nan["decision"]["classes"][1]["statistics"][0]["value"] = serde_json::Value::Null;
+        let nan: SavedScan = serde_json::from_value(nan).unwrap();
+        let mut rs_nan = rs.clone();
+        rs_nan[1].delta_norm = f64::NAN;
+        let expect = decide(&rs_nan, &layers, &cfg).unwrap();
+        let got = redecide(&nan, &cfg).unwrap();
+        assert!((got.score - expect.score).abs() < 1e-12);
+        assert_eq!(got.most_anomalous, expect.most_anomalous);
         let mut cut = json;
         cut["decision"]["classes"][2]["statistics"]
             .as_array_mut()
