@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The deployment test (run by .ci/run, as root, with Debian's slurmctld, slurmd and munge
+# The deployment test (run by cargo test through tests/slurm.rs, as root, with Debian's slurmctld, slurmd and munge
 # installed): a real one-node Slurm runs a 3-task `cepa eval` array and the merge as a dependent
 # job, and the merged tables must equal a single-process run. Then one task is killed with
 # SIGKILL in the middle of its work and resubmitted: the merge must be complete and equal again,
@@ -19,24 +19,8 @@ trap '"$root/deploy/slurm/slurm-one-node.sh" stop "$slurm"' EXIT
 export SLURM_CONF=$slurm/slurm.conf
 mkdir -p "$work/logs"
 
-echo "== a tiny zoo (6 models) and the single-process evaluation"
-data=$(cd "$root/../shared/data" && pwd)
-cat > "$work/tiny.toml" <<TOML
-data_root = "$data"
-[recipes.mnist]
-train_images = 1000
-train = { epochs = 1, batch_size = 64 }
-[[models]]
-name = "clean"
-dataset = "mnist"
-seeds = [0, 1, 2, 3]
-[[models]]
-name = "badnets"
-dataset = "mnist"
-seeds = [0, 1]
-attack = { kind = "badnets", patch = 3, target = 3, rate = 0.2 }
-TOML
-"$CEPA" zoo build --config "$work/tiny.toml" --out "$work/zoo" -q
+echo "== the smoke zoo (zoo/smoke.toml, 7 models) and the single-process evaluation"
+"$CEPA" zoo build --config zoo/smoke.toml --out "$work/zoo" -q
 flags=(--detector all --steps 10 --nc-steps 20 --per-class 3 --min-asr 0 -q)
 "$CEPA" eval "$work/zoo" --out "$work/single" "${flags[@]}" > /dev/null
 
@@ -105,7 +89,7 @@ def close(a, b, at):
         assert a == b, f"{at}: {a} vs {b}"
 
 single = {(o["model"], o["detector"]): o for o in lines(f"{work}/single/results.jsonl")}
-assert len(single) == 12, len(single)
+assert len(single) == 14, len(single)
 for run in ["array", "killed"]:
     got = lines(f"{work}/{run}/results-shard-*.jsonl")
     keys = [(o["model"], o["detector"]) for o in got]
@@ -125,7 +109,7 @@ assert at_kill < total, f"killed after {at_kill} of {total} lines: not in the mi
 for i in range(3):
     owned = lambda run: sorted({o["model"] for o in lines(f"{work}/{run}/results-shard-{i}-of-3.jsonl")})
     assert owned("array") == owned("hand"), f"shard {i}: {owned('array')} vs {owned('hand')}"
-print(f"slurm: 3-task array + merge equal the single run (12 results); shard ownership by hand "
+print(f"slurm: 3-task array + merge equal the single run (14 results, the smoke zoo); shard ownership by hand "
       f"and by Slurm agree; task 1 killed after {at_kill} of its lines, resubmitted: complete, "
       f"equal, no duplicate, no torn line")
 PY
