@@ -1155,12 +1155,17 @@ fn jsonl(path: &Path) -> Vec<serde_json::Value> {
 
 #[test]
 fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
-    // Every committed evaluation that keeps its saved scans, decided again by the rule in the
+    // Every committed evaluation that keeps its saved scans (the held-out ResNet population
+    // included), decided again by the rule in the
     // code: the same verdicts, scores and tables (written by this very command).
     for (manifest, folder) in [
         ("eval/zoo-standard-manifest.json", "eval/standard"),
         ("eval/zoo-holdout-manifest.json", "eval/holdout-fashion"),
         ("zoo/real/manifest.json", "eval/real"),
+        (
+            "eval/zoo-holdout-resnet-manifest.json",
+            "eval/holdout-resnet",
+        ),
     ] {
         let from = repo(folder);
         let out = tmp_dir(&format!("rescore-{}", folder.replace('/', "-")));
