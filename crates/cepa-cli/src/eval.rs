@@ -144,7 +144,7 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
     };
     std::fs::create_dir_all(a.out.join("reports"))
         .with_context(|| format!("{}", a.out.display()))?;
-    let shard = resolve_shard(&a, quiet)?;
+    let shard = resolve_shard(&a)?;
     let results = a.out.join(own_file("results", shard));
     let (settings, mut outcomes) = if a.rescore {
         rescore(&a)?
@@ -607,18 +607,11 @@ fn run_nc(
 
 /// The shard a run is: `--shard`, or the scheduler's environment; none for `--tables-only`
 /// and `--rescore`, which read every shard's results.
-fn resolve_shard(a: &EvalArgs, quiet: bool) -> Result<Option<Shard>> {
+fn resolve_shard(a: &EvalArgs) -> Result<Option<Shard>> {
     if a.tables_only || a.rescore {
         return Ok(None);
     }
-    if let Some(text) = &a.shard {
-        return Ok(Some(Shard::parse(text)?));
-    }
-    let found = Shard::from_env(|k| std::env::var(k).ok())?;
-    if let (Some((s, from)), false) = (&found, quiet) {
-        eprintln!("shard {s}, from the environment: {from}");
-    }
-    Ok(found.map(|(s, _)| s))
+    Ok(Shard::resolve(a.shard.as_deref())?)
 }
 
 /// `STEM.jsonl`, or a shard's own `STEM-shard-I-of-N.jsonl`.

@@ -62,16 +62,7 @@ fn build(a: BuildArgs, quiet: bool) -> Result<ExitStatus> {
     }
     let shapes = data.iter().map(|(k, v)| (k.clone(), v.shape())).collect();
     let all = zoo::resolve(&cfg, &shapes)?;
-    let shard = match &a.shard {
-        Some(text) => Some(Shard::parse(text)?),
-        None => {
-            let found = Shard::from_env(|k| std::env::var(k).ok())?;
-            if let Some((s, from)) = &found {
-                eprintln!("shard {s}, from the environment: {from}");
-            }
-            found.map(|(s, _)| s)
-        }
-    };
+    let shard = Shard::resolve(a.shard.as_deref())?;
     plans = all
         .iter()
         .filter(|p| a.only.as_deref().is_none_or(|o| p.id.contains(o)))

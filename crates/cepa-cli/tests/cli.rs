@@ -935,27 +935,7 @@ fn zoo_build_then_eval_both_detectors_resumably() {
     assert!(stderr.contains("2 already built, 0 to train"), "{stderr}");
 
     let out_dir = dir.join("eval");
-    let eval_with = |extra: &[&str]| {
-        let mut args = vec![
-            "eval",
-            zoo.to_str().unwrap(),
-            "--detector",
-            "all",
-            "--out",
-            out_dir.to_str().unwrap(),
-            "--steps",
-            "10",
-            "--nc-steps",
-            "20",
-            "--per-class",
-            "3",
-            "--min-asr",
-            "0",
-            "-q",
-        ];
-        args.extend_from_slice(extra);
-        cepa(&args)
-    };
+    let eval_with = |extra: &[&str]| tiny_eval(&zoo, &out_dir, extra, &[]);
     let eval = || eval_with(&[]);
     let out = eval();
     assert_eq!(
@@ -1307,30 +1287,7 @@ fn rescore_under_another_rule_changes_the_verdicts_and_leaves_the_source_alone()
 /// the single run's `lines`, and a merge that lacks a shard names what is missing.
 fn sharded_eval_equals_the_single_run(zoo: &Path, out: &Path, lines: &str) {
     let run = |extra: &[&str], env: &[(&str, &str)]| {
-        let mut args = vec![
-            "eval",
-            zoo.to_str().unwrap(),
-            "--detector",
-            "all",
-            "--out",
-            out.to_str().unwrap(),
-            "--steps",
-            "10",
-            "--nc-steps",
-            "20",
-            "--per-class",
-            "3",
-            "--min-asr",
-            "0",
-            "-q",
-        ];
-        args.extend_from_slice(extra);
-        let out = Command::new(env!("CARGO_BIN_EXE_cepa"))
-            .args(&args)
-            .envs(env.iter().copied())
-            .env_remove("SLURM_ARRAY_TASK_MIN")
-            .output()
-            .expect("run cepa");
+        let out = tiny_eval(zoo, out, extra, env);
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -1419,4 +1376,42 @@ fn sharded_eval_equals_the_single_run(zoo: &Path, out: &Path, lines: &str) {
     for m in &lost_models {
         assert!(md.contains(m.as_str()), "{m} named: {md}");
     }
+}
+
+/// `cepa eval` of a tiny zoo with few steps (both detectors, every model kept), `extra` flags
+/// after the others, `env` set (and no shard variable of the calling shell).
+fn tiny_eval(zoo: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut args = vec![
+        "eval",
+        zoo.to_str().unwrap(),
+        "--detector",
+        "all",
+        "--out",
+        out.to_str().unwrap(),
+        "--steps",
+        "10",
+        "--nc-steps",
+        "20",
+        "--per-class",
+        "3",
+        "--min-asr",
+        "0",
+        "-q",
+    ];
+    args.extend_from_slice(extra);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cepa"));
+    for var in [
+        "SLURM_ARRAY_TASK_ID",
+        "SLURM_ARRAY_TASK_COUNT",
+        "SLURM_ARRAY_TASK_MIN",
+        "SLURM_ARRAY_TASK_STEP",
+        "JOB_COMPLETION_INDEX",
+        "CEPA_SHARDS",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.args(&args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run cepa")
 }

@@ -285,7 +285,7 @@ pub fn combine(outcomes: &[Outcome], how: Combination, cfg: &VerdictConfig) -> V
         .filter(|o| o.detector == "nc")
         .map(|o| (o.model.as_str(), o))
         .collect();
-    let ratio = |o: &Outcome| o.score / o.threshold;
+    let ratio = relative;
     outcomes
         .iter()
         .filter(|o| o.detector == "cepa")

@@ -10,6 +10,7 @@ use crate::data::ImageSet;
 use crate::detect::cepa::Progress;
 use crate::detect::invert::{Inversion, InvertConfig, Truth, invert_towards, split_sample};
 use crate::detect::nc::{NcReport, neural_cleanse};
+use crate::detect::scan::verdict_word;
 use crate::detect::{ScanReport, scan_with_progress};
 use crate::error::{Error, Result};
 use crate::eval::{Combination, Outcome, VerdictConfig, combine};
@@ -154,11 +155,6 @@ impl ScanRun {
 
 fn to_value(v: &impl serde::Serialize) -> Result<Value> {
     serde_json::to_value(v).map_err(|e| Error::Config(format!("cannot write the report: {e}")))
-}
-
-/// `"backdoored"` or `"clean"`.
-pub fn verdict_word(backdoored: bool) -> &'static str {
-    if backdoored { "backdoored" } else { "clean" }
 }
 
 /// Run what `req` asks for on `model` with clean images from `data` (`progress`: CEPA's stage-1

@@ -116,6 +116,19 @@ impl Shard {
         Ok(None)
     }
 
+    /// The shard of a run: `flag` (`--shard I/N`) when given, else the scheduler's environment
+    /// ([`Shard::from_env`]), logged with where it came from; `None` outside a job array.
+    pub fn resolve(flag: Option<&str>) -> Result<Option<Shard>> {
+        if let Some(text) = flag {
+            return Ok(Some(Shard::parse(text)?));
+        }
+        let found = Shard::from_env(|k| std::env::var(k).ok())?;
+        if let Some((s, from)) = &found {
+            tracing::info!("shard {s}, from the environment: {from}");
+        }
+        Ok(found.map(|(s, _)| s))
+    }
+
     /// Whether the model `id` is this shard's.
     pub fn owns(&self, id: &str) -> bool {
         (fnv1a64(id.as_bytes()) % self.count as u64) as usize == self.index

@@ -148,6 +148,11 @@ pub fn choose_layers(model: &Classifier, cfg: &ScanConfig) -> Result<(Vec<String
     }
 }
 
+/// `"backdoored"` or `"clean"`, as reports spell a verdict.
+pub fn verdict_word(backdoored: bool) -> &'static str {
+    if backdoored { "backdoored" } else { "clean" }
+}
+
 /// Scan `model` with clean images from `data`.
 pub fn scan(model: &Classifier, data: &ImageSet, cfg: &ScanConfig) -> Result<ScanReport> {
     scan_with_progress(model, data, cfg, &|_| {})
@@ -176,12 +181,7 @@ pub fn scan_with_progress(
     let mut decision = decide(&results, &layers, &cfg.decision)?;
     decision.notes.extend(notes);
     Ok(ScanReport {
-        verdict: if decision.backdoored {
-            "backdoored"
-        } else {
-            "clean"
-        }
-        .to_string(),
+        verdict: verdict_word(decision.backdoored).to_string(),
         target: decision.target,
         score: decision.score,
         p_value: decision.p_value,
