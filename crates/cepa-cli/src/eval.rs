@@ -309,10 +309,16 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
     }
     md.push_str(&markdown(&ev));
     let held_out = leave_one_dataset_out(&judged, a.fpr);
-    if !held_out.folds.is_empty() {
-        std::fs::write(
-            a.out.join("leave-one-dataset-out.json"),
-            serde_json::to_string_pretty(&held_out)? + "\n",
+    let lodo_path = a.out.join("leave-one-dataset-out.json");
+    if held_out.folds.is_empty() {
+        // One dataset: no table, and none left from an earlier run.
+        if lodo_path.exists() {
+            std::fs::remove_file(&lodo_path).with_context(|| format!("{}", lodo_path.display()))?;
+        }
+    } else {
+        write_whole(
+            &lodo_path,
+            &(serde_json::to_string_pretty(&held_out)? + "\n"),
         )?;
         md.push_str(&leave_one_out_markdown(&held_out));
     }

@@ -1133,6 +1133,67 @@ fn jsonl(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// `cepa eval MANIFEST --rescore --out OUT EXTRA -q`, which must succeed.
+fn rescore(manifest: &str, out: &Path, extra: &[&str]) {
+    let manifest = repo(manifest);
+    let mut args = vec![
+        "eval",
+        manifest.to_str().unwrap(),
+        "--rescore",
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+    ];
+    args.extend_from_slice(extra);
+    let run = cepa(&args);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}: {}",
+        out.display(),
+        String::from_utf8_lossy(&run.stderr)
+    );
+}
+
+#[test]
+fn rescore_in_place_merges_the_shards_results_into_one_file() {
+    // A folder whose results a 2-task array wrote: rescored in place, the two shard files
+    // become one results.jsonl with every line once, equal to the committed ones.
+    let from = repo("eval/holdout-fashion");
+    let dir = tmp_dir("rescore-shards");
+    for sub in ["cepa", "nc"] {
+        std::fs::create_dir_all(dir.join("reports").join(sub)).unwrap();
+        for f in std::fs::read_dir(from.join("reports").join(sub)).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(
+                &f,
+                dir.join("reports").join(sub).join(f.file_name().unwrap()),
+            )
+            .unwrap();
+        }
+    }
+    std::fs::copy(from.join("settings.json"), dir.join("settings.json")).unwrap();
+    let text = std::fs::read_to_string(from.join("results.jsonl")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let (a, b) = lines.split_at(lines.len() / 2);
+    std::fs::write(dir.join("results-shard-0-of-2.jsonl"), a.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join("results-shard-1-of-2.jsonl"), b.join("\n") + "\n").unwrap();
+    rescore("eval/zoo-holdout-manifest.json", &dir, &[]);
+    assert!(!dir.join("results-shard-0-of-2.jsonl").exists());
+    assert!(!dir.join("results-shard-1-of-2.jsonl").exists());
+    let mine = jsonl(&dir.join("results.jsonl"));
+    assert_eq!(mine.len(), lines.len(), "every line once");
+    assert_json_close(
+        &serde_json::Value::Array(mine),
+        &serde_json::Value::Array(jsonl(&from.join("results.jsonl"))),
+        1e-9,
+        "merged",
+    );
+    let md = std::fs::read_to_string(dir.join("evaluation.md")).unwrap();
+    assert!(!md.contains("Not finished"), "{md}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
     // Every committed evaluation that keeps its saved scans (the held-out ResNet population
@@ -1149,22 +1210,7 @@ fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
     ] {
         let from = repo(folder);
         let out = tmp_dir(&format!("rescore-{}", folder.replace('/', "-")));
-        let run = cepa(&[
-            "eval",
-            repo(manifest).to_str().unwrap(),
-            "--rescore",
-            "--from",
-            from.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "-q",
-        ]);
-        assert_eq!(
-            run.status.code(),
-            Some(0),
-            "{folder}: {}",
-            String::from_utf8_lossy(&run.stderr)
-        );
+        rescore(manifest, &out, &["--from", from.to_str().unwrap()]);
         let (mine, kept) = (
             jsonl(&out.join("results.jsonl")),
             jsonl(&from.join("results.jsonl")),
@@ -1206,23 +1252,15 @@ fn rescore_under_another_rule_changes_the_verdicts_and_leaves_the_source_alone()
         "[scan.decision]\nstatistics = [\"transfer\"]\nthreshold = 0.5\n[nc]\nthreshold = 1000.0\n",
     )
     .unwrap();
-    let run = cepa(&[
-        "eval",
-        repo("eval/zoo-holdout-manifest.json").to_str().unwrap(),
-        "--rescore",
-        "--from",
-        from.to_str().unwrap(),
-        "--config",
-        rule.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "-q",
-    ]);
-    assert_eq!(
-        run.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    rescore(
+        "eval/zoo-holdout-manifest.json",
+        &out,
+        &[
+            "--from",
+            from.to_str().unwrap(),
+            "--config",
+            rule.to_str().unwrap(),
+        ],
     );
     assert_eq!(
         std::fs::read_to_string(from.join("results.jsonl")).unwrap(),
