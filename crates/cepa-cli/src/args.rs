@@ -112,6 +112,18 @@ pub struct SampleArgs {
     pub seed: Option<u64>,
 }
 
+impl SampleArgs {
+    /// The library's form of these flags.
+    pub fn options(&self) -> cepa::pipeline::SampleOptions {
+        cepa::pipeline::SampleOptions {
+            config: self.config.clone(),
+            per_class: self.per_class,
+            holdout_per_class: self.holdout_per_class,
+            seed: self.seed,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct InspectArgs {
     #[command(flatten)]

@@ -1,11 +1,10 @@
 //! `cepa inspect`: what the model is, how it will be read, its layers, and its accuracy.
 
 use std::fmt::Write as _;
-use std::time::Instant;
 
 use anyhow::Context;
 use cepa::model::{Classifier, cpu_device};
-use serde_json::json;
+use cepa::pipeline::inspect_model;
 
 use crate::args::{Format, InspectArgs};
 use crate::{ExitStatus, out};
@@ -14,51 +13,17 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitStatus> {
     let spec = a.model.spec()?;
     let path = &a.model.model;
     let model = Classifier::load(path, &spec, &cpu_device(false)).context("cannot load model")?;
-    let mut accuracy = None;
-    let mut data_info = serde_json::Value::Null;
-    if let Some(dir) = &a.data.data {
-        let mut set = cepa::data::load(dir, a.data.split).context("cannot read images")?;
-        if let Some(limit) = a.limit
-            && limit < set.len()
-        {
-            set = set.subset(&(0..limit).collect::<Vec<_>>());
-        }
-        model
-            .check_images(&set)
-            .context("images do not fit the model")?;
-        let t = Instant::now();
-        let acc = model.accuracy(&set, 256)?;
-        let secs = t.elapsed().as_secs_f64();
-        tracing::info!(
-            "accuracy {acc:.4} on {} images in {secs:.2} s ({:.0} images/s)",
-            set.len(),
-            set.len() as f64 / secs
-        );
-        accuracy = Some(acc);
-        data_info = json!({
-            "path": dir, "format": set.format, "split": a.data.split.to_string(), "images": set.len(),
-            "seconds": secs,
-        });
-    }
+    let data = match &a.data.data {
+        Some(dir) => Some(cepa::data::load(dir, a.data.split).context("cannot read images")?),
+        None => None,
+    };
+    let inspection = inspect_model(&model, data.as_ref(), Some(a.data.split), a.limit)
+        .context("images do not fit the model")?;
     let g = model.graph();
     let s = model.spec();
     match a.format {
         Format::Json => {
-            let report = json!({
-                "model": path,
-                "producer": g.producer_name,
-                "opset": g.opset,
-                "ops": g.op_types(),
-                "input": g.input,
-                "output": g.output,
-                "spec": s,
-                "num_classes": s.num_classes,
-                "accuracy": accuracy,
-                "data": data_info,
-                "layers": model.layers(),
-                "version": env!("CARGO_PKG_VERSION"),
-            });
-            out(&(serde_json::to_string_pretty(&report)? + "\n"));
+            out(&(serde_json::to_string_pretty(&inspection.to_json(&model, path))? + "\n"));
         }
         Format::Text => {
             let mut t = String::new();
@@ -92,12 +57,11 @@ pub fn run(a: InspectArgs) -> anyhow::Result<ExitStatus> {
                 writeln!(t, "note      {n}")?;
             }
             writeln!(t, "ops       {}", g.op_types().join(" "))?;
-            if let Some(acc) = accuracy {
+            if let Some(a) = &inspection.accuracy {
                 writeln!(
                     t,
-                    "accuracy  {acc:.4} on {} images of {}",
-                    data_info["images"],
-                    data_info["path"].as_str().unwrap_or("")
+                    "accuracy  {:.4} on {} images of {}",
+                    a.accuracy, a.images, a.source
                 )?;
             }
             writeln!(

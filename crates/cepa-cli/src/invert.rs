@@ -6,11 +6,9 @@ use std::path::Path;
 
 use anyhow::Context;
 use cepa::data::{ImageSet, to_png_bytes};
-use cepa::detect::invert::{
-    Inversion, InvertConfig, KindChoice, TriggerKind, Truth, invert, split_sample,
-};
+use cepa::detect::invert::{Inversion, KindChoice, TriggerKind, Truth};
 use cepa::model::{Classifier, cpu_device};
-use cepa::settings::Settings;
+use cepa::pipeline::{InvertOptions, InvertRun, invert_model};
 
 use crate::args::{Format, InvertArgs, KindArg};
 use crate::report::{Example, Page, TriggerSection};
@@ -23,98 +21,62 @@ pub fn run(a: InvertArgs) -> anyhow::Result<ExitStatus> {
     let spec = a.model.spec()?;
     let path = &a.model.model;
     let model = Classifier::load(path, &spec, &cpu_device(true)).context("cannot load model")?;
-    let mut data = cepa::data::load(&a.data, a.split).context("cannot read images")?;
-    model.check_images(&data)?;
-    data.num_classes = model.num_classes();
-    let truth = a.truth.as_deref().map(read_truth).transpose()?;
-    // Images as a scan draws them ([scan] per_class, holdout_per_class, seed); the trigger's
-    // settings from [invert], its seed the scan's.
-    let settings = Settings::load(a.sample.config.as_deref())?;
-    let per_class = a.sample.per_class.unwrap_or(settings.scan.per_class);
-    let holdout_per_class = a
-        .sample
-        .holdout_per_class
-        .unwrap_or(settings.scan.holdout_per_class);
-    let seed = a.sample.seed.unwrap_or(settings.scan.seed);
-    let (fit, holdout) = split_sample(&data, per_class, holdout_per_class, seed)?;
-    let mut cfg = InvertConfig {
-        seed,
-        ..settings.invert
-    };
-    if let Some(k) = a.kind {
-        cfg.kind = match k {
+    let data = cepa::data::load(&a.data, a.split).context("cannot read images")?;
+    let truth = a.truth.as_deref().map(Truth::from_file).transpose()?;
+    let opts = InvertOptions {
+        sample: a.sample.options(),
+        kind: a.kind.map(|k| match k {
             KindArg::Auto => KindChoice::Auto,
             KindArg::Additive => KindChoice::Additive,
             KindArg::MaskPattern => KindChoice::MaskPattern,
-        };
-    }
-    if let Some(s) = a.steps {
-        cfg.steps = s;
-    }
-    if let Some(p) = a.pi {
-        cfg.pi = p;
-    }
-    if let Some(c) = a.confidence {
-        cfg.confidence = c;
-    }
-    let mut inv = invert(&model, &fit, holdout.as_ref(), a.target, &cfg)
+        }),
+        steps: a.steps,
+        pi: a.pi,
+        confidence: a.confidence,
+    };
+    let run = invert_model(&model, &data, a.target, &opts, truth.as_ref())
         .with_context(|| format!("inversion of class {} failed", a.target))?;
-    if let Some(t) = &truth {
-        inv.compare(t);
-    }
-    let report = serde_json::json!({
-        "model": path.display().to_string(),
-        "spec": model.spec(),
-        "images": {
-            "source": data.source.display().to_string(),
-            "per_class": per_class,
-            "holdout_per_class": holdout.as_ref().map_or(0, |h| h.len() / model.num_classes()),
-        },
-        "inversion": &inv,
-        "version": env!("CARGO_PKG_VERSION"),
-    });
+    let report = run.to_json(&model, path);
     if let Some(dir) = &a.out {
-        let write = || -> anyhow::Result<()> {
-            std::fs::create_dir_all(dir)?;
-            std::fs::write(
-                dir.join("report.json"),
-                serde_json::to_string_pretty(&report)? + "\n",
-            )?;
-            let section = section(&model, &inv, holdout.as_ref().unwrap_or(&fit))?;
-            write_pictures(dir, &section)?;
-            let page = Page {
-                title: format!("cepa invert: class {} of {}", inv.target, path.display()),
-                model: path,
-                spec: model.spec(),
-                scan: None,
-                trigger: Some(section),
-                perturbations: None,
-                baseline: None,
-                combined: None,
-                config: serde_json::json!({ "inversion": &inv.config }),
-            };
-            std::fs::write(dir.join("report.html"), crate::report::render(&page))?;
-            Ok(())
-        };
-        write().with_context(|| format!("cannot write {}", dir.display()))?;
+        write_out(dir, &run, &report, &model, path)
+            .with_context(|| format!("cannot write {}", dir.display()))?;
     }
     match a.format {
         Format::Json => out(&(serde_json::to_string_pretty(&report)? + "\n")),
-        Format::Text => out(&text(&inv, a.out.as_deref())?),
+        Format::Text => out(&text(&run.inversion, a.out.as_deref())?),
     }
     Ok(ExitStatus::Success)
 }
 
-/// Read a known trigger from a JSON file (an example's `truth.json`).
-pub fn read_truth(path: &Path) -> anyhow::Result<Truth> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read truth file {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{}: not a truth file (JSON with target, patch)",
-            path.display()
-        )
-    })
+/// `report.json`, `report.html`, `trigger.png` (and `mask.png`) of an inversion in `dir`.
+pub fn write_out(
+    dir: &Path,
+    run: &InvertRun,
+    report: &serde_json::Value,
+    model: &Classifier,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let inv = &run.inversion;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("report.json"),
+        serde_json::to_string_pretty(report)? + "\n",
+    )?;
+    let section = section(model, inv, run.shown())?;
+    write_pictures(dir, &section)?;
+    let page = Page {
+        title: format!("cepa invert: class {} of {}", inv.target, path.display()),
+        model: path,
+        spec: model.spec(),
+        scan: None,
+        trigger: Some(section),
+        perturbations: None,
+        baseline: None,
+        combined: None,
+        config: serde_json::json!({ "inversion": &inv.config }),
+    };
+    std::fs::write(dir.join("report.html"), crate::report::render(&page))?;
+    Ok(())
 }
 
 /// The trigger as a picture: an additive `delta` with mid-grey = 0 scaled to its largest

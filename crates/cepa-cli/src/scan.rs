@@ -5,12 +5,12 @@ use std::path::Path;
 
 use anyhow::Context;
 use cepa::data::to_png_bytes;
+use cepa::detect::ScanReport;
+use cepa::detect::invert::Truth;
 use cepa::detect::nc::NcReport;
-use cepa::detect::{LayerChoice, ScanReport};
 use cepa::eval::Combination;
 use cepa::model::{Classifier, cpu_device};
-use cepa::pipeline::{Combined, ScanRequest, ScanRun, Verdict, scan_model};
-use cepa::settings::Settings;
+use cepa::pipeline::{Combined, ScanOptions, ScanRequest, ScanRun, Verdict, scan_model};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::args::{Baseline, Format, ScanArgs, VerdictArg};
@@ -27,35 +27,15 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
     let path = &a.model.model;
     let model = Classifier::load(path, &spec, &cpu_device(true)).context("cannot load model")?;
     let data = cepa::data::load(&a.data, a.split).context("cannot read images")?;
-    let truth = a.truth.as_deref().map(invert::read_truth).transpose()?;
-    let mut settings = Settings::load(a.sample.config.as_deref())?;
-    let cfg = &mut settings.scan;
-    if let Some(n) = a.sample.per_class {
-        cfg.per_class = n;
+    let truth = a.truth.as_deref().map(Truth::from_file).transpose()?;
+    let settings = ScanOptions {
+        sample: a.sample.options(),
+        layers: ScanOptions::parse_layers(&a.layer),
+        steps: a.steps,
+        lr: a.lr,
+        threshold: a.threshold,
     }
-    if let Some(s) = a.sample.seed {
-        cfg.seed = s;
-        settings.nc.seed = s;
-    }
-    // Borrowed again after the Neural Cleanse seed.
-    let cfg = &mut settings.scan;
-    if let Some(h) = a.sample.holdout_per_class {
-        cfg.holdout_per_class = h;
-    }
-    if a.layer != "auto" {
-        cfg.layer = LayerChoice::Named(a.layer.split(',').map(|s| s.trim().to_string()).collect());
-    }
-    if let Some(s) = a.steps {
-        cfg.cepa.steps = s;
-    }
-    if let Some(lr) = a.lr {
-        cfg.cepa.lr = lr;
-    }
-    if let Some(t) = a.threshold {
-        // A threshold the user sets is applied as given, whatever the number of classes.
-        cfg.decision.threshold = t;
-        cfg.decision.reference_classes = 0;
-    }
+    .settings()?;
     tracing::info!("model {}: {}", path.display(), model.spec().summary());
     for n in &model.spec().notes {
         tracing::info!("note: {n}");
@@ -289,7 +269,7 @@ fn nc_text(nc: &NcReport, cepa_target: Option<usize>, combined: bool) -> anyhow:
 
 /// `report.json`, `report.html`, the most anomalous class's per-sample perturbations as PNG and,
 /// after stage 2, `trigger.png` (and `mask.png`).
-fn write_out(
+pub fn write_out(
     dir: &Path,
     run: &ScanRun,
     json: &serde_json::Value,

@@ -41,6 +41,9 @@ pub enum Error {
     /// A configuration value out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The computation was stopped by [`crate::runtime::interrupt`] (Ctrl-C in Python).
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl Error {

@@ -1,4 +1,31 @@
-//! Process-wide settings that make the tensor code fast.
+//! Process-wide settings that make the tensor code fast, and the flag that stops a computation.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set by [`interrupt`], read by [`check_interrupt`].
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Ask every running optimisation (CEPA, Neural Cleanse, stage 2, training) to stop at its next
+/// step with [`crate::Error::Interrupted`]. Front ends call it from a signal watcher (the Python
+/// module on Ctrl-C); the flag stays set until [`clear_interrupt`].
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Clear the flag before a new computation.
+pub fn clear_interrupt() {
+    INTERRUPTED.store(false, Ordering::SeqCst);
+}
+
+/// `Err(Interrupted)` once [`interrupt`] has been called: the optimisation loops check it at
+/// every step.
+pub fn check_interrupt() -> crate::Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        Err(crate::Error::Interrupted)
+    } else {
+        Ok(())
+    }
+}
 
 /// Keep freed tensor buffers in the process instead of handing them back to the OS.
 ///

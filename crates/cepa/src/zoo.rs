@@ -404,6 +404,7 @@ pub fn build_model(
     }
     let mut trainer = Trainer::new(&arch.init(cfg.seed)?, cfg, device)?;
     for e in 0..cfg.epochs {
+        crate::runtime::check_interrupt()?;
         let s = trainer.epoch_with(&train, late.as_ref())?;
         on_epoch(e + 1, cfg.epochs, s.loss, s.accuracy);
     }

@@ -407,6 +407,7 @@ fn optimise(
     let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
     let budget = cfg.steps * cfg.infeasible_factor;
     for step in 0..budget {
+        crate::runtime::check_interrupt()?;
         let active: Vec<usize> = (0..problems.len()).filter(|&i| !problems[i].done).collect();
         if active.is_empty() {
             break;

@@ -669,6 +669,7 @@ fn optimise(
     let chw = dims[0] * hw;
     let n = x.dims()[0];
     for _ in 0..cfg.steps {
+        crate::runtime::check_interrupt()?;
         let active: Vec<usize> = (0..problems.len()).filter(|&i| !problems[i].done).collect();
         if active.is_empty() {
             break;

@@ -243,6 +243,7 @@ pub(super) fn optimise(
         .map(|(&kind, init)| Form::new(kind, init, s, &device))
         .collect();
     for step in 0..cfg.steps {
+        crate::runtime::check_interrupt()?;
         let active: Vec<usize> = (0..forms.len()).filter(|&i| !forms[i].done).collect();
         if active.is_empty() {
             break;

@@ -130,6 +130,20 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     }
 }
 
+impl Truth {
+    /// Read a known trigger from a JSON file (an example's `truth.json`).
+    pub fn from_file(path: &std::path::Path) -> crate::Result<Truth> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| crate::Error::io(path.to_path_buf(), e))?;
+        serde_json::from_str(&text).map_err(|e| {
+            crate::Error::format(
+                path.to_path_buf(),
+                format!("not a truth file (JSON with target, patch): {e}"),
+            )
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

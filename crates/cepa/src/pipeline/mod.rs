@@ -2,7 +2,17 @@
 //! Neural Cleanse on the same clean images when a combined verdict needs it (or when asked for
 //! beside CEPA's), the two combined, and stage 2 (the trigger estimate) for a flagged model.
 //! [`ScanRun::to_json`] is the report every front end writes: the verdict that sets the exit
-//! status on top, each detector's own under its key.
+//! status on top, each detector's own under its key. [`inspect_model`] and [`invert_model`] are
+//! `cepa inspect` and `cepa invert`; [`ScanOptions`] and [`InvertOptions`] are what a front end
+//! may override in the settings file.
+
+mod inspect;
+mod invert;
+mod options;
+
+pub use inspect::{Accuracy, Inspection, inspect_model};
+pub use invert::{InvertRun, invert_model};
+pub use options::{InvertOptions, InvertPlan, SampleOptions, ScanOptions};
 
 use serde_json::{Value, json};
 
@@ -155,6 +165,16 @@ impl ScanRun {
 
 fn to_value(v: &impl serde::Serialize) -> Result<Value> {
     serde_json::to_value(v).map_err(|e| Error::Config(format!("cannot write the report: {e}")))
+}
+
+/// Label `data` with `model`'s own predictions, for clean images that come without labels (the
+/// detectors sample per class). A note says so in the images' format.
+pub fn label_by_model(model: &Classifier, data: &mut ImageSet) -> Result<()> {
+    data.labels = vec![0; data.len()];
+    data.num_classes = model.num_classes();
+    data.labels = model.predict(data, 256)?;
+    data.format = format!("{} (labelled by the model's predictions)", data.format);
+    Ok(())
 }
 
 /// Run what `req` asks for on `model` with clean images from `data` (`progress`: CEPA's stage-1

@@ -1,0 +1,5 @@
+"""``python -m cepa``: the ``cepa`` command."""
+
+from ._cli import main
+
+main()
