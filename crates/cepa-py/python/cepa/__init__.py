@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -435,10 +436,14 @@ class _model_file:
             kwargs: Dict[str, Any] = dict(
                 input_names=["input"], output_names=["output"], opset_version=17,
                 dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-            try:
-                torch.onnx.export(module, (dummy,), self.tmp, dynamo=False, **kwargs)
-            except TypeError:  # torch < 2.5 has no `dynamo` argument
-                torch.onnx.export(module, (dummy,), self.tmp, **kwargs)
+            with warnings.catch_warnings():
+                # torch >= 2.9 warns that the TorchScript exporter is the legacy one; it is the
+                # one that keeps the batch dimension dynamic without extra packages.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                try:
+                    torch.onnx.export(module, (dummy,), self.tmp, dynamo=False, **kwargs)
+                except TypeError:  # torch < 2.5 has no `dynamo` argument
+                    torch.onnx.export(module, (dummy,), self.tmp, **kwargs)
         except Exception as e:  # noqa: BLE001 - any export failure is the user's to see
             raise CepaError(f"cannot export the torch model to ONNX: {e}") from e
         finally:

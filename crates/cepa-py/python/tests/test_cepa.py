@@ -192,7 +192,8 @@ def test_torch_module_matches_its_exported_onnx(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.random((60, 28, 28), dtype=np.float32)
     labels = np.arange(60) % 10
-    from_module = cepa.scan(net, images, labels, verdict="cepa", invert=False, steps=30)
+    small = dict(per_class=4, holdout_per_class=2, verdict="cepa", invert=False, steps=30)
+    from_module = cepa.scan(net, images, labels, **small)
     path = tmp_path / "net.onnx"
     kwargs = dict(input_names=["input"], output_names=["output"], opset_version=17,
                   dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
@@ -201,7 +202,7 @@ def test_torch_module_matches_its_exported_onnx(tmp_path):
                           **kwargs)
     except TypeError:  # torch < 2.5
         torch.onnx.export(net.eval(), (torch.zeros(1, 1, 28, 28),), str(path), **kwargs)
-    from_file = cepa.scan(str(path), images, labels, verdict="cepa", invert=False, steps=30)
+    from_file = cepa.scan(str(path), images, labels, **small)
     assert from_module.verdict == from_file.verdict
     assert from_module.target == from_file.target
     assert from_module.score == pytest.approx(from_file.score, rel=1e-6)
