@@ -165,6 +165,12 @@ pub struct ScanArgs {
     /// divided by.
     #[arg(long)]
     pub threshold: Option<f64>,
+    /// Screening of a model with many classes (`[scan.screen]`, on by default from 20
+    /// classes): a short pass over every class, then the full optimisation of the most
+    /// anomalous and of a weighted null sample of the others, for both detectors. `off` runs
+    /// the full scan of every class.
+    #[arg(long, value_enum)]
+    pub screen: Option<OnOff>,
     /// Report format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
@@ -190,6 +196,13 @@ pub struct ScanArgs {
     /// well (EVALUATION.md, "A decision not re-fit on its own test data").
     #[arg(long, value_enum, default_value = "agree")]
     pub verdict: VerdictArg,
+}
+
+/// A switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
 }
 
 /// Whose verdict `scan` reports as its own.

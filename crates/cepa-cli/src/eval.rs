@@ -474,15 +474,25 @@ fn keep_settings(out: &Path, s: &Settings) -> Result<()> {
             let mut before: serde_json::Value = serde_json::from_str(&text)
                 .with_context(|| format!("{}: not a settings file", path.display()))?;
             // Keys added since whose absence meant other behaviour than their default: results
-            // made before them ran without the class-count threshold and without Neural
-            // Cleanse's image cap.
+            // made before them ran without the class-count threshold, without Neural
+            // Cleanse's image cap, and without screening.
             for (section, key, old) in [
+                (
+                    &["scan"][..],
+                    "screen",
+                    serde_json::json!({ "min_classes": 0 }),
+                ),
                 (
                     &["scan", "decision"][..],
                     "reference_classes",
                     serde_json::json!(0),
                 ),
                 (&["nc"][..], "max_images", serde_json::json!(usize::MAX)),
+                (
+                    &["nc"][..],
+                    "screen",
+                    serde_json::json!({ "min_classes": 0 }),
+                ),
             ] {
                 let at = section.iter().try_fold(&mut before, |v, k| v.get_mut(*k));
                 if let Some(serde_json::Value::Object(m)) = at {

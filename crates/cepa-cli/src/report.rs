@@ -205,7 +205,7 @@ fn baseline(
     }
     writeln!(h, "</table></div>")?;
     let [ch, hh, ww] = nc.dims;
-    if let Some(c) = nc.classes.get(nc.most_anomalous)
+    if let Some(c) = nc.classes.iter().find(|c| c.target == nc.most_anomalous)
         && c.mask.len() == hh * ww
         && c.pattern.len() == ch * hh * ww
     {

@@ -13,7 +13,7 @@ use cepa::model::{Classifier, cpu_device};
 use cepa::pipeline::{Combined, ScanOptions, ScanRequest, ScanRun, Verdict, scan_model};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::args::{Baseline, Format, ScanArgs, VerdictArg};
+use crate::args::{Baseline, Format, OnOff, ScanArgs, VerdictArg};
 use crate::report::{Page, Perturbations};
 use crate::{ExitStatus, invert, out};
 
@@ -34,13 +34,20 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
         steps: a.steps,
         lr: a.lr,
         threshold: a.threshold,
+        screen: a.screen.map(|s| s == OnOff::On),
     }
     .settings()?;
     tracing::info!("model {}: {}", path.display(), model.spec().summary());
     for n in &model.spec().notes {
         tracing::info!("note: {n}");
     }
-    let total = (model.num_classes() * settings.scan.cepa.steps) as u64;
+    let k = model.num_classes();
+    let screen = &settings.scan.screen;
+    let total = if screen.applies(k) {
+        k * screen.steps + (screen.candidates + screen.null) * settings.scan.cepa.steps
+    } else {
+        k * settings.scan.cepa.steps
+    } as u64;
     let bar = if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden())
     } else {
@@ -327,7 +334,10 @@ pub fn write_out(
 /// and the perturbation itself (mid-grey = 0, scaled to its largest magnitude), as PNG.
 fn perturbation_pictures(r: &ScanReport) -> anyhow::Result<Option<Perturbations>> {
     let class = r.decision.most_anomalous;
-    let (Some(res), Some(fit)) = (r.results.get(class), r.fit_images.as_ref()) else {
+    let (Some(res), Some(fit)) = (
+        r.results.iter().find(|res| res.target == class),
+        r.fit_images.as_ref(),
+    ) else {
         return Ok(None);
     };
     let (c, h, w) = (fit.channels, fit.height, fit.width);

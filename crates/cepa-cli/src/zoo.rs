@@ -16,6 +16,31 @@ use crate::ExitStatus;
 pub enum ZooCommand {
     /// Train every model of a config into a folder with manifest.json (resumable).
     Build(BuildArgs),
+    /// Make a derived dataset a zoo config can name: `two-digit-mnist`, 100 classes (two MNIST
+    /// digits side by side, 28 x 56, class 10a + b; train pairs from the train split, test
+    /// pairs from the test split), written as .npy files.
+    Dataset(DatasetArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DatasetArgs {
+    /// Which dataset: `two-digit-mnist`.
+    pub kind: String,
+    /// The source dataset folder (MNIST for two-digit-mnist).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Output folder (train_images.npy, train_labels.npy, test_images.npy, test_labels.npy).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Training images (balanced over the 100 classes).
+    #[arg(long, default_value_t = 30000)]
+    pub train: usize,
+    /// Test images.
+    #[arg(long, default_value_t = 5000)]
+    pub test: usize,
+    /// Seed of the pairing.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 #[derive(Args, Debug)]
@@ -41,7 +66,33 @@ pub struct BuildArgs {
 pub fn run(cmd: ZooCommand, quiet: bool) -> Result<ExitStatus> {
     match cmd {
         ZooCommand::Build(a) => build(a, quiet),
+        ZooCommand::Dataset(a) => dataset(a),
     }
+}
+
+fn dataset(a: DatasetArgs) -> Result<ExitStatus> {
+    use cepa::data::{Split, pairs};
+    if a.kind != "two-digit-mnist" {
+        anyhow::bail!("unknown dataset kind '{}' (known: two-digit-mnist)", a.kind);
+    }
+    for (split, n, seed) in [
+        (Split::Train, a.train, a.seed),
+        (Split::Test, a.test, a.seed.wrapping_add(1)),
+    ] {
+        let digits = cepa::data::load(&a.from, split)
+            .with_context(|| format!("cannot read the digits of {}", a.from.display()))?;
+        let set = pairs::two_digit(&digits, n, seed)?;
+        pairs::write_npy_split(&a.out, &split.to_string(), &set)
+            .with_context(|| format!("cannot write {}", a.out.display()))?;
+        tracing::info!("{split}: {n} two-digit images from {} digits", digits.len());
+    }
+    crate::out(&format!(
+        "wrote {} ({} train, {} test two-digit images, 100 classes)\n",
+        a.out.display(),
+        a.train,
+        a.test
+    ));
+    Ok(ExitStatus::Success)
 }
 
 fn build(a: BuildArgs, quiet: bool) -> Result<ExitStatus> {

@@ -62,6 +62,7 @@ struct Options {
     steps: Option<usize>,
     lr: Option<f64>,
     threshold: Option<f64>,
+    screen: Option<bool>,
     baseline: Option<String>,
     verdict: Option<String>,
     invert: bool,
@@ -256,6 +257,7 @@ fn scan(
             steps: opts.steps,
             lr: opts.lr,
             threshold: opts.threshold,
+            screen: opts.screen,
         }
         .settings()?;
         let request = ScanRequest {

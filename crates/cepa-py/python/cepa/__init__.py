@@ -210,7 +210,8 @@ def scan(model: Model, images: Images, labels: Optional[np.ndarray] = None, *,
          out: Optional[PathLike] = None, invert: bool = True,
          num_classes: Optional[int] = None, config: Optional[PathLike] = None,
          layer: str = "auto", steps: Optional[int] = None, threshold: Optional[float] = None,
-         holdout_per_class: Optional[int] = None, split: str = "test") -> Report:
+         holdout_per_class: Optional[int] = None, screen: Optional[bool] = None,
+         split: str = "test") -> Report:
     """Decide whether ``model`` is backdoored and which class the backdoor targets (``cepa scan``).
 
     Args:
@@ -235,6 +236,8 @@ def scan(model: Model, images: Images, labels: Optional[np.ndarray] = None, *,
         steps: optimisation steps per class.
         threshold: CEPA's threshold, applied as given.
         holdout_per_class: held-out clean images per class.
+        screen: screening of a model with many classes (on by default from 20 classes);
+            ``False`` runs the full scan of every class.
         split: which split of a dataset folder ``images`` names.
 
     Raises:
@@ -244,7 +247,7 @@ def scan(model: Model, images: Images, labels: Optional[np.ndarray] = None, *,
     opts: Dict[str, Any] = dict(
         per_class=_count("per_class", per_class), seed=_count("seed", seed),
         verdict=verdict, baseline=baseline, invert=bool(invert), layer=layer, steps=steps,
-        threshold=threshold, holdout_per_class=holdout_per_class,
+        threshold=threshold, holdout_per_class=holdout_per_class, screen=screen,
         config=None if config is None else os.fspath(config),
         out=None if out is None else os.path.abspath(os.fspath(out)),
     )

@@ -14,6 +14,7 @@ pub mod cifar;
 pub mod folder;
 pub mod idx;
 pub mod npy;
+pub mod pairs;
 pub mod png;
 pub mod sample;
 
@@ -22,7 +23,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-pub use npy::{NpyArray, NpyData, read_npy, write_npy_f32};
+pub use npy::{NpyArray, NpyData, read_npy, write_npy_f32, write_npy_u8};
 pub use png::{save_png, to_png_bytes};
 
 use crate::{Error, Result};

@@ -104,12 +104,22 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
 
 /// Write `data` with `shape` as a format 1.0 `.npy` file of little-endian `f32`.
 pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
-    let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-    if count != Some(data.len()) {
+    let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_npy(path, shape, "<f4", data.len(), &bytes)
+}
+
+/// Write `data` with `shape` as a format 1.0 `.npy` file of `u1` (bytes: pixels 0..255, labels).
+pub fn write_npy_u8(path: &Path, shape: &[usize], data: &[u8]) -> Result<()> {
+    write_npy(path, shape, "|u1", data.len(), data)
+}
+
+/// A format 1.0 `.npy` file of `count` values of `descr`, given as their little-endian `bytes`.
+fn write_npy(path: &Path, shape: &[usize], descr: &str, count: usize, bytes: &[u8]) -> Result<()> {
+    let expected = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    if expected != Some(count) {
         return Err(Error::Mismatch(format!(
-            "cannot write {}: shape {shape:?} does not hold {} values",
+            "cannot write {}: shape {shape:?} does not hold {count} values",
             path.display(),
-            data.len()
         )));
     }
     let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
@@ -117,7 +127,8 @@ pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
         1 => format!("({},)", dims[0]),
         _ => format!("({})", dims.join(", ")),
     };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
     // magic (6) + version (2) + header length (2) + header + '\n', padded to 64 bytes
     let unpadded = MAGIC.len() + 4 + header.len() + 1;
     header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
@@ -128,14 +139,12 @@ pub fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
             path.display()
         ))
     })?;
-    let mut out = Vec::with_capacity(MAGIC.len() + 4 + header.len() + 4 * data.len());
+    let mut out = Vec::with_capacity(MAGIC.len() + 4 + header.len() + bytes.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&header_len.to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    for v in data {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
+    out.extend_from_slice(bytes);
     std::fs::write(path, out).map_err(|e| Error::io(path, e))
 }
 

@@ -315,6 +315,21 @@ pub fn stage1_with_progress(
     cfg: &CepaConfig,
     progress: Progress,
 ) -> Result<Vec<TargetResult>> {
+    let all: Vec<usize> = (0..model.num_classes()).collect();
+    stage1_targets(model, images, holdout, layers, cfg, &all, progress)
+}
+
+/// [`stage1_with_progress`] for the putative targets `targets` only (a screened scan's pool), in
+/// that order.
+pub fn stage1_targets(
+    model: &Classifier,
+    images: &ImageSet,
+    holdout: Option<&ImageSet>,
+    layers: &[String],
+    cfg: &CepaConfig,
+    targets: &[usize],
+    progress: Progress,
+) -> Result<Vec<TargetResult>> {
     cfg.validate()?;
     model.check_images(images)?;
     if layers.is_empty() {
@@ -330,8 +345,14 @@ pub fn stage1_with_progress(
     let d: Vec<f64> = clean_all.iter().map(|c| c.dims()[1] as f64).collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
 
-    let mut problems: Vec<Problem> = Vec::with_capacity(k);
-    for target in 0..k {
+    let mut problems: Vec<Problem> = Vec::with_capacity(targets.len());
+    for &target in targets {
+        if target >= k {
+            return Err(Error::Mismatch(format!(
+                "class {target} is not a class of the model (0..{})",
+                k.saturating_sub(1)
+            )));
+        }
         let idx = sources_of(&images.labels, target, cfg.max_samples);
         if idx.is_empty() {
             return Err(Error::Mismatch(format!(
@@ -376,8 +397,8 @@ pub fn stage1_with_progress(
     // The problems are independent: split them over the cores, each share one batch.
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .clamp(1, k);
-    let chunk = k.div_ceil(threads);
+        .clamp(1, problems.len().max(1));
+    let chunk = problems.len().div_ceil(threads).max(1);
     let outcome: Vec<Result<()>> = std::thread::scope(|scope| {
         let handles: Vec<_> = problems
             .chunks_mut(chunk)

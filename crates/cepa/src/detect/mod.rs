@@ -13,4 +13,6 @@ pub mod scan;
 pub mod stats;
 pub mod verdict;
 
-pub use scan::{LayerChoice, ScanConfig, ScanReport, scan, scan_with_progress};
+pub use scan::{
+    LayerChoice, ScanConfig, ScanReport, ScreenConfig, ScreenReport, scan, scan_with_progress,
+};

@@ -30,7 +30,8 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::data::ImageSet;
-use crate::detect::stats::{Tail, anomaly_indices};
+use crate::detect::scan::{ScreenConfig, ScreenReport, pool_from_screen, screen_report};
+use crate::detect::stats::{Tail, anomaly_indices, anomaly_indices_weighted};
 use crate::error::{Error, Result};
 use crate::model::Classifier;
 
@@ -91,6 +92,10 @@ pub struct NcConfig {
     pub max_images: usize,
     /// Seed of the initial masks and patterns (uniform in [0, 1), as in the reference). Default 0.
     pub seed: u64,
+    /// Screening of a model with many classes, as CEPA's ([`ScreenConfig`]; `max_samples` is
+    /// the number of images the screening pass stamps) [ours]. Default: from 20 classes, 50
+    /// steps on 20 images, then the full optimisation of 5 candidates and a null sample of 10.
+    pub screen: ScreenConfig,
 }
 
 impl Default for NcConfig {
@@ -112,6 +117,10 @@ impl Default for NcConfig {
             max_batch: 2048,
             max_images: 100,
             seed: 0,
+            screen: ScreenConfig {
+                steps: 50,
+                ..ScreenConfig::default()
+            },
         }
     }
 }
@@ -354,8 +363,12 @@ pub struct NcReport {
     pub score: f64,
     /// The class with the largest anomaly index, flagged or not.
     pub most_anomalous: usize,
-    /// Per target class, in class order.
+    /// Per target class, in class order (a screened run: the classes optimised fully, most
+    /// anomalous in the screening pass first).
     pub classes: Vec<NcClassResult>,
+    /// The screening pass, when the model was screened.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub screen: Option<ScreenReport>,
     /// Images stamped for every target.
     pub images: usize,
     /// Mask and pattern shape: `[C, H, W]`.
@@ -493,43 +506,53 @@ pub fn neural_cleanse(
     if images.is_empty() {
         return Err(Error::Mismatch("Neural Cleanse needs clean images".into()));
     }
-    // Every target stamps the same images: at most max_images, round-robin over the classes (no
-    // class is left out: `num_classes` is no image's label).
-    let capped;
-    let images = if images.len() > cfg.max_images {
-        let keep = crate::detect::cepa::sources_of(
-            &images.labels,
-            images.num_classes.max(model.num_classes()),
-            cfg.max_images,
-        );
-        capped = images.subset(&keep);
-        &capped
-    } else {
-        images
-    };
+    cfg.screen.validate()?;
+    let k = model.num_classes();
     let dims = [images.channels, images.height, images.width];
     let len = (1 + dims[0]) * dims[1] * dims[2];
-    let x = model.images_tensor(&images.pixels, images.len());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut problems: Vec<Problem> = (0..model.num_classes())
-        .map(|target| Problem::new(target, len, &mut rng, cfg))
-        .collect();
-    run_all(model, &x, &mut problems, dims, cfg, progress)?;
-
-    let mut classes: Vec<NcClassResult> = problems.into_iter().map(Problem::finish).collect();
+    let (stamped, mut classes, weights, screen) = if cfg.screen.applies(k) {
+        let t = Instant::now();
+        let quick = NcConfig {
+            steps: cfg.screen.steps,
+            max_images: cfg.screen.max_samples,
+            ..cfg.clone()
+        };
+        let all: Vec<usize> = (0..k).collect();
+        let few = capped_images(model, images, quick.max_images);
+        let first = run_targets(model, &few, &all, len, &mut rng, &quick, progress)?;
+        let l1: Vec<f64> = first.iter().map(|c| c.l1).collect();
+        let indices = anomaly_indices(&l1, Tail::Small);
+        let (pool, weights) = pool_from_screen(&indices, &cfg.screen);
+        let screen = screen_report(
+            &indices,
+            &pool,
+            &weights,
+            &cfg.screen,
+            t.elapsed().as_secs_f64(),
+        );
+        let full = capped_images(model, images, cfg.max_images);
+        let classes = run_targets(model, &full, &pool, len, &mut rng, cfg, progress)?;
+        (full.len(), classes, Some(weights), Some(screen))
+    } else {
+        let all: Vec<usize> = (0..k).collect();
+        let full = capped_images(model, images, cfg.max_images);
+        let classes = run_targets(model, &full, &all, len, &mut rng, cfg, progress)?;
+        (full.len(), classes, None, None)
+    };
     let l1: Vec<f64> = classes.iter().map(|c| c.l1).collect();
-    let indices = anomaly_indices(&l1, Tail::Small);
+    let indices = anomaly_indices_weighted(&l1, weights.as_deref(), Tail::Small, 0.0);
     let (mut most_anomalous, mut score) = (0, f64::NEG_INFINITY);
+    let mut most_l1 = f64::NAN;
     for (c, &a) in classes.iter_mut().zip(&indices) {
         c.anomaly_index = a;
         if a > score {
-            (most_anomalous, score) = (c.target, a);
+            (most_anomalous, score, most_l1) = (c.target, a, c.l1);
         }
     }
     let verdict_backdoored = score > cfg.threshold;
     tracing::info!(
-        "neural cleanse: max anomaly index {score:.3} at class {most_anomalous} (l1 {:.3})",
-        l1.get(most_anomalous).copied().unwrap_or(f64::NAN)
+        "neural cleanse: max anomaly index {score:.3} at class {most_anomalous} (l1 {most_l1:.3})"
     );
     Ok(NcReport {
         verdict_backdoored,
@@ -537,12 +560,48 @@ pub fn neural_cleanse(
         score,
         most_anomalous,
         classes,
-        images: images.len(),
+        screen,
+        images: stamped,
         dims,
         config: cfg.clone(),
         version: env!("CARGO_PKG_VERSION").to_string(),
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// The images every target stamps: at most `max` of `images`, round-robin over the classes (no
+/// class is left out: `num_classes` is no image's label).
+fn capped_images(model: &Classifier, images: &ImageSet, max: usize) -> ImageSet {
+    if images.len() > max {
+        let keep = crate::detect::cepa::sources_of(
+            &images.labels,
+            images.num_classes.max(model.num_classes()),
+            max,
+        );
+        images.subset(&keep)
+    } else {
+        images.clone()
+    }
+}
+
+/// Optimise the triggers of `targets` on `images` (problems drawn from `rng` in that order).
+fn run_targets(
+    model: &Classifier,
+    images: &ImageSet,
+    targets: &[usize],
+    len: usize,
+    rng: &mut rand_chacha::ChaCha8Rng,
+    cfg: &NcConfig,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Result<Vec<NcClassResult>> {
+    let dims = [images.channels, images.height, images.width];
+    let x = model.images_tensor(&images.pixels, images.len());
+    let mut problems: Vec<Problem> = targets
+        .iter()
+        .map(|&target| Problem::new(target, len, rng, cfg))
+        .collect();
+    run_all(model, &x, &mut problems, dims, cfg, progress)?;
+    Ok(problems.into_iter().map(Problem::finish).collect())
 }
 
 /// Optimise every problem: they are independent, so they are split over the cores, and each

@@ -5,8 +5,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::data::ImageSet;
-use crate::detect::cepa::{CepaConfig, Progress, TargetResult, stage1_with_progress};
-use crate::detect::verdict::{Decision, DecisionConfig, decide};
+use crate::detect::cepa::{CepaConfig, Progress, TargetResult, stage1_targets};
+use crate::detect::verdict::{Decision, DecisionConfig, Pool, decide, decide_pool};
 use crate::error::{Error, Result};
 use crate::model::{Classifier, ResolvedSpec};
 
@@ -37,6 +37,148 @@ pub struct ScanConfig {
     pub seed: u64,
     pub cepa: CepaConfig,
     pub decision: DecisionConfig,
+    pub screen: ScreenConfig,
+}
+
+/// Screening [ours]: for a model of many classes, a short first pass over every class ranks the
+/// putative targets; the full optimisation then runs on the `candidates` most anomalous and on a
+/// `null` sample of the others, taken evenly over their screening ranks. Each class of the null
+/// sample stands for the screened-out classes around it: the medians and MADs of the decision
+/// are weighted ([`Pool`]), so they estimate those of the full scan and the extremes optimised
+/// fully do not pull the null towards themselves. The cost of a scan then grows with the
+/// screening pass only (a few steps on few images per class), not with full problems per class.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScreenConfig {
+    /// Screen a model with at least this many classes; 0 turns screening off (`--screen off`).
+    /// Default 20: a 10-class scan is cheap and keeps every class.
+    pub min_classes: usize,
+    /// Steps of the screening pass per class. Default 30.
+    pub steps: usize,
+    /// Images per class problem in the screening pass. Default 20.
+    pub max_samples: usize,
+    /// Classes optimised fully for being the most anomalous of the screening pass. Default 5.
+    pub candidates: usize,
+    /// Other classes optimised fully as the null sample. Default 10.
+    pub null: usize,
+}
+
+impl Default for ScreenConfig {
+    fn default() -> Self {
+        Self {
+            min_classes: 20,
+            steps: 30,
+            max_samples: 20,
+            candidates: 5,
+            null: 10,
+        }
+    }
+}
+
+impl ScreenConfig {
+    /// Whether a model of `classes` classes is screened.
+    pub fn applies(&self, classes: usize) -> bool {
+        self.min_classes > 0 && classes >= self.min_classes && classes > self.candidates + self.null
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.min_classes > 0
+            && (self.steps == 0 || self.max_samples == 0 || self.candidates == 0 || self.null < 3)
+        {
+            return Err(Error::Config(
+                "[scan.screen]: steps, max_samples and candidates must be at least 1 and null at \
+                 least 3 (or min_classes = 0 to turn screening off)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the screening pass found, per class, and which classes it kept.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScreenReport {
+    /// Per class, in class order.
+    pub classes: Vec<ScreenedClass>,
+    pub config: ScreenConfig,
+    pub seconds: f64,
+}
+
+/// One class of the screening pass.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScreenedClass {
+    pub class: usize,
+    /// Its combined anomaly index in the screening pass.
+    pub index: f64,
+    /// 1 = most anomalous.
+    pub rank: usize,
+    /// `candidate`, `null` (optimised fully) or `screened_out`.
+    pub role: String,
+    /// How many classes it stands for in the decision (0 when screened out).
+    pub weight: f64,
+}
+
+/// Which classes the full optimisation runs on, from the screening indices: the `candidates`
+/// most anomalous, and `null` classes evenly spaced over the ranks of the rest, each standing for
+/// the classes of its stretch. Returns the pool's classes (candidates first) and their weights.
+pub fn pool_from_screen(indices: &[f64], cfg: &ScreenConfig) -> (Vec<usize>, Vec<f64>) {
+    let k = indices.len();
+    let mut order: Vec<usize> = (0..k).collect();
+    // Most anomalous first; ties by class.
+    order.sort_by(|&a, &b| indices[b].total_cmp(&indices[a]).then(a.cmp(&b)));
+    let m = cfg.candidates.min(k);
+    let rest = &order[m..];
+    let n = cfg.null.min(rest.len());
+    let mut classes: Vec<usize> = order[..m].to_vec();
+    let mut weights = vec![1.0; m];
+    if n > 0 {
+        let w = rest.len() as f64 / n as f64;
+        for j in 0..n {
+            let pos = ((j as f64 + 0.5) * rest.len() as f64 / n as f64).floor() as usize;
+            classes.push(rest[pos.min(rest.len() - 1)]);
+            weights.push(w);
+        }
+    }
+    (classes, weights)
+}
+
+/// The screening pass as a report: every class's index and rank, and its role in the pool.
+pub(crate) fn screen_report(
+    indices: &[f64],
+    pool: &[usize],
+    weights: &[f64],
+    cfg: &ScreenConfig,
+    seconds: f64,
+) -> ScreenReport {
+    let k = indices.len();
+    let mut order: Vec<usize> = (0..k).collect();
+    order.sort_by(|&a, &b| indices[b].total_cmp(&indices[a]).then(a.cmp(&b)));
+    let mut rank_of = vec![0; k];
+    for (r, &c) in order.iter().enumerate() {
+        rank_of[c] = r + 1;
+    }
+    let classes = (0..k)
+        .map(|c| {
+            let at = pool.iter().position(|&p| p == c);
+            ScreenedClass {
+                class: c,
+                index: indices[c],
+                rank: rank_of[c],
+                role: match at {
+                    Some(i) if i < cfg.candidates => "candidate",
+                    Some(_) => "null",
+                    None => "screened_out",
+                }
+                .into(),
+                weight: at.map_or(0.0, |i| weights[i]),
+            }
+        })
+        .collect();
+    ScreenReport {
+        classes,
+        config: cfg.clone(),
+        seconds,
+    }
 }
 
 impl Default for ScanConfig {
@@ -49,6 +191,7 @@ impl Default for ScanConfig {
             seed: 0,
             cepa: CepaConfig::default(),
             decision: DecisionConfig::default(),
+            screen: ScreenConfig::default(),
         }
     }
 }
@@ -73,7 +216,11 @@ pub struct ScanReport {
     pub config: ScanConfig,
     pub version: String,
     pub seconds: f64,
-    /// Stage-1 results (per-sample perturbations are not serialised).
+    /// The screening pass, when the model was screened ([`ScreenConfig`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub screen: Option<ScreenReport>,
+    /// Stage-1 results of the classes optimised fully, in the decision's order (every class in
+    /// class order, or a screened scan's pool; per-sample perturbations are not serialised).
     #[serde(skip)]
     pub results: Vec<TargetResult>,
     /// The clean images the optimisation used.
@@ -177,8 +324,80 @@ pub fn scan_with_progress(
         seed: cfg.seed,
         ..cfg.cepa.clone()
     };
-    let results = stage1_with_progress(model, &fit, holdout.as_ref(), &layers, &cepa, progress)?;
-    let mut decision = decide(&results, &layers, &cfg.decision)?;
+    cfg.screen.validate()?;
+    let k = model.num_classes();
+    let (results, mut decision, screen) = if cfg.screen.applies(k) {
+        let t = Instant::now();
+        let quick = CepaConfig {
+            steps: cfg.screen.steps,
+            max_samples: cfg.screen.max_samples,
+            infeasible_factor: 1,
+            ..cepa.clone()
+        };
+        let all: Vec<usize> = (0..k).collect();
+        let first = stage1_targets(
+            model,
+            &fit,
+            holdout.as_ref(),
+            &layers,
+            &quick,
+            &all,
+            progress,
+        )?;
+        let screened = decide(&first, &layers, &cfg.decision)?;
+        let indices: Vec<f64> = screened.classes.iter().map(|c| c.anomaly_index).collect();
+        let (pool, weights) = pool_from_screen(&indices, &cfg.screen);
+        let seconds = t.elapsed().as_secs_f64();
+        tracing::info!(
+            "screened {k} classes in {seconds:.1} s: full optimisation of candidates {:?} and null sample {:?}",
+            &pool[..cfg.screen.candidates.min(pool.len())],
+            &pool[cfg.screen.candidates.min(pool.len())..]
+        );
+        let report = screen_report(&indices, &pool, &weights, &cfg.screen, seconds);
+        let results = stage1_targets(
+            model,
+            &fit,
+            holdout.as_ref(),
+            &layers,
+            &cepa,
+            &pool,
+            progress,
+        )?;
+        let pool = Pool {
+            classes: k,
+            weights,
+        };
+        let decision = decide_pool(&results, &layers, &cfg.decision, Some(&pool))?;
+        (results, decision, Some(report))
+    } else {
+        let all: Vec<usize> = (0..k).collect();
+        let results = stage1_targets(
+            model,
+            &fit,
+            holdout.as_ref(),
+            &layers,
+            &cepa,
+            &all,
+            progress,
+        )?;
+        let decision = decide(&results, &layers, &cfg.decision)?;
+        (results, decision, None)
+    };
+    if let Some(sr) = &screen {
+        let out: Vec<usize> = sr
+            .classes
+            .iter()
+            .filter(|c| c.role == "screened_out")
+            .map(|c| c.class)
+            .collect();
+        decision.notes.push(format!(
+            "screened: {} of {k} classes optimised fully ({} candidates, {} as the null sample, weighted); {} screened out",
+            k - out.len(),
+            cfg.screen.candidates.min(k),
+            k - out.len() - cfg.screen.candidates.min(k),
+            out.len()
+        ));
+    }
     decision.notes.extend(notes);
     Ok(ScanReport {
         verdict: verdict_word(decision.backdoored).to_string(),
@@ -205,7 +424,43 @@ pub fn scan_with_progress(
         },
         version: env!("CARGO_PKG_VERSION").to_string(),
         seconds: start.elapsed().as_secs_f64(),
+        screen,
         results,
         fit_images: Some(fit),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_takes_the_top_candidates_and_an_even_null_sample_weighted_to_the_rest() {
+        // Class i has index 20 - i: class 0 most anomalous.
+        let indices: Vec<f64> = (0..20).map(|i| 20.0 - i as f64).collect();
+        let cfg = ScreenConfig {
+            candidates: 3,
+            null: 4,
+            ..ScreenConfig::default()
+        };
+        let (pool, weights) = pool_from_screen(&indices, &cfg);
+        // 17 classes remain: positions floor((j + 0.5) * 17 / 4) = 2, 6, 10, 14 among them.
+        assert_eq!(pool, vec![0, 1, 2, 5, 9, 13, 17]);
+        assert_eq!(&weights[..3], &[1.0, 1.0, 1.0]);
+        assert!(weights[3..].iter().all(|&w| (w - 17.0 / 4.0).abs() < 1e-12));
+        assert!((weights.iter().sum::<f64>() - 20.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn screening_applies_from_min_classes_and_is_validated() {
+        let cfg = ScreenConfig::default();
+        assert!(!cfg.applies(10) && cfg.applies(43) && cfg.applies(100));
+        let off = ScreenConfig {
+            min_classes: 0,
+            ..cfg.clone()
+        };
+        assert!(!off.applies(1000));
+        let bad = ScreenConfig { null: 2, ..cfg };
+        assert!(bad.validate().is_err());
+    }
 }

@@ -54,6 +54,40 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// Weighted median: the value where the cumulative weight of the sorted values reaches half the
+/// total (the mean of the two values around it when it lands exactly on the half, so unit weights
+/// give [`median`]). Weights must be positive; empty -> NaN.
+pub fn weighted_median(values: &[f64], weights: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
+    let total: f64 = weights.iter().sum();
+    let half = 0.5 * total;
+    let mut cum = 0.0;
+    for (pos, &i) in order.iter().enumerate() {
+        cum += weights[i];
+        if (cum - half).abs() <= 1e-9 * total {
+            return match order.get(pos + 1) {
+                Some(&j) => 0.5 * (values[i] + values[j]),
+                None => values[i],
+            };
+        }
+        if cum > half {
+            return values[i];
+        }
+    }
+    values[order[order.len() - 1]]
+}
+
+/// Weighted median absolute deviation from the weighted median (raw, not scaled).
+pub fn weighted_mad(values: &[f64], weights: &[f64]) -> f64 {
+    let centre = weighted_median(values, weights);
+    let deviations: Vec<f64> = values.iter().map(|v| (v - centre).abs()).collect();
+    weighted_median(&deviations, weights)
+}
+
 /// Median absolute deviation from the median (raw, not scaled); empty -> NaN.
 pub fn mad(values: &[f64]) -> f64 {
     let centre = median(values);
@@ -96,6 +130,26 @@ pub fn anomaly_indices(values: &[f64], tail: Tail) -> Vec<f64> {
 /// whose differences below that fraction mean nothing (with few classes, or classes the model
 /// treats alike, the MAD of nearly equal values is tiny and any wobble looks anomalous).
 pub fn anomaly_indices_floored(values: &[f64], tail: Tail, relative: f64) -> Vec<f64> {
+    anomaly_indices_weighted(values, None, tail, relative)
+}
+
+/// [`anomaly_indices_floored`] where each value stands for `weights[i]` classes (a screened scan
+/// optimises a sample of the classes fully, and each sampled class stands for those it was drawn
+/// from): the median, MAD and mean absolute deviation are weighted. `None` weighs every value 1.
+pub fn anomaly_indices_weighted(
+    values: &[f64],
+    weights: Option<&[f64]>,
+    tail: Tail,
+    relative: f64,
+) -> Vec<f64> {
+    let ones;
+    let weights = match weights {
+        Some(w) => w,
+        None => {
+            ones = vec![1.0; values.len()];
+            &ones
+        }
+    };
     let finite = values.iter().copied().filter(|v| v.is_finite());
     let least_suspicious = match tail {
         Tail::Large => finite.min_by(f64::total_cmp),
@@ -113,13 +167,17 @@ pub fn anomaly_indices_floored(values: &[f64], tail: Tail, relative: f64) -> Vec
         .map(|&v| if v.is_finite() { v } else { fill })
         .collect();
 
-    let centre = median(&clean);
-    let raw_mad = mad(&clean);
+    let centre = weighted_median(&clean, weights);
+    let raw_mad = weighted_mad(&clean, weights);
     let scale = if raw_mad > 0.0 {
         MAD_TO_SIGMA * raw_mad
     } else {
-        let mean_abs_dev =
-            clean.iter().map(|v| (v - centre).abs()).sum::<f64>() / clean.len() as f64;
+        let mean_abs_dev = clean
+            .iter()
+            .zip(weights)
+            .map(|(v, w)| w * (v - centre).abs())
+            .sum::<f64>()
+            / weights.iter().sum::<f64>();
         if mean_abs_dev <= 0.0 {
             return vec![0.0; values.len()];
         }
@@ -444,6 +502,34 @@ mod tests {
         assert_close(median(&[4.0, 1.0, 3.0, 2.0]), 2.5, 1e-15);
         assert_close(median(&[-7.5]), -7.5, 1e-15);
         assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn weighted_median_with_unit_weights_is_the_median() {
+        for v in [
+            vec![3.0, 1.0, 2.0],
+            vec![4.0, 1.0, 3.0, 2.0],
+            vec![5.0],
+            vec![2.0, 2.0, 7.0, -1.0, 0.5, 9.0],
+        ] {
+            let ones = vec![1.0; v.len()];
+            assert_eq!(weighted_median(&v, &ones), median(&v), "{v:?}");
+            assert_eq!(weighted_mad(&v, &ones), mad(&v), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn weighted_median_counts_a_value_as_many_times_as_its_weight() {
+        // 1 stands for three classes: as the median of [1, 1, 1, 5, 9].
+        assert_eq!(weighted_median(&[5.0, 1.0, 9.0], &[1.0, 3.0, 1.0]), 1.0);
+        // [1, 1, 5, 5, 5, 9] -> between the third and fourth value.
+        assert_eq!(weighted_median(&[1.0, 5.0, 9.0], &[2.0, 3.0, 1.0]), 5.0);
+        assert_eq!(weighted_median(&[1.0, 5.0, 9.0], &[3.0, 2.0, 1.0]), 3.0);
+        let expanded = [1.0, 1.0, 1.0, 5.0, 9.0, 9.0];
+        let w =
+            anomaly_indices_weighted(&[1.0, 5.0, 9.0], Some(&[3.0, 1.0, 2.0]), Tail::Large, 0.0);
+        let full = anomaly_indices(&expanded, Tail::Large);
+        assert_all_close(&w, &[full[0], full[3], full[4]], 1e-12);
     }
 
     #[test]

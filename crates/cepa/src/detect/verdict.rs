@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::detect::cepa::TargetResult;
 use crate::detect::stats::{
-    Tail, anomaly_indices, anomaly_indices_floored, mad, max_p_value, median,
+    Tail, anomaly_indices, anomaly_indices_weighted, max_p_value, median, weighted_mad,
+    weighted_median,
 };
 use crate::error::{Error, Result};
 
@@ -221,6 +222,20 @@ pub struct Decision {
     pub source_stats: Vec<SourceReport>,
     pub classes: Vec<ClassReport>,
     pub notes: Vec<String>,
+    /// A screened scan's classes and weights (absent: every class was optimised fully).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<Pool>,
+}
+
+/// The classes a screened scan optimised fully, out of how many: each result stands for
+/// `weights[i]` of the model's `classes` classes in the medians and MADs (a candidate for
+/// itself, a class of the null sample for the screened-out classes it was drawn among).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pool {
+    /// The model's number of classes (the threshold's class-count scaling uses it).
+    pub classes: usize,
+    /// One weight per result, in the results' order; they sum to `classes`.
+    pub weights: Vec<f64>,
 }
 
 /// Turn stage-1 results (one per class, in class order) at `layers` into a decision.
@@ -229,13 +244,37 @@ pub fn decide(
     layers: &[String],
     cfg: &DecisionConfig,
 ) -> Result<Decision> {
+    decide_pool(results, layers, cfg, None)
+}
+
+/// [`decide`] for the results of some of the classes (`pool`; `None`: one per class, all of
+/// them): anomaly indices against weighted medians and MADs, the threshold scaled for the
+/// model's number of classes.
+pub fn decide_pool(
+    results: &[TargetResult],
+    layers: &[String],
+    cfg: &DecisionConfig,
+    pool: Option<&Pool>,
+) -> Result<Decision> {
     if results.len() < 3 {
         return Err(Error::Mismatch(format!(
             "{} classes: the MAD statistics need at least 3",
             results.len()
         )));
     }
+    if let Some(p) = pool
+        && p.weights.len() != results.len()
+    {
+        return Err(Error::Mismatch(format!(
+            "{} pool weights for {} results",
+            p.weights.len(),
+            results.len()
+        )));
+    }
     let k = results.len();
+    let model_classes = pool.map_or(k, |p| p.classes);
+    let unit = vec![1.0; k];
+    let weights: &[f64] = pool.map_or(&unit, |p| &p.weights);
     let mut notes = Vec::new();
     let infeasible: Vec<usize> = results
         .iter()
@@ -284,8 +323,19 @@ pub fn decide(
                 .filter(|(_, o)| **o)
                 .map(|(&v, _)| v)
                 .collect();
+            let vals_w: Vec<f64> = weights
+                .iter()
+                .zip(&ok)
+                .filter(|(_, o)| **o)
+                .map(|(&w, _)| w)
+                .collect();
             let idx: Vec<f64> = if vals.len() >= 3 {
-                let sub = anomaly_indices_floored(&vals, stat.tail(), stat.relative_floor());
+                let sub = anomaly_indices_weighted(
+                    &vals,
+                    Some(&vals_w),
+                    stat.tail(),
+                    stat.relative_floor(),
+                );
                 let least = sub.iter().copied().fold(f64::INFINITY, f64::min);
                 let mut it = sub.into_iter();
                 ok.iter()
@@ -328,8 +378,8 @@ pub fn decide(
         // classes, the scale floored at 1/sqrt(terms) (the spread of a mean of independent
         // unit-scale indices) so few classes or ties cannot blow it up.
         Combine::Restandardised => {
-            let centre = median(&mean_index);
-            let spread = 1.4826 * mad(&mean_index);
+            let centre = weighted_median(&mean_index, weights);
+            let spread = 1.4826 * weighted_mad(&mean_index, weights);
             let scale = spread.max(1.0 / (terms as f64).sqrt());
             mean_index.iter().map(|m| (m - centre) / scale).collect()
         }
@@ -343,10 +393,10 @@ pub fn decide(
                 (0, f64::NEG_INFINITY),
                 |a, (i, v)| if v > a.1 { (i, v) } else { a },
             );
-    let threshold = cfg.threshold_for(k);
+    let threshold = cfg.threshold_for(model_classes);
     if threshold != cfg.threshold {
         notes.push(format!(
-            "{k} classes: threshold {:.2} raised to {threshold:.2} (x{:.3}), for the largest of more \
+            "{model_classes} classes: threshold {:.2} raised to {threshold:.2} (x{:.3}), for the largest of more \
              classes standing out more by chance",
             cfg.threshold,
             threshold / cfg.threshold
@@ -369,15 +419,16 @@ pub fn decide(
             anomaly_index: c,
         })
         .collect();
+    let best_class = results[best].target;
     Ok(Decision {
         backdoored,
-        target: backdoored.then_some(best),
-        most_anomalous: best,
+        target: backdoored.then_some(best_class),
+        most_anomalous: best_class,
         score,
         threshold,
         p_value: if cfg.combine == Combine::Mean {
             // Against the reference scans (10 classes) on the same footing.
-            reference_p_value(score / class_factor(k, cfg.reference_classes))
+            reference_p_value(score / class_factor(model_classes, cfg.reference_classes))
         } else {
             max_p_value(&mean_index)
         },
@@ -385,6 +436,7 @@ pub fn decide(
         source_stats,
         classes,
         notes,
+        pool: pool.cloned(),
     })
 }
 
@@ -401,6 +453,9 @@ pub struct SavedScan {
 #[derive(Clone, Debug, Deserialize)]
 pub struct SavedDecision {
     pub classes: Vec<SavedClass>,
+    /// A screened scan's pool (absent in a full scan's report).
+    #[serde(default)]
+    pub pool: Option<Pool>,
 }
 
 /// One class of a saved report.
@@ -488,12 +543,13 @@ pub fn redecide(saved: &SavedScan, cfg: &DecisionConfig) -> Result<Decision> {
         .iter()
         .map(|c| c.result(&saved.layers))
         .collect::<Result<Vec<_>>>()?;
-    if results.iter().enumerate().any(|(i, r)| r.target != i) {
+    let pool = saved.decision.pool.as_ref();
+    if pool.is_none() && results.iter().enumerate().any(|(i, r)| r.target != i) {
         return Err(Error::Mismatch(
             "the saved classes are not 0, 1, 2, ... in order".into(),
         ));
     }
-    decide(&results, &saved.layers, cfg)
+    decide_pool(&results, &saved.layers, cfg, pool)
 }
 
 /// Source classes whose samples reach the target far more cheaply than the others; all of them

@@ -304,7 +304,8 @@ pub fn invert_for_scan(
     };
     let mu = report
         .results
-        .get(target)
+        .iter()
+        .find(|r| r.target == target)
         .and_then(|r| r.layers.first())
         .filter(|_| cfg.layer.as_ref() == report.layers.first())
         .map(|l| l.mu.as_slice());

@@ -33,6 +33,8 @@ pub struct ScanOptions {
     pub lr: Option<f64>,
     /// CEPA's threshold, applied as given (no scaling with the number of classes).
     pub threshold: Option<f64>,
+    /// Screening of a model with many classes (`[scan.screen]`): `Some(false)` turns it off.
+    pub screen: Option<bool>,
 }
 
 impl ScanOptions {
@@ -72,6 +74,14 @@ impl ScanOptions {
             // A threshold the user sets is applied as given, whatever the number of classes.
             cfg.decision.threshold = t;
             cfg.decision.reference_classes = 0;
+        }
+        let default_min = crate::detect::ScreenConfig::default().min_classes;
+        for screen in [&mut settings.scan.screen, &mut settings.nc.screen] {
+            match self.screen {
+                Some(false) => screen.min_classes = 0,
+                Some(true) if screen.min_classes == 0 => screen.min_classes = default_min,
+                _ => {}
+            }
         }
         Ok(settings)
     }
