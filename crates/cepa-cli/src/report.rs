@@ -182,6 +182,22 @@ fn baseline(
         .map(|c| (c.target, c.anomaly_index))
         .collect();
     writeln!(h, "{}", bar_chart(&bars, threshold, nc.target))?;
+    if let Some(sr) = &nc.screen {
+        let kept = sr
+            .classes
+            .iter()
+            .filter(|c| c.role != "screened_out")
+            .count();
+        writeln!(
+            h,
+            "<p>Screened: a {}-step pass on {} images ranked all {} classes; the {} classes below \
+             were optimised fully (the most anomalous, and a null sample weighted for the rest).</p>",
+            sr.config.steps,
+            sr.config.max_samples,
+            sr.classes.len(),
+            kept
+        )?;
+    }
     writeln!(
         h,
         "<div class=\"wide\"><table><tr><th>class</th><th>mask L1</th><th>ASR</th><th>feasible</th><th>steps</th><th>anomaly index</th></tr>"

@@ -181,6 +181,9 @@ fn text(r: &ScanReport, path: &Path, combined: bool) -> anyhow::Result<String> {
     for n in &r.decision.notes {
         writeln!(t, "note: {n}")?;
     }
+    if let Some(sr) = &r.screen {
+        writeln!(t, "{}", screen_line(sr, "CEPA"))?;
+    }
     writeln!(t)?;
     let label = if combined { "CEPA verdict" } else { "verdict" };
     match r.target {
@@ -215,6 +218,25 @@ fn combined_text(combined: &Combined) -> String {
 }
 
 /// The baseline's verdict and per-class masks, and whether it agrees with CEPA's `target`.
+/// One line on a screening pass: how many classes ran fully, and the screened-out ones.
+fn screen_line(sr: &cepa::detect::ScreenReport, who: &str) -> String {
+    let out: Vec<String> = sr
+        .classes
+        .iter()
+        .filter(|c| c.role == "screened_out")
+        .map(|c| c.class.to_string())
+        .collect();
+    format!(
+        "screened ({who}, {:.1} s, {} steps on {} images a class): {} of {} classes optimised fully; screened out: {}",
+        sr.seconds,
+        sr.config.steps,
+        sr.config.max_samples,
+        sr.classes.len() - out.len(),
+        sr.classes.len(),
+        out.join(" ")
+    )
+}
+
 fn nc_text(nc: &NcReport, cepa_target: Option<usize>, combined: bool) -> anyhow::Result<String> {
     let mut t = String::new();
     writeln!(
@@ -243,6 +265,9 @@ fn nc_text(nc: &NcReport, cepa_target: Option<usize>, combined: bool) -> anyhow:
             if c.feasible { "yes" } else { "no" },
             c.anomaly_index
         )?;
+    }
+    if let Some(sr) = &nc.screen {
+        writeln!(t, "{}", screen_line(sr, "Neural Cleanse"))?;
     }
     let threshold = nc.config.threshold;
     match nc.target {
