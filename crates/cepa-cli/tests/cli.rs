@@ -1453,3 +1453,84 @@ fn tiny_eval(zoo: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Ou
         .output()
         .expect("run cepa")
 }
+
+#[test]
+fn a_screened_scan_reports_its_pool_and_screen_off_turns_it_off() {
+    // Screening normally starts at 20 classes; a settings file makes this 10-class model screened.
+    let dir = tmp_dir("screen");
+    let cfg = dir.join("screen.toml");
+    std::fs::write(
+        &cfg,
+        "[scan.screen]\nmin_classes = 5\nsteps = 4\nmax_samples = 9\ncandidates = 2\nnull = 4\n",
+    )
+    .unwrap();
+    let (_, screened) = quick_scan(&["--config", cfg.to_str().unwrap()]);
+    let classes = screened["screen"]["classes"]
+        .as_array()
+        .expect("screen.classes");
+    assert_eq!(classes.len(), 10);
+    let roles: Vec<&str> = classes
+        .iter()
+        .map(|c| c["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles.iter().filter(|r| **r == "candidate").count(), 2);
+    assert_eq!(roles.iter().filter(|r| **r == "null").count(), 4);
+    assert_eq!(roles.iter().filter(|r| **r == "screened_out").count(), 4);
+    // The decision is over the 6 classes optimised fully, weighted to stand for all 10.
+    assert_eq!(screened["decision"]["classes"].as_array().unwrap().len(), 6);
+    assert_eq!(screened["decision"]["pool"]["classes"], 10);
+    let weights: f64 = screened["decision"]["pool"]["weights"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_f64().unwrap())
+        .sum();
+    assert!((weights - 10.0).abs() < 1e-9, "weights sum to {weights}");
+    // The most anomalous class of the decision was a candidate of the screening pass.
+    let most = screened["decision"]["most_anomalous"].as_u64().unwrap() as usize;
+    assert_ne!(roles[most], "screened_out");
+
+    let (_, full) = quick_scan(&["--config", cfg.to_str().unwrap(), "--screen", "off"]);
+    assert!(full.get("screen").is_none());
+    assert_eq!(full["decision"]["classes"].as_array().unwrap().len(), 10);
+}
+
+#[test]
+fn zoo_dataset_makes_two_digit_mnist_that_reads_back_with_100_classes() {
+    let dir = tmp_dir("two-digit");
+    let out = cepa(&[
+        "zoo",
+        "dataset",
+        "two-digit-mnist",
+        "--from",
+        shared().join("data/mnist").to_str().unwrap(),
+        "--out",
+        dir.to_str().unwrap(),
+        "--train",
+        "300",
+        "--test",
+        "200",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for split in ["train", "test"] {
+        let set = cepa::data::load(&dir, split.parse().unwrap()).unwrap();
+        assert_eq!((set.channels, set.height, set.width), (1, 28, 56));
+        assert_eq!(set.num_classes, 100);
+        assert_eq!(set.len(), if split == "train" { 300 } else { 200 });
+        assert_eq!(set.class_counts().iter().filter(|&&n| n > 0).count(), 100);
+    }
+    let bad = cepa(&[
+        "zoo",
+        "dataset",
+        "three-digit-mnist",
+        "--from",
+        "x",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert_error(&bad, &["unknown dataset kind", "two-digit-mnist"]);
+}
