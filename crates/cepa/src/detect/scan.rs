@@ -326,6 +326,18 @@ pub fn scan_with_progress(
     };
     cfg.screen.validate()?;
     let k = model.num_classes();
+    let all: Vec<usize> = (0..k).collect();
+    let run = |cepa: &CepaConfig, targets: &[usize]| {
+        stage1_targets(
+            model,
+            &fit,
+            holdout.as_ref(),
+            &layers,
+            cepa,
+            targets,
+            progress,
+        )
+    };
     let (results, mut decision, screen) = if cfg.screen.applies(k) {
         let t = Instant::now();
         let quick = CepaConfig {
@@ -334,16 +346,7 @@ pub fn scan_with_progress(
             infeasible_factor: 1,
             ..cepa.clone()
         };
-        let all: Vec<usize> = (0..k).collect();
-        let first = stage1_targets(
-            model,
-            &fit,
-            holdout.as_ref(),
-            &layers,
-            &quick,
-            &all,
-            progress,
-        )?;
+        let first = run(&quick, &all)?;
         let screened = decide(&first, &layers, &cfg.decision)?;
         let indices: Vec<f64> = screened.classes.iter().map(|c| c.anomaly_index).collect();
         let (pool, weights) = pool_from_screen(&indices, &cfg.screen);
@@ -354,15 +357,7 @@ pub fn scan_with_progress(
             &pool[cfg.screen.candidates.min(pool.len())..]
         );
         let report = screen_report(&indices, &pool, &weights, &cfg.screen, seconds);
-        let results = stage1_targets(
-            model,
-            &fit,
-            holdout.as_ref(),
-            &layers,
-            &cepa,
-            &pool,
-            progress,
-        )?;
+        let results = run(&cepa, &pool)?;
         let pool = Pool {
             classes: k,
             weights,
@@ -370,16 +365,7 @@ pub fn scan_with_progress(
         let decision = decide_pool(&results, &layers, &cfg.decision, Some(&pool))?;
         (results, decision, Some(report))
     } else {
-        let all: Vec<usize> = (0..k).collect();
-        let results = stage1_targets(
-            model,
-            &fit,
-            holdout.as_ref(),
-            &layers,
-            &cepa,
-            &all,
-            progress,
-        )?;
+        let results = run(&cepa, &all)?;
         let decision = decide(&results, &layers, &cfg.decision)?;
         (results, decision, None)
     };
