@@ -335,8 +335,10 @@ fn inspect(
     let pixels = pixels_of(pixels, opts.shape)?;
     compute(py, move || {
         let net = load_model(&model, &opts.spec()?, false)?;
+        // Accuracy needs true labels: an array without them is not measured.
         let data = match (&opts.data, &pixels) {
             (None, None) => None,
+            (None, Some(_)) if opts.labels.is_none() => None,
             _ => Some(opts.images(pixels.clone(), &net)?),
         };
         let split = opts.data.as_ref().map(|_| opts.split()).transpose()?;

@@ -93,6 +93,8 @@ def test_inspect_and_invert(example):
     assert info.num_classes == 10
     assert info.accuracy is not None and info.accuracy > 0.9
     assert any(layer["candidate"] for layer in info.layers)
+    # Without labels there is nothing to measure accuracy against.
+    assert cepa.inspect(str(MODEL), images).accuracy is None
     inv = cepa.invert(str(MODEL), images, labels, target=7, kind="mask-pattern", steps=60)
     assert inv.target == 7
     assert inv.trigger.shape == (1, 28, 28)
