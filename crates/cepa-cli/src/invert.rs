@@ -172,13 +172,13 @@ pub fn text(inv: &Inversion, dir: Option<&Path>) -> anyhow::Result<String> {
     match inv.asr {
         Some(asr) => writeln!(
             t,
-            "  ASR     {asr:.3} on {} held-out clean images of other classes (optimisation set {:.3})",
-            inv.holdout_images, b.fit_success
+            "  ASR     {asr:.3} on {} held-out clean images of other classes (optimisation set of {}: {:.3})",
+            inv.holdout_images, inv.optimised_images, b.fit_success
         )?,
         None => writeln!(
             t,
-            "  ASR     no held-out images (optimisation set {:.3})",
-            b.fit_success
+            "  ASR     no held-out images (optimisation set of {}: {:.3})",
+            inv.optimised_images, b.fit_success
         )?,
     }
     write!(

@@ -133,6 +133,12 @@ pub struct InvertConfig {
     pub init_max: f64,
     /// Stop a form after this many checks without a 1 % smaller feasible regulariser. Default 20.
     pub patience: usize,
+    /// At most this many optimisation images (those outside the target class), dealt
+    /// round-robin over their classes as stage 1's `max_samples` [ours]. Default 100, stage 1's
+    /// and Neural Cleanse's cap: 10 classes x 10 images (90) are all kept, while a 43-class
+    /// model's 420 images made stage 2 cost more than the whole scan before it (126 s against
+    /// 106 s on gtsrb32-blend-s1, BENCHMARKS.md).
+    pub max_images: usize,
     /// Seed of the initial perturbations. Default 0.
     pub seed: u64,
 }
@@ -155,6 +161,7 @@ impl Default for InvertConfig {
             layer: None,
             init_max: 0.1,
             patience: 20,
+            max_images: 100,
             seed: 0,
         }
     }
@@ -164,8 +171,10 @@ impl InvertConfig {
     /// Reject values that would make the optimisation meaningless, before any compute.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
-        if self.steps == 0 || self.check_every == 0 || self.patience == 0 {
-            return bad("inversion steps, check_every and patience must be at least 1".into());
+        if self.steps == 0 || self.check_every == 0 || self.patience == 0 || self.max_images == 0 {
+            return bad(
+                "inversion steps, check_every, patience and max_images must be at least 1".into(),
+            );
         }
         let positive = |v: f64| v > 0.0 && v.is_finite();
         if !(positive(self.lr_additive) && positive(self.lr_mask)) {
@@ -254,6 +263,8 @@ pub struct Inversion {
     /// Attack success rate on held-out clean images not of the target (`None` without them).
     pub asr: Option<f64>,
     pub holdout_images: usize,
+    /// How many images the trigger was optimised on (at most `config.max_images`).
+    pub optimised_images: usize,
     /// Why this form.
     pub rule: String,
     /// Every form tried.
@@ -433,8 +444,8 @@ fn apply(form: &FormResult, [c, h, w]: [usize; 3], pixels: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// Estimate the trigger of `target`: optimise on the images of `optimise_on` not of `target`,
-/// measure the attack success rate on those of `holdout` not of `target`. The consensus term
+/// Estimate the trigger of `target`: optimise on the images of `optimise_on` not of `target`
+/// (at most `cfg.max_images` of them, round-robin over their classes), measure the attack success rate on those of `holdout` not of `target`. The consensus term
 /// pulls the embedded perturbations towards their own mean.
 pub fn invert(
     model: &Classifier,
@@ -465,9 +476,7 @@ pub fn invert_towards(
             model.num_classes()
         )));
     }
-    let idx: Vec<usize> = (0..optimise_on.len())
-        .filter(|&i| optimise_on.labels[i] != target)
-        .collect();
+    let idx = crate::detect::cepa::sources_of(&optimise_on.labels, target, cfg.max_images);
     if idx.is_empty() {
         return Err(Error::Mismatch(format!(
             "no optimisation images outside the target class {target}"
@@ -522,6 +531,7 @@ pub fn invert_towards(
         best,
         asr,
         holdout_images,
+        optimised_images: fit.len(),
         rule,
         forms,
         layer,

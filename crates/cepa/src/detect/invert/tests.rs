@@ -164,6 +164,37 @@ fn same_seed_same_trigger() {
 }
 
 #[test]
+fn optimisation_images_are_capped_over_the_source_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = planted_model(dir.path());
+    let fit = images(6, 0);
+    let cfg = InvertConfig {
+        steps: 10,
+        kind: KindChoice::Additive,
+        ..Default::default()
+    };
+    let all = invert(&model, &fit, None, TARGET, &cfg).unwrap();
+    assert_eq!(
+        all.optimised_images,
+        6 * (CLASSES - 1),
+        "below the cap: all"
+    );
+    let capped = InvertConfig {
+        max_images: 7,
+        ..cfg.clone()
+    };
+    let few = invert(&model, &fit, None, TARGET, &capped).unwrap();
+    assert_eq!(few.optimised_images, 7);
+    assert_ne!(all.forms[0].trigger, few.forms[0].trigger);
+    let zero = InvertConfig {
+        max_images: 0,
+        ..cfg
+    };
+    let err = invert(&model, &fit, None, TARGET, &zero).unwrap_err();
+    assert!(err.to_string().contains("max_images"), "{err}");
+}
+
+#[test]
 fn consensus_term_runs_at_the_named_or_deepest_layer() {
     let dir = tempfile::tempdir().unwrap();
     let model = planted_model(dir.path());
