@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use cepa::data::to_png_bytes;
-use cepa::detect::ScanReport;
 use cepa::detect::invert::Inversion;
 use cepa::detect::nc::NcReport;
+use cepa::detect::{ScanReport, ScreenRole};
 use cepa::model::ResolvedSpec;
 
 /// One clean image and the same image with the estimated trigger, with predictions.
@@ -186,7 +186,7 @@ fn baseline(
         let kept = sr
             .classes
             .iter()
-            .filter(|c| c.role != "screened_out")
+            .filter(|c| c.role != ScreenRole::ScreenedOut)
             .count();
         writeln!(
             h,

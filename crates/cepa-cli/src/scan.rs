@@ -5,9 +5,9 @@ use std::path::Path;
 
 use anyhow::Context;
 use cepa::data::to_png_bytes;
-use cepa::detect::ScanReport;
 use cepa::detect::invert::Truth;
 use cepa::detect::nc::NcReport;
+use cepa::detect::{ScanReport, ScreenRole};
 use cepa::eval::Combination;
 use cepa::model::{Classifier, cpu_device};
 use cepa::pipeline::{Combined, ScanOptions, ScanRequest, ScanRun, Verdict, scan_model};
@@ -223,7 +223,7 @@ fn screen_line(sr: &cepa::detect::ScreenReport, who: &str) -> String {
     let out: Vec<String> = sr
         .classes
         .iter()
-        .filter(|c| c.role == "screened_out")
+        .filter(|c| c.role == ScreenRole::ScreenedOut)
         .map(|c| c.class.to_string())
         .collect();
     format!(

@@ -4,10 +4,10 @@
 use cepa::data::ImageSet;
 use cepa::detect::cepa::{CepaConfig, stage1};
 use cepa::detect::verdict::{DecisionConfig, decide};
-use cepa::model::{Classifier, ModelSpec, cpu_device};
-use cepa::onnx::Graph;
-use cepa::onnx::write::{AttrValue, GraphBuilder, save_model};
+use cepa::model::Classifier;
 use rand::{Rng, SeedableRng};
+
+mod common;
 
 const SIDE: usize = 7;
 const CLASSES: usize = 4;
@@ -43,38 +43,8 @@ fn model(planted: bool, dir: &std::path::Path) -> Classifier {
         }
     }
     w2[TARGET * hidden + 12] = 6.0;
-    let mut g = GraphBuilder::new(if planted { "planted" } else { "clean" });
-    g.input("x", &[None, Some(1), Some(SIDE), Some(SIDE)]);
-    let f = g.node("Flatten", &["x"], None, &[]);
-    g.init_f32("w1", &[hidden, d], &w1);
-    g.init_f32("b1", &[hidden], &b1);
-    let h = g.node(
-        "Gemm",
-        &[&f, "w1", "b1"],
-        Some("hidden"),
-        &[("transB", AttrValue::Int(1))],
-    );
-    let e = g.node("Relu", &[&h], Some("embedding"), &[]);
-    g.init_f32("w2", &[CLASSES, hidden], &w2);
-    g.node(
-        "Gemm",
-        &[&e, "w2"],
-        Some("logits"),
-        &[("transB", AttrValue::Int(1))],
-    );
-    g.output("logits", &[None, Some(CLASSES)]);
-    let path = dir.join(format!(
-        "{}.onnx",
-        if planted { "planted" } else { "clean" }
-    ));
-    save_model(&g.build(13), &path).unwrap();
-    Classifier::new(
-        Graph::load(&path).unwrap(),
-        &ModelSpec::default(),
-        None,
-        &cpu_device(true),
-    )
-    .unwrap()
+    let name = if planted { "planted" } else { "clean" };
+    common::two_layer_classifier(name, [SIDE, SIDE], CLASSES, (&w1, &b1), &w2, dir)
 }
 
 fn images(per_class: usize, seed: u64) -> ImageSet {

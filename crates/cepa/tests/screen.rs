@@ -7,11 +7,11 @@
 use cepa::data::ImageSet;
 use cepa::detect::nc::{NcConfig, neural_cleanse};
 use cepa::detect::verdict::{SavedScan, redecide};
-use cepa::detect::{LayerChoice, ScanConfig, ScreenConfig, scan};
-use cepa::model::{Classifier, ModelSpec, cpu_device};
-use cepa::onnx::Graph;
-use cepa::onnx::write::{AttrValue, GraphBuilder, save_model};
+use cepa::detect::{LayerChoice, ScanConfig, ScreenConfig, ScreenRole, scan};
+use cepa::model::Classifier;
 use rand::{Rng, SeedableRng};
+
+mod common;
 
 const CLASSES: usize = 12;
 const ROWS: usize = CLASSES + 1;
@@ -46,38 +46,8 @@ fn model(planted: bool, dir: &std::path::Path) -> Classifier {
         }
     }
     w2[TARGET * hidden + trigger_unit] = 6.0;
-    let mut g = GraphBuilder::new(if planted { "planted" } else { "clean" });
-    g.input("x", &[None, Some(1), Some(ROWS), Some(COLS)]);
-    let f = g.node("Flatten", &["x"], None, &[]);
-    g.init_f32("w1", &[hidden, d], &w1);
-    g.init_f32("b1", &[hidden], &b1);
-    let h = g.node(
-        "Gemm",
-        &[&f, "w1", "b1"],
-        Some("hidden"),
-        &[("transB", AttrValue::Int(1))],
-    );
-    let e = g.node("Relu", &[&h], Some("embedding"), &[]);
-    g.init_f32("w2", &[CLASSES, hidden], &w2);
-    g.node(
-        "Gemm",
-        &[&e, "w2"],
-        Some("logits"),
-        &[("transB", AttrValue::Int(1))],
-    );
-    g.output("logits", &[None, Some(CLASSES)]);
-    let path = dir.join(format!(
-        "{}.onnx",
-        if planted { "planted" } else { "clean" }
-    ));
-    save_model(&g.build(13), &path).unwrap();
-    Classifier::new(
-        Graph::load(&path).unwrap(),
-        &ModelSpec::default(),
-        None,
-        &cpu_device(true),
-    )
-    .unwrap()
+    let name = if planted { "planted" } else { "clean" };
+    common::two_layer_classifier(name, [ROWS, COLS], CLASSES, (&w1, &b1), &w2, dir)
 }
 
 fn images(per_class: usize, seed: u64) -> ImageSet {
@@ -151,13 +121,17 @@ fn screened_scan_finds_the_planted_target_as_the_full_scan_does() {
     // Which classes ran fully, and for how many each stands.
     let s = screened.screen.as_ref().expect("a screen report");
     assert_eq!(s.classes.len(), CLASSES);
-    let role = |r: &str| s.classes.iter().filter(|c| c.role == r).count();
+    let role = |r: ScreenRole| s.classes.iter().filter(|c| c.role == r).count();
     assert_eq!(
-        (role("candidate"), role("null"), role("screened_out")),
+        (
+            role(ScreenRole::Candidate),
+            role(ScreenRole::Null),
+            role(ScreenRole::ScreenedOut)
+        ),
         (2, 4, 6)
     );
     let target = &s.classes[TARGET];
-    assert_eq!((target.role.as_str(), target.rank), ("candidate", 1));
+    assert_eq!((target.role, target.rank), (ScreenRole::Candidate, 1));
     let total: f64 = s.classes.iter().map(|c| c.weight).sum();
     assert!(
         (total - CLASSES as f64).abs() < 1e-9,
@@ -211,7 +185,7 @@ fn screened_neural_cleanse_finds_the_planted_target() {
     assert_eq!(
         s.classes
             .iter()
-            .filter(|c| c.role != "screened_out")
+            .filter(|c| c.role != ScreenRole::ScreenedOut)
             .count(),
         6
     );

@@ -14,5 +14,6 @@ pub mod stats;
 pub mod verdict;
 
 pub use scan::{
-    LayerChoice, ScanConfig, ScanReport, ScreenConfig, ScreenReport, scan, scan_with_progress,
+    LayerChoice, ScanConfig, ScanReport, ScreenConfig, ScreenReport, ScreenRole, scan,
+    scan_with_progress,
 };

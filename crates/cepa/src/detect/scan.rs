@@ -112,10 +112,28 @@ pub struct ScreenedClass {
     pub index: f64,
     /// 1 = most anomalous.
     pub rank: usize,
-    /// `candidate`, `null` (optimised fully) or `screened_out`.
-    pub role: String,
+    pub role: ScreenRole,
     /// How many classes it stands for in the decision (0 when screened out).
     pub weight: f64,
+}
+
+/// A class's part in a screened scan (serialised `candidate`, `null`, `screened_out`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScreenRole {
+    /// Optimised fully for being among the most anomalous of the screening pass.
+    Candidate,
+    /// Optimised fully as one of the null sample, standing for the classes around it.
+    Null,
+    /// Not optimised fully.
+    ScreenedOut,
+}
+
+/// The classes by screening index, most anomalous first (ties by class).
+fn screening_order(indices: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..indices.len()).collect();
+    order.sort_by(|&a, &b| indices[b].total_cmp(&indices[a]).then(a.cmp(&b)));
+    order
 }
 
 /// Which classes the full optimisation runs on, from the screening indices: the `candidates`
@@ -123,9 +141,7 @@ pub struct ScreenedClass {
 /// the classes of its stretch. Returns the pool's classes (candidates first) and their weights.
 pub fn pool_from_screen(indices: &[f64], cfg: &ScreenConfig) -> (Vec<usize>, Vec<f64>) {
     let k = indices.len();
-    let mut order: Vec<usize> = (0..k).collect();
-    // Most anomalous first; ties by class.
-    order.sort_by(|&a, &b| indices[b].total_cmp(&indices[a]).then(a.cmp(&b)));
+    let order = screening_order(indices);
     let m = cfg.candidates.min(k);
     let rest = &order[m..];
     let n = cfg.null.min(rest.len());
@@ -151,10 +167,8 @@ pub(crate) fn screen_report(
     seconds: f64,
 ) -> ScreenReport {
     let k = indices.len();
-    let mut order: Vec<usize> = (0..k).collect();
-    order.sort_by(|&a, &b| indices[b].total_cmp(&indices[a]).then(a.cmp(&b)));
     let mut rank_of = vec![0; k];
-    for (r, &c) in order.iter().enumerate() {
+    for (r, &c) in screening_order(indices).iter().enumerate() {
         rank_of[c] = r + 1;
     }
     let classes = (0..k)
@@ -165,11 +179,10 @@ pub(crate) fn screen_report(
                 index: indices[c],
                 rank: rank_of[c],
                 role: match at {
-                    Some(i) if i < cfg.candidates => "candidate",
-                    Some(_) => "null",
-                    None => "screened_out",
-                }
-                .into(),
+                    Some(i) if i < cfg.candidates => ScreenRole::Candidate,
+                    Some(_) => ScreenRole::Null,
+                    None => ScreenRole::ScreenedOut,
+                },
                 weight: at.map_or(0.0, |i| weights[i]),
             }
         })
@@ -373,7 +386,7 @@ pub fn scan_with_progress(
         let out: Vec<usize> = sr
             .classes
             .iter()
-            .filter(|c| c.role == "screened_out")
+            .filter(|c| c.role == ScreenRole::ScreenedOut)
             .map(|c| c.class)
             .collect();
         decision.notes.push(format!(
