@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use cepa::data::Split;
-use cepa::model::{Layout, ModelSpec, OutputKind, parse_floats};
+use cepa::model::{DeviceChoice, Layout, ModelSpec, OutputKind, parse_floats};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
@@ -21,6 +21,10 @@ pub struct Cli {
     /// Only errors on stderr; no progress bars.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Compute device: `cpu` (burn's flex backend on all cores), or `cuda` / `cuda:N` in a build
+    /// with the `cuda` feature (`cargo build --release --features cuda`).
+    #[arg(long, global = true, default_value = "cpu", value_parser = |s: &str| s.parse::<DeviceChoice>())]
+    pub device: DeviceChoice,
 }
 
 #[derive(Subcommand, Debug)]

@@ -15,7 +15,7 @@ use cepa::eval::{
     Combination, Outcome, agree, either, evaluate, leave_one_dataset_out, leave_one_out_markdown,
     markdown, roc_svg,
 };
-use cepa::model::{Classifier, ModelSpec, cpu_device};
+use cepa::model::{Classifier, Device, DeviceChoice, ModelSpec};
 use cepa::settings::Settings;
 use cepa::shard::Shard;
 use cepa::zoo::{ManifestEntry, read_manifest};
@@ -132,7 +132,7 @@ pub struct InversionOutcome {
     pub seconds: f64,
 }
 
-pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
+pub fn run(a: EvalArgs, quiet: bool, device: DeviceChoice) -> Result<ExitStatus> {
     let manifest = read_manifest(&a.zoo)?;
     if manifest.models.is_empty() {
         bail!("the manifest of {} lists no models", a.zoo.display());
@@ -177,7 +177,7 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
         .map(|o| (o.model.clone(), o.detector.clone()))
         .collect();
     let mut data: BTreeMap<PathBuf, ImageSet> = BTreeMap::new();
-    let device = cpu_device(true);
+    let device = device.device(true)?;
     let todo: Vec<(&ManifestEntry, &str)> = manifest
         .models
         .iter()
@@ -233,7 +233,10 @@ pub fn run(a: EvalArgs, quiet: bool) -> Result<ExitStatus> {
             &kept,
             shard,
             &mut data,
-            quiet,
+            Quiet {
+                quiet,
+                device: &device,
+            },
         )?;
     }
     if let Some(s) = shard {
@@ -760,6 +763,12 @@ fn append(path: &Path, o: &impl Serialize) -> Result<()> {
     Ok(())
 }
 
+/// How a run reports progress, and where it computes.
+struct Quiet<'a> {
+    quiet: bool,
+    device: &'a Device,
+}
+
 /// Stage 2 on every kept backdoored model (resumable through `inversions.jsonl`).
 fn run_inversions(
     a: &EvalArgs,
@@ -768,9 +777,8 @@ fn run_inversions(
     kept: &BTreeSet<&str>,
     shard: Option<Shard>,
     data: &mut BTreeMap<PathBuf, ImageSet>,
-    quiet: bool,
+    Quiet { quiet, device }: Quiet,
 ) -> Result<()> {
-    let device = &cpu_device(true);
     let path = a.out.join(own_file("inversions", shard));
     let done: Vec<InversionOutcome> = read_all(&a.out, "inversions")?;
     let todo: Vec<&ManifestEntry> = models

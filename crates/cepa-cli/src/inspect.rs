@@ -3,16 +3,17 @@
 use std::fmt::Write as _;
 
 use anyhow::Context;
-use cepa::model::{Classifier, cpu_device};
+use cepa::model::{Classifier, DeviceChoice};
 use cepa::pipeline::inspect_model;
 
 use crate::args::{Format, InspectArgs};
 use crate::{ExitStatus, out};
 
-pub fn run(a: InspectArgs) -> anyhow::Result<ExitStatus> {
+pub fn run(a: InspectArgs, device: DeviceChoice) -> anyhow::Result<ExitStatus> {
     let spec = a.model.spec()?;
     let path = &a.model.model;
-    let model = Classifier::load(path, &spec, &cpu_device(false)).context("cannot load model")?;
+    let model =
+        Classifier::load(path, &spec, &device.device(false)?).context("cannot load model")?;
     let data = match &a.data.data {
         Some(dir) => Some(cepa::data::load(dir, a.data.split).context("cannot read images")?),
         None => None,

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 use cepa::data::{ImageSet, to_png_bytes};
 use cepa::detect::invert::{Inversion, KindChoice, TriggerKind, Truth};
-use cepa::model::{Classifier, cpu_device};
+use cepa::model::{Classifier, DeviceChoice};
 use cepa::pipeline::{InvertOptions, InvertRun, invert_model};
 
 use crate::args::{Format, InvertArgs, KindArg};
@@ -17,10 +17,11 @@ use crate::{ExitStatus, out};
 /// How many clean vs triggered examples the HTML report shows.
 const EXAMPLES: usize = 9;
 
-pub fn run(a: InvertArgs) -> anyhow::Result<ExitStatus> {
+pub fn run(a: InvertArgs, device: DeviceChoice) -> anyhow::Result<ExitStatus> {
     let spec = a.model.spec()?;
     let path = &a.model.model;
-    let model = Classifier::load(path, &spec, &cpu_device(true)).context("cannot load model")?;
+    let model =
+        Classifier::load(path, &spec, &device.device(true)?).context("cannot load model")?;
     let data = cepa::data::load(&a.data, a.split).context("cannot read images")?;
     let truth = a.truth.as_deref().map(Truth::from_file).transpose()?;
     let opts = InvertOptions {

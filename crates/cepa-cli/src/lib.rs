@@ -85,13 +85,15 @@ pub fn write_invert_report(
 }
 
 fn run(cli: args::Cli) -> anyhow::Result<ExitStatus> {
-    let quiet = cli.quiet;
+    let (quiet, device) = (cli.quiet, cli.device);
+    // A device that cannot be used fails before any file is read or anything computed.
+    device.device(false)?;
     match cli.command {
-        args::Command::Inspect(a) => inspect::run(a),
-        args::Command::Scan(a) => scan::run(a, quiet),
-        args::Command::Invert(a) => invert::run(a),
-        args::Command::Zoo(c) => zoo::run(c, quiet),
-        args::Command::Eval(a) => eval::run(a, quiet),
+        args::Command::Inspect(a) => inspect::run(a, device),
+        args::Command::Scan(a) => scan::run(a, quiet, device),
+        args::Command::Invert(a) => invert::run(a, device),
+        args::Command::Zoo(c) => zoo::run(c, quiet, device),
+        args::Command::Eval(a) => eval::run(a, quiet, device),
     }
 }
 

@@ -9,7 +9,7 @@ use cepa::detect::invert::Truth;
 use cepa::detect::nc::NcReport;
 use cepa::detect::{ScanReport, ScreenRole};
 use cepa::eval::Combination;
-use cepa::model::{Classifier, cpu_device};
+use cepa::model::{Classifier, DeviceChoice};
 use cepa::pipeline::{Combined, ScanOptions, ScanRequest, ScanRun, Verdict, scan_model};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -17,7 +17,7 @@ use crate::args::{Baseline, Format, OnOff, ScanArgs, VerdictArg};
 use crate::report::{Page, Perturbations};
 use crate::{ExitStatus, invert, out};
 
-pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
+pub fn run(a: ScanArgs, quiet: bool, device: DeviceChoice) -> anyhow::Result<ExitStatus> {
     let verdict = match a.verdict {
         VerdictArg::Cepa => Verdict::Cepa,
         VerdictArg::Either => Verdict::Combined(Combination::Either),
@@ -25,7 +25,8 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
     };
     let spec = a.model.spec()?;
     let path = &a.model.model;
-    let model = Classifier::load(path, &spec, &cpu_device(true)).context("cannot load model")?;
+    let model =
+        Classifier::load(path, &spec, &device.device(true)?).context("cannot load model")?;
     let data = cepa::data::load(&a.data, a.split).context("cannot read images")?;
     let truth = a.truth.as_deref().map(Truth::from_file).transpose()?;
     let settings = ScanOptions {
@@ -90,7 +91,7 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
         Format::Json => out(&(serde_json::to_string_pretty(&json)? + "\n")),
         Format::Text => {
             let report = &run.report;
-            let mut t = text(report, path, combined.is_some())?;
+            let mut t = text(report, path, &run.device, combined.is_some())?;
             if let Some((inv, _)) = &run.inversion {
                 t += &invert::text(inv, a.out.as_deref())?;
             }
@@ -112,10 +113,11 @@ pub fn run(a: ScanArgs, quiet: bool) -> anyhow::Result<ExitStatus> {
 
 /// The scan's text report; with a combined verdict CEPA's own line is labelled as CEPA's, and
 /// the combined line that follows is the verdict.
-fn text(r: &ScanReport, path: &Path, combined: bool) -> anyhow::Result<String> {
+fn text(r: &ScanReport, path: &Path, device: &str, combined: bool) -> anyhow::Result<String> {
     let mut t = String::new();
     writeln!(t, "model   {}", path.display())?;
     writeln!(t, "spec    {}", r.spec.summary())?;
+    writeln!(t, "device  {device}")?;
     writeln!(t, "layers  {} ({})", r.layer, r.layer_rule)?;
     writeln!(
         t,

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use cepa::model::cpu_device;
+use cepa::model::DeviceChoice;
 use cepa::shard::Shard;
 use cepa::zoo::{self, DataPair, ZooConfig};
 use clap::{Args, Subcommand};
@@ -63,9 +63,9 @@ pub struct BuildArgs {
     pub shard: Option<String>,
 }
 
-pub fn run(cmd: ZooCommand, quiet: bool) -> Result<ExitStatus> {
+pub fn run(cmd: ZooCommand, quiet: bool, device: DeviceChoice) -> Result<ExitStatus> {
     match cmd {
-        ZooCommand::Build(a) => build(a, quiet),
+        ZooCommand::Build(a) => build(a, quiet, device),
         ZooCommand::Dataset(a) => dataset(a),
     }
 }
@@ -95,7 +95,7 @@ fn dataset(a: DatasetArgs) -> Result<ExitStatus> {
     Ok(ExitStatus::Success)
 }
 
-fn build(a: BuildArgs, quiet: bool) -> Result<ExitStatus> {
+fn build(a: BuildArgs, quiet: bool, device: DeviceChoice) -> Result<ExitStatus> {
     let cfg = ZooConfig::from_file(&a.config)?;
     let mut plans = zoo::plan(&cfg)?;
     if let Some(only) = &a.only {
@@ -137,7 +137,7 @@ fn build(a: BuildArgs, quiet: bool) -> Result<ExitStatus> {
         );
     }
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
-    let device = cpu_device(true);
+    let device = device.device(true)?;
     let todo = plans
         .iter()
         .filter(|p| !zoo::is_done(&a.out, &p.id))

@@ -142,6 +142,54 @@ fn text_report_names_the_spec_and_notes() {
     assert!(text.contains("output treated as logits"), "{text}");
 }
 
+/// The default build has no CUDA backend: every computing command says so in one line (exit 2),
+/// before reading anything; the CPU is the default and reports say so.
+#[test]
+fn cuda_on_the_default_build_is_a_one_line_error_and_reports_name_the_device() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/mnist-badnets");
+    let (model, data) = (example.join("model.onnx"), example.join("images"));
+    let (m, d) = (model.to_str().unwrap(), data.to_str().unwrap());
+    if !cfg!(feature = "cuda") {
+        for args in [
+            vec!["scan", m, "--data", d, "--device", "cuda"],
+            vec![
+                "invert", m, "--data", d, "--target", "7", "--device", "cuda:1",
+            ],
+            vec!["inspect", m, "--device", "cuda"],
+            vec![
+                "eval",
+                "/nonexistent-zoo",
+                "--out",
+                "/tmp/x",
+                "--device",
+                "cuda",
+            ],
+        ] {
+            let device = args
+                .last()
+                .unwrap()
+                .replace("cuda", "cuda:0")
+                .replace(":0:1", ":1");
+            assert_error(
+                &cepa(&args),
+                &[
+                    &format!("device {device}"),
+                    "no CUDA backend",
+                    "--features cuda",
+                ],
+            );
+        }
+    }
+    let out = cepa(&["scan", m, "--device", "tpu", "--data", d]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected cpu, cuda or cuda:N"));
+    let json = inspect_json(&[m, "--device", "cpu"]);
+    assert!(
+        json["device"].as_str().unwrap().starts_with("cpu (flex, "),
+        "{json}"
+    );
+}
+
 #[test]
 fn missing_model_is_a_one_line_error() {
     let out = cepa(&["inspect", "/nonexistent/model.onnx"]);

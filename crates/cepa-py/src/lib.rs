@@ -17,7 +17,7 @@ use anyhow::Context;
 use cepa::data::{ImageSet, Split};
 use cepa::detect::invert::{KindChoice, Truth};
 use cepa::eval::Combination;
-use cepa::model::{Classifier, ModelSpec, cpu_device};
+use cepa::model::{Classifier, DeviceChoice, ModelSpec};
 use cepa::pipeline::{
     InvertOptions, SampleOptions, ScanOptions, ScanRequest, Verdict, inspect_model, invert_model,
     label_by_model, scan_model,
@@ -53,6 +53,8 @@ struct Options {
     shape: Option<[usize; 4]>,
     labels: Option<Vec<usize>>,
     // Sampling and settings.
+    /// `cpu`, `cuda` or `cuda:N`.
+    device: Option<String>,
     config: Option<PathBuf>,
     per_class: Option<usize>,
     holdout_per_class: Option<usize>,
@@ -169,8 +171,12 @@ fn pixels_of(
     ))
 }
 
-fn load_model(path: &Path, spec: &ModelSpec, autodiff: bool) -> anyhow::Result<Classifier> {
-    Classifier::load(path, spec, &cpu_device(autodiff)).context("cannot load model")
+fn load_model(path: &Path, opts: &Options, autodiff: bool) -> anyhow::Result<Classifier> {
+    let device = match &opts.device {
+        Some(d) => d.parse::<DeviceChoice>()?,
+        None => DeviceChoice::Cpu,
+    };
+    Classifier::load(path, &opts.spec()?, &device.device(autodiff)?).context("cannot load model")
 }
 
 /// Run `f` on a worker thread with the GIL released, checking for Python signals (Ctrl-C) every
@@ -248,7 +254,7 @@ fn scan(
             Some("nc") => true,
             Some(b) => anyhow::bail!("baseline must be 'nc' or None, not '{b}'"),
         };
-        let net = load_model(&model, &opts.spec()?, true)?;
+        let net = load_model(&model, &opts, true)?;
         let data = opts.images(pixels, &net)?;
         let truth = opts.truth()?;
         let settings = ScanOptions {
@@ -301,7 +307,7 @@ fn invert(
                 anyhow::bail!("kind must be 'auto', 'additive' or 'mask-pattern', not '{k}'")
             }
         };
-        let net = load_model(&model, &opts.spec()?, true)?;
+        let net = load_model(&model, &opts, true)?;
         let data = opts.images(pixels, &net)?;
         let truth = opts.truth()?;
         let invert_opts = InvertOptions {
@@ -334,7 +340,7 @@ fn inspect(
     let opts = Options::parse(options).map_err(|e| CepaError::new_err(cepa_cli::error_line(&e)))?;
     let pixels = pixels_of(pixels, opts.shape)?;
     compute(py, move || {
-        let net = load_model(&model, &opts.spec()?, false)?;
+        let net = load_model(&model, &opts, false)?;
         // Accuracy needs true labels: an array without them is not measured.
         let data = match (&opts.data, &pixels) {
             (None, None) => None,

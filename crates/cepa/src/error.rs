@@ -41,6 +41,10 @@ pub enum Error {
     /// A configuration value out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The compute device asked for cannot be used (a build without its feature, no driver, no
+    /// such GPU).
+    #[error("device {device}: {msg}")]
+    Device { device: String, msg: String },
     /// The computation was stopped by [`crate::runtime::interrupt`] (Ctrl-C in Python).
     #[error("interrupted")]
     Interrupted,

@@ -211,7 +211,7 @@ def scan(model: Model, images: Images, labels: Optional[np.ndarray] = None, *,
          num_classes: Optional[int] = None, config: Optional[PathLike] = None,
          layer: str = "auto", steps: Optional[int] = None, threshold: Optional[float] = None,
          holdout_per_class: Optional[int] = None, screen: Optional[bool] = None,
-         split: str = "test") -> Report:
+         split: str = "test", device: str = "cpu") -> Report:
     """Decide whether ``model`` is backdoored and which class the backdoor targets (``cepa scan``).
 
     Args:
@@ -239,6 +239,7 @@ def scan(model: Model, images: Images, labels: Optional[np.ndarray] = None, *,
         screen: screening of a model with many classes (on by default from 20 classes);
             ``False`` runs the full scan of every class.
         split: which split of a dataset folder ``images`` names.
+        device: ``"cpu"``, or ``"cuda"`` / ``"cuda:N"`` in a build with the ``cuda`` feature.
 
     Raises:
         CepaError: the model cannot be read, the images do not fit it, a label is beyond its
@@ -253,7 +254,7 @@ def scan(model: Model, images: Images, labels: Optional[np.ndarray] = None, *,
     )
     with _model_file(model, images, layout) as path:
         pixels = _images(opts, images, labels, split)
-        opts.update(_spec(layout, mean, std, output, num_classes))
+        opts.update(_spec(layout, mean, std, output, num_classes, device))
         text, trigger = _native.scan(path, json.dumps(opts), pixels)
     data = json.loads(text)
     t, m = _trigger(trigger)
@@ -265,7 +266,8 @@ def invert(model: Model, images: Images, labels: Optional[np.ndarray] = None, *,
            mean: Floats = None, std: Floats = None, output: str = "auto",
            kind: str = "auto", steps: Optional[int] = None, out: Optional[PathLike] = None,
            num_classes: Optional[int] = None, config: Optional[PathLike] = None,
-           holdout_per_class: Optional[int] = None, split: str = "test") -> Inversion:
+           holdout_per_class: Optional[int] = None, split: str = "test",
+           device: str = "cpu") -> Inversion:
     """Estimate the trigger that sends clean images to ``target`` (``cepa invert``).
 
     ``kind``: ``"auto"`` (both forms, the cheaper kept), ``"additive"`` or ``"mask-pattern"``.
@@ -279,7 +281,7 @@ def invert(model: Model, images: Images, labels: Optional[np.ndarray] = None, *,
     )
     with _model_file(model, images, layout) as path:
         pixels = _images(opts, images, labels, split)
-        opts.update(_spec(layout, mean, std, output, num_classes))
+        opts.update(_spec(layout, mean, std, output, num_classes, device))
         text, trigger = _native.invert(path, json.dumps(opts), pixels)
     t, m = _trigger(trigger)
     assert t is not None
@@ -289,12 +291,12 @@ def invert(model: Model, images: Images, labels: Optional[np.ndarray] = None, *,
 def inspect(model: Model, images: Optional[Images] = None, labels: Optional[np.ndarray] = None,
             *, layout: Optional[str] = None, mean: Floats = None, std: Floats = None,
             output: str = "auto", num_classes: Optional[int] = None,
-            limit: Optional[int] = None, split: str = "test") -> Inspection:
+            limit: Optional[int] = None, split: str = "test", device: str = "cpu") -> Inspection:
     """What the model is, how it is read, its layers, and (with labelled images) its accuracy."""
     opts: Dict[str, Any] = dict(limit=limit)
     with _model_file(model, images, layout) as path:
         pixels = None if images is None else _images(opts, images, labels, split)
-        opts.update(_spec(layout, mean, std, output, num_classes))
+        opts.update(_spec(layout, mean, std, output, num_classes, device))
         text = _native.inspect(path, json.dumps(opts), pixels)
     return Inspection(json.loads(text))
 
@@ -319,13 +321,15 @@ def _floats(name: str, v: Floats) -> Optional[List[float]]:
 
 
 def _spec(layout: Optional[str], mean: Floats, std: Floats, output: str,
-          num_classes: Optional[int]) -> Dict[str, Any]:
+          num_classes: Optional[int], device: str) -> Dict[str, Any]:
     if layout is not None and layout.lower() not in ("nchw", "nhwc"):
         raise CepaError(f"layout must be 'nchw' or 'nhwc', not {layout!r}")
     if output not in ("auto", "logits", "probs"):
         raise CepaError(f"output must be 'auto', 'logits' or 'probs', not {output!r}")
+    if not isinstance(device, str):
+        raise CepaError(f"device must be 'cpu', 'cuda' or 'cuda:N', not {device!r}")
     return dict(layout=layout, mean=_floats("mean", mean), std=_floats("std", std),
-                output=output, num_classes=num_classes)
+                output=output, num_classes=num_classes, device=device)
 
 
 def _to_nchw(images: np.ndarray) -> np.ndarray:

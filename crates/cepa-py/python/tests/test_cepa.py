@@ -151,6 +151,16 @@ def test_corrupt_model_raises_with_the_file(example, tmp_path):
         cepa.scan(12345, images, labels)
 
 
+def test_device_is_reported_and_cuda_without_the_feature_is_one_clear_error():
+    info = cepa.inspect(str(MODEL), device="cpu")
+    assert info["device"].startswith("cpu (flex, ")
+    with pytest.raises(cepa.CepaError) as e:
+        cepa.inspect(str(MODEL), device="cuda")
+    assert "device cuda:0" in str(e.value) and "--features cuda" in str(e.value)
+    with pytest.raises(cepa.CepaError, match="expected cpu, cuda or cuda:N"):
+        cepa.inspect(str(MODEL), device="tpu")
+
+
 def test_cli_error_is_one_line_and_exit_2(tmp_path):
     p = subprocess.run(["cepa", "scan", str(tmp_path / "missing.onnx"), "--data", str(IMAGES)],
                        capture_output=True, text=True)

@@ -2,6 +2,7 @@
 //! images in `[0,1]`, NCHW, applies the model's own preprocessing differentiably, and exposes the
 //! logits, internal layers and perturbations at them.
 
+mod device;
 mod spec;
 
 use std::path::Path;
@@ -11,6 +12,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use serde::Serialize;
 
+pub use device::{DeviceChoice, cuda_built, device_label};
 pub use spec::{Layout, ModelSpec, OutputKind, ResolvedSpec, parse_floats};
 
 use crate::data::ImageSet;

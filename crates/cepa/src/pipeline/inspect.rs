@@ -93,6 +93,7 @@ impl Inspection {
             "accuracy": self.accuracy.as_ref().map(|a| a.accuracy),
             "data": data,
             "layers": model.layers(),
+            "device": crate::model::device_label(model.device()),
             "version": env!("CARGO_PKG_VERSION"),
         })
     }

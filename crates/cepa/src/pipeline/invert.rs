@@ -45,6 +45,7 @@ impl InvertRun {
                     .map_or(0, |h| h.len() / model.num_classes()),
             },
             "inversion": &self.inversion,
+            "device": crate::model::device_label(model.device()),
             "version": env!("CARGO_PKG_VERSION"),
         })
     }

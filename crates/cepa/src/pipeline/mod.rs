@@ -78,6 +78,8 @@ pub struct ScanRun {
     pub combined: Option<Combined>,
     /// Stage 2 for a flagged model, and the held-out images its attack success was measured on.
     pub inversion: Option<(Inversion, ImageSet)>,
+    /// What computed it ([`crate::model::device_label`]).
+    pub device: String,
 }
 
 impl ScanRun {
@@ -124,6 +126,7 @@ impl ScanRun {
         );
         obj.insert("threshold".into(), d.threshold.into());
         obj.insert("verdict_rule".into(), self.verdict.name().into());
+        obj.insert("device".into(), self.device.clone().into());
         if let Some((inv, _)) = &self.inversion {
             obj.insert("inversion".into(), to_value(inv)?);
         }
@@ -215,6 +218,7 @@ pub fn scan_model(
         baseline,
         combined,
         inversion: None,
+        device: crate::model::device_label(model.device()),
     };
     if let (true, Some(target)) = (req.invert, run.target()) {
         run.inversion = Some(invert_for_scan(
