@@ -595,7 +595,19 @@ fn run_cepa(
         threshold: r.decision.threshold,
         seconds: r.seconds,
     };
-    Ok((o, serde_json::to_string_pretty(&r)?))
+    Ok((o, report_json(&r, model)?))
+}
+
+/// A detector's report for OUT/reports, with the device that computed it.
+fn report_json(r: &impl serde::Serialize, model: &Classifier) -> Result<String> {
+    let mut v = serde_json::to_value(r)?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert(
+            "device".into(),
+            cepa::model::device_label(model.device()).into(),
+        );
+    }
+    Ok(serde_json::to_string_pretty(&v)?)
 }
 
 fn run_nc(
@@ -621,7 +633,7 @@ fn run_nc(
         threshold: cfg.threshold,
         seconds: r.seconds,
     };
-    Ok((o, serde_json::to_string_pretty(&r)?))
+    Ok((o, report_json(&r, model)?))
 }
 
 /// The shard a run is: `--shard`, or the scheduler's environment; none for `--tables-only`

@@ -142,6 +142,9 @@ pub struct ManifestEntry {
     pub clean_accuracy: f64,
     pub attack_success_rate: Option<f64>,
     pub train_seconds: f64,
+    /// What trained it ([`crate::model::device_label`]; absent in manifests written before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// The manifest file: every finished model, in config order.
@@ -455,6 +458,7 @@ pub fn build_model(
         clean_accuracy,
         attack_success_rate: asr,
         train_seconds,
+        device: Some(crate::model::device_label(device)),
     };
     let json = serde_json::to_string_pretty(&entry).map_err(|e| Error::Config(e.to_string()))?;
     let entry_path = out.join(format!("{}.json", p.id));
