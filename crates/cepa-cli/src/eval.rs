@@ -233,7 +233,7 @@ pub fn run(a: EvalArgs, quiet: bool, device: DeviceChoice) -> Result<ExitStatus>
             &kept,
             shard,
             &mut data,
-            Quiet {
+            Progress {
                 quiet,
                 device: &device,
             },
@@ -776,7 +776,7 @@ fn append(path: &Path, o: &impl Serialize) -> Result<()> {
 }
 
 /// How a run reports progress, and where it computes.
-struct Quiet<'a> {
+struct Progress<'a> {
     quiet: bool,
     device: &'a Device,
 }
@@ -789,7 +789,7 @@ fn run_inversions(
     kept: &BTreeSet<&str>,
     shard: Option<Shard>,
     data: &mut BTreeMap<PathBuf, ImageSet>,
-    Quiet { quiet, device }: Quiet,
+    Progress { quiet, device }: Progress,
 ) -> Result<()> {
     let path = a.out.join(own_file("inversions", shard));
     let done: Vec<InversionOutcome> = read_all(&a.out, "inversions")?;

@@ -94,7 +94,8 @@ fn cuda_device(_index: usize, choice: DeviceChoice) -> Result<Device> {
     Err(device_error(
         choice,
         "this build has no CUDA backend; rebuild with `cargo build --release --features cuda` \
-         (an NVIDIA driver and NVRTC are then needed at run time, no CUDA toolkit at build time)",
+         (the build downloads an LLVM bundle from github.com; an NVIDIA driver and NVRTC are \
+         then needed at run time)",
     ))
 }
 
