@@ -1,6 +1,7 @@
-//! Training throughput, in images per second, of the project's three networks on a slice of the
+//! Training throughput, in images per second, of the project's networks on a slice of the
 //! CIFAR-10 training split: one pass of Adam (batch 64, no augmentation) over the first N images
-//! on the CPU, after one warm-up batch.
+//! on the CPU, after one warm-up batch. The PreAct-ResNet-18 (width 16, BatchNorm) is the CPU
+//! victim of `zoo/realistic.toml`.
 //!
 //! `cargo run -p cepa --example train_throughput [-- CIFAR_DIR [N]]` (defaults
 //! `../shared/data/cifar10`, 2000).
@@ -10,7 +11,9 @@ use std::path::PathBuf;
 
 use cepa::data::{Split, load};
 use cepa::model::cpu_device;
-use cepa::train::{Architecture, CnnArch, NetArch, ResNetArch, TrainConfig, Trainer, VggArch};
+use cepa::train::{
+    Architecture, CnnArch, NetArch, PreActArch, ResNetArch, TrainConfig, Trainer, VggArch,
+};
 
 fn main() -> Result<(), Box<dyn Error>> {
     let mut args = std::env::args().skip(1);
@@ -42,6 +45,13 @@ fn main() -> Result<(), Box<dyn Error>> {
         (
             "vgg 32,32,p,64,64,p,128,p, hidden 128",
             NetArch::Vgg(VggArch::default()),
+        ),
+        (
+            "preact-resnet-18 16-32-64-128, batchnorm",
+            NetArch::PreAct(PreActArch {
+                widths: vec![16, 32, 64, 128],
+                ..PreActArch::default()
+            }),
         ),
     ];
     println!("{} images {c}x{h}x{w}, batch {}", set.len(), cfg.batch_size);

@@ -21,8 +21,8 @@ use crate::data::{ImageSet, Split, load};
 use crate::error::{Error, Result};
 use crate::onnx::write::save_model;
 use crate::train::{
-    ARCH_NAMES, Architecture, CnnArch, LateTrigger, NetArch, Network, ResNetArch, TrainConfig,
-    Trainer, VggArch, predict,
+    ARCH_NAMES, Architecture, CnnArch, LateTrigger, NetArch, Network, PreActArch, ResNetArch,
+    Shapes, TrainConfig, Trainer, VggArch, predict,
 };
 use burn::prelude::Device;
 
@@ -49,7 +49,8 @@ fn default_data_root() -> PathBuf {
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
     /// Network architecture: `"cnn"` (the small CNN of [`crate::train::cnn`]), `"resnet"`
-    /// ([`crate::train::resnet`]) or `"vgg"` ([`crate::train::vgg`]). Default `"cnn"`.
+    /// ([`crate::train::resnet`]), `"vgg"` ([`crate::train::vgg`]) or `"preact-resnet"`
+    /// ([`crate::train::preact`], with BatchNorm). Default `"cnn"`.
     #[serde(default = "default_arch")]
     pub arch: String,
     /// The CNN's shape; channels, height, width and classes are taken from the data.
@@ -61,12 +62,28 @@ pub struct Recipe {
     /// The VGG net's shape when `arch = "vgg"` (input and classes from the data).
     #[serde(default)]
     pub vgg: VggArch,
+    /// The PreAct-ResNet's shape when `arch = "preact-resnet"` (input and classes from the
+    /// data).
+    #[serde(default)]
+    pub preact: PreActArch,
     /// Optimisation.
     #[serde(default)]
     pub train: TrainConfig,
     /// Train on a seeded random subset of this many training images (all when absent).
     #[serde(default)]
     pub train_images: Option<usize>,
+}
+
+impl Recipe {
+    /// The network shapes `arch` picks from.
+    pub fn shapes(&self) -> Shapes<'_> {
+        Shapes {
+            cnn: &self.cnn,
+            resnet: &self.resnet,
+            vgg: &self.vgg,
+            preact: &self.preact,
+        }
+    }
 }
 
 fn default_arch() -> String {
@@ -91,8 +108,13 @@ pub enum Vary {
 pub struct Group {
     /// Prefix of the model ids: `NAME-sSEED`.
     pub name: String,
-    /// Dataset folder under the data root, and key of its recipe.
+    /// Dataset folder under the data root, and key of its recipe unless `recipe` names another.
     pub dataset: String,
+    /// Key of the recipe under `[recipes]` when it is not the dataset's name, so that one file
+    /// can train one dataset two ways (e.g. a narrow network for a CPU and the full one for a
+    /// GPU).
+    #[serde(default)]
+    pub recipe: Option<String>,
     /// One model per seed (training, poisoning and what `vary` lists).
     pub seeds: Vec<u64>,
     /// The attack; absent for clean models.
@@ -172,16 +194,18 @@ pub fn plan(cfg: &ZooConfig) -> Result<Vec<ModelPlan>> {
     let mut out = Vec::new();
     let mut ids = std::collections::BTreeSet::new();
     for g in &cfg.models {
-        let recipe = cfg.recipes.get(&g.dataset).ok_or_else(|| {
+        let key = g.recipe.as_deref().unwrap_or(&g.dataset);
+        let recipe = cfg.recipes.get(key).ok_or_else(|| {
             Error::Config(format!(
-                "group '{}' uses dataset '{}' but no [recipes.{}] is given",
-                g.name, g.dataset, g.dataset
+                "group '{}' uses recipe '{key}' but no [recipes.{key}] is given",
+                g.name
             ))
         })?;
         if !ARCH_NAMES.contains(&recipe.arch.as_str()) {
             return Err(Error::Config(format!(
-                "recipe '{}': unknown arch '{}' (one of \"cnn\", \"resnet\", \"vgg\")",
-                g.dataset, recipe.arch
+                "recipe '{key}': unknown arch '{}' (one of {})",
+                recipe.arch,
+                ARCH_NAMES.map(|n| format!("\"{n}\"")).join(", ")
             )));
         }
         if g.name.is_empty() || g.name.contains(['/', '\\']) {
@@ -377,7 +401,7 @@ pub fn build_model(
     let start = Instant::now();
     let (c, h, w, k) = data.shape();
     let r = &p.recipe;
-    let arch = NetArch::select(&r.arch, &r.cnn, &r.resnet, &r.vgg)?.with_io(c, h, w, k);
+    let arch = NetArch::select(&r.arch, r.shapes())?.with_io(c, h, w, k);
     let mut train = data.train.clone();
     if let Some(n) = p.recipe.train_images
         && n < train.len()
@@ -411,7 +435,7 @@ pub fn build_model(
         let s = trainer.epoch_with(&train, late.as_ref())?;
         on_epoch(e + 1, cfg.epochs, s.loss, s.accuracy);
     }
-    let weights = trainer.weights()?;
+    let weights = trainer.calibrated_weights(&train)?;
     let train_seconds = start.elapsed().as_secs_f64();
 
     let pred = predict(&weights, &data.test, device)?;
@@ -542,6 +566,7 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::{Optimizer, Schedule};
 
     const CONFIG: &str = r#"
 data_root = "data"
@@ -629,5 +654,50 @@ train = { shift = 2, lr = 0.01 }
             plan(&cfg).unwrap_err().to_string().contains("epoch"),
             "misspelt key"
         );
+        let mut cfg = config();
+        cfg.models[1].recipe = Some("mnist-gpu".into());
+        assert!(
+            plan(&cfg)
+                .unwrap_err()
+                .to_string()
+                .contains("[recipes.mnist-gpu]")
+        );
+    }
+
+    /// Every config shipped in `zoo/` reads and plans; the realistic one trains the
+    /// PreAct-ResNet at width 16 for its CPU groups and at full width for the others, from the
+    /// recipe each group names, with BackdoorBench's optimiser.
+    #[test]
+    fn shipped_configs_plan() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../zoo");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let cfg = ZooConfig::from_file(&path).unwrap();
+                assert!(!plan(&cfg).unwrap().is_empty(), "{}", path.display());
+                seen += 1;
+            }
+        }
+        assert!(seen >= 3, "{seen} configs in {}", dir.display());
+
+        let cfg = ZooConfig::from_file(&dir.join("realistic.toml")).unwrap();
+        let plans = plan(&cfg).unwrap();
+        let cpu: Vec<&ModelPlan> = plans.iter().filter(|p| p.id.contains("-cpu-")).collect();
+        assert_eq!(cpu.len(), 3);
+        for p in &plans {
+            let arch = NetArch::select(&p.recipe.arch, p.recipe.shapes()).unwrap();
+            let NetArch::PreAct(a) = arch else {
+                panic!("{}: {}", p.id, arch.name())
+            };
+            let width = if p.id.contains("-cpu-") { 16 } else { 64 };
+            assert_eq!(a.widths[0], width, "{}", p.id);
+            assert_eq!(p.dataset, "cifar10");
+            let t = &p.recipe.train;
+            assert_eq!(
+                (t.optimizer, t.schedule, t.lr, t.weight_decay, t.batch_size),
+                (Optimizer::Sgd, Schedule::Cosine, 0.01, 5e-4, 128)
+            );
+        }
     }
 }

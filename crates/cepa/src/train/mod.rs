@@ -6,13 +6,17 @@
 //! - [`cnn`]: the small CNN ([`CnnArch`], host [`CnnWeights`], device [`Cnn`], ONNX export).
 //! - [`resnet`]: a narrow CIFAR-style ResNet without batch normalisation ([`ResNetArch`]).
 //! - [`vgg`]: a VGG-style stack of 3x3 convolutions and max-pools ([`VggArch`]).
-//! - [`Trainer`]: Adam on cross-entropy, mini-batches drawn in a seeded shuffled order.
+//! - [`preact`]: PreAct-ResNet-18 with BatchNorm, the field's standard victim ([`PreActArch`]).
+//! - [`Trainer`]: Adam or SGD with momentum on cross-entropy, mini-batches drawn in a seeded
+//!   shuffled order; a network with BatchNorm gets its running statistics afterwards
+//!   ([`Trainer::calibrated_weights`]).
 //!
 //! The network takes images as [`ImageSet`] holds them, `[0, 1]` pixels NCHW, without any
 //! normalisation: the exported model's spec is mean 0, std 1, output logits.
 
 pub mod cnn;
 pub mod net;
+pub mod preact;
 pub mod resnet;
 pub mod vgg;
 
@@ -26,7 +30,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 pub use cnn::{Cnn, CnnArch, CnnWeights};
-pub use net::{ARCH_NAMES, Architecture, FlatArch, FlatWeights, Net, NetArch, Network};
+pub use net::{ARCH_NAMES, Architecture, FlatArch, FlatWeights, Net, NetArch, Network, Shapes};
+pub use preact::{PreActArch, PreActWeights};
 pub use resnet::{ResNetArch, ResNetWeights};
 pub use vgg::{VggArch, VggWeights};
 
@@ -34,18 +39,53 @@ use crate::attack::Trigger;
 use crate::data::ImageSet;
 use crate::error::{Error, Result};
 
+/// The optimiser of [`TrainConfig::optimizer`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// Adam (betas 0.9, 0.999, eps 1e-8), `weight_decay` added to the gradient as PyTorch's
+    /// `Adam(weight_decay=...)` does.
+    #[default]
+    Adam,
+    /// SGD with `momentum` (PyTorch's form: `buf = momentum buf + g + weight_decay theta`,
+    /// `theta -= lr buf`), the optimiser of BackdoorBench's recipes.
+    Sgd,
+}
+
+/// How the learning rate moves from epoch to epoch ([`TrainConfig::schedule`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// `lr x lr_decay^epoch`.
+    #[default]
+    Exponential,
+    /// Cosine annealing to zero over `epochs`, stepped per epoch: `lr (1 + cos(pi e / E)) / 2`
+    /// (PyTorch's `CosineAnnealingLR(T_max = epochs)`, BackdoorBench's default).
+    Cosine,
+}
+
 /// Optimisation settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainConfig {
     /// Passes over the training set. Default 3.
     pub epochs: usize,
-    /// Images per Adam step. Default 64.
+    /// Images per optimiser step. Default 64.
     pub batch_size: usize,
-    /// Adam learning rate of the first epoch. Default 1e-3.
+    /// `"adam"` or `"sgd"`. Default `"adam"`.
+    pub optimizer: Optimizer,
+    /// Learning rate of the first epoch. Default 1e-3.
     pub lr: f64,
-    /// Factor applied to the learning rate after every epoch. Default 1.0 (constant).
+    /// `"exponential"` (with `lr_decay`) or `"cosine"`. Default `"exponential"`.
+    pub schedule: Schedule,
+    /// Factor applied to the learning rate after every epoch (exponential schedule). Default
+    /// 1.0 (constant).
     pub lr_decay: f64,
+    /// SGD's momentum. Default 0.9.
+    pub momentum: f64,
+    /// L2 weight decay on every trainable parameter (not on BatchNorm's running statistics).
+    /// Default 0.
+    pub weight_decay: f64,
     /// Augmentation: every image of every batch is translated by a random whole number of pixels
     /// in `[-shift, shift]` along each axis (zero fill). Default 0 (none).
     pub shift: usize,
@@ -66,8 +106,12 @@ impl Default for TrainConfig {
         Self {
             epochs: 3,
             batch_size: 64,
+            optimizer: Optimizer::Adam,
             lr: 1e-3,
+            schedule: Schedule::Exponential,
             lr_decay: 1.0,
+            momentum: 0.9,
+            weight_decay: 0.0,
             shift: 0,
             flip: false,
             trigger_after_augment: false,
@@ -94,12 +138,32 @@ impl TrainConfig {
                 self.lr_decay
             )));
         }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(Error::Config(format!(
+                "momentum {} must be in [0, 1)",
+                self.momentum
+            )));
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return Err(Error::Config(format!(
+                "weight decay {} must be a number of at least 0",
+                self.weight_decay
+            )));
+        }
         Ok(())
     }
 
     /// The learning rate of epoch `epoch` (0-based).
     pub fn lr_at(&self, epoch: usize) -> f64 {
-        self.lr * self.lr_decay.powi(epoch.min(i32::MAX as usize) as i32)
+        match self.schedule {
+            Schedule::Exponential => {
+                self.lr * self.lr_decay.powi(epoch.min(i32::MAX as usize) as i32)
+            }
+            Schedule::Cosine => {
+                let t = epoch as f64 / self.epochs.max(1) as f64;
+                self.lr * 0.5 * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
+            }
+        }
     }
 }
 
@@ -136,12 +200,15 @@ const ADAM_BETA1: f64 = 0.9;
 const ADAM_BETA2: f64 = 0.999;
 const ADAM_EPS: f64 = 1e-8;
 
-/// Adam on the flat parameter tensor of a [`Network`], one epoch at a time.
+/// Adam or SGD on the flat parameter tensor of a [`Network`], one epoch at a time.
 #[derive(Debug)]
 pub struct Trainer<N: Network> {
     arch: N::Arch,
     /// Every parameter, in the order of [`Network::to_flat`]; the autodiff leaf.
     params: Tensor<1>,
+    /// 1 for a trainable value, 0 for a running statistic; `None` when all are trainable.
+    mask: Option<Tensor<1>>,
+    /// Adam's first moment, or SGD's momentum buffer.
     m: Tensor<1>,
     v: Tensor<1>,
     steps: usize,
@@ -159,9 +226,15 @@ impl<N: Network> Trainer<N> {
         let device = device.clone().inner();
         let params = upload(init, &device);
         let zeros = params.zeros_like();
+        let arch = init.arch();
+        let mask = arch.trainable_mask().map(|m| {
+            let n = m.len();
+            Tensor::<1>::from_data(TensorData::new(m, [n]), &device)
+        });
         Ok(Trainer {
-            arch: init.arch(),
+            arch,
             params: params.autodiff().require_grad(),
+            mask,
             m: zeros.clone(),
             v: zeros,
             steps: 0,
@@ -215,13 +288,13 @@ impl<N: Network> Trainer<N> {
                 &mut self.rng,
             )?;
             let (x, onehot, labels) = batch_tensors(set, batch, pixels, k, &self.device);
-            let logits = self.arch.forward(self.params.clone(), x);
+            let logits = self.arch.forward_train(self.params.clone(), x);
             let loss = cross_entropy_with_logits(logits.clone(), onehot);
             let grads = loss.backward();
             let g = self.params.grad(&grads).ok_or_else(|| {
                 Error::Mismatch("no gradient reached the network's parameters".into())
             })?;
-            self.adam_step(g, lr);
+            self.step(g, lr);
             loss_sum += f64::from(read_f32(loss.inner())?[0]);
             let pred = logits.inner().argmax(1).equal(labels).int().sum();
             hits += read_i64(pred)?[0] as usize;
@@ -244,21 +317,47 @@ impl<N: Network> Trainer<N> {
         Ok(stats)
     }
 
-    fn adam_step(&mut self, g: Tensor<1>, lr: f64) {
+    /// One optimiser step on gradient `g` (the running statistics, masked out, never move).
+    fn step(&mut self, g: Tensor<1>, lr: f64) {
         self.steps += 1;
-        let (b1, b2) = (ADAM_BETA1, ADAM_BETA2);
-        self.m = self.m.clone() * b1 + g.clone() * (1.0 - b1);
-        self.v = self.v.clone() * b2 + g.powi_scalar(2) * (1.0 - b2);
-        let bc1 = 1.0 - b1.powi(self.steps as i32);
-        let bc2 = 1.0 - b2.powi(self.steps as i32);
-        let update = (self.m.clone() / bc1) / ((self.v.clone() / bc2).sqrt() + ADAM_EPS) * lr;
-        let moved = self.params.clone().inner() - update;
-        self.params = moved.autodiff().require_grad();
+        let theta = self.params.clone().inner();
+        let mut g = g;
+        if self.cfg.weight_decay > 0.0 {
+            g = g + theta.clone() * self.cfg.weight_decay;
+        }
+        if let Some(mask) = &self.mask {
+            g = g * mask.clone();
+        }
+        let update = match self.cfg.optimizer {
+            Optimizer::Adam => {
+                let (b1, b2) = (ADAM_BETA1, ADAM_BETA2);
+                self.m = self.m.clone() * b1 + g.clone() * (1.0 - b1);
+                self.v = self.v.clone() * b2 + g.powi_scalar(2) * (1.0 - b2);
+                let bc1 = 1.0 - b1.powi(self.steps as i32);
+                let bc2 = 1.0 - b2.powi(self.steps as i32);
+                (self.m.clone() / bc1) / ((self.v.clone() / bc2).sqrt() + ADAM_EPS) * lr
+            }
+            Optimizer::Sgd => {
+                self.m = self.m.clone() * self.cfg.momentum + g;
+                self.m.clone() * lr
+            }
+        };
+        self.params = (theta - update).autodiff().require_grad();
     }
 
-    /// The current weights on the host.
+    /// The current weights on the host, as trained: a network with BatchNorm still has the
+    /// running statistics it started with (see [`calibrated_weights`](Self::calibrated_weights)).
     pub fn weights(&self) -> Result<N> {
         let flat = read_f32(self.params.clone().inner())?;
+        self.arch.unflatten(&flat)
+    }
+
+    /// The current weights with every BatchNorm running statistic set from the training images
+    /// `set` ([`Architecture::calibrate`]); the same as [`weights`](Self::weights) for a network
+    /// without BatchNorm.
+    pub fn calibrated_weights(&self, set: &ImageSet) -> Result<N> {
+        let flat = read_f32(self.params.clone().inner())?;
+        let flat = self.arch.calibrate(flat, set, &self.device)?;
         self.arch.unflatten(&flat)
     }
 }
@@ -290,7 +389,7 @@ pub fn train<A: Architecture>(
         .map(|_| trainer.epoch(set))
         .collect::<Result<Vec<_>>>()?;
     Ok(Trained {
-        weights: trainer.weights()?,
+        weights: trainer.calibrated_weights(set)?,
         history,
     })
 }

@@ -1,13 +1,14 @@
-//! What the trainer needs of a network, and the project's three networks behind one enum.
+//! What the trainer needs of a network, and the project's four networks behind one enum.
 //!
 //! An [`Architecture`] is a family of functions `logits = f(params, x)` of one flat parameter
-//! vector (one autodiff leaf, one Adam state); a [`Network`] is a point of that family, the
-//! parameter values on the host, which exports to ONNX. [`NetArch`] and [`Net`] dispatch over the
-//! small CNN, the ResNet and the VGG-style net, for callers (the zoo) that pick one at run time.
+//! vector (one autodiff leaf, one optimiser state; BatchNorm's running statistics ride in it,
+//! untrained); a [`Network`] is a point of that family, the parameter values on the host, which
+//! exports to ONNX. [`NetArch`] and [`Net`] dispatch over the small CNN, the ResNet, the
+//! VGG-style net and the PreAct-ResNet, for callers (the zoo) that pick one at run time.
 //!
-//! [`Layout`] names the parameter tensors of a network in flat order; the ResNet and the VGG net
-//! describe themselves with one, so that initialisation, the device forward pass and the ONNX
-//! initializers all read the same table.
+//! [`Layout`] names the parameter tensors of a network in flat order; the ResNet, the
+//! PreAct-ResNet and the VGG net describe themselves with one, so that initialisation, the
+//! device forward pass and the ONNX initializers all read the same table.
 
 use std::fmt;
 
@@ -20,8 +21,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::cnn::{CnnArch, CnnWeights};
+use super::preact::{PreActArch, PreActWeights};
 use super::resnet::{ResNetArch, ResNetWeights};
 use super::vgg::{VggArch, VggWeights};
+use crate::data::ImageSet;
 use crate::error::{Error, Result};
 use crate::model::{ModelSpec, OutputKind};
 use crate::onnx::write::{AttrValue, GraphBuilder};
@@ -50,8 +53,28 @@ pub trait Architecture: Clone + fmt::Debug {
     fn unflatten(&self, flat: &[f32]) -> Result<Self::Weights>;
 
     /// Logits `[N, classes]` for images `[N, C, H, W]` (the model's input units), every
-    /// parameter read from `params` (in the order of [`Network::to_flat`]).
+    /// parameter read from `params` (in the order of [`Network::to_flat`]): the inference
+    /// forward pass, the one the ONNX export computes.
     fn forward(&self, params: Tensor<1>, x: Tensor<4>) -> Tensor<2>;
+
+    /// The forward pass the optimiser differentiates. It differs from [`forward`](Self::forward)
+    /// only for a network with BatchNorm, which normalises with the batch's own statistics
+    /// while training. Default: `forward`.
+    fn forward_train(&self, params: Tensor<1>, x: Tensor<4>) -> Tensor<2> {
+        self.forward(params, x)
+    }
+
+    /// One value per flat parameter, 1 where the optimiser may move it and 0 for a running
+    /// statistic; `None` (the default) when all are trainable.
+    fn trainable_mask(&self) -> Option<Vec<f32>> {
+        None
+    }
+
+    /// The flat parameters after training, with every BatchNorm running statistic set from
+    /// `set` (see [`calibrate_norms`]). Default: `flat` as it is (no BatchNorm).
+    fn calibrate(&self, flat: Vec<f32>, _set: &ImageSet, _device: &Device) -> Result<Vec<f32>> {
+        Ok(flat)
+    }
 
     /// The spec of the exported model: pixels in `[0, 1]` as they are, logits out.
     fn spec(&self) -> ModelSpec {
@@ -174,8 +197,11 @@ pub(crate) fn normal(rng: &mut ChaCha8Rng) -> f32 {
 pub enum Init {
     /// `N(0, 2 / fan_in)`, fan-in being the product of all dims but the first.
     He,
-    /// All zero (biases; the last convolution of a residual branch).
+    /// All zero (biases; the last convolution of a residual branch; BatchNorm shifts and
+    /// running means).
     Zero,
+    /// All one (BatchNorm scales and running variances).
+    One,
 }
 
 /// One named parameter tensor: its ONNX initializer name, dims and initialisation.
@@ -184,6 +210,9 @@ pub struct ParamSpec {
     pub name: String,
     pub dims: Vec<usize>,
     pub init: Init,
+    /// Whether the optimiser moves it; false for a BatchNorm running statistic, which training
+    /// leaves alone and [`Architecture::calibrate`] sets afterwards.
+    pub trainable: bool,
 }
 
 impl ParamSpec {
@@ -218,16 +247,55 @@ impl Layout {
     /// A weight `[dims]` (He) and its bias `[dims[0]]` (zero), named `NAME.weight`, `NAME.bias`.
     pub(crate) fn layer(specs: &mut Vec<ParamSpec>, name: &str, dims: Vec<usize>, init: Init) {
         let out = dims[0];
-        specs.push(ParamSpec {
-            name: format!("{name}.weight"),
-            dims,
-            init,
-        });
+        Layout::weight(specs, name, dims, init);
         specs.push(ParamSpec {
             name: format!("{name}.bias"),
             dims: vec![out],
             init: Init::Zero,
+            trainable: true,
         });
+    }
+
+    /// A weight `[dims]` without a bias, named `NAME.weight`.
+    pub(crate) fn weight(specs: &mut Vec<ParamSpec>, name: &str, dims: Vec<usize>, init: Init) {
+        specs.push(ParamSpec {
+            name: format!("{name}.weight"),
+            dims,
+            init,
+            trainable: true,
+        });
+    }
+
+    /// A BatchNorm over `channels`, PyTorch's names: trainable `NAME.weight` (one) and
+    /// `NAME.bias` (zero), then the running statistics `NAME.running_mean` (zero) and
+    /// `NAME.running_var` (one), which the optimiser does not move.
+    pub(crate) fn norm(specs: &mut Vec<ParamSpec>, name: &str, channels: usize) {
+        for (what, init, trainable) in [
+            ("weight", Init::One, true),
+            ("bias", Init::Zero, true),
+            ("running_mean", Init::Zero, false),
+            ("running_var", Init::One, false),
+        ] {
+            specs.push(ParamSpec {
+                name: format!("{name}.{what}"),
+                dims: vec![channels],
+                init,
+                trainable,
+            });
+        }
+    }
+
+    /// One value per flat parameter: 1 where the optimiser may move it, 0 for a running
+    /// statistic. `None` when every parameter is trainable.
+    pub fn trainable_mask(&self) -> Option<Vec<f32>> {
+        if self.specs.iter().all(|s| s.trainable) {
+            return None;
+        }
+        let mut mask = Vec::with_capacity(self.total);
+        for s in &self.specs {
+            mask.resize(mask.len() + s.numel(), if s.trainable { 1.0 } else { 0.0 });
+        }
+        Some(mask)
     }
 
     pub fn specs(&self) -> &[ParamSpec] {
@@ -252,6 +320,7 @@ impl Layout {
             let n = s.numel();
             match s.init {
                 Init::Zero => flat.resize(flat.len() + n, 0.0),
+                Init::One => flat.resize(flat.len() + n, 1.0),
                 Init::He => {
                     let fan_in = n / s.dims[0].max(1);
                     let std = (2.0 / fan_in.max(1) as f32).sqrt();
@@ -331,6 +400,207 @@ pub(crate) fn linear(layout: &Layout, params: &Tensor<1>, name: &str, x: Tensor<
     x.matmul(w.transpose()) + b.unsqueeze()
 }
 
+/// A 2D convolution without bias (as before a BatchNorm), its weight read from `params` as
+/// `NAME.weight`.
+pub(crate) fn conv_nobias(
+    layout: &Layout,
+    params: &Tensor<1>,
+    name: &str,
+    x: Tensor<4>,
+    stride: usize,
+    pad: usize,
+) -> Tensor<4> {
+    let w = layout.tensor::<4>(params, &format!("{name}.weight"));
+    let opts = ConvOptions::new([stride, stride], [pad, pad], [1, 1], 1);
+    conv2d(x, w, None, opts)
+}
+
+/// BatchNorm's `epsilon`: PyTorch's default, written into the export.
+pub const NORM_EPS: f64 = 1e-5;
+
+/// How a BatchNorm normalises.
+pub(crate) enum NormMode<'a> {
+    /// With its running statistics (inference, the export).
+    Running,
+    /// With the batch's own mean and biased variance over N, H and W (training).
+    Batch,
+    /// As `Batch`, and also push the batch's statistics (mean, biased variance; `[C]` each)
+    /// onto the vector, in the order the layers run (calibration).
+    Collect(&'a mut Vec<(Tensor<1>, Tensor<1>)>),
+}
+
+/// BatchNorm of `x` `[N, C, H, W]`: `(x - mean) / sqrt(var + eps) * NAME.weight + NAME.bias`,
+/// the statistics as `mode` says.
+pub(crate) fn batch_norm(
+    layout: &Layout,
+    params: &Tensor<1>,
+    name: &str,
+    x: Tensor<4>,
+    mode: &mut NormMode,
+) -> Tensor<4> {
+    let c = x.dims()[1];
+    let per_channel = |what: &str| {
+        layout
+            .tensor::<1>(params, &format!("{name}.{what}"))
+            .reshape([1, c, 1, 1])
+    };
+    let (mean, var) = match mode {
+        NormMode::Running => (per_channel("running_mean"), per_channel("running_var")),
+        NormMode::Batch | NormMode::Collect(_) => {
+            let mean = x.clone().mean_dim(0).mean_dim(2).mean_dim(3);
+            let var = (x.clone() - mean.clone())
+                .powi_scalar(2)
+                .mean_dim(0)
+                .mean_dim(2)
+                .mean_dim(3);
+            if let NormMode::Collect(out) = mode {
+                out.push((
+                    mean.clone().detach().reshape([c]),
+                    var.clone().detach().reshape([c]),
+                ));
+            }
+            (mean, var)
+        }
+    };
+    (x - mean) / (var + NORM_EPS).sqrt() * per_channel("weight") + per_channel("bias")
+}
+
+/// Images per forward pass of [`calibrate_norms`].
+const CALIBRATION_BATCH: usize = 200;
+/// At most this many training images calibrate the running statistics.
+const CALIBRATION_IMAGES: usize = 5000;
+
+/// The running statistics of a network's BatchNorm layers `norms` (in the order its
+/// training-mode forward `collect` runs them), set in `flat` from the training images `set`:
+/// at most 5,000 of them (a seeded sample, the same for every call) in batches of 200, each
+/// batch normalised with its own statistics as in training. A layer's running mean is the mean
+/// of its batch means and its running variance the variance of its input over all those images
+/// (mean of batch variances plus variance of batch means) [ours: "precise BatchNorm", Wu &
+/// Johnson 2021, rather than PyTorch's moving average over the last batches, which lags behind
+/// the weights; it is also what a second pass in PyTorch with `momentum = None` computes].
+pub(crate) fn calibrate_norms(
+    layout: &Layout,
+    norms: &[String],
+    mut flat: Vec<f32>,
+    set: &ImageSet,
+    device: &Device,
+    collect: impl Fn(Tensor<1>, Tensor<4>, &mut NormMode),
+) -> Result<Vec<f32>> {
+    if norms.is_empty() {
+        return Ok(flat);
+    }
+    if set.is_empty() {
+        return Err(Error::Mismatch(format!(
+            "no images in {} to calibrate BatchNorm on",
+            set.source.display()
+        )));
+    }
+    let mut order: Vec<usize> = (0..set.len()).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(0xba7c);
+    rand::seq::SliceRandom::shuffle(order.as_mut_slice(), &mut rng);
+    order.truncate(CALIBRATION_IMAGES);
+    order.sort_unstable();
+    let n = flat.len();
+    let params = Tensor::<1>::from_data(TensorData::new(flat.clone(), [n]), device);
+    let mut sums: Vec<(Vec<f64>, Vec<f64>)> = Vec::new();
+    let mut batches = 0usize;
+    for batch in order.chunks(CALIBRATION_BATCH) {
+        let pixels: Vec<f32> = batch
+            .iter()
+            .flat_map(|&i| set.image(i).iter().copied())
+            .collect();
+        let x = Tensor::from_data(
+            TensorData::new(pixels, [batch.len(), set.channels, set.height, set.width]),
+            device,
+        );
+        let mut stats = Vec::new();
+        collect(params.clone(), x, &mut NormMode::Collect(&mut stats));
+        if stats.len() != norms.len() {
+            return Err(Error::Mismatch(format!(
+                "the forward pass ran {} BatchNorm layers, the network has {}",
+                stats.len(),
+                norms.len()
+            )));
+        }
+        if sums.is_empty() {
+            sums = stats
+                .iter()
+                .map(|(m, _)| (vec![0.0; m.dims()[0]], vec![0.0; m.dims()[0]]))
+                .collect();
+        }
+        for ((mean, var), (sm, sq)) in stats.into_iter().zip(sums.iter_mut()) {
+            let (mean, var) = (host(mean)?, host(var)?);
+            for (j, (&m, &v)) in mean.iter().zip(&var).enumerate() {
+                sm[j] += f64::from(m);
+                sq[j] += f64::from(v) + f64::from(m) * f64::from(m);
+            }
+        }
+        batches += 1;
+    }
+    let b = batches as f64;
+    for (name, (sm, sq)) in norms.iter().zip(&sums) {
+        let mean: Vec<f32> = sm.iter().map(|s| (s / b) as f32).collect();
+        let var: Vec<f32> = sm
+            .iter()
+            .zip(sq)
+            .map(|(s, q)| ((q / b) - (s / b) * (s / b)).max(0.0) as f32)
+            .collect();
+        for (what, values) in [("running_mean", mean), ("running_var", var)] {
+            let slot = layout
+                .values_mut(&mut flat, &format!("{name}.{what}"))
+                .ok_or_else(|| Error::Mismatch(format!("no parameter {name}.{what}")))?;
+            slot.copy_from_slice(&values);
+        }
+    }
+    Ok(flat)
+}
+
+fn host(t: Tensor<1>) -> Result<Vec<f32>> {
+    t.try_into_vec_as::<f32>()
+        .map_err(|e| Error::Mismatch(format!("cannot read a tensor back: {e:?}")))
+}
+
+/// The ONNX twin of [`conv_nobias`]: a Conv node reading initializer `NAME.weight`.
+pub(crate) fn onnx_conv_nobias(
+    g: &mut GraphBuilder,
+    x: &str,
+    name: &str,
+    kernel: usize,
+    stride: usize,
+    pad: usize,
+    out: &str,
+) -> String {
+    let (k, s, p) = (kernel as i64, stride as i64, pad as i64);
+    g.node(
+        "Conv",
+        &[x, &format!("{name}.weight")],
+        Some(out),
+        &[
+            ("kernel_shape", AttrValue::Ints(vec![k, k])),
+            ("strides", AttrValue::Ints(vec![s, s])),
+            ("pads", AttrValue::Ints(vec![p, p, p, p])),
+        ],
+    )
+}
+
+/// The ONNX twin of [`batch_norm`] in [`NormMode::Running`]: BatchNormalization (inference
+/// mode) reading `NAME.weight`, `NAME.bias`, `NAME.running_mean`, `NAME.running_var`.
+pub(crate) fn onnx_batch_norm(g: &mut GraphBuilder, x: &str, name: &str, out: &str) -> String {
+    let p = |what: &str| format!("{name}.{what}");
+    g.node(
+        "BatchNormalization",
+        &[
+            x,
+            &p("weight"),
+            &p("bias"),
+            &p("running_mean"),
+            &p("running_var"),
+        ],
+        Some(out),
+        &[("epsilon", AttrValue::Float(NORM_EPS as f32))],
+    )
+}
+
 /// The ONNX twin of [`conv`]: a Conv node reading initializers `NAME.weight`, `NAME.bias`,
 /// writing `out`.
 pub(crate) fn onnx_conv(
@@ -366,7 +636,17 @@ pub(crate) fn onnx_linear(g: &mut GraphBuilder, x: &str, name: &str, out: &str) 
 }
 
 /// Names [`NetArch::select`] accepts.
-pub const ARCH_NAMES: [&str; 3] = ["cnn", "resnet", "vgg"];
+pub const ARCH_NAMES: [&str; 4] = ["cnn", "resnet", "vgg", "preact-resnet"];
+
+/// The shapes a run-time choice of network picks from (a zoo recipe's `cnn`, `resnet`, `vgg` and
+/// `preact` tables).
+#[derive(Clone, Copy, Debug)]
+pub struct Shapes<'a> {
+    pub cnn: &'a CnnArch,
+    pub resnet: &'a ResNetArch,
+    pub vgg: &'a VggArch,
+    pub preact: &'a PreActArch,
+}
 
 /// One of the project's networks, chosen at run time. Serialises as the chosen network's own
 /// config (the name is [`NetArch::name`]).
@@ -376,15 +656,17 @@ pub enum NetArch {
     Cnn(CnnArch),
     ResNet(ResNetArch),
     Vgg(VggArch),
+    PreAct(PreActArch),
 }
 
 impl NetArch {
     /// The configured network called `name` (one of [`ARCH_NAMES`]).
-    pub fn select(name: &str, cnn: &CnnArch, resnet: &ResNetArch, vgg: &VggArch) -> Result<Self> {
+    pub fn select(name: &str, shapes: Shapes) -> Result<Self> {
         match name {
-            "cnn" => Ok(NetArch::Cnn(*cnn)),
-            "resnet" => Ok(NetArch::ResNet(resnet.clone())),
-            "vgg" => Ok(NetArch::Vgg(vgg.clone())),
+            "cnn" => Ok(NetArch::Cnn(*shapes.cnn)),
+            "resnet" => Ok(NetArch::ResNet(shapes.resnet.clone())),
+            "vgg" => Ok(NetArch::Vgg(shapes.vgg.clone())),
+            "preact-resnet" => Ok(NetArch::PreAct(shapes.preact.clone())),
             _ => Err(Error::Config(format!(
                 "unknown arch '{name}' (one of {})",
                 ARCH_NAMES.map(|n| format!("\"{n}\"")).join(", ")
@@ -392,12 +674,13 @@ impl NetArch {
         }
     }
 
-    /// `"cnn"`, `"resnet"` or `"vgg"`.
+    /// `"cnn"`, `"resnet"`, `"vgg"` or `"preact-resnet"`.
     pub fn name(&self) -> &'static str {
         match self {
             NetArch::Cnn(_) => "cnn",
             NetArch::ResNet(_) => "resnet",
             NetArch::Vgg(_) => "vgg",
+            NetArch::PreAct(_) => "preact-resnet",
         }
     }
 
@@ -425,6 +708,13 @@ impl NetArch {
                 num_classes,
                 ..a
             }),
+            NetArch::PreAct(a) => NetArch::PreAct(PreActArch {
+                channels,
+                height,
+                width,
+                num_classes,
+                ..a
+            }),
         }
     }
 }
@@ -436,6 +726,8 @@ pub enum Net {
     Cnn(CnnWeights),
     ResNet(ResNetWeights),
     Vgg(VggWeights),
+    #[serde(rename = "preact-resnet")]
+    PreAct(PreActWeights),
 }
 
 /// `$body` with `$a` bound to the architecture inside any variant of `$arch`.
@@ -445,6 +737,7 @@ macro_rules! each_arch {
             NetArch::Cnn($a) => $body,
             NetArch::ResNet($a) => $body,
             NetArch::Vgg($a) => $body,
+            NetArch::PreAct($a) => $body,
         }
     };
 }
@@ -473,6 +766,7 @@ impl Architecture for NetArch {
             NetArch::Cnn(a) => Net::Cnn(Architecture::init(a, seed)?),
             NetArch::ResNet(a) => Net::ResNet(a.init(seed)?),
             NetArch::Vgg(a) => Net::Vgg(a.init(seed)?),
+            NetArch::PreAct(a) => Net::PreAct(a.init(seed)?),
         })
     }
 
@@ -481,11 +775,24 @@ impl Architecture for NetArch {
             NetArch::Cnn(a) => Net::Cnn(Architecture::unflatten(a, flat)?),
             NetArch::ResNet(a) => Net::ResNet(a.unflatten(flat)?),
             NetArch::Vgg(a) => Net::Vgg(a.unflatten(flat)?),
+            NetArch::PreAct(a) => Net::PreAct(a.unflatten(flat)?),
         })
     }
 
     fn forward(&self, params: Tensor<1>, x: Tensor<4>) -> Tensor<2> {
         each_arch!(self, a => a.forward(params, x))
+    }
+
+    fn forward_train(&self, params: Tensor<1>, x: Tensor<4>) -> Tensor<2> {
+        each_arch!(self, a => a.forward_train(params, x))
+    }
+
+    fn trainable_mask(&self) -> Option<Vec<f32>> {
+        each_arch!(self, a => a.trainable_mask())
+    }
+
+    fn calibrate(&self, flat: Vec<f32>, set: &ImageSet, device: &Device) -> Result<Vec<f32>> {
+        each_arch!(self, a => a.calibrate(flat, set, device))
     }
 
     fn spec(&self) -> ModelSpec {
@@ -501,6 +808,7 @@ impl Network for Net {
             Net::Cnn(w) => NetArch::Cnn(w.arch),
             Net::ResNet(w) => NetArch::ResNet(w.arch.clone()),
             Net::Vgg(w) => NetArch::Vgg(w.arch.clone()),
+            Net::PreAct(w) => NetArch::PreAct(w.arch.clone()),
         }
     }
 
@@ -509,6 +817,7 @@ impl Network for Net {
             Net::Cnn(w) => Network::validate(w),
             Net::ResNet(w) => w.validate(),
             Net::Vgg(w) => w.validate(),
+            Net::PreAct(w) => w.validate(),
         }
     }
 
@@ -517,6 +826,7 @@ impl Network for Net {
             Net::Cnn(w) => Network::to_flat(w),
             Net::ResNet(w) => w.to_flat(),
             Net::Vgg(w) => w.to_flat(),
+            Net::PreAct(w) => w.to_flat(),
         }
     }
 
@@ -525,6 +835,7 @@ impl Network for Net {
             Net::Cnn(w) => Network::to_onnx(w),
             Net::ResNet(w) => w.to_onnx(),
             Net::Vgg(w) => w.to_onnx(),
+            Net::PreAct(w) => w.to_onnx(),
         }
     }
 }

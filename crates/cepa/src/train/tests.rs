@@ -311,13 +311,23 @@ fn resnet_and_vgg_learn_a_toy_task() {
 
 #[test]
 fn arch_names_select_their_network() {
-    let (cnn, resnet, vgg) = (
+    let (cnn, resnet, vgg, preact) = (
         CnnArch::default(),
         ResNetArch::default(),
         VggArch::default(),
+        PreActArch {
+            widths: vec![4, 8],
+            ..PreActArch::default()
+        },
     );
+    let shapes = Shapes {
+        cnn: &cnn,
+        resnet: &resnet,
+        vgg: &vgg,
+        preact: &preact,
+    };
     for name in ARCH_NAMES {
-        let a = NetArch::select(name, &cnn, &resnet, &vgg)
+        let a = NetArch::select(name, shapes)
             .unwrap()
             .with_io(3, 32, 32, 43);
         assert_eq!(a.name(), name);
@@ -327,9 +337,9 @@ fn arch_names_select_their_network() {
         assert_eq!(w.to_flat().len(), a.num_params());
         assert_eq!(a.unflatten(&w.to_flat()).unwrap(), w);
     }
-    let err = NetArch::select("resnet50", &cnn, &resnet, &vgg).unwrap_err();
+    let err = NetArch::select("resnet50", shapes).unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err}");
-    assert!(err.to_string().contains("\"vgg\""), "{err}");
+    assert!(err.to_string().contains("\"preact-resnet\""), "{err}");
     // The manifest records the chosen network's own config.
     assert_eq!(
         serde_json::to_value(NetArch::ResNet(resnet.clone())).unwrap(),
@@ -353,6 +363,14 @@ fn bad_settings_fail_before_training() {
         },
         TrainConfig {
             lr_decay: 0.0,
+            ..Default::default()
+        },
+        TrainConfig {
+            momentum: 1.0,
+            ..Default::default()
+        },
+        TrainConfig {
+            weight_decay: -1e-4,
             ..Default::default()
         },
     ] {
@@ -398,6 +416,130 @@ fn learning_rate_decays_per_epoch() {
         ..Default::default()
     };
     assert!(bad.validate().is_err());
+}
+
+#[test]
+fn cosine_schedule_anneals_to_zero_over_the_epochs() {
+    let cfg = TrainConfig {
+        lr: 0.01,
+        epochs: 10,
+        schedule: Schedule::Cosine,
+        ..Default::default()
+    };
+    assert!((cfg.lr_at(0) - 0.01).abs() < 1e-15);
+    assert!((cfg.lr_at(5) - 0.005).abs() < 1e-12);
+    assert!(cfg.lr_at(9) < 0.0003 && cfg.lr_at(9) > 0.0);
+    assert!(cfg.lr_at(10).abs() < 1e-15);
+    let parsed: TrainConfig =
+        toml::from_str("optimizer = \"sgd\"\nschedule = \"cosine\"\nweight_decay = 5e-4").unwrap();
+    assert_eq!(
+        (parsed.optimizer, parsed.schedule, parsed.weight_decay),
+        (Optimizer::Sgd, Schedule::Cosine, 5e-4)
+    );
+    assert!(toml::from_str::<TrainConfig>("optimizer = \"lbfgs\"").is_err());
+}
+
+/// Every tensor of `layout` initialised to one (BatchNorm scales and running variances) gets a
+/// random value in [0.5, 1.5], so that the export's wiring of each is checked.
+fn perturb_ones(layout: &Layout, flat: &mut [f32], seed: u64) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for s in layout.specs().iter().filter(|s| s.init == Init::One) {
+        let v = layout.values_mut(flat, &s.name).unwrap();
+        v.iter_mut().for_each(|x| *x = rng.random_range(0.5..1.5));
+    }
+}
+
+/// The PreAct-ResNet's export (Conv without bias, BatchNormalization, Relu, Add,
+/// GlobalAveragePool, Flatten, Gemm) computes its inference forward (running statistics) in
+/// both readers: four stages of two blocks on CIFAR-sized input, and two stages of one block on
+/// an odd-sized grey input.
+#[test]
+fn preact_export_matches_the_inference_forward() {
+    for arch in [
+        PreActArch {
+            widths: vec![8, 16, 16, 32],
+            ..PreActArch::default()
+        },
+        PreActArch {
+            channels: 1,
+            height: 15,
+            width: 18,
+            num_classes: 3,
+            widths: vec![4, 6],
+            blocks: 1,
+        },
+    ] {
+        let mut w = arch.init(1).unwrap();
+        perturb_zeros(&arch.layout(), &mut w.params, 2);
+        perturb_ones(&arch.layout(), &mut w.params, 3);
+        assert!(w.values("layer1.0.bn1.running_mean").unwrap()[0] != 0.0);
+        assert!(w.values("layer1.0.bn2.running_var").unwrap()[0] != 1.0);
+        check_export(&w, "flatten");
+    }
+}
+
+/// A PreAct-ResNet trains with SGD, momentum, weight decay and the cosine schedule on batch
+/// statistics, leaves its running statistics alone while training, and then gets them from
+/// the training images: with all of them in one calibration batch, the inference forward on
+/// that batch equals the training forward exactly.
+#[test]
+fn preact_trains_on_batch_statistics_and_calibrates_its_running_ones() {
+    let arch = PreActArch {
+        channels: 1,
+        height: 16,
+        width: 16,
+        num_classes: 2,
+        widths: vec![8, 16],
+        blocks: 1,
+    };
+    let cfg = TrainConfig {
+        epochs: 4,
+        batch_size: 8,
+        optimizer: Optimizer::Sgd,
+        lr: 0.05,
+        schedule: Schedule::Cosine,
+        weight_decay: 5e-4,
+        seed: 5,
+        ..Default::default()
+    };
+    let device = cpu_device(true);
+    let (set, held_out) = (stripes(64, 0), stripes(64, 1));
+    let mut trainer = Trainer::new(&arch.init(cfg.seed).unwrap(), &cfg, &device).unwrap();
+    let history: Vec<EpochStats> = (0..cfg.epochs)
+        .map(|_| trainer.epoch(&set).unwrap())
+        .collect();
+    let (first, last) = (history[0].loss, history[cfg.epochs - 1].loss);
+    assert!(last < 0.5 * first, "loss {first} -> {last}");
+
+    // Weight decay and momentum moved the parameters but not the running statistics.
+    let raw = trainer.weights().unwrap();
+    let fresh = arch.init(cfg.seed).unwrap();
+    for s in arch.layout().specs() {
+        let (now, then) = (raw.values(&s.name).unwrap(), fresh.values(&s.name).unwrap());
+        assert_eq!(now == then, !s.trainable, "{}", s.name);
+    }
+
+    let calibrated = trainer.calibrated_weights(&set).unwrap();
+    assert_ne!(
+        calibrated.values("layer2.0.bn2.running_var").unwrap(),
+        raw.values("layer2.0.bn2.running_var").unwrap()
+    );
+    let x = Tensor::from_data(
+        TensorData::new(set.pixels.clone(), [64, 1, 16, 16]),
+        &device.clone().inner(),
+    );
+    let params = upload(&calibrated, &device.clone().inner());
+    let inference = read_f32(arch.forward(params.clone(), x.clone())).unwrap();
+    let training = read_f32(arch.forward_train(params, x)).unwrap();
+    assert_close(&inference, &training, "inference against training forward");
+
+    let acc = accuracy(&calibrated, &held_out, &device).unwrap();
+    assert!(acc >= 0.9, "held-out accuracy {acc}");
+    // `train` calibrates too, and the same seed gives the same network.
+    assert_eq!(
+        train(&set, arch, &cfg, &device).unwrap().weights,
+        calibrated
+    );
 }
 
 #[test]
