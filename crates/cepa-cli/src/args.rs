@@ -140,6 +140,11 @@ pub struct InspectArgs {
     /// Evaluate accuracy on at most this many images of --data (default: all).
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Check the --device against the CPU: the logits and the input gradients of the first 16
+    /// images of --data, computed on both. Passes when the largest difference is at most 1e-4 of
+    /// the largest CPU value; otherwise the report is printed and the exit status is 2.
+    #[arg(long)]
+    pub compare_cpu: bool,
 }
 
 #[derive(Args, Debug)]

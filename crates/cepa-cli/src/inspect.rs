@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 
 use anyhow::Context;
-use cepa::model::{Classifier, DeviceChoice};
-use cepa::pipeline::inspect_model;
+use cepa::model::{Classifier, DeviceChoice, cpu_device};
+use cepa::pipeline::{DeviceCheck, compare_devices, inspect_model};
 
 use crate::args::{Format, InspectArgs};
 use crate::{ExitStatus, out};
@@ -20,11 +20,26 @@ pub fn run(a: InspectArgs, device: DeviceChoice) -> anyhow::Result<ExitStatus> {
     };
     let inspection = inspect_model(&model, data.as_ref(), Some(a.data.split), a.limit)
         .context("images do not fit the model")?;
+    let check = match (a.compare_cpu, &data) {
+        (false, _) => None,
+        (true, None) => anyhow::bail!("--compare-cpu needs --data: the images to compare on"),
+        (true, Some(set)) => {
+            let here = Classifier::load(path, &spec, &device.device(true)?)
+                .context("cannot load model")?;
+            let cpu = Classifier::load(path, &spec, &cpu_device(true))
+                .context("cannot load model on the CPU")?;
+            Some(compare_devices(&here, &cpu, set, 16).context("cannot compare devices")?)
+        }
+    };
     let g = model.graph();
     let s = model.spec();
     match a.format {
         Format::Json => {
-            out(&(serde_json::to_string_pretty(&inspection.to_json(&model, path))? + "\n"));
+            let mut report = inspection.to_json(&model, path);
+            if let Some(c) = &check {
+                report["device_check"] = serde_json::to_value(c)?;
+            }
+            out(&(serde_json::to_string_pretty(&report)? + "\n"));
         }
         Format::Text => {
             let mut t = String::new();
@@ -65,6 +80,9 @@ pub fn run(a: InspectArgs, device: DeviceChoice) -> anyhow::Result<ExitStatus> {
                     a.accuracy, a.images, a.source
                 )?;
             }
+            if let Some(c) = &check {
+                writeln!(t, "{}", check_line(c))?;
+            }
             writeln!(
                 t,
                 "\nlayers (* = candidate embedding layer for the detector, cut = the rest depends on the image only through it)"
@@ -102,5 +120,23 @@ pub fn run(a: InspectArgs, device: DeviceChoice) -> anyhow::Result<ExitStatus> {
             out(&t);
         }
     }
-    Ok(ExitStatus::Success)
+    match check {
+        Some(c) if !c.pass => anyhow::bail!("{}", check_line(&c)),
+        _ => Ok(ExitStatus::Success),
+    }
+}
+
+/// One line on a device check: the devices, the two relative gaps, and the outcome.
+fn check_line(c: &DeviceCheck) -> String {
+    format!(
+        "device    {} against {}: logits {:.1e}, input gradient {:.1e} of the largest CPU value \
+         ({} images, tolerance {:.0e}): {}",
+        c.device,
+        c.reference,
+        c.logits_rel,
+        c.grad_rel,
+        c.images,
+        c.tolerance,
+        if c.pass { "same numbers" } else { "DIFFERENT" }
+    )
 }

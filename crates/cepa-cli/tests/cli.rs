@@ -132,6 +132,38 @@ fn inspect_lists_layers_by_onnx_name_and_detects_softmax() {
     );
 }
 
+/// `--compare-cpu` on the CPU itself: the same numbers, reported in JSON and text; without
+/// images it is a one-line error.
+#[test]
+fn inspect_compare_cpu_reports_the_device_check() {
+    let model = real("cs612-clean-mnist-mlp.onnx");
+    let m = model.to_str().unwrap();
+    let mnist = shared().join("data/mnist");
+    let d = mnist.to_str().unwrap();
+    let r = inspect_json(&[m, "--data", d, "--limit", "50", "--compare-cpu"]);
+    let c = &r["device_check"];
+    assert_eq!(c["images"], 16);
+    assert_eq!(c["pass"], true, "{c}");
+    assert!(c["logits_rel"].as_f64().unwrap() < 1e-6, "{c}");
+    assert!(c["device"].as_str().unwrap().starts_with("cpu"), "{c}");
+    let out = cepa(&[
+        "inspect",
+        m,
+        "--data",
+        d,
+        "--limit",
+        "50",
+        "--compare-cpu",
+        "-q",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("same numbers"), "{text}");
+    assert!(inspect_json(&[m])["device_check"].is_null());
+    let out = cepa(&["inspect", m, "--compare-cpu"]);
+    assert_error(&out, &["--compare-cpu needs --data"]);
+}
+
 #[test]
 fn text_report_names_the_spec_and_notes() {
     let model = real("cs612-clean-mnist-mlp.onnx");

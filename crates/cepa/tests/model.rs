@@ -61,3 +61,35 @@ fn layer_taps_reproduce_the_logits() {
         assert!(close(&moved, &logits) > 1e-3, "{}", layer.name);
     }
 }
+
+/// The device check: a model against itself on the CPU agrees (to rounding, not exactly zero
+/// only if a reduction reorders), and it catches a difference: the same file read without its
+/// normalisation computes other logits and other gradients.
+#[test]
+fn device_check_agrees_with_itself_and_catches_a_difference() {
+    use cepa::pipeline::{DEVICE_TOLERANCE, compare_devices};
+    let path = shared("models/real/badnets-pytorch-mnist.onnx");
+    let spec = ModelSpec {
+        mean: Some(vec![0.5]),
+        std: Some(vec![0.5]),
+        ..Default::default()
+    };
+    let set = load(&shared("data/mnist"), Split::Test).unwrap();
+    let a = Classifier::load(&path, &spec, &cpu_device(true)).unwrap();
+    let b = Classifier::load(&path, &spec, &cpu_device(true)).unwrap();
+    let same = compare_devices(&a, &b, &set, 16).unwrap();
+    assert_eq!(same.images, 16);
+    assert!(same.pass, "{same:?}");
+    assert!(same.logits_rel < 1e-6 && same.grad_rel < 1e-6, "{same:?}");
+    assert!(same.device.starts_with("cpu") && same.reference.starts_with("cpu"));
+
+    let raw = Classifier::load(&path, &ModelSpec::default(), &cpu_device(true)).unwrap();
+    let other = compare_devices(&raw, &b, &set, 4).unwrap();
+    assert_eq!(other.images, 4);
+    assert!(!other.pass, "{other:?}");
+    assert!(other.logits_rel > DEVICE_TOLERANCE && other.grad_rel > DEVICE_TOLERANCE);
+
+    // Without autodiff there is no gradient to compare: an error, not a pass.
+    let plain = Classifier::load(&path, &spec, &cpu_device(false)).unwrap();
+    assert!(compare_devices(&plain, &b, &set, 4).is_err());
+}

@@ -10,7 +10,9 @@ mod inspect;
 mod invert;
 mod options;
 
-pub use inspect::{Accuracy, Inspection, inspect_model};
+pub use inspect::{
+    Accuracy, DEVICE_TOLERANCE, DeviceCheck, Inspection, compare_devices, inspect_model,
+};
 pub use invert::{InvertRun, invert_model};
 pub use options::{InvertOptions, InvertPlan, SampleOptions, ScanOptions};
 
