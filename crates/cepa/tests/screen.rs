@@ -7,7 +7,7 @@
 use cepa::data::ImageSet;
 use cepa::detect::nc::{NcConfig, neural_cleanse};
 use cepa::detect::verdict::{SavedScan, redecide};
-use cepa::detect::{LayerChoice, ScanConfig, ScreenConfig, ScreenRole, scan};
+use cepa::detect::{LayerChoice, ScanConfig, ScreenConfig, ScreenRole, ScreenedClass, scan};
 use cepa::model::Classifier;
 use rand::{Rng, SeedableRng};
 
@@ -137,6 +137,16 @@ fn screened_scan_finds_the_planted_target_as_the_full_scan_does() {
         (total - CLASSES as f64).abs() < 1e-9,
         "weights sum to {total}"
     );
+    // The screening pass's own statistics are kept for every class, screened out or not.
+    let names = |c: &ScreenedClass| -> Vec<String> {
+        c.statistics.iter().map(|v| v.statistic.clone()).collect()
+    };
+    let first = names(&s.classes[0]);
+    assert!(first.iter().any(|n| n == "delta_norm"), "{first:?}");
+    for c in &s.classes {
+        assert_eq!(names(c), first, "class {}", c.class);
+        assert!(c.statistics.iter().all(|v| v.value.is_finite()));
+    }
     assert_eq!(screened.results.len(), 6);
     assert_eq!(screened.decision.classes.len(), 6);
     let pool = screened
@@ -190,6 +200,17 @@ fn screened_neural_cleanse_finds_the_planted_target() {
         6
     );
     assert_eq!(nc.classes.len(), 6);
+    // The screening pass's mask norm of every class, the planted target's the smallest.
+    let l1: Vec<f64> = s.classes.iter().map(|c| c.statistics[0].value).collect();
+    assert!(
+        s.classes
+            .iter()
+            .all(|c| c.statistics.len() == 1 && c.statistics[0].statistic == "l1")
+    );
+    let smallest = (0..l1.len())
+        .min_by(|&a, &b| l1[a].total_cmp(&l1[b]))
+        .unwrap();
+    assert_eq!(smallest, TARGET, "{l1:?}");
     assert_eq!(nc.classes[0].target, TARGET, "the top candidate runs first");
     let full = neural_cleanse(
         &planted,

@@ -14,6 +14,6 @@ pub mod stats;
 pub mod verdict;
 
 pub use scan::{
-    LayerChoice, ScanConfig, ScanReport, ScreenConfig, ScreenReport, ScreenRole, scan,
-    scan_with_progress,
+    LayerChoice, ScanConfig, ScanReport, ScreenConfig, ScreenReport, ScreenRole, ScreenValue,
+    ScreenedClass, scan, scan_with_progress,
 };

@@ -30,7 +30,9 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::data::ImageSet;
-use crate::detect::scan::{ScreenConfig, ScreenReport, pool_from_screen, screen_report};
+use crate::detect::scan::{
+    ScreenConfig, ScreenReport, ScreenValue, pool_from_screen, screen_report,
+};
 use crate::detect::stats::{Tail, anomaly_indices, anomaly_indices_weighted};
 use crate::error::{Error, Result};
 use crate::model::Classifier;
@@ -524,8 +526,19 @@ pub fn neural_cleanse(
         let l1: Vec<f64> = first.iter().map(|c| c.l1).collect();
         let indices = anomaly_indices(&l1, Tail::Small);
         let (pool, weights) = pool_from_screen(&indices, &cfg.screen);
+        let values = l1
+            .iter()
+            .map(|&value| {
+                vec![ScreenValue {
+                    statistic: "l1".into(),
+                    layer: None,
+                    value,
+                }]
+            })
+            .collect();
         let screen = screen_report(
             &indices,
+            values,
             &pool,
             &weights,
             &cfg.screen,

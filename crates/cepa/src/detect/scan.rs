@@ -115,6 +115,20 @@ pub struct ScreenedClass {
     pub role: ScreenRole,
     /// How many classes it stands for in the decision (0 when screened out).
     pub weight: f64,
+    /// Its raw statistics in the screening pass, kept so that other null estimators can be
+    /// studied offline (the decision uses the full optimisation's values).
+    pub statistics: Vec<ScreenValue>,
+}
+
+/// One raw statistic of a class in the screening pass.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScreenValue {
+    /// Its name (`delta_norm`, ...; Neural Cleanse's `l1`).
+    pub statistic: String,
+    /// The layer's ONNX name; absent for an input-space statistic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<String>,
+    pub value: f64,
 }
 
 /// A class's part in a screened scan (serialised `candidate`, `null`, `screened_out`).
@@ -161,6 +175,7 @@ pub fn pool_from_screen(indices: &[f64], cfg: &ScreenConfig) -> (Vec<usize>, Vec
 /// The screening pass as a report: every class's index and rank, and its role in the pool.
 pub(crate) fn screen_report(
     indices: &[f64],
+    values: Vec<Vec<ScreenValue>>,
     pool: &[usize],
     weights: &[f64],
     cfg: &ScreenConfig,
@@ -171,8 +186,10 @@ pub(crate) fn screen_report(
     for (r, &c) in screening_order(indices).iter().enumerate() {
         rank_of[c] = r + 1;
     }
-    let classes = (0..k)
-        .map(|c| {
+    let classes = values
+        .into_iter()
+        .enumerate()
+        .map(|(c, statistics)| {
             let at = pool.iter().position(|&p| p == c);
             ScreenedClass {
                 class: c,
@@ -184,6 +201,7 @@ pub(crate) fn screen_report(
                     None => ScreenRole::ScreenedOut,
                 },
                 weight: at.map_or(0.0, |i| weights[i]),
+                statistics,
             }
         })
         .collect();
@@ -369,7 +387,21 @@ pub fn scan_with_progress(
             &pool[..cfg.screen.candidates.min(pool.len())],
             &pool[cfg.screen.candidates.min(pool.len())..]
         );
-        let report = screen_report(&indices, &pool, &weights, &cfg.screen, seconds);
+        let values = screened
+            .classes
+            .iter()
+            .map(|c| {
+                c.statistics
+                    .iter()
+                    .map(|s| ScreenValue {
+                        statistic: s.statistic.name().to_string(),
+                        layer: s.layer.clone(),
+                        value: s.value,
+                    })
+                    .collect()
+            })
+            .collect();
+        let report = screen_report(&indices, values, &pool, &weights, &cfg.screen, seconds);
         let results = run(&cepa, &pool)?;
         let pool = Pool {
             classes: k,
