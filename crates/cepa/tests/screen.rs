@@ -147,6 +147,29 @@ fn screened_scan_finds_the_planted_target_as_the_full_scan_does() {
         assert_eq!(names(c), first, "class {}", c.class);
         assert!(c.statistics.iter().all(|v| v.value.is_finite()));
     }
+    // They are the screening pass's (30 steps on fewer images), not the full optimisation's.
+    let full_target = screened
+        .decision
+        .classes
+        .iter()
+        .find(|c| c.class == TARGET)
+        .expect("the target optimised fully");
+    let pick = |name: &str| -> (f64, f64) {
+        let quick = s.classes[TARGET]
+            .statistics
+            .iter()
+            .find(|v| v.statistic == name);
+        let full = full_target
+            .statistics
+            .iter()
+            .find(|v| v.statistic.name() == name);
+        (quick.unwrap().value, full.unwrap().value)
+    };
+    let (quick, full_value) = pick("delta_norm");
+    assert!(
+        (quick - full_value).abs() > 1e-9,
+        "{quick} against {full_value}"
+    );
     assert_eq!(screened.results.len(), 6);
     assert_eq!(screened.decision.classes.len(), 6);
     let pool = screened
