@@ -196,6 +196,25 @@ fn screened_scan_finds_the_planted_target_as_the_full_scan_does() {
     assert_eq!(again.target, screened.target);
     assert!((again.score - screened.score).abs() < 1e-9);
 
+    // Each class of the pool was optimised as the full scan optimised it (its start is drawn
+    // from its own stream of the seed, whatever runs beside it), so the screened scan differs
+    // from the full one by its null sample alone.
+    for c in &screened.decision.classes {
+        let f = &full.decision.classes[c.class];
+        assert_eq!(f.class, c.class);
+        for (a, b) in c.statistics.iter().zip(&f.statistics) {
+            assert_eq!((a.statistic, &a.layer), (b.statistic, &b.layer));
+            assert!(
+                (a.value - b.value).abs() <= 1e-4 * b.value.abs().max(1.0),
+                "class {}: {} {} screened against {} full",
+                c.class,
+                a.statistic.name(),
+                a.value,
+                b.value
+            );
+        }
+    }
+
     let clean = model(false, dir.path());
     let c = scan(&clean, &data, &config(true)).unwrap();
     assert!(!c.decision.backdoored, "clean twin flagged: {}", c.score);
@@ -250,4 +269,15 @@ fn screened_neural_cleanse_finds_the_planted_target() {
     .unwrap();
     assert!(full.screen.is_none() && full.classes.len() == CLASSES);
     assert_eq!(full.most_anomalous, TARGET);
+    // The pool's classes were optimised as in the full run: the same mask norms.
+    for c in &nc.classes {
+        let f = &full.classes[c.target];
+        assert!(
+            (c.l1 - f.l1).abs() <= 1e-4 * f.l1.abs().max(1.0),
+            "class {}: l1 {} screened against {} full",
+            c.target,
+            c.l1,
+            f.l1
+        );
+    }
 }

@@ -11,7 +11,7 @@
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::log_softmax;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::ImageSet;
@@ -343,8 +343,6 @@ pub fn stage1_targets(
     let (_, clean_all) = model.logits_and_layers(x_all.clone(), layers)?;
     let clean_all: Vec<Tensor<2>> = clean_all.into_iter().map(Tensor::detach).collect();
     let d: Vec<f64> = clean_all.iter().map(|c| c.dims()[1] as f64).collect();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
-
     let mut problems: Vec<Problem> = Vec::with_capacity(targets.len());
     for &target in targets {
         if target >= k {
@@ -366,6 +364,7 @@ pub fn stage1_targets(
             .collect();
         let n = idx.len();
         let hi = cfg.init_max.max(1e-12);
+        let mut rng = crate::detect::class_rng(cfg.seed, target);
         let init: Vec<f32> = (0..n * per)
             .map(|_| rng.random_range(0.0..hi) as f32)
             .collect();
