@@ -171,8 +171,11 @@ def test_cli_error_is_one_line_and_exit_2(tmp_path):
 
 def test_ctrl_c_interrupts_a_scan():
     """SIGINT during a long scan raises KeyboardInterrupt in the caller; the scan does not finish."""
+    # Python turns SIGINT into KeyboardInterrupt only when SIGINT is not ignored at start-up, and
+    # a shell starting this run in the background ignores it: restore Python's own handler.
     script = (
-        "import cepa, sys\n"
+        "import cepa, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         f"images, labels = cepa.load_images({str(IMAGES)!r})\n"
         "print('started', flush=True)\n"
         "try:\n"
