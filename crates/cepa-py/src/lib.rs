@@ -373,7 +373,12 @@ fn load_images<'py>(py: Python<'py>, path: PathBuf, split: &str) -> PyResult<Loa
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    cepa::runtime::tune_allocator();
+    // The scan's speed depends on malloc keeping freed tensor memory (one arena, no unmapping;
+    // 1.5x, BENCHMARKS.md "The allocator"). That tunes the whole process's malloc, so a user
+    // can keep glibc's defaults with CEPA_KEEP_MALLOC=1.
+    if std::env::var_os("CEPA_KEEP_MALLOC").is_none_or(|v| v.is_empty() || v == "0") {
+        cepa::runtime::tune_allocator();
+    }
     m.add("CepaError", m.py().get_type::<CepaError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(run_cli, m)?)?;

@@ -394,24 +394,9 @@ pub fn stage1_targets(
     }
 
     // The problems are independent: split them over the cores, each share one batch.
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, problems.len().max(1));
-    let chunk = problems.len().div_ceil(threads).max(1);
-    let outcome: Vec<Result<()>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = problems
-            .chunks_mut(chunk)
-            .map(|part| scope.spawn(|| optimise(model, part, layers, &d, cfg, progress)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(Error::Mismatch("a stage-1 worker panicked".into())))
-            })
-            .collect()
-    });
-    outcome.into_iter().collect::<Result<Vec<()>>>()?;
+    crate::detect::run_shares(&mut problems, "stage-1", |part| {
+        optimise(model, part, layers, &d, cfg, progress)
+    })?;
     finish(model, problems, holdout, layers, dims)
 }
 

@@ -24,6 +24,35 @@ pub(crate) fn class_rng(seed: u64, class: usize) -> rand_chacha::ChaCha8Rng {
     rng
 }
 
+/// Run `work` on `items` split into one share per thread of rayon's pool (the pool burn's CPU
+/// kernels run on), the shares in parallel. Each share is one batch to its worker; the workers
+/// are the pool's own threads, so while a share waits on a kernel's parallel halves its thread
+/// takes part in them. (Plain threads beside the pool made it oversubscribed: 2 scan threads
+/// blocking on 2 pool threads spent a fifth of their CPU spinning; BENCHMARKS.md, "Threads".)
+/// A panicking share is an error naming `what`, not a crash.
+pub(crate) fn run_shares<T: Send>(
+    items: &mut [T],
+    what: &str,
+    work: impl Fn(&mut [T]) -> crate::Result<()> + Sync,
+) -> crate::Result<()> {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads().clamp(1, items.len().max(1));
+    let chunk = items.len().div_ceil(threads).max(1);
+    let outcome: Vec<crate::Result<()>> = items
+        .par_chunks_mut(chunk)
+        .map(|part| {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(part))).unwrap_or_else(
+                |_| {
+                    Err(crate::error::Error::Mismatch(format!(
+                        "a {what} worker panicked"
+                    )))
+                },
+            )
+        })
+        .collect();
+    outcome.into_iter().collect()
+}
+
 pub use scan::{
     LayerChoice, ScanConfig, ScanReport, ScreenConfig, ScreenReport, ScreenRole, ScreenValue,
     ScreenedClass, scan, scan_with_progress,

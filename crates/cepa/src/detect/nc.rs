@@ -636,32 +636,11 @@ fn run_all(
     cfg: &NcConfig,
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<()> {
-    let k = problems.len().max(1);
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, k);
-    let chunk = k.div_ceil(threads);
     let group = (cfg.max_batch / x.dims()[0].max(1)).max(1);
-    let outcome: Vec<Result<()>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = problems
-            .chunks_mut(chunk)
-            .map(|part| {
-                scope.spawn(move || {
-                    part.chunks_mut(group)
-                        .try_for_each(|g| optimise(model, x, g, dims, cfg, progress))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(Error::Mismatch("a Neural Cleanse worker panicked".into()))
-                })
-            })
-            .collect()
-    });
-    outcome.into_iter().collect()
+    crate::detect::run_shares(problems, "Neural Cleanse", |part| {
+        part.chunks_mut(group)
+            .try_for_each(|g| optimise(model, x, g, dims, cfg, progress))
+    })
 }
 
 /// What one batched step measured, on the host, `ka` active problems in order.
