@@ -374,8 +374,8 @@ fn load_images<'py>(py: Python<'py>, path: PathBuf, split: &str) -> PyResult<Loa
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // The scan's speed depends on malloc keeping freed tensor memory (one arena, no unmapping;
-    // 1.5x, BENCHMARKS.md "The allocator"). That tunes the whole process's malloc, so a user
-    // can keep glibc's defaults with CEPA_KEEP_MALLOC=1.
+    // 1.5x; BENCHMARKS.md, "The allocator and the scan's threads"). That tunes the whole
+    // process's malloc, so a user can keep glibc's defaults with CEPA_KEEP_MALLOC=1.
     if std::env::var_os("CEPA_KEEP_MALLOC").is_none_or(|v| v.is_empty() || v == "0") {
         cepa::runtime::tune_allocator();
     }

@@ -34,12 +34,13 @@ pub fn check_interrupt() -> crate::Result<()> {
 /// and gives every thread that allocates its own arena, whose heaps it unmaps again once they
 /// are free: each step then pays page faults to zero fresh pages, and every unmap a TLB
 /// shootdown across the cores. On a 43-class Neural Cleanse scan (2 cores) that was 67 s of
-/// system time against 100 s of user time (BENCHMARKS.md, "The allocator"). So: one arena for
-/// the whole process (the scan's threads allocate few, large blocks, so they hardly wait on its
-/// lock), no `mmap` for single blocks (they come from the heap, which only grows), and a high
-/// trim threshold (freed memory stays for the next step). The same scan then spends 1.3 s in
-/// the kernel and its wall time drops from 87 s to 54 s, with identical numbers (the allocator
-/// changes no arithmetic). Peak memory is what it was; it is kept until the process ends.
+/// system time against 100 s of user time (BENCHMARKS.md, "The allocator and the scan's
+/// threads"). So: one arena for the whole process (the scan's threads allocate few, large
+/// blocks, so they hardly wait on its lock), no `mmap` for single blocks (they come from the
+/// heap, which only grows), and a high trim threshold (freed memory stays for the next step).
+/// The same scan then spends 1.3 s in the kernel and its wall time drops from 87 s to 54 s, with
+/// identical numbers (the allocator changes no arithmetic). Peak memory is what it was; it is
+/// kept until the process ends.
 ///
 /// Call it once, first thing in `main` (or when a library is loaded), before other threads
 /// allocate: glibc fixes a thread's arena when it first allocates. It does nothing off glibc.

@@ -27,8 +27,9 @@ pub(crate) fn class_rng(seed: u64, class: usize) -> rand_chacha::ChaCha8Rng {
 /// Run `work` on `items` split into one share per thread of rayon's pool (the pool burn's CPU
 /// kernels run on), the shares in parallel. Each share is one batch to its worker; the workers
 /// are the pool's own threads, so while a share waits on a kernel's parallel halves its thread
-/// takes part in them. (Plain threads beside the pool made it oversubscribed: 2 scan threads
-/// blocking on 2 pool threads spent a fifth of their CPU spinning; BENCHMARKS.md, "Threads".)
+/// takes part in them. (Plain threads beside the pool oversubscribed the cores: 2 scan threads
+/// blocked while the pool's 2 threads computed, and a 43-class Neural Cleanse run took 14 % more
+/// CPU time and 18 % more wall time; BENCHMARKS.md, "The allocator and the scan's threads".)
 /// A panicking share is an error naming `what`, not a crash.
 pub(crate) fn run_shares<T: Send>(
     items: &mut [T],
