@@ -98,8 +98,36 @@ pub struct NcConfig {
     /// the number of images the screening pass stamps) [ours]. Default: from 20 classes, 50
     /// steps on 20 images, then the full optimisation of 5 candidates and a null sample of 10
     /// (CEPA's null is 20; Neural Cleanse's screened and full scans agreed on every model
-    /// measured with 10, its indices further from the threshold: EVALUATION.md).
+    /// measured with 10, its indices further from the threshold: EVALUATION.md). Fields a
+    /// config's `[nc.screen]` leaves out keep these defaults, not CEPA's.
+    #[serde(deserialize_with = "nc_screen")]
     pub screen: ScreenConfig,
+}
+
+/// `[nc.screen]`: the fields given over Neural Cleanse's own screening defaults. (With plain
+/// `#[serde(default)]` a section naming one field took the others from CEPA's defaults: 30
+/// steps and a null of 20 instead of 50 and 10.)
+fn nc_screen<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<ScreenConfig, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Given {
+        min_classes: Option<usize>,
+        steps: Option<usize>,
+        max_samples: Option<usize>,
+        candidates: Option<usize>,
+        null: Option<usize>,
+    }
+    let g = Given::deserialize(d)?;
+    let base = NcConfig::default().screen;
+    Ok(ScreenConfig {
+        min_classes: g.min_classes.unwrap_or(base.min_classes),
+        steps: g.steps.unwrap_or(base.steps),
+        max_samples: g.max_samples.unwrap_or(base.max_samples),
+        candidates: g.candidates.unwrap_or(base.candidates),
+        null: g.null.unwrap_or(base.null),
+    })
 }
 
 impl Default for NcConfig {
@@ -754,6 +782,16 @@ fn optimise(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_nc_screen_section_keeps_neural_cleanses_other_defaults() {
+        let cfg: super::NcConfig = toml::from_str("[screen]\nmin_classes = 0\n").unwrap();
+        let base = super::NcConfig::default().screen;
+        assert_eq!(cfg.screen.min_classes, 0);
+        assert_eq!((cfg.screen.steps, cfg.screen.null), (base.steps, base.null));
+        assert_eq!((base.steps, base.null), (50, 10));
+        assert!(toml::from_str::<super::NcConfig>("[screen]\nnul = 3\n").is_err());
+    }
+
     use std::path::Path;
 
     use super::*;
