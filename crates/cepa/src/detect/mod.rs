@@ -27,9 +27,10 @@ pub(crate) fn class_rng(seed: u64, class: usize) -> rand_chacha::ChaCha8Rng {
 /// Run `work` on `items` split into one share per thread of rayon's pool (the pool burn's CPU
 /// kernels run on), the shares in parallel, each on one worker (which batches it as `work`
 /// does: CEPA whole, Neural Cleanse in groups). The workers are the pool's own threads, so
-/// while a share waits on a kernel's parallel halves its thread takes part in them. (Plain threads beside the pool oversubscribed the cores: 2 scan threads
-/// blocked while the pool's 2 threads computed, and a 43-class Neural Cleanse run took 14 % more
-/// CPU time and 18 % more wall time; BENCHMARKS.md, "The allocator and the scan's threads".)
+/// while a share waits on a kernel's parallel halves its thread takes part in them. (Plain
+/// threads beside the pool oversubscribed the cores: 2 scan threads blocked while the pool's 2
+/// threads computed, and a 43-class Neural Cleanse run took 14 % more CPU time and 18 % more
+/// wall time; BENCHMARKS.md, "The allocator and the scan's threads".)
 /// A panicking share is an error naming `what`, not a crash.
 pub(crate) fn run_shares<T: Send>(
     items: &mut [T],
