@@ -17,6 +17,7 @@ pub mod data;
 pub mod detect;
 pub mod error;
 pub mod eval;
+pub(crate) mod kernels;
 pub mod model;
 pub mod onnx;
 pub mod pipeline;

@@ -387,9 +387,8 @@ impl Architecture for CnnArch {
         let fc2_b = take(&d7);
 
         let opts = || ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
-        let pool = || MaxPoolOptions::new([2, 2]);
-        let x = max_pool2d(relu(conv2d(x, conv1_w, Some(conv1_b), opts())), pool());
-        let x = max_pool2d(relu(conv2d(x, conv2_w, Some(conv2_b), opts())), pool());
+        let x = pool2(relu(conv2d(x, conv1_w, Some(conv1_b), opts())));
+        let x = pool2(relu(conv2d(x, conv2_w, Some(conv2_b), opts())));
         let x: Tensor<2> = x.flatten(1, 3);
         let x = relu(x.matmul(fc1_w.transpose()) + fc1_b.unsqueeze());
         x.matmul(fc2_w.transpose()) + fc2_b.unsqueeze()
@@ -414,6 +413,13 @@ impl Network for CnnWeights {
     fn to_onnx(&self) -> Result<ModelProto> {
         CnnWeights::to_onnx(self)
     }
+}
+
+/// A 2x2 max pool, stride 2: our CPU kernel ([`crate::kernels::max_pool_tiled`]) where it
+/// applies, burn's elsewhere.
+pub(crate) fn pool2(x: Tensor<4>) -> Tensor<4> {
+    crate::kernels::max_pool_tiled(&x, [2, 2])
+        .unwrap_or_else(|| max_pool2d(x, MaxPoolOptions::new([2, 2])))
 }
 
 #[cfg(test)]

@@ -6,8 +6,6 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::relu;
-use burn::tensor::module::max_pool2d;
-use burn::tensor::ops::MaxPoolOptions;
 use onnx_ir::ModelProto;
 use serde::{Deserialize, Serialize};
 
@@ -160,7 +158,7 @@ impl Architecture for VggArch {
             for i in 0..stage.len() {
                 x = relu(conv(&l, p, &conv_name(s, i), x, 1, 1));
             }
-            x = max_pool2d(x, MaxPoolOptions::new([2, 2]));
+            x = super::cnn::pool2(x);
         }
         let mut h: Tensor<2> = x.flatten(1, 3);
         if self.hidden > 0 {

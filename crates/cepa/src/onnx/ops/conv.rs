@@ -256,8 +256,15 @@ pub(super) fn pool(spec: &PoolSpec, max: bool, inputs: &Inputs) -> Result<FTenso
             )));
         }
     }
-    if !max && let Some(out) = tiled_avg_pool(&x, spec, pads) {
-        return Ok(FTensor::R4(out));
+    if tiles(spec, pads) {
+        let ours = if max {
+            crate::kernels::max_pool_tiled(&x, spec.kernel)
+        } else {
+            tiled_avg_pool(&x, spec)
+        };
+        if let Some(out) = ours {
+            return Ok(FTensor::R4(out));
+        }
     }
     let out = if max {
         let opts = MaxPoolOptions::new(spec.kernel)
@@ -277,21 +284,23 @@ pub(super) fn pool(spec: &PoolSpec, max: bool, inputs: &Inputs) -> Result<FTenso
     Ok(FTensor::R4(out))
 }
 
-/// An average pool whose windows tile the image (stride = kernel, no padding, floor mode) as a
-/// reshape and a mean. Same values as burn's pooling; its gradient is a broadcast instead of
-/// burn's per-window loop, which took 14 % of a MNIST scan (BENCHMARKS.md: 2.4x faster forward +
-/// backward). Max pools keep burn's kernel: a max over the reshaped windows was 3.6x slower.
-/// `None` when the pool is not of that form.
-fn tiled_avg_pool(x: &Tensor<4>, spec: &PoolSpec, pads: [(usize, usize); 2]) -> Option<Tensor<4>> {
+/// Whether a pool's windows tile the image: stride = kernel, no padding, no dilation, floor mode.
+fn tiles(spec: &PoolSpec, pads: [(usize, usize); 2]) -> bool {
     let [kh, kw] = spec.kernel;
-    let tiled = spec.strides == spec.kernel
+    spec.strides == spec.kernel
         && spec.dilations == [1, 1]
         && pads == [(0, 0), (0, 0)]
         && !spec.ceil_mode
-        && kh * kw > 1;
-    if !tiled {
-        return None;
-    }
+        && kh * kw > 1
+}
+
+/// A tiled average pool ([`tiles`]) as a reshape and a mean. Same values as burn's pooling; its
+/// gradient is a broadcast instead of burn's per-window loop, which took 14 % of a MNIST scan
+/// (BENCHMARKS.md: 2.4x faster forward + backward). A tiled max pool has a kernel of its own
+/// ([`crate::kernels::max_pool_tiled`]; a max over the reshaped windows was 3.6x slower than
+/// burn's). `None` when the image is smaller than a window.
+fn tiled_avg_pool(x: &Tensor<4>, spec: &PoolSpec) -> Option<Tensor<4>> {
+    let [kh, kw] = spec.kernel;
     let [n, c, h, w] = x.dims();
     let (oh, ow) = (h / kh, w / kw);
     if oh == 0 || ow == 0 {
