@@ -9,6 +9,12 @@
 //!   one byte per output for the backward pass, and gives the same values and the same gradients
 //!   (the first maximum of a window in row-major order wins, a NaN always wins, as burn and
 //!   PyTorch do).
+//! - [`conv2d_stride1`]: a convolution (stride 1, no dilation, one group) whose input gradient
+//!   is burn-flex's transposed convolution (the same gemm call, then the columns added into the
+//!   image) with the scatter written as contiguous row additions. burn's scatter indexes every
+//!   element through five nested loops: 15 % of a 43-class scan. The same sums in the same
+//!   order, so the same gradient bit for bit; the forward pass and the weight and bias
+//!   gradients are burn's.
 
 use std::sync::Arc;
 
@@ -16,9 +22,11 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::ops::ModuleOps;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Dispatch, Flex, backend_extension};
 use burn::prelude::Tensor;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, TensorData};
 use burn_flex::FlexTensor;
 
@@ -28,12 +36,50 @@ pub trait CepaKernels: burn::backend::Backend {
     /// Max pool of `x` (N x C x H x W, f32) over windows of `kh` x `kw` with stride = kernel, no
     /// padding, floor mode.
     fn max_pool_tiled(x: FloatTensor<Self>, kh: usize, kw: usize) -> FloatTensor<Self>;
+
+    /// A convolution of stride 1, dilation 1 and one group, with a bias; `pads` are top,
+    /// bottom, left, right.
+    fn conv2d_stride1(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        pads: [usize; 4],
+    ) -> FloatTensor<Self>;
+
+    /// [`CepaKernels::conv2d_stride1`] without a bias.
+    fn conv2d_stride1_nobias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        pads: [usize; 4],
+    ) -> FloatTensor<Self>;
 }
 
 impl CepaKernels for Flex {
     fn max_pool_tiled(x: FloatTensor<Self>, kh: usize, kw: usize) -> FloatTensor<Self> {
         pool_forward(&x, kh, kw, false).0
     }
+
+    fn conv2d_stride1(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        pads: [usize; 4],
+    ) -> FloatTensor<Self> {
+        Flex::conv2d(x, weight, Some(bias), conv_options(pads))
+    }
+
+    fn conv2d_stride1_nobias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        pads: [usize; 4],
+    ) -> FloatTensor<Self> {
+        Flex::conv2d(x, weight, None, conv_options(pads))
+    }
+}
+
+fn conv_options(pads: [usize; 4]) -> ConvOptions<2> {
+    let [top, bottom, left, right] = pads;
+    ConvOptions::new_with_padding([1, 1], [(top, bottom), (left, right)], [1, 1], 1)
 }
 
 impl<C: CheckpointStrategy> CepaKernels for Autodiff<Flex, C> {
@@ -56,6 +102,187 @@ impl<C: CheckpointStrategy> CepaKernels for Autodiff<Flex, C> {
             OpsKind::UnTracked(prep) => prep.finish(pool_forward(x.primitive(), kh, kw, false).0),
         }
     }
+
+    fn conv2d_stride1(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        pads: [usize; 4],
+    ) -> FloatTensor<Self> {
+        match ConvBackward
+            .prepare::<C>([x.node(), weight.node(), bias.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = ConvState {
+                    x: x.primitive().clone(),
+                    weight: weight.primitive().clone(),
+                    bias: Some(bias.primitive().clone()),
+                    pads,
+                };
+                let out = Flex::conv2d(
+                    state.x.clone(),
+                    state.weight.clone(),
+                    state.bias.clone(),
+                    conv_options(pads),
+                );
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::conv2d(
+                x.primitive().clone(),
+                weight.primitive().clone(),
+                Some(bias.primitive().clone()),
+                conv_options(pads),
+            )),
+        }
+    }
+
+    fn conv2d_stride1_nobias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        pads: [usize; 4],
+    ) -> FloatTensor<Self> {
+        match ConvBackward
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let state = ConvState {
+                    x: x.primitive().clone(),
+                    weight: weight.primitive().clone(),
+                    bias: None,
+                    pads,
+                };
+                let out = Flex::conv2d(
+                    state.x.clone(),
+                    state.weight.clone(),
+                    None,
+                    conv_options(pads),
+                );
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(Flex::conv2d(
+                x.primitive().clone(),
+                weight.primitive().clone(),
+                None,
+                conv_options(pads),
+            )),
+        }
+    }
+}
+
+/// What the convolution's backward pass keeps: its inputs (burn's own convolution keeps the same).
+#[derive(Clone, Debug)]
+struct ConvState {
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    pads: [usize; 4],
+}
+
+#[derive(Debug)]
+struct ConvBackward;
+
+impl Backward<Flex, 3> for ConvBackward {
+    type State = ConvState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [nx, nw, nb] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let want = [nx.is_some(), nw.is_some(), nb.is_some()];
+        let [gx, gw, gb] = conv_grads(grad, &ops.state, want);
+        for (node, g) in [(nx, gx), (nw, gw), (nb, gb)] {
+            if let (Some(node), Some(g)) = (node, g) {
+                grads.register::<Flex>(node.id, g);
+            }
+        }
+    }
+}
+
+impl Backward<Flex, 2> for ConvBackward {
+    type State = ConvState;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [nx, nw] = ops.parents;
+        let grad = grads.consume::<Flex>(&ops.node);
+        let [gx, gw, _] = conv_grads(grad, &ops.state, [nx.is_some(), nw.is_some(), false]);
+        for (node, g) in [(nx, gx), (nw, gw)] {
+            if let (Some(node), Some(g)) = (node, g) {
+                grads.register::<Flex>(node.id, g);
+            }
+        }
+    }
+}
+
+/// The gradients of a convolution's input, weight and bias, each where `want` says: the input's
+/// from [`conv_input_grad`], the weight's and the bias's from burn.
+fn conv_grads(grad: FlexTensor, s: &ConvState, want: [bool; 3]) -> [Option<FlexTensor>; 3] {
+    let opts = conv_options(s.pads);
+    let gb = match (&s.bias, want[2]) {
+        (Some(bias), true) => Some(Flex::conv2d_bias_backward(
+            s.x.clone(),
+            bias.clone(),
+            grad.clone(),
+        )),
+        _ => None,
+    };
+    let gw = want[1].then(|| {
+        Flex::conv2d_weight_backward(s.x.clone(), s.weight.clone(), grad.clone(), opts.clone())
+    });
+    let gx = want[0].then(|| {
+        let dims = four(s.x.layout().shape());
+        conv_input_grad(&grad, &s.weight, dims, s.pads)
+            .unwrap_or_else(|| Flex::conv2d_x_backward(s.x.clone(), s.weight.clone(), grad, opts))
+    });
+    [gx, gw, gb]
+}
+
+fn on_flex(x: &Tensor<4>) -> bool {
+    matches!(
+        x.device().inner().as_dispatch(),
+        burn::backend::DispatchDevice::Flex(_)
+    ) && x.dtype() == DType::F32
+}
+
+/// `conv2d(x, w, b)` with stride 1, dilation 1 and one group (`pads`: (top, bottom), (left,
+/// right)) through [`CepaKernels::conv2d_stride1`]: `None` (use burn's convolution) unless `x`
+/// is on the `flex` backend with autodiff and f32 values. Without autodiff there is no
+/// gradient to compute, and the forward pass is burn's either way.
+pub(crate) fn conv2d_stride1(
+    x: &Tensor<4>,
+    w: &Tensor<4>,
+    b: Option<&Tensor<1>>,
+    pads: [(usize, usize); 2],
+) -> Option<Tensor<4>> {
+    if !on_flex(x) || !x.device().is_autodiff() {
+        return None;
+    }
+    let pads = [pads[0].0, pads[0].1, pads[1].0, pads[1].1];
+    let (x, w) = (x.clone().into_dispatch(), w.clone().into_dispatch());
+    let out = match b {
+        Some(b) => <Dispatch as CepaKernels>::conv2d_stride1(x, w, b.clone().into_dispatch(), pads),
+        None => <Dispatch as CepaKernels>::conv2d_stride1_nobias(x, w, pads),
+    };
+    Some(Tensor::from_dispatch(out))
+}
+
+/// `conv2d(x, w, b, opts)`: through [`conv2d_stride1`] where it applies, burn's otherwise.
+pub(crate) fn conv2d(
+    x: Tensor<4>,
+    w: Tensor<4>,
+    b: Option<Tensor<1>>,
+    opts: ConvOptions<2>,
+) -> Tensor<4> {
+    if opts.stride == [1, 1]
+        && opts.dilation == [1, 1]
+        && opts.groups == 1
+        && let Some(out) = conv2d_stride1(&x, &w, b.as_ref(), opts.padding)
+    {
+        return out;
+    }
+    burn::tensor::module::conv2d(x, w, b, opts)
 }
 
 /// The tiled max pool of `x` on the CPU, differentiable: `None` (use burn's pool) unless `x` is
@@ -63,11 +290,7 @@ impl<C: CheckpointStrategy> CepaKernels for Autodiff<Flex, C> {
 pub(crate) fn max_pool_tiled(x: &Tensor<4>, kernel: [usize; 2]) -> Option<Tensor<4>> {
     let [kh, kw] = kernel;
     let [_, _, h, w] = x.dims();
-    let on_flex = matches!(
-        x.device().inner().as_dispatch(),
-        burn::backend::DispatchDevice::Flex(_)
-    );
-    if !on_flex || x.dtype() != DType::F32 || kh * kw > 256 || kh * kw == 0 || h < kh || w < kw {
+    if !on_flex(x) || kh * kw > 256 || kh * kw == 0 || h < kh || w < kw {
         return None;
     }
     let out = <Dispatch as CepaKernels>::max_pool_tiled(x.clone().into_dispatch(), kh, kw);
@@ -235,6 +458,109 @@ fn pool_backward(grad: &FlexTensor, state: &PoolState) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(dx, [n, c, h, w]))
 }
 
+/// The input gradient of a convolution of stride 1, dilation 1 and one group, as burn-flex's
+/// `conv_transpose2d` computes it (`None` where it would tile its columns, above 8 MiB an image,
+/// or for other dtypes): per image one gemm `columns = W^T grad` of the same call, then each
+/// column added into the image, kernel cell after kernel cell in the same order, so every sum
+/// is the same. The additions run along contiguous rows instead of element by element.
+fn conv_input_grad(
+    grad: &FlexTensor,
+    weight: &FlexTensor,
+    x_dims: [usize; 4],
+    pads: [usize; 4],
+) -> Option<FlexTensor> {
+    use rayon::prelude::*;
+    // burn-flex's limits (conv_transpose.rs): the untiled columns, and gemm's own threads only
+    // for large products.
+    const COLUMNS_BYTES: usize = 8 * 1024 * 1024;
+    const GEMM_PARALLEL_WORK: usize = 192 * 192 * 192;
+    if grad.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+        return None;
+    }
+    let grad = grad.to_contiguous();
+    let weight = weight.to_contiguous();
+    let [n, co, gh, gw] = four(grad.layout().shape());
+    let [wco, ci, kh, kw] = four(weight.layout().shape());
+    let [xn, xc, h, wd] = x_dims;
+    let (ks, spatial) = (kh * kw, gh * gw);
+    let col_ch = ci * ks;
+    if wco != co || xc != ci || xn != n || col_ch * spatial * 4 > COLUMNS_BYTES {
+        return None;
+    }
+    let [top, _, left, _] = pads;
+    let g: &[f32] = grad.storage();
+    let wt: &[f32] = weight.storage();
+    let plane = h * wd;
+    let parallelism = if col_ch * spatial * co >= GEMM_PARALLEL_WORK {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    let image = |b: usize, out: &mut [f32], columns: &mut Vec<f32>| {
+        columns.resize(col_ch * spatial, 0.0);
+        let src = &g[b * co * spatial..][..co * spatial];
+        // SAFETY: `columns` holds col_ch x spatial values (row stride `spatial`), `wt` co x
+        // col_ch (read transposed: column stride col_ch), `src` co x spatial; gemm writes
+        // `columns` only, without reading it.
+        unsafe {
+            gemm::gemm(
+                col_ch,
+                spatial,
+                co,
+                columns.as_mut_ptr(),
+                1,
+                spatial as isize,
+                false,
+                wt.as_ptr(),
+                col_ch as isize,
+                1,
+                src.as_ptr(),
+                1,
+                spatial as isize,
+                0.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+        for c in 0..ci {
+            let dst = &mut out[c * plane..][..plane];
+            for ky in 0..kh {
+                let (ih0, ih1) = (top.saturating_sub(ky), gh.min((h + top).saturating_sub(ky)));
+                for kx in 0..kw {
+                    let (iw0, iw1) = (
+                        left.saturating_sub(kx),
+                        gw.min((wd + left).saturating_sub(kx)),
+                    );
+                    if ih0 >= ih1 || iw0 >= iw1 {
+                        continue;
+                    }
+                    let col = &columns[(c * ks + ky * kw + kx) * spatial..][..spatial];
+                    let len = iw1 - iw0;
+                    for ih in ih0..ih1 {
+                        let at = (ih + ky - top) * wd + iw0 + kx - left;
+                        for (d, v) in dst[at..at + len]
+                            .iter_mut()
+                            .zip(&col[ih * gw + iw0..][..len])
+                        {
+                            *d += *v;
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let mut dx = vec![0f32; n * ci * plane];
+    if plane > 0 && ci > 0 {
+        dx.par_chunks_mut(ci * plane)
+            .enumerate()
+            .for_each_init(Vec::new, |columns, (b, out)| image(b, out, columns));
+    }
+    Some(FlexTensor::from_data(TensorData::new(dx, [n, ci, h, wd])))
+}
+
 #[cfg(test)]
 mod tests {
     use burn::prelude::Device;
@@ -298,6 +624,79 @@ mod tests {
             let b = bits(theirs_in.grad(&g_theirs).unwrap());
             assert_eq!(a, b, "gradients for {dims:?} / {kernel:?}");
         }
+    }
+
+    fn values(dims: [usize; 4], seed: u32) -> Vec<f32> {
+        let len: usize = dims.iter().product();
+        (0..len as u32)
+            .map(|i| {
+                let r = i.wrapping_mul(2_654_435_761).wrapping_add(seed) >> 16;
+                (r % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stride1_convolution_equals_burns_values_and_all_gradients_bit_for_bit() {
+        let device = Device::flex().autodiff();
+        // (input, weight, pads): the scan's 5x5 first layer, a 3x3 "same" layer, asymmetric pads.
+        let cases = [
+            ([3, 3, 12, 11], [4, 3, 5, 5], [(0, 0), (0, 0)]),
+            ([2, 4, 7, 9], [5, 4, 3, 3], [(1, 1), (1, 1)]),
+            ([2, 2, 6, 5], [3, 2, 3, 2], [(2, 0), (0, 1)]),
+        ];
+        for (xd, wd, pads) in cases {
+            for with_bias in [true, false] {
+                // Tracked weights too, as training has them.
+                let x0 = Tensor::<4>::from_data(TensorData::new(values(xd, 1), xd), &device);
+                let w0 = Tensor::<4>::from_data(TensorData::new(values(wd, 2), wd), &device);
+                let b0 = Tensor::<1>::from_data(
+                    TensorData::new(values([wd[0], 1, 1, 1], 3), [wd[0]]),
+                    &device,
+                );
+                let run = |ours: bool| {
+                    let (x, w, b) = (
+                        x0.clone().require_grad(),
+                        w0.clone().require_grad(),
+                        b0.clone().require_grad(),
+                    );
+                    let bias = with_bias.then(|| b.clone());
+                    let y = if ours {
+                        conv2d_stride1(&x, &w, bias.as_ref(), pads).expect("flex autodiff")
+                    } else {
+                        let opts = ConvOptions::new_with_padding([1, 1], pads, [1, 1], 1);
+                        burn::tensor::module::conv2d(x.clone(), w.clone(), bias, opts)
+                    };
+                    let [n, c, h, ww] = y.dims();
+                    let wt = Tensor::<4>::from_data(
+                        TensorData::new(values([n, c, h, ww], 4), [n, c, h, ww]),
+                        &device,
+                    );
+                    let g = (y.clone() * wt).sum().backward();
+                    let gb = with_bias
+                        .then(|| b.grad(&g).unwrap().into_data().try_to_vec::<f32>().unwrap());
+                    (
+                        bits(y),
+                        bits(x.grad(&g).unwrap()),
+                        bits(w.grad(&g).unwrap()),
+                        gb.map(|v| v.into_iter().map(f32::to_bits).collect::<Vec<_>>()),
+                    )
+                };
+                let (ours, theirs) = (run(true), run(false));
+                let what = format!("{xd:?} * {wd:?}, pads {pads:?}, bias {with_bias}");
+                assert_eq!(ours.0, theirs.0, "output, {what}");
+                assert_eq!(ours.1, theirs.1, "input gradient, {what}");
+                assert_eq!(ours.2, theirs.2, "weight gradient, {what}");
+                assert_eq!(ours.3, theirs.3, "bias gradient, {what}");
+            }
+        }
+    }
+
+    #[test]
+    fn stride1_convolution_is_burns_off_autodiff() {
+        let x = Tensor::<4>::zeros([1, 1, 4, 4], &Device::flex());
+        let w = Tensor::<4>::zeros([1, 1, 3, 3], &Device::flex());
+        assert!(conv2d_stride1(&x, &w, None, [(0, 0), (0, 0)]).is_none());
     }
 
     #[test]

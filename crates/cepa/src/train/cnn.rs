@@ -4,7 +4,7 @@
 
 use burn::prelude::*;
 use burn::tensor::activation::relu;
-use burn::tensor::module::{conv2d, max_pool2d};
+use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use onnx_ir::ModelProto;
 use rand::SeedableRng;
@@ -387,8 +387,18 @@ impl Architecture for CnnArch {
         let fc2_b = take(&d7);
 
         let opts = || ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
-        let x = pool2(relu(conv2d(x, conv1_w, Some(conv1_b), opts())));
-        let x = pool2(relu(conv2d(x, conv2_w, Some(conv2_b), opts())));
+        let x = pool2(relu(crate::kernels::conv2d(
+            x,
+            conv1_w,
+            Some(conv1_b),
+            opts(),
+        )));
+        let x = pool2(relu(crate::kernels::conv2d(
+            x,
+            conv2_w,
+            Some(conv2_b),
+            opts(),
+        )));
         let x: Tensor<2> = x.flatten(1, 3);
         let x = relu(x.matmul(fc1_w.transpose()) + fc1_b.unsqueeze());
         x.matmul(fc2_w.transpose()) + fc2_b.unsqueeze()

@@ -13,7 +13,6 @@
 use std::fmt;
 
 use burn::prelude::*;
-use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use onnx_ir::ModelProto;
 use rand::{Rng, SeedableRng};
@@ -390,7 +389,7 @@ pub(crate) fn conv(
     let w = layout.tensor::<4>(params, &format!("{name}.weight"));
     let b = layout.tensor::<1>(params, &format!("{name}.bias"));
     let opts = ConvOptions::new([stride, stride], [pad, pad], [1, 1], 1);
-    conv2d(x, w, Some(b), opts)
+    crate::kernels::conv2d(x, w, Some(b), opts)
 }
 
 /// A linear layer `x W^T + b` on the device, from `NAME.weight` `[out, in]` and `NAME.bias`.
@@ -412,7 +411,7 @@ pub(crate) fn conv_nobias(
 ) -> Tensor<4> {
     let w = layout.tensor::<4>(params, &format!("{name}.weight"));
     let opts = ConvOptions::new([stride, stride], [pad, pad], [1, 1], 1);
-    conv2d(x, w, None, opts)
+    crate::kernels::conv2d(x, w, None, opts)
 }
 
 /// BatchNorm's `epsilon`: PyTorch's default, written into the export.

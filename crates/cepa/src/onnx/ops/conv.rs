@@ -1,7 +1,7 @@
 //! Conv, MaxPool, AveragePool and the global pools (2-D, NCHW).
 
 use burn::tensor::Tensor;
-use burn::tensor::module::{avg_pool2d, conv2d, max_pool2d};
+use burn::tensor::module::{avg_pool2d, max_pool2d};
 use burn::tensor::ops::{AvgPoolOptions, ConvOptions, MaxPoolOptions};
 
 use super::Inputs;
@@ -216,7 +216,7 @@ pub(super) fn conv(spec: &ConvSpec, inputs: &Inputs) -> Result<FTensor> {
         }
     }
     let opts = ConvOptions::new_with_padding(spec.strides, pads, spec.dilations, spec.group);
-    Ok(FTensor::R4(conv2d(x, w, bias, opts)))
+    Ok(FTensor::R4(crate::kernels::conv2d(x, w, bias, opts)))
 }
 
 pub(super) fn pool(spec: &PoolSpec, max: bool, inputs: &Inputs) -> Result<FTensor> {
