@@ -109,32 +109,21 @@ impl<C: CheckpointStrategy> CepaKernels for Autodiff<Flex, C> {
         bias: FloatTensor<Self>,
         pads: [usize; 4],
     ) -> FloatTensor<Self> {
+        let (xp, wp, bp) = (
+            x.primitive().clone(),
+            weight.primitive().clone(),
+            bias.primitive().clone(),
+        );
         match ConvBackward
             .prepare::<C>([x.node(), weight.node(), bias.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let state = ConvState {
-                    x: x.primitive().clone(),
-                    weight: weight.primitive().clone(),
-                    bias: Some(bias.primitive().clone()),
-                    pads,
-                };
-                let out = Flex::conv2d(
-                    state.x.clone(),
-                    state.weight.clone(),
-                    state.bias.clone(),
-                    conv_options(pads),
-                );
+                let (state, out) = conv_forward(xp, wp, Some(bp), pads);
                 prep.finish(state, out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(Flex::conv2d(
-                x.primitive().clone(),
-                weight.primitive().clone(),
-                Some(bias.primitive().clone()),
-                conv_options(pads),
-            )),
+            OpsKind::UnTracked(prep) => prep.finish(conv_forward(xp, wp, Some(bp), pads).1),
         }
     }
 
@@ -143,34 +132,36 @@ impl<C: CheckpointStrategy> CepaKernels for Autodiff<Flex, C> {
         weight: FloatTensor<Self>,
         pads: [usize; 4],
     ) -> FloatTensor<Self> {
+        let (xp, wp) = (x.primitive().clone(), weight.primitive().clone());
         match ConvBackward
             .prepare::<C>([x.node(), weight.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let state = ConvState {
-                    x: x.primitive().clone(),
-                    weight: weight.primitive().clone(),
-                    bias: None,
-                    pads,
-                };
-                let out = Flex::conv2d(
-                    state.x.clone(),
-                    state.weight.clone(),
-                    None,
-                    conv_options(pads),
-                );
+                let (state, out) = conv_forward(xp, wp, None, pads);
                 prep.finish(state, out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(Flex::conv2d(
-                x.primitive().clone(),
-                weight.primitive().clone(),
-                None,
-                conv_options(pads),
-            )),
+            OpsKind::UnTracked(prep) => prep.finish(conv_forward(xp, wp, None, pads).1),
         }
     }
+}
+
+/// burn's convolution of `x`, and what its backward pass keeps.
+fn conv_forward(
+    x: FlexTensor,
+    weight: FlexTensor,
+    bias: Option<FlexTensor>,
+    pads: [usize; 4],
+) -> (ConvState, FlexTensor) {
+    let out = Flex::conv2d(x.clone(), weight.clone(), bias.clone(), conv_options(pads));
+    let state = ConvState {
+        x,
+        weight,
+        bias,
+        pads,
+    };
+    (state, out)
 }
 
 /// What the convolution's backward pass keeps: its inputs (burn's own convolution keeps the same).
