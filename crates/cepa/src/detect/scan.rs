@@ -330,6 +330,24 @@ pub fn choose_layers(model: &Classifier, cfg: &ScanConfig) -> Result<(Vec<String
     }
 }
 
+/// How far a screened scan's score may sit from the full scan's [ours]: with the null of 20, the
+/// screened index moved by up to 0.19 from the full scan's on the 8 models the null was chosen
+/// on (EVALUATION.md, "The null sample's size"), so 0.2.
+pub const SCREENED_SCORE_SPREAD: f64 = 0.2;
+
+/// For a screened scan whose score is within [`SCREENED_SCORE_SPREAD`] of the threshold, a note
+/// that the full scan may decide otherwise (on gtsrb32-blend-s0, CEPA's screened 1.91 against
+/// 1.917 was clean where the full scan flagged 2.07).
+fn near_threshold_note(score: f64, threshold: f64) -> Option<String> {
+    ((score - threshold).abs() < SCREENED_SCORE_SPREAD).then(|| {
+        format!(
+            "screened score {score:.3} is within {SCREENED_SCORE_SPREAD} of the threshold \
+             {threshold:.3}, the spread measured between screened and full scans: `--screen off` \
+             gives the full scan's verdict"
+        )
+    })
+}
+
 /// `"backdoored"` or `"clean"`, as reports spell a verdict.
 pub fn verdict_word(backdoored: bool) -> &'static str {
     if backdoored { "backdoored" } else { "clean" }
@@ -433,6 +451,11 @@ pub fn scan_with_progress(
             out.len()
         ));
     }
+    if screen.is_some()
+        && let Some(note) = near_threshold_note(decision.score, decision.threshold)
+    {
+        decision.notes.push(note);
+    }
     decision.notes.extend(notes);
     Ok(ScanReport {
         verdict: verdict_word(decision.backdoored).to_string(),
@@ -484,6 +507,15 @@ mod tests {
         assert_eq!(&weights[..3], &[1.0, 1.0, 1.0]);
         assert!(weights[3..].iter().all(|&w| (w - 17.0 / 4.0).abs() < 1e-12));
         assert!((weights.iter().sum::<f64>() - 20.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_screened_score_near_the_threshold_gets_a_note_and_a_clear_one_does_not() {
+        let note = near_threshold_note(1.910, 1.917).expect("0.007 under the threshold");
+        assert!(note.contains("--screen off") && note.contains("1.910"));
+        assert!(near_threshold_note(2.05, 1.917).is_some());
+        assert!(near_threshold_note(2.2, 1.917).is_none());
+        assert!(near_threshold_note(1.5, 1.917).is_none());
     }
 
     #[test]
