@@ -5,7 +5,7 @@
 //! - [`max_pool_tiled`]: a max pool whose windows tile the image (stride = kernel, no padding).
 //!   burn-flex computes every max pool with its general 3-D kernel, which re-derives each
 //!   window's bounds per output element and writes 64-bit indices: 18 % of a 43-class CEPA scan
-//!   (`perf`, BENCHMARKS.md "The tiled max pool"). This one walks the window rows directly, keeps
+//!   (`perf`, BENCHMARKS.md "Kernels of our own"). This one walks the window rows directly, keeps
 //!   one byte per output for the backward pass, and gives the same values and the same gradients
 //!   (the first maximum of a window in row-major order wins, a NaN always wins, as burn and
 //!   PyTorch do).
