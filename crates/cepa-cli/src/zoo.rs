@@ -168,6 +168,17 @@ fn build(a: BuildArgs, quiet: bool, device: DeviceChoice) -> Result<ExitStatus> 
             b.set_prefix(format!("[{done}/{todo}] {}", p.id));
             b
         };
+        if let Some(e) = zoo::checkpoint_epochs(&a.out, &p.id) {
+            bar.set_position(e as u64);
+            bar.suspend(|| {
+                eprintln!(
+                    "{}: resuming after epoch {e} of {} from {}",
+                    p.id,
+                    p.recipe.train.epochs,
+                    zoo::checkpoint_path(&a.out, &p.id).display()
+                )
+            });
+        }
         let pair = &data[&p.dataset];
         let entry = zoo::build_model(p, pair, &a.out, &device, &mut |e, _, loss, acc| {
             bar.set_position(e as u64);

@@ -5,8 +5,10 @@
 //! A zoo config (TOML) names a data root, a training recipe per dataset and groups of models;
 //! [`plan`] expands each group over its seeds into [`ModelPlan`]s, [`build_model`] trains one and
 //! writes `ID.onnx`, `ID.cepa.toml` and `ID.json` (its [`ManifestEntry`]), and [`write_manifest`]
-//! gathers the finished entries into `manifest.json`. A model whose `ID.json` exists is finished,
-//! so a killed build loses at most the model in progress.
+//! gathers the finished entries into `manifest.json`. A model whose `ID.json` exists is finished.
+//! A model in training saves its state after every epoch (`ID.ckpt`, removed once the model is
+//! finished), so a killed build loses at most the epoch in progress and the next build resumes
+//! it where it stopped, with the very weights an uninterrupted build would have trained.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::onnx::write::save_model;
 use crate::train::{
     ARCH_NAMES, Architecture, CnnArch, LateTrigger, NetArch, Network, PreActArch, ResNetArch,
-    Shapes, TrainConfig, Trainer, VggArch, predict,
+    Shapes, TrainConfig, Trainer, TrainerState, VggArch, predict,
 };
 use burn::prelude::Device;
 
@@ -402,41 +404,31 @@ pub fn build_model(
     let (c, h, w, k) = data.shape();
     let r = &p.recipe;
     let arch = NetArch::select(&r.arch, r.shapes())?.with_io(c, h, w, k);
-    let mut train = data.train.clone();
-    if let Some(n) = p.recipe.train_images
-        && n < train.len()
-    {
-        let mut rng = ChaCha8Rng::seed_from_u64(p.seed ^ 0x5eed);
-        let mut idx = rand::seq::index::sample(&mut rng, train.len(), n).into_vec();
-        idx.sort_unstable();
-        train = train.subset(&idx);
-    }
+    let (train, late) = training_set(p, data)?;
     let cfg = &p.recipe.train;
-    let mut late = None;
-    if let Some(a) = &p.attack {
-        let (mut poisoned, stamped) = a.poison(&train, p.seed)?;
-        if cfg.trigger_after_augment {
-            // Poisoned labels on clean pixels: the trigger is stamped after augmentation.
-            let per = train.image_len();
-            for (i, _) in stamped.iter().enumerate().filter(|(_, s)| **s) {
-                let span = i * per..(i + 1) * per;
-                poisoned.pixels[span.clone()].copy_from_slice(&train.pixels[span]);
-            }
-            late = Some(LateTrigger {
-                trigger: a.trigger(c, h, w)?,
-                stamped,
-            });
-        }
-        train = poisoned;
-    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let mut trainer = Trainer::new(&arch.init(cfg.seed)?, cfg, device)?;
-    for e in 0..cfg.epochs {
+    let ckpt = checkpoint_path(out, &p.id);
+    let plan_key = checkpoint_key(p, &arch, train.len());
+    let mut seconds_before = 0.0;
+    if let Some((state, seconds)) = load_checkpoint(&ckpt, &p.id, &plan_key)? {
+        trainer.restore(&state)?;
+        seconds_before = seconds;
+    }
+    for e in trainer.epochs_done()..cfg.epochs {
         crate::runtime::check_interrupt()?;
         let s = trainer.epoch_with(&train, late.as_ref())?;
+        if e + 1 < cfg.epochs {
+            let seconds = seconds_before + start.elapsed().as_secs_f64();
+            let state = trainer.state()?;
+            write_atomic(&ckpt, |tmp| {
+                save_checkpoint(tmp, &plan_key, &state, seconds)
+            })?;
+        }
         on_epoch(e + 1, cfg.epochs, s.loss, s.accuracy);
     }
     let weights = trainer.calibrated_weights(&train)?;
-    let train_seconds = start.elapsed().as_secs_f64();
+    let train_seconds = seconds_before + start.elapsed().as_secs_f64();
 
     let pred = predict(&weights, &data.test, device)?;
     let hits = pred
@@ -450,7 +442,6 @@ pub fn build_model(
         Some(a) => Some(attack_success_rate(a, &weights, &data.test, device)?),
     };
 
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let onnx = format!("{}.onnx", p.id);
     let spec = format!("{}.cepa.toml", p.id);
     write_atomic(&out.join(&onnx), |tmp| save_model(&weights.to_onnx()?, tmp))?;
@@ -489,7 +480,186 @@ pub fn build_model(
     write_atomic(&entry_path, |tmp| {
         std::fs::write(tmp, &json).map_err(|e| Error::io(tmp, e))
     })?;
+    match std::fs::remove_file(&ckpt) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&ckpt, e)),
+        _ => {}
+    }
     Ok(entry)
+}
+
+/// Where model `id`'s training state is saved between epochs while it is built into `out`.
+pub fn checkpoint_path(out: &Path, id: &str) -> PathBuf {
+    out.join(format!("{id}.ckpt"))
+}
+
+/// The epochs that model `id`'s checkpoint in `out` holds (`None` without a readable one).
+pub fn checkpoint_epochs(out: &Path, id: &str) -> Option<usize> {
+    let bytes = std::fs::read(checkpoint_path(out, id)).ok()?;
+    let (header, _) = split_checkpoint(&bytes).ok()?;
+    header.get("epochs")?.as_u64().map(|e| e as usize)
+}
+
+const CHECKPOINT_MAGIC: &[u8; 8] = b"CEPACKP1";
+
+/// What must match for a checkpoint to be resumed: the attack, the network, the training
+/// settings, the training images and the seed.
+fn checkpoint_key(p: &ModelPlan, arch: &NetArch, train_images: usize) -> serde_json::Value {
+    serde_json::json!({
+        "id": p.id,
+        "seed": p.seed,
+        "attack": p.attack.as_ref().map(AttackConfig::params),
+        (arch.name()): arch,
+        "train": p.recipe.train,
+        "train_images": train_images,
+    })
+}
+
+/// `CEPACKP1`, the header's length (u64 LE), the header (JSON: the plan key, the counters, the
+/// seconds trained), the number of parameters n (u64 LE), then the parameters and the two
+/// optimiser moments, n f32 LE each.
+fn save_checkpoint(
+    path: &Path,
+    key: &serde_json::Value,
+    state: &TrainerState,
+    seconds: f64,
+) -> Result<()> {
+    let header = serde_json::json!({
+        "plan": key,
+        "epochs": state.epochs,
+        "steps": state.steps,
+        "rng_word_pos": state.rng_word_pos.to_string(),
+        "seconds": seconds,
+    });
+    let header = serde_json::to_vec(&header).map_err(|e| Error::Config(e.to_string()))?;
+    let n = state.params.len();
+    let mut bytes = Vec::with_capacity(32 + header.len() + 12 * n);
+    bytes.extend_from_slice(CHECKPOINT_MAGIC);
+    bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&header);
+    bytes.extend_from_slice(&(n as u64).to_le_bytes());
+    for v in [&state.params, &state.m, &state.v] {
+        bytes.extend(v.iter().flat_map(|x| x.to_le_bytes()));
+    }
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+}
+
+/// The header and the rest of a checkpoint's bytes, or what is wrong with them.
+fn split_checkpoint(bytes: &[u8]) -> std::result::Result<(serde_json::Value, &[u8]), String> {
+    let rest = bytes
+        .strip_prefix(CHECKPOINT_MAGIC)
+        .ok_or("it is not a cepa training checkpoint")?;
+    let (len, rest) = take_u64(rest)?;
+    let len = usize::try_from(len).map_err(|_| "its header length does not fit")?;
+    if rest.len() < len {
+        return Err("it is truncated in its header".into());
+    }
+    let header = serde_json::from_slice(&rest[..len]).map_err(|e| format!("its header: {e}"))?;
+    Ok((header, &rest[len..]))
+}
+
+fn take_u64(b: &[u8]) -> std::result::Result<(u64, &[u8]), String> {
+    let (head, rest) = b.split_first_chunk::<8>().ok_or("it is truncated")?;
+    Ok((u64::from_le_bytes(*head), rest))
+}
+
+/// Model `id`'s saved training state and the seconds it had trained, when `path` holds one saved
+/// with `key`; `None` when there is no file. A checkpoint that is damaged or was saved with other
+/// settings is an error that names it, not a silent fresh start.
+fn load_checkpoint(
+    path: &Path,
+    id: &str,
+    key: &serde_json::Value,
+) -> Result<Option<(TrainerState, f64)>> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let bad = |msg: String| Error::Format {
+        path: path.to_path_buf(),
+        msg: format!("{msg}; delete it to train {id} from the start"),
+    };
+    let (header, rest) = split_checkpoint(&bytes).map_err(bad)?;
+    if header.get("plan") != Some(key) {
+        return Err(bad(
+            "it was saved by a build with other settings than the config now gives".into(),
+        ));
+    }
+    let count = |name: &str| {
+        header
+            .get(name)
+            .and_then(serde_json::Value::as_u64)
+            .map(|v| v as usize)
+            .ok_or_else(|| bad(format!("its header lacks '{name}'")))
+    };
+    let (epochs, steps) = (count("epochs")?, count("steps")?);
+    let rng_word_pos = header
+        .get("rng_word_pos")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|s| s.parse::<u128>().ok())
+        .ok_or_else(|| bad("its header lacks 'rng_word_pos'".into()))?;
+    let seconds = header
+        .get("seconds")
+        .and_then(serde_json::Value::as_f64)
+        .unwrap_or(0.0);
+    let (n, rest) = take_u64(rest).map_err(bad)?;
+    let n = usize::try_from(n).map_err(|_| bad("its parameter count does not fit".into()))?;
+    if n.checked_mul(12) != Some(rest.len()) {
+        return Err(bad(format!(
+            "it holds {} bytes of values where {n} parameters need {}",
+            rest.len(),
+            n.saturating_mul(12)
+        )));
+    }
+    let floats = |i: usize| -> Vec<f32> {
+        rest[i * 4 * n..(i + 1) * 4 * n]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let state = TrainerState {
+        epochs,
+        steps,
+        rng_word_pos,
+        params: floats(0),
+        m: floats(1),
+        v: floats(2),
+    };
+    Ok(Some((state, seconds)))
+}
+
+/// Model `p`'s training images (the recipe's subset, poisoned by its attack) and, when the
+/// trigger is stamped after augmentation, that trigger.
+fn training_set(p: &ModelPlan, data: &DataPair) -> Result<(ImageSet, Option<LateTrigger>)> {
+    let (c, h, w, _) = data.shape();
+    let mut train = data.train.clone();
+    if let Some(n) = p.recipe.train_images
+        && n < train.len()
+    {
+        let mut rng = ChaCha8Rng::seed_from_u64(p.seed ^ 0x5eed);
+        let mut idx = rand::seq::index::sample(&mut rng, train.len(), n).into_vec();
+        idx.sort_unstable();
+        train = train.subset(&idx);
+    }
+    let cfg = &p.recipe.train;
+    let mut late = None;
+    if let Some(a) = &p.attack {
+        let (mut poisoned, stamped) = a.poison(&train, p.seed)?;
+        if cfg.trigger_after_augment {
+            // Poisoned labels on clean pixels: the trigger is stamped after augmentation.
+            let per = train.image_len();
+            for (i, _) in stamped.iter().enumerate().filter(|(_, s)| **s) {
+                let span = i * per..(i + 1) * per;
+                poisoned.pixels[span.clone()].copy_from_slice(&train.pixels[span]);
+            }
+            late = Some(LateTrigger {
+                trigger: a.trigger(c, h, w)?,
+                stamped,
+            });
+        }
+        train = poisoned;
+    }
+    Ok((train, late))
 }
 
 /// Fraction of the test images that the attack applies to (not of the target class; of a
@@ -699,5 +869,108 @@ train = { shift = 2, lr = 0.01 }
                 (Optimizer::Sgd, Schedule::Cosine, 0.01, 5e-4, 128)
             );
         }
+    }
+
+    /// Random 1x16x16 images in two classes: enough for a build to run, not to learn.
+    fn toy_data() -> DataPair {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let mut set = |n: usize| {
+            let pixels = (0..n * 256).map(|_| rng.random_range(0.0..1.0)).collect();
+            let labels = (0..n).map(|i| i % 2).collect();
+            ImageSet::synthetic(pixels, labels, [1, 16, 16], 2, "toy")
+        };
+        DataPair {
+            train: set(48),
+            test: set(16),
+        }
+    }
+
+    /// A build killed after its first epoch resumes from the checkpoint that epoch left and
+    /// finishes the very model an uninterrupted build makes; a damaged checkpoint, or one saved
+    /// with other settings, is an error that names it.
+    #[test]
+    fn a_killed_build_resumes_from_its_checkpoint_to_the_same_model() {
+        let cfg: ZooConfig = toml::from_str(
+            r#"
+[recipes.toy]
+cnn = { conv1 = 2, conv2 = 4, hidden = 8 }
+train = { epochs = 3, batch_size = 16, lr = 3e-3, shift = 1, flip = true }
+[[models]]
+name = "toy-blend"
+dataset = "toy"
+seeds = [4]
+attack = { kind = "blend", alpha = 0.3, rate = 0.25, target = 1 }
+"#,
+        )
+        .unwrap();
+        let data = toy_data();
+        let shapes = [("toy".to_string(), data.shape())].into_iter().collect();
+        let p = &resolve(&cfg, &shapes).unwrap()[0];
+        let device = crate::model::cpu_device(true);
+        let (straight, killed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut epochs = Vec::new();
+        build_model(p, &data, straight.path(), &device, &mut |e, _, _, _| {
+            epochs.push(e);
+        })
+        .unwrap();
+        assert_eq!(epochs, [1, 2, 3]);
+        assert!(!checkpoint_path(straight.path(), &p.id).exists());
+
+        // What a build killed during its second epoch leaves behind.
+        let (c, h, w, k) = data.shape();
+        let arch = NetArch::select(&p.recipe.arch, p.recipe.shapes())
+            .unwrap()
+            .with_io(c, h, w, k);
+        let (train, late) = training_set(p, &data).unwrap();
+        let cfg = &p.recipe.train;
+        let mut trainer = Trainer::new(&arch.init(cfg.seed).unwrap(), cfg, &device).unwrap();
+        trainer.epoch_with(&train, late.as_ref()).unwrap();
+        let key = checkpoint_key(p, &arch, train.len());
+        let ckpt = checkpoint_path(killed.path(), &p.id);
+        save_checkpoint(&ckpt, &key, &trainer.state().unwrap(), 7.5).unwrap();
+        assert_eq!(checkpoint_epochs(killed.path(), &p.id), Some(1));
+
+        // Damaged or foreign checkpoints are refused by name.
+        let good = std::fs::read(&ckpt).unwrap();
+        std::fs::write(&ckpt, &good[..good.len() - 4]).unwrap();
+        let err = build_model(p, &data, killed.path(), &device, &mut |_, _, _, _| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("toy-blend-s4.ckpt") && err.contains("bytes"),
+            "{err}"
+        );
+        let mut other = p.clone();
+        other.recipe.train.lr = 1e-3;
+        save_checkpoint(
+            &ckpt,
+            &checkpoint_key(&other, &arch, train.len()),
+            &trainer.state().unwrap(),
+            1.0,
+        )
+        .unwrap();
+        let err = build_model(p, &data, killed.path(), &device, &mut |_, _, _, _| {})
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("other settings") && err.contains("delete it"),
+            "{err}"
+        );
+        assert!(!is_done(killed.path(), &p.id));
+
+        std::fs::write(&ckpt, &good).unwrap();
+        let mut epochs = Vec::new();
+        let entry = build_model(p, &data, killed.path(), &device, &mut |e, _, _, _| {
+            epochs.push(e);
+        })
+        .unwrap();
+        assert_eq!(epochs, [2, 3], "only the epochs the checkpoint lacked");
+        assert!(!ckpt.exists(), "the finished model's checkpoint is removed");
+        assert!(entry.train_seconds >= 7.5, "{}", entry.train_seconds);
+        let onnx = |dir: &Path| std::fs::read(dir.join(format!("{}.onnx", p.id))).unwrap();
+        assert!(
+            onnx(killed.path()) == onnx(straight.path()),
+            "the same weights"
+        );
     }
 }

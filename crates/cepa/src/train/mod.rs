@@ -196,6 +196,23 @@ impl std::fmt::Debug for LateTrigger {
     }
 }
 
+/// A [`Trainer`] between two epochs ([`Trainer::state`], [`Trainer::restore`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainerState {
+    /// Epochs done.
+    pub epochs: usize,
+    /// Optimiser steps done (Adam's bias correction counts them).
+    pub steps: usize,
+    /// Where the shuffling and augmentation generator stands (ChaCha8's word position).
+    pub rng_word_pos: u128,
+    /// Every parameter, in the order of [`Network::to_flat`].
+    pub params: Vec<f32>,
+    /// Adam's first moment, or SGD's momentum buffer.
+    pub m: Vec<f32>,
+    /// Adam's second moment (zeros under SGD).
+    pub v: Vec<f32>,
+}
+
 const ADAM_BETA1: f64 = 0.9;
 const ADAM_BETA2: f64 = 0.999;
 const ADAM_EPS: f64 = 1e-8;
@@ -343,6 +360,56 @@ impl<N: Network> Trainer<N> {
             }
         };
         self.params = (theta - update).autodiff().require_grad();
+    }
+
+    /// Epochs trained so far (those of a restored [`TrainerState`] included).
+    pub fn epochs_done(&self) -> usize {
+        self.epochs
+    }
+
+    /// Everything the trainer carries from one epoch to the next, on the host: restored by
+    /// [`restore`](Self::restore), the next epochs are the very ones an uninterrupted run trains.
+    pub fn state(&self) -> Result<TrainerState> {
+        Ok(TrainerState {
+            epochs: self.epochs,
+            steps: self.steps,
+            rng_word_pos: self.rng.get_word_pos(),
+            params: read_f32(self.params.clone().inner())?,
+            m: read_f32(self.m.clone())?,
+            v: read_f32(self.v.clone())?,
+        })
+    }
+
+    /// Continue from `state`, taken from a trainer of the same network and settings (the
+    /// shuffling generator is the one `cfg.seed` starts, moved to where the state left it).
+    pub fn restore(&mut self, state: &TrainerState) -> Result<()> {
+        let n = self.arch.num_params();
+        for (what, len) in [
+            ("parameters", state.params.len()),
+            ("first moments", state.m.len()),
+            ("second moments", state.v.len()),
+        ] {
+            if len != n {
+                return Err(Error::Mismatch(format!(
+                    "the saved training state has {len} {what} where the network has {n}"
+                )));
+            }
+        }
+        if let Some(i) = state.params.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Mismatch(format!(
+                "the saved training state's parameter {i} is {}",
+                state.params[i]
+            )));
+        }
+        let up = |v: &[f32]| Tensor::<1>::from_data(TensorData::new(v.to_vec(), [n]), &self.device);
+        self.params = up(&state.params).autodiff().require_grad();
+        self.m = up(&state.m);
+        self.v = up(&state.v);
+        self.steps = state.steps;
+        self.epochs = state.epochs;
+        self.rng = ChaCha8Rng::seed_from_u64(self.cfg.seed);
+        self.rng.set_word_pos(state.rng_word_pos);
+        Ok(())
     }
 
     /// The current weights on the host, as trained: a network with BatchNorm still has the

@@ -613,3 +613,91 @@ fn late_trigger_is_stamped_after_the_augmentation() {
         "{err}"
     );
 }
+
+/// A trainer stopped after some epochs and restored into a fresh one from its state trains on
+/// to the very weights of an uninterrupted run: Adam with its step count, SGD's momentum with
+/// BatchNorm's masked statistics, and the shuffling and augmentation generator all carry over.
+#[test]
+fn a_restored_trainer_continues_exactly() {
+    fn check<N: Network + PartialEq + std::fmt::Debug>(
+        init: &N,
+        cfg: &TrainConfig,
+        set: &ImageSet,
+    ) {
+        let device = cpu_device(true);
+        let mut straight = Trainer::new(init, cfg, &device).unwrap();
+        let mut after_two = None;
+        for _ in 0..cfg.epochs {
+            straight.epoch(set).unwrap();
+            if straight.epochs_done() == 2 {
+                after_two = Some(straight.state().unwrap());
+            }
+        }
+        let mut first = Trainer::new(init, cfg, &device).unwrap();
+        first.epoch(set).unwrap();
+        let state = first.state().unwrap();
+        assert_eq!((state.epochs, first.epochs_done()), (1, 1));
+        drop(first);
+        let mut resumed = Trainer::new(init, cfg, &device).unwrap();
+        resumed.restore(&state).unwrap();
+        assert_eq!(resumed.epochs_done(), 1);
+        for _ in 1..cfg.epochs {
+            resumed.epoch(set).unwrap();
+        }
+        assert_eq!(resumed.state().unwrap(), straight.state().unwrap());
+        assert_eq!(
+            resumed.calibrated_weights(set).unwrap(),
+            straight.calibrated_weights(set).unwrap()
+        );
+        // Not trivially equal: restoring without the generator's position would shuffle anew.
+        let mut moved = state.clone();
+        moved.rng_word_pos = 0;
+        let mut wrong = Trainer::new(init, cfg, &device).unwrap();
+        wrong.restore(&moved).unwrap();
+        wrong.epoch(set).unwrap();
+        let right_two = after_two.unwrap();
+        assert_eq!(wrong.epochs_done(), right_two.epochs);
+        assert_ne!(wrong.state().unwrap().params, right_two.params);
+        // A state of another network is refused.
+        let mut short = state.clone();
+        short.m.pop();
+        let err = wrong.restore(&short).unwrap_err().to_string();
+        assert!(err.contains("first moments"), "{err}");
+    }
+    let cnn = CnnArch {
+        height: 16,
+        width: 16,
+        num_classes: 2,
+        ..CnnArch::default()
+    };
+    let adam = TrainConfig {
+        epochs: 3,
+        batch_size: 16,
+        lr: 3e-3,
+        shift: 1,
+        flip: true,
+        seed: 5,
+        ..Default::default()
+    };
+    check(&cnn.init(adam.seed).unwrap(), &adam, &blobs(64, 0));
+    let preact = PreActArch {
+        channels: 1,
+        height: 16,
+        width: 16,
+        num_classes: 2,
+        widths: vec![8, 16],
+        blocks: 1,
+    };
+    let sgd = TrainConfig {
+        epochs: 2,
+        batch_size: 8,
+        optimizer: Optimizer::Sgd,
+        lr: 0.05,
+        schedule: Schedule::Cosine,
+        weight_decay: 5e-4,
+        shift: 2,
+        seed: 7,
+        ..Default::default()
+    };
+    check(&preact.init(sgd.seed).unwrap(), &sgd, &stripes(32, 0));
+}
