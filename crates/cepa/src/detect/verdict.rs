@@ -26,12 +26,19 @@ pub enum Statistic {
     /// backdoor target reached with an unusually small move (a shortcut) or an unusually large
     /// one (the paper's overfitting, large activations).
     EmbedNorm,
+    /// A consensus over (source, target) pairs [ours]: for each source class, how much more
+    /// cheaply its images reach this target than the other targets (a small-tail MAD index of
+    /// the per-source median `||delta_n||_2` over the targets), the median over the sources.
+    /// Large is suspicious: an all-to-one backdoor makes its target the cheapest for every
+    /// source, where a class that is merely easy to reach is cheap from the classes that
+    /// resemble it. Measured on the input perturbations, so not per layer.
+    PairDelta,
 }
 
 impl Statistic {
     pub fn tail(self) -> Tail {
         match self {
-            Statistic::MuNorm | Statistic::Transfer => Tail::Large,
+            Statistic::MuNorm | Statistic::Transfer | Statistic::PairDelta => Tail::Large,
             Statistic::DeltaNorm | Statistic::Dispersion => Tail::Small,
             Statistic::EmbedNorm => Tail::Both,
         }
@@ -44,6 +51,7 @@ impl Statistic {
             Statistic::Dispersion => "dispersion",
             Statistic::Transfer => "transfer",
             Statistic::EmbedNorm => "embed_norm",
+            Statistic::PairDelta => "pair_delta",
         }
     }
 
@@ -60,11 +68,14 @@ impl Statistic {
 
     /// Whether the statistic is measured per layer (all but the input-space delta size).
     fn per_layer(self) -> bool {
-        self != Statistic::DeltaNorm
+        !matches!(self, Statistic::DeltaNorm | Statistic::PairDelta)
     }
 
+    /// Its value for result `r` at `layer`; NaN for [`Statistic::PairDelta`], which is
+    /// measured across the results ([`pair_values`]).
     fn value(self, r: &TargetResult, layer: usize) -> f64 {
         match self {
+            Statistic::PairDelta => f64::NAN,
             Statistic::MuNorm => r.layers[layer].mu_norm,
             Statistic::DeltaNorm => r.delta_norm,
             Statistic::Dispersion => r.layers[layer].dispersion,
@@ -192,6 +203,10 @@ pub struct ClassReport {
     /// That mean, standardised again over the classes (median, MAD with a floor of
     /// `1/sqrt(number of terms)`): the combined index.
     pub anomaly_index: f64,
+    /// Per source class (by class number), the median `||delta_n||_2` of its images in this
+    /// class's problem; `null` for a class without images in it (the class itself). Kept so that
+    /// a saved scan can be decided again with [`Statistic::PairDelta`] and its sources.
+    pub source_delta: Vec<f64>,
 }
 
 /// Mean `||delta||` of the detected target's samples from one source class.
@@ -295,7 +310,9 @@ pub fn decide_pool(
         Statistic::Dispersion,
         Statistic::EmbedNorm,
         Statistic::Transfer,
+        Statistic::PairDelta,
     ];
+    let pair = pair_values(results);
     for stat in all {
         let slots: Vec<Option<usize>> = if stat.per_layer() {
             (0..layers.len()).map(Some).collect()
@@ -303,10 +320,14 @@ pub fn decide_pool(
             vec![None]
         };
         for slot in slots {
-            let raw: Vec<f64> = results
-                .iter()
-                .map(|r| stat.value(r, slot.unwrap_or(0)))
-                .collect();
+            let raw: Vec<f64> = if stat == Statistic::PairDelta {
+                pair.clone()
+            } else {
+                results
+                    .iter()
+                    .map(|r| stat.value(r, slot.unwrap_or(0)))
+                    .collect()
+            };
             if raw.iter().all(|v| v.is_nan()) {
                 continue;
             }
@@ -408,7 +429,8 @@ pub fn decide_pool(
         .iter()
         .zip(per_class)
         .zip(combined.iter().zip(&mean_index))
-        .map(|((r, statistics), (&c, &m))| ClassReport {
+        .zip(source_medians(results))
+        .map(|(((r, statistics), (&c, &m)), source_delta)| ClassReport {
             class: r.target,
             feasible: r.feasible,
             steps: r.steps,
@@ -417,6 +439,7 @@ pub fn decide_pool(
             statistics,
             mean_index: m,
             anomaly_index: c,
+            source_delta,
         })
         .collect();
     let best_class = results[best].target;
@@ -467,6 +490,9 @@ pub struct SavedClass {
     pub rho: f64,
     pub lambda: f64,
     pub statistics: Vec<SavedValue>,
+    /// Per source class, the median `||delta_n||_2` (absent in reports made before session 15).
+    #[serde(default)]
+    pub source_delta: Vec<Option<f64>>,
 }
 
 /// One statistic's value at one layer (`null`: not measured, or not finite).
@@ -526,16 +552,21 @@ impl SavedClass {
                 .value(Statistic::DeltaNorm, None)
                 .ok_or_else(|| missing(Statistic::DeltaNorm, None))?,
             layers,
-            sources: Vec::new(),
-            sample_delta_norms: Vec::new(),
+            // One stand-in sample per source class, its size the median the report kept: the
+            // per-source medians, all that pair_delta and the suspected sources read, are the
+            // scan's own.
+            sources: (0..self.source_delta.len())
+                .filter(|&s| self.source_delta[s].is_some())
+                .collect(),
+            sample_delta_norms: self.source_delta.iter().flatten().copied().collect(),
             deltas: Vec::new(),
         })
     }
 }
 
 /// Decide a saved scan again under `cfg`: the same [`decide`] as a fresh scan, on the values the
-/// report kept. The suspected sources need per-sample sizes a report does not keep, so the
-/// decision has none.
+/// report kept. A report made before the per-source sizes were kept (session 15) has no
+/// suspected sources and no [`Statistic::PairDelta`].
 pub fn redecide(saved: &SavedScan, cfg: &DecisionConfig) -> Result<Decision> {
     let results = saved
         .decision
@@ -550,6 +581,56 @@ pub fn redecide(saved: &SavedScan, cfg: &DecisionConfig) -> Result<Decision> {
         ));
     }
     decide_pool(&results, &saved.layers, cfg, pool)
+}
+
+/// Per result, the median `||delta_n||_2` of its samples of each source class (indexed by class,
+/// up to the largest class any result has samples of); NaN where it has none.
+fn source_medians(results: &[TargetResult]) -> Vec<Vec<f64>> {
+    let classes = results
+        .iter()
+        .flat_map(|r| r.sources.iter().map(|&s| s + 1))
+        .max()
+        .unwrap_or(0);
+    results
+        .iter()
+        .map(|r| {
+            let mut by_source = vec![Vec::new(); classes];
+            for (&s, &n) in r.sources.iter().zip(&r.sample_delta_norms) {
+                if n.is_finite() {
+                    by_source[s].push(n);
+                }
+            }
+            by_source
+                .iter()
+                .map(|v| if v.is_empty() { f64::NAN } else { median(v) })
+                .collect()
+        })
+        .collect()
+}
+
+/// [`Statistic::PairDelta`] of every result: for each source class, the small-tail MAD indices
+/// of its median sizes over the feasible results that have samples of it (at least 3), and per
+/// result the median of its indices over the sources; NaN for a result no source indexes.
+fn pair_values(results: &[TargetResult]) -> Vec<f64> {
+    let medians = source_medians(results);
+    let classes = medians.first().map_or(0, Vec::len);
+    let mut per_result: Vec<Vec<f64>> = vec![Vec::new(); results.len()];
+    for s in 0..classes {
+        let have: Vec<usize> = (0..results.len())
+            .filter(|&i| results[i].feasible && medians[i][s].is_finite())
+            .collect();
+        if have.len() < 3 {
+            continue;
+        }
+        let values: Vec<f64> = have.iter().map(|&i| medians[i][s]).collect();
+        for (&i, a) in have.iter().zip(anomaly_indices(&values, Tail::Small)) {
+            per_result[i].push(a);
+        }
+    }
+    per_result
+        .iter()
+        .map(|v| if v.is_empty() { f64::NAN } else { median(v) })
+        .collect()
 }
 
 /// Source classes whose samples reach the target far more cheaply than the others; all of them
@@ -740,6 +821,107 @@ mod tests {
         };
         let u = decide(&rs, &layers, &uncapped).unwrap();
         assert!(u.classes[2].mean_index > d.classes[2].mean_index);
+    }
+
+    /// Results over 6 classes, 3 images of every other class each, with `cost(source, target)`
+    /// as every image's `||delta||`.
+    fn pair_results(cost: impl Fn(usize, usize) -> f64) -> Vec<TargetResult> {
+        (0..6)
+            .map(|t| {
+                let sources: Vec<usize> = (0..6).filter(|&s| s != t).flat_map(|s| [s; 3]).collect();
+                let norms: Vec<f64> = sources.iter().map(|&s| cost(s, t)).collect();
+                let mut r = result(t, 5.0, 1.0, 0.1, true);
+                r.delta_norm = norms.iter().sum::<f64>() / norms.len() as f64;
+                r.sources = sources;
+                r.sample_delta_norms = norms;
+                r
+            })
+            .collect()
+    }
+
+    /// A little irregularity per pair, so that no MAD collapses.
+    fn wobble(s: usize, t: usize) -> f64 {
+        1.0 + 0.04 * ((s * 7 + t * 3) % 5) as f64
+    }
+
+    fn pair_index(d: &Decision, class: usize) -> (f64, f64) {
+        let v = d.classes[class]
+            .statistics
+            .iter()
+            .find(|s| s.statistic == Statistic::PairDelta)
+            .unwrap();
+        (v.value, v.anomaly_index)
+    }
+
+    #[test]
+    fn pair_delta_rewards_a_target_cheap_from_every_source() {
+        let layers = vec!["emb".to_string()];
+        // Class 2 is cheaper from every source (all to one); class 4 is cheaper on average,
+        // but only from its look-alike class 5 and from class 3.
+        let cost = |s: usize, t: usize| {
+            let base = match (s, t) {
+                (_, 2) => 0.7,
+                (5, 4) => 0.01,
+                (3, 4) => 0.2,
+                _ => 1.0,
+            };
+            base * wobble(s, t)
+        };
+        let rs = pair_results(cost);
+        let d = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
+        let (two, four) = (pair_index(&d, 2), pair_index(&d, 4));
+        assert!(two.0 > 2.0, "class 2's sources agree: {two:?}");
+        assert!(two.1 > 2.0 && four.1 < two.1, "{two:?} {four:?}");
+        // The plain mean size does not tell them apart: class 4's mean is the smaller.
+        assert!(rs[4].delta_norm < rs[2].delta_norm);
+        // Chosen alone, it names class 2.
+        let pair_only = DecisionConfig {
+            statistics: vec![Statistic::PairDelta],
+            ..DecisionConfig::default()
+        };
+        assert_eq!(decide(&rs, &layers, &pair_only).unwrap().most_anomalous, 2);
+        // Infeasible targets are left out of every source's index and get the least index.
+        let mut some_infeasible = rs.clone();
+        some_infeasible[2].feasible = false;
+        let d = decide(&some_infeasible, &layers, &pair_only).unwrap();
+        assert_ne!(d.most_anomalous, 2);
+        assert!(pair_index(&d, 2).0.is_nan());
+        // Without per-sample sizes there is nothing to measure: an error when it is all the
+        // rule asks for, never a silent zero.
+        let mut bare = rs.clone();
+        for r in &mut bare {
+            r.sources.clear();
+            r.sample_delta_norms.clear();
+        }
+        assert!(decide(&bare, &layers, &pair_only).is_err());
+    }
+
+    #[test]
+    fn a_saved_report_keeps_the_per_source_sizes() {
+        let layers = vec!["emb".to_string()];
+        let rs = pair_results(|s, t| if t == 3 { 0.4 } else { 1.0 } * wobble(s, t));
+        let cfg = DecisionConfig {
+            statistics: vec![Statistic::DeltaNorm, Statistic::PairDelta],
+            ..DecisionConfig::default()
+        };
+        let fresh = decide(&rs, &layers, &cfg).unwrap();
+        assert_eq!(fresh.target, Some(3));
+        assert_eq!(fresh.classes[3].source_delta.len(), 6);
+        assert!(fresh.classes[3].source_delta[3].is_nan());
+        let json = serde_json::json!({ "layers": layers, "decision": fresh });
+        assert!(json["decision"]["classes"][3]["source_delta"][3].is_null());
+        let saved: SavedScan = serde_json::from_value(json).unwrap();
+        let again = redecide(&saved, &cfg).unwrap();
+        assert_eq!(again.target, Some(3));
+        assert!((again.score - fresh.score).abs() < 1e-12);
+        assert_eq!(pair_index(&again, 3).0, pair_index(&fresh, 3).0);
+        // The suspected sources are decided again from the same per-source medians.
+        assert_eq!(again.sources, fresh.sources);
+        let sizes = |d: &Decision| -> Vec<f64> {
+            d.source_stats.iter().map(|s| s.mean_delta_norm).collect()
+        };
+        assert_eq!(sizes(&again), sizes(&fresh));
+        assert!(!again.source_stats.is_empty());
     }
 
     #[test]
