@@ -616,13 +616,14 @@ fn pair_values(results: &[TargetResult]) -> Vec<f64> {
     let classes = medians.first().map_or(0, Vec::len);
     let mut per_result: Vec<Vec<f64>> = vec![Vec::new(); results.len()];
     for s in 0..classes {
+        let column: Vec<f64> = medians.iter().map(|m| m[s]).collect();
         let have: Vec<usize> = (0..results.len())
-            .filter(|&i| results[i].feasible && medians[i][s].is_finite())
+            .filter(|&i| results[i].feasible && column[i].is_finite())
             .collect();
         if have.len() < 3 {
             continue;
         }
-        let values: Vec<f64> = have.iter().map(|&i| medians[i][s]).collect();
+        let values: Vec<f64> = have.iter().map(|&i| column[i]).collect();
         for (&i, a) in have.iter().zip(anomaly_indices(&values, Tail::Small)) {
             per_result[i].push(a);
         }
