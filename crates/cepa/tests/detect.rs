@@ -114,6 +114,22 @@ fn planted_backdoor_target_wins_and_clean_twin_is_clean() {
         .fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a })
         .0;
     assert_eq!(top, 12);
+    // The perturbations share the trigger pixel: their mean alone carries held-out images of the
+    // other classes to the target. Every class has both input-space statistics, in range.
+    for t in &r {
+        assert!(
+            t.coherence > 0.0 && t.coherence <= 1.0 + 1e-9,
+            "{}",
+            t.coherence
+        );
+        let it = t.input_transfer.expect("held-out images were given");
+        assert!((0.0..=1.0).contains(&it));
+    }
+    assert!(r[TARGET].input_transfer.unwrap() >= 0.9);
+    let most_coherent = (0..CLASSES)
+        .max_by(|&a, &b| r[a].coherence.total_cmp(&r[b].coherence))
+        .unwrap();
+    assert_eq!(most_coherent, TARGET);
 
     let clean = model(false, dir.path());
     let r = stage1(&clean, &fit, Some(&held), &layers, &cfg).unwrap();

@@ -184,6 +184,14 @@ pub struct TargetResult {
     pub delta_norm: f64,
     /// Per layer, in the order the layers were given.
     pub layers: Vec<LayerStats>,
+    /// `||mean_n delta_n||_2 / mean_n ||delta_n||_2` at the reported iterate: 1 when every
+    /// sample's perturbation is the same, near `1/sqrt(N)` when they are unrelated. A trigger
+    /// that the perturbations share in input space makes it large [ours].
+    pub coherence: f64,
+    /// Share of the held-out clean images of other classes that the mean perturbation
+    /// `mean_n delta_n`, added in input space (and clipped to `[0, 1]`), sends to the target
+    /// [ours]; `None` without held-out images.
+    pub input_transfer: Option<f64>,
     /// Per sample: its true class and `||delta_n||_2`.
     pub sources: Vec<usize>,
     pub sample_delta_norms: Vec<f64>,
@@ -522,6 +530,8 @@ fn optimise(
                 lambda: p.schedule.lambda,
                 delta_norm: sample_norms.iter().sum::<f64>() / n as f64,
                 layers: layer_stats,
+                coherence: f64::NAN,
+                input_transfer: None,
                 sources: p.sources.clone(),
                 sample_delta_norms: sample_norms,
                 deltas: Vec::new(),
@@ -568,6 +578,70 @@ fn optimise(
     Ok(())
 }
 
+/// `||mean_n delta_n|| / mean_n ||delta_n||` of `n` perturbations stored one after another in
+/// `deltas` (NaN when they are all zero or there are none).
+pub fn coherence(deltas: &[f32], n: usize) -> f64 {
+    if n == 0 || deltas.is_empty() || !deltas.len().is_multiple_of(n) {
+        return f64::NAN;
+    }
+    let per = deltas.len() / n;
+    let mut mean = vec![0.0f64; per];
+    let mut norms = 0.0f64;
+    for d in deltas.chunks_exact(per) {
+        norms += d.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
+        for (m, &v) in mean.iter_mut().zip(d) {
+            *m += f64::from(v);
+        }
+    }
+    let mean_norm = mean.iter().map(|m| m * m).sum::<f64>().sqrt() / n as f64;
+    let norms = norms / n as f64;
+    if norms > 0.0 {
+        mean_norm / norms
+    } else {
+        f64::NAN
+    }
+}
+
+/// The share of the held-out images `h` (as tensor `x`) outside `target` that
+/// `clip(x + mean_n delta_n)` sends to `target`; `None` when every held-out image is of it.
+fn input_transfer(
+    model: &Classifier,
+    h: &ImageSet,
+    x: &Tensor<4>,
+    deltas: &[f32],
+    n: usize,
+    target: usize,
+) -> Result<Option<f64>> {
+    let idx: Vec<usize> = (0..h.len()).filter(|&i| h.labels[i] != target).collect();
+    if idx.is_empty() || n == 0 {
+        return Ok(None);
+    }
+    let per = deltas.len() / n;
+    let mut mean = vec![0.0f32; per];
+    for d in deltas.chunks_exact(per) {
+        for (m, &v) in mean.iter_mut().zip(d) {
+            *m += v;
+        }
+    }
+    for m in &mut mean {
+        *m /= n as f32;
+    }
+    let device = model.device().clone();
+    let xs = select_rows(x.clone(), &idx, &device);
+    let [b, c, hh, w] = xs.dims();
+    let shift = Tensor::<4>::from_data(TensorData::new(mean, [1, c, hh, w]), &device);
+    let logits = model.logits(((xs + shift.expand([b, c, hh, w])).clamp(0.0, 1.0)).detach())?;
+    let hits = host(
+        logits
+            .argmax(1)
+            .equal_elem(target as i64)
+            .int()
+            .sum()
+            .float(),
+    );
+    Ok(Some(f64::from(hits[0]) / idx.len() as f64))
+}
+
 /// At each target's reported iterate: `mu_t` per layer and, with held-out images, the transfer.
 fn finish(
     model: &Classifier,
@@ -597,6 +671,10 @@ fn finish(
         let n = p.sources.len();
         if r.deltas.is_empty() {
             r.deltas = p.delta.clone().try_into_vec_as::<f32>().unwrap_or_default();
+        }
+        r.coherence = coherence(&r.deltas, n);
+        if let Some((h, x, _)) = &held {
+            r.input_transfer = input_transfer(model, h, x, &r.deltas, n, r.target)?;
         }
         let delta = Tensor::<4>::from_data(
             TensorData::new(r.deltas.clone(), [n, dims[0], dims[1], dims[2]]),
@@ -640,6 +718,25 @@ fn finish(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn coherence_is_one_for_a_shared_pattern_and_small_for_unrelated_ones() {
+        let same = [0.3f32, -0.1, 0.2, 0.3, -0.1, 0.2, 0.3, -0.1, 0.2];
+        assert!((coherence(&same, 3) - 1.0).abs() < 1e-12);
+        assert!(coherence(&[1.0, 0.0, -1.0, 0.0], 2).abs() < 1e-12);
+        // Four orthogonal unit perturbations: |mean| = 1/2, mean size 1.
+        let mut eye = vec![0.0f32; 16];
+        for i in 0..4 {
+            eye[i * 4 + i] = 1.0;
+        }
+        assert!((coherence(&eye, 4) - 0.5).abs() < 1e-12);
+        assert!(coherence(&[0.0; 6], 2).is_nan());
+        assert!(coherence(&[], 0).is_nan());
+        assert!(
+            coherence(&[1.0; 5], 2).is_nan(),
+            "not n whole perturbations"
+        );
+    }
     use super::*;
     use burn::tensor::Distribution;
 

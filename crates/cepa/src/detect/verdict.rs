@@ -33,12 +33,23 @@ pub enum Statistic {
     /// source, where a class that is merely easy to reach is cheap from the classes that
     /// resemble it. Measured on the input perturbations, so not per layer.
     PairDelta,
+    /// `||mean_n delta_n|| / mean_n ||delta_n||`, large is suspicious [ours]: the per-sample
+    /// perturbations share a pattern in input space (a trigger) rather than each finding its
+    /// own adversarial route.
+    Coherence,
+    /// Share of held-out images that the mean input perturbation alone sends to `t`, large is
+    /// suspicious [ours]: the input-space counterpart of `transfer`.
+    InputTransfer,
 }
 
 impl Statistic {
     pub fn tail(self) -> Tail {
         match self {
-            Statistic::MuNorm | Statistic::Transfer | Statistic::PairDelta => Tail::Large,
+            Statistic::MuNorm
+            | Statistic::Transfer
+            | Statistic::PairDelta
+            | Statistic::Coherence
+            | Statistic::InputTransfer => Tail::Large,
             Statistic::DeltaNorm | Statistic::Dispersion => Tail::Small,
             Statistic::EmbedNorm => Tail::Both,
         }
@@ -52,6 +63,8 @@ impl Statistic {
             Statistic::Transfer => "transfer",
             Statistic::EmbedNorm => "embed_norm",
             Statistic::PairDelta => "pair_delta",
+            Statistic::Coherence => "coherence",
+            Statistic::InputTransfer => "input_transfer",
         }
     }
 
@@ -68,7 +81,13 @@ impl Statistic {
 
     /// Whether the statistic is measured per layer (all but the input-space delta size).
     fn per_layer(self) -> bool {
-        !matches!(self, Statistic::DeltaNorm | Statistic::PairDelta)
+        !matches!(
+            self,
+            Statistic::DeltaNorm
+                | Statistic::PairDelta
+                | Statistic::Coherence
+                | Statistic::InputTransfer
+        )
     }
 
     /// Its value for result `r` at `layer`; NaN for [`Statistic::PairDelta`], which is
@@ -76,6 +95,8 @@ impl Statistic {
     fn value(self, r: &TargetResult, layer: usize) -> f64 {
         match self {
             Statistic::PairDelta => f64::NAN,
+            Statistic::Coherence => r.coherence,
+            Statistic::InputTransfer => r.input_transfer.unwrap_or(f64::NAN),
             Statistic::MuNorm => r.layers[layer].mu_norm,
             Statistic::DeltaNorm => r.delta_norm,
             Statistic::Dispersion => r.layers[layer].dispersion,
@@ -311,6 +332,8 @@ pub fn decide_pool(
         Statistic::EmbedNorm,
         Statistic::Transfer,
         Statistic::PairDelta,
+        Statistic::Coherence,
+        Statistic::InputTransfer,
     ];
     let pair = pair_values(results);
     for stat in all {
@@ -552,6 +575,9 @@ impl SavedClass {
                 .value(Statistic::DeltaNorm, None)
                 .ok_or_else(|| missing(Statistic::DeltaNorm, None))?,
             layers,
+            // Reports made before session 15 did not keep them: NaN, not measured.
+            coherence: self.value(Statistic::Coherence, None).unwrap_or(f64::NAN),
+            input_transfer: self.value(Statistic::InputTransfer, None),
             // One stand-in sample per source class, its size the median the report kept: the
             // per-source medians, all that pair_delta and the suspected sources read, are the
             // scan's own.
@@ -692,6 +718,8 @@ mod tests {
                 transfer: Some(transfer),
                 mu: vec![],
             }],
+            coherence: 0.2 + 0.01 * target as f64,
+            input_transfer: Some(0.1),
             sources: vec![(target + 1) % 5, (target + 2) % 5],
             sample_delta_norms: vec![delta, delta],
             deltas: vec![],
