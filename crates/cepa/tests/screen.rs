@@ -6,7 +6,7 @@
 
 use cepa::data::ImageSet;
 use cepa::detect::nc::{NcConfig, neural_cleanse};
-use cepa::detect::verdict::{SavedScan, redecide};
+use cepa::detect::verdict::{SavedScan, Statistic, redecide};
 use cepa::detect::{LayerChoice, ScanConfig, ScreenConfig, ScreenRole, ScreenedClass, scan};
 use cepa::model::Classifier;
 use rand::{Rng, SeedableRng};
@@ -204,6 +204,11 @@ fn screened_scan_finds_the_planted_target_as_the_full_scan_does() {
         assert_eq!(f.class, c.class);
         for (a, b) in c.statistics.iter().zip(&f.statistics) {
             assert_eq!((a.statistic, &a.layer), (b.statistic, &b.layer));
+            // pair_delta compares a class with the other classes optimised: the pool's in a
+            // screened scan, all of them in a full one.
+            if a.statistic == Statistic::PairDelta {
+                continue;
+            }
             assert!(
                 (a.value - b.value).abs() <= 1e-4 * b.value.abs().max(1.0),
                 "class {}: {} {} screened against {} full",
