@@ -478,20 +478,25 @@ fn preact_export_matches_the_inference_forward() {
     }
 }
 
-/// A PreAct-ResNet trains with SGD, momentum, weight decay and the cosine schedule on batch
-/// statistics, leaves its running statistics alone while training, and then gets them from
-/// the training images: with all of them in one calibration batch, the inference forward on
-/// that batch equals the training forward exactly.
-#[test]
-fn preact_trains_on_batch_statistics_and_calibrates_its_running_ones() {
-    let arch = PreActArch {
+/// A PreAct-ResNet of two stages of one block (8 and 16 channels) for 1x16x16 images, 2 classes.
+fn toy_preact() -> PreActArch {
+    PreActArch {
         channels: 1,
         height: 16,
         width: 16,
         num_classes: 2,
         widths: vec![8, 16],
         blocks: 1,
-    };
+    }
+}
+
+/// A PreAct-ResNet trains with SGD, momentum, weight decay and the cosine schedule on batch
+/// statistics, leaves its running statistics alone while training, and then gets them from
+/// the training images: with all of them in one calibration batch, the inference forward on
+/// that batch equals the training forward exactly.
+#[test]
+fn preact_trains_on_batch_statistics_and_calibrates_its_running_ones() {
+    let arch = toy_preact();
     let cfg = TrainConfig {
         epochs: 4,
         batch_size: 8,
@@ -680,14 +685,7 @@ fn a_restored_trainer_continues_exactly() {
         ..Default::default()
     };
     check(&cnn.init(adam.seed).unwrap(), &adam, &blobs(64, 0));
-    let preact = PreActArch {
-        channels: 1,
-        height: 16,
-        width: 16,
-        num_classes: 2,
-        widths: vec![8, 16],
-        blocks: 1,
-    };
+    let preact = toy_preact();
     let sgd = TrainConfig {
         epochs: 2,
         batch_size: 8,
