@@ -578,23 +578,37 @@ fn optimise(
     Ok(())
 }
 
-/// `||mean_n delta_n|| / mean_n ||delta_n||` of `n` perturbations stored one after another in
-/// `deltas` (NaN when they are all zero or there are none).
-pub fn coherence(deltas: &[f32], n: usize) -> f64 {
+/// The mean of `n` perturbations stored one after another in `deltas` (`None` when `deltas` is
+/// not `n` whole perturbations, or empty).
+fn mean_delta(deltas: &[f32], n: usize) -> Option<Vec<f64>> {
     if n == 0 || deltas.is_empty() || !deltas.len().is_multiple_of(n) {
-        return f64::NAN;
+        return None;
     }
     let per = deltas.len() / n;
     let mut mean = vec![0.0f64; per];
-    let mut norms = 0.0f64;
     for d in deltas.chunks_exact(per) {
-        norms += d.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt();
         for (m, &v) in mean.iter_mut().zip(d) {
             *m += f64::from(v);
         }
     }
-    let mean_norm = mean.iter().map(|m| m * m).sum::<f64>().sqrt() / n as f64;
-    let norms = norms / n as f64;
+    for m in &mut mean {
+        *m /= n as f64;
+    }
+    Some(mean)
+}
+
+/// `||mean_n delta_n|| / mean_n ||delta_n||` of `n` perturbations stored one after another in
+/// `deltas` (NaN when they are all zero or there are none).
+pub fn coherence(deltas: &[f32], n: usize) -> f64 {
+    let Some(mean) = mean_delta(deltas, n) else {
+        return f64::NAN;
+    };
+    let norms = deltas
+        .chunks_exact(mean.len())
+        .map(|d| d.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt())
+        .sum::<f64>()
+        / n as f64;
+    let mean_norm = mean.iter().map(|m| m * m).sum::<f64>().sqrt();
     if norms > 0.0 {
         mean_norm / norms
     } else {
@@ -613,19 +627,10 @@ fn input_transfer(
     target: usize,
 ) -> Result<Option<f64>> {
     let idx: Vec<usize> = (0..h.len()).filter(|&i| h.labels[i] != target).collect();
-    if idx.is_empty() || n == 0 {
+    let Some(mean) = mean_delta(deltas, n).filter(|_| !idx.is_empty()) else {
         return Ok(None);
-    }
-    let per = deltas.len() / n;
-    let mut mean = vec![0.0f32; per];
-    for d in deltas.chunks_exact(per) {
-        for (m, &v) in mean.iter_mut().zip(d) {
-            *m += v;
-        }
-    }
-    for m in &mut mean {
-        *m /= n as f32;
-    }
+    };
+    let mean: Vec<f32> = mean.into_iter().map(|m| m as f32).collect();
     let device = model.device().clone();
     let xs = select_rows(x.clone(), &idx, &device);
     let [b, c, hh, w] = xs.dims();
