@@ -931,11 +931,14 @@ attack = { kind = "blend", alpha = 0.3, rate = 0.25, target = 1 }
         assert_eq!(checkpoint_epochs(killed.path(), &p.id), Some(1));
 
         // Damaged or foreign checkpoints are refused by name.
+        let refused = || {
+            build_model(p, &data, killed.path(), &device, &mut |_, _, _, _| {})
+                .unwrap_err()
+                .to_string()
+        };
         let good = std::fs::read(&ckpt).unwrap();
         std::fs::write(&ckpt, &good[..good.len() - 4]).unwrap();
-        let err = build_model(p, &data, killed.path(), &device, &mut |_, _, _, _| {})
-            .unwrap_err()
-            .to_string();
+        let err = refused();
         assert!(
             err.contains("toy-blend-s4.ckpt") && err.contains("bytes"),
             "{err}"
@@ -949,9 +952,7 @@ attack = { kind = "blend", alpha = 0.3, rate = 0.25, target = 1 }
             1.0,
         )
         .unwrap();
-        let err = build_model(p, &data, killed.path(), &device, &mut |_, _, _, _| {})
-            .unwrap_err()
-            .to_string();
+        let err = refused();
         assert!(
             err.contains("other settings") && err.contains("delete it"),
             "{err}"
