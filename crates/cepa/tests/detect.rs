@@ -126,6 +126,14 @@ fn planted_backdoor_target_wins_and_clean_twin_is_clean() {
         assert!((0.0..=1.0).contains(&it));
     }
     assert!(r[TARGET].input_transfer.unwrap() >= 0.9);
+    // A small share of the mean input perturbation carries a held-out image over for the
+    // target, a large one for every other class. (The embedded `reach` is measured, but this
+    // toy's embedding puts the target no closer than the rest.)
+    let input_reach = |t: usize| r[t].input_reach.expect("held-out images were given");
+    for t in (0..CLASSES).filter(|&t| t != TARGET) {
+        assert!(input_reach(TARGET) * 4.0 < input_reach(t), "class {t}");
+        assert!(r[t].layers[0].reach.unwrap() > 0.0);
+    }
     let most_coherent = (0..CLASSES)
         .max_by(|&a, &b| r[a].coherence.total_cmp(&r[b].coherence))
         .unwrap();

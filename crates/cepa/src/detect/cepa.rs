@@ -165,6 +165,11 @@ pub struct LayerStats {
     /// Fraction of held-out clean non-target images sent to the target by `h(g(x) + mu_t)`
     /// (`None` without held-out images).
     pub transfer: Option<f64>,
+    /// The embedded shift along `mu_t` that sends a held-out clean non-target image to the
+    /// target, `s ||mu_t||` at the smallest scale `s` that does, the median over the images
+    /// [ours]: where `transfer` asks whether the whole `mu_t` carries the images over (nearly
+    /// always, on a weak model), this asks how little of it does. `None` without held-out images.
+    pub reach: Option<f64>,
     /// `mu_t` (length d).
     #[serde(skip)]
     pub mu: Vec<f32>,
@@ -192,6 +197,10 @@ pub struct TargetResult {
     /// `mean_n delta_n`, added in input space (and clipped to `[0, 1]`), sends to the target
     /// [ours]; `None` without held-out images.
     pub input_transfer: Option<f64>,
+    /// The input-space counterpart of [`LayerStats::reach`]: `s ||mean_n delta_n||` at the
+    /// smallest scale `s` that sends a held-out clean non-target image to the target, the median
+    /// over the images [ours]; `None` without held-out images.
+    pub input_reach: Option<f64>,
     /// Per sample: its true class and `||delta_n||_2`.
     pub sources: Vec<usize>,
     pub sample_delta_norms: Vec<f64>,
@@ -517,6 +526,7 @@ fn optimise(
                         dispersion: dev2 / (mu_norm * mu_norm).max(1e-30),
                         embed_norm: (mu_norm * mu_norm + dev2).sqrt(),
                         transfer: None,
+                        reach: None,
                         mu: Vec::new(),
                     }
                 })
@@ -532,6 +542,7 @@ fn optimise(
                 layers: layer_stats,
                 coherence: f64::NAN,
                 input_transfer: None,
+                input_reach: None,
                 sources: p.sources.clone(),
                 sample_delta_norms: sample_norms,
                 deltas: Vec::new(),
@@ -616,8 +627,71 @@ pub fn coherence(deltas: &[f32], n: usize) -> f64 {
     }
 }
 
-/// The share of the held-out images `h` (as tensor `x`) outside `target` that
-/// `clip(x + mean_n delta_n)` sends to `target`; `None` when every held-out image is of it.
+/// The largest scale of a shift that [`median_reach`] tries; an image not sent to the target
+/// at this scale counts as needing twice it.
+const REACH_MAX: f64 = 2.0;
+/// Bisection steps of [`median_reach`]: a resolution of `REACH_MAX / 2^8`.
+const REACH_STEPS: usize = 8;
+
+/// Per image, the smallest scale `s` in `(0, REACH_MAX]` at which `hits(scales)` (the images
+/// sent to the target with image `i` shifted by `scales[i]` times the shift) holds, by
+/// bisection; the median over the `n` images, `2 REACH_MAX` for an image never sent there.
+fn median_reach(n: usize, hits: impl Fn(&[f32]) -> Result<Vec<bool>>) -> Result<f64> {
+    let reached = hits(&vec![REACH_MAX as f32; n])?;
+    let (mut lo, mut hi) = (vec![0.0f64; n], vec![REACH_MAX; n]);
+    for _ in 0..REACH_STEPS {
+        let mid: Vec<f32> = lo
+            .iter()
+            .zip(&hi)
+            .map(|(l, h)| ((l + h) / 2.0) as f32)
+            .collect();
+        let at = hits(&mid)?;
+        for i in 0..n {
+            if at[i] {
+                hi[i] = f64::from(mid[i]);
+            } else {
+                lo[i] = f64::from(mid[i]);
+            }
+        }
+    }
+    let mut s: Vec<f64> = (0..n)
+        .map(|i| if reached[i] { hi[i] } else { 2.0 * REACH_MAX })
+        .collect();
+    s.sort_by(f64::total_cmp);
+    Ok(if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    })
+}
+
+/// Which rows of `logits` predict `target`.
+fn hits_of(logits: Tensor<2>, target: usize) -> Vec<bool> {
+    let n = logits.dims()[0];
+    host(
+        logits
+            .argmax(1)
+            .equal_elem(target as i64)
+            .int()
+            .reshape([n])
+            .float(),
+    )
+    .into_iter()
+    .map(|v| v > 0.5)
+    .collect()
+}
+
+/// A column of per-row scales, `[n, 1]`.
+fn scale_column(scales: &[f32], device: &Device) -> Tensor<2> {
+    Tensor::<2>::from_data(TensorData::new(scales.to_vec(), [scales.len(), 1]), device)
+}
+
+/// For the held-out images `h` (as tensor `x`) outside `target` and the mean perturbation
+/// `mean_n delta_n`: the share that `clip(x + mean)` sends to `target`, and the median input
+/// size of the shift that sends an image there ([`median_reach`] times `||mean||`). `None` when
+/// every held-out image is of the target.
 fn input_transfer(
     model: &Classifier,
     h: &ImageSet,
@@ -625,26 +699,27 @@ fn input_transfer(
     deltas: &[f32],
     n: usize,
     target: usize,
-) -> Result<Option<f64>> {
+) -> Result<Option<(f64, f64)>> {
     let idx: Vec<usize> = (0..h.len()).filter(|&i| h.labels[i] != target).collect();
     let Some(mean) = mean_delta(deltas, n).filter(|_| !idx.is_empty()) else {
         return Ok(None);
     };
+    let norm = mean.iter().map(|m| m * m).sum::<f64>().sqrt();
     let mean: Vec<f32> = mean.into_iter().map(|m| m as f32).collect();
     let device = model.device().clone();
     let xs = select_rows(x.clone(), &idx, &device);
     let [b, c, hh, w] = xs.dims();
-    let shift = Tensor::<4>::from_data(TensorData::new(mean, [1, c, hh, w]), &device);
-    let logits = model.logits(((xs + shift.expand([b, c, hh, w])).clamp(0.0, 1.0)).detach())?;
-    let hits = host(
-        logits
-            .argmax(1)
-            .equal_elem(target as i64)
-            .int()
-            .sum()
-            .float(),
-    );
-    Ok(Some(f64::from(hits[0]) / idx.len() as f64))
+    let shift =
+        Tensor::<4>::from_data(TensorData::new(mean, [1, c, hh, w]), &device).expand([b, c, hh, w]);
+    let sent = |scales: &[f32]| -> Result<Vec<bool>> {
+        let s = scale_column(scales, &device)
+            .reshape([b, 1, 1, 1])
+            .expand([b, c, hh, w]);
+        let moved = (xs.clone() + shift.clone() * s).clamp(0.0, 1.0).detach();
+        Ok(hits_of(model.logits(moved)?, target))
+    };
+    let share = sent(&vec![1.0; b])?.iter().filter(|&&v| v).count() as f64 / b as f64;
+    Ok(Some((share, median_reach(b, sent)? * norm)))
 }
 
 /// At each target's reported iterate: `mu_t` per layer and, with held-out images, the transfer.
@@ -678,8 +753,11 @@ fn finish(
             r.deltas = p.delta.clone().try_into_vec_as::<f32>().unwrap_or_default();
         }
         r.coherence = coherence(&r.deltas, n);
-        if let Some((h, x, _)) = &held {
-            r.input_transfer = input_transfer(model, h, x, &r.deltas, n, r.target)?;
+        if let Some((h, x, _)) = &held
+            && let Some((share, reach)) = input_transfer(model, h, x, &r.deltas, n, r.target)?
+        {
+            r.input_transfer = Some(share);
+            r.input_reach = Some(reach);
         }
         let delta = Tensor::<4>::from_data(
             TensorData::new(r.deltas.clone(), [n, dims[0], dims[1], dims[2]]),
@@ -691,27 +769,25 @@ fn finish(
             if let Some((h, x, clean)) = &held {
                 let idx: Vec<usize> = (0..h.len()).filter(|&i| h.labels[i] != r.target).collect();
                 if !idx.is_empty() {
-                    let e = select_rows(clean[l].clone(), &idx, &device) + mu.clone();
+                    let m = idx.len();
+                    let d = mu.dims()[1];
                     let info = model.layer(&layers[l])?;
-                    let logits = if info.cut {
-                        model.logits_from_layer(&layers[l], e, None)?
-                    } else {
-                        let xs = select_rows(x.clone(), &idx, &device);
-                        model.logits_with_added(
-                            xs,
-                            &layers[l],
-                            mu.clone().expand([idx.len(), mu.dims()[1]]),
-                        )?
+                    let clean_rows = select_rows(clean[l].clone(), &idx, &device);
+                    let xs = select_rows(x.clone(), &idx, &device);
+                    let shifted = |scales: &[f32]| -> Result<Vec<bool>> {
+                        let add = mu.clone().expand([m, d])
+                            * scale_column(scales, &device).expand([m, d]);
+                        let logits = if info.cut {
+                            model.logits_from_layer(&layers[l], clean_rows.clone() + add, None)?
+                        } else {
+                            model.logits_with_added(xs.clone(), &layers[l], add)?
+                        };
+                        Ok(hits_of(logits, r.target))
                     };
-                    let hits = host(
-                        logits
-                            .argmax(1)
-                            .equal_elem(r.target as i64)
-                            .int()
-                            .sum()
-                            .float(),
-                    );
-                    r.layers[l].transfer = Some(f64::from(hits[0]) / idx.len() as f64);
+                    let sent = shifted(&vec![1.0; m])?.iter().filter(|&&v| v).count();
+                    r.layers[l].transfer = Some(sent as f64 / m as f64);
+                    let norm = first(mu.clone().powi_scalar(2).sum()).sqrt();
+                    r.layers[l].reach = Some(median_reach(m, shifted)? * norm);
                 }
             }
             r.layers[l].mu = host(mu.flatten(0, 1));
@@ -744,6 +820,24 @@ mod tests {
     }
     use super::*;
     use burn::tensor::Distribution;
+
+    #[test]
+    fn median_reach_finds_each_images_smallest_sending_scale() {
+        // Image i is sent once its scale reaches need[i]; the last one never is.
+        let need = [0.5f32, 1.0, 1.5, 3.0];
+        let hits = |s: &[f32]| Ok(s.iter().zip(&need).map(|(s, n)| s >= n).collect());
+        let m = median_reach(4, hits).unwrap();
+        let step = REACH_MAX / (1 << REACH_STEPS) as f64;
+        assert!(
+            (m - 1.25).abs() <= step,
+            "median of 0.5, 1, 1.5, never: {m}"
+        );
+        // Three of four never sent: the median is the stand-in for "never".
+        let need = [0.25f32, 9.0, 9.0, 9.0];
+        let hits = |s: &[f32]| Ok(s.iter().zip(&need).map(|(s, n)| s >= n).collect());
+        assert_eq!(median_reach(4, hits).unwrap(), 2.0 * REACH_MAX);
+        assert!(median_reach(0, |_: &[f32]| Ok(vec![])).unwrap().is_nan());
+    }
 
     #[test]
     fn closed_form_mu_minimises_the_penalty() {

@@ -40,6 +40,12 @@ pub enum Statistic {
     /// Share of held-out images that the mean input perturbation alone sends to `t`, large is
     /// suspicious [ours]: the input-space counterpart of `transfer`.
     InputTransfer,
+    /// The median embedded shift along `mu_t` that sends a held-out image to `t`, small is
+    /// suspicious [ours]: how little of the consensus carries the images over.
+    Reach,
+    /// The input-space counterpart of `reach`, along the mean input perturbation, small is
+    /// suspicious [ours].
+    InputReach,
 }
 
 impl Statistic {
@@ -50,7 +56,10 @@ impl Statistic {
             | Statistic::PairDelta
             | Statistic::Coherence
             | Statistic::InputTransfer => Tail::Large,
-            Statistic::DeltaNorm | Statistic::Dispersion => Tail::Small,
+            Statistic::DeltaNorm
+            | Statistic::Dispersion
+            | Statistic::Reach
+            | Statistic::InputReach => Tail::Small,
             Statistic::EmbedNorm => Tail::Both,
         }
     }
@@ -65,6 +74,8 @@ impl Statistic {
             Statistic::PairDelta => "pair_delta",
             Statistic::Coherence => "coherence",
             Statistic::InputTransfer => "input_transfer",
+            Statistic::Reach => "reach",
+            Statistic::InputReach => "input_reach",
         }
     }
 
@@ -87,6 +98,7 @@ impl Statistic {
                 | Statistic::PairDelta
                 | Statistic::Coherence
                 | Statistic::InputTransfer
+                | Statistic::InputReach
         )
     }
 
@@ -97,6 +109,8 @@ impl Statistic {
             Statistic::PairDelta => f64::NAN,
             Statistic::Coherence => r.coherence,
             Statistic::InputTransfer => r.input_transfer.unwrap_or(f64::NAN),
+            Statistic::InputReach => r.input_reach.unwrap_or(f64::NAN),
+            Statistic::Reach => r.layers[layer].reach.unwrap_or(f64::NAN),
             Statistic::MuNorm => r.layers[layer].mu_norm,
             Statistic::DeltaNorm => r.delta_norm,
             Statistic::Dispersion => r.layers[layer].dispersion,
@@ -334,6 +348,8 @@ pub fn decide_pool(
         Statistic::PairDelta,
         Statistic::Coherence,
         Statistic::InputTransfer,
+        Statistic::Reach,
+        Statistic::InputReach,
     ];
     let pair = pair_values(results);
     for stat in all {
@@ -561,6 +577,7 @@ impl SavedClass {
                         .value(Statistic::EmbedNorm, at)
                         .unwrap_or_else(|| (mu_norm * mu_norm * (1.0 + dispersion)).sqrt()),
                     transfer: self.value(Statistic::Transfer, at),
+                    reach: self.value(Statistic::Reach, at),
                     mu: Vec::new(),
                 })
             })
@@ -578,6 +595,7 @@ impl SavedClass {
             // Reports made before session 15 did not keep them: NaN, not measured.
             coherence: self.value(Statistic::Coherence, None).unwrap_or(f64::NAN),
             input_transfer: self.value(Statistic::InputTransfer, None),
+            input_reach: self.value(Statistic::InputReach, None),
             // One stand-in sample per source class, its size the median the report kept: the
             // per-source medians, all that pair_delta and the suspected sources read, are the
             // scan's own.
@@ -716,10 +734,12 @@ mod tests {
                 dispersion: disp,
                 embed_norm: (1.0 + disp).sqrt(),
                 transfer: Some(transfer),
+                reach: Some(1.0),
                 mu: vec![],
             }],
             coherence: 0.2 + 0.01 * target as f64,
             input_transfer: Some(0.1),
+            input_reach: Some(1.0),
             sources: vec![(target + 1) % 5, (target + 2) % 5],
             sample_delta_norms: vec![delta, delta],
             deltas: vec![],
