@@ -654,17 +654,10 @@ fn median_reach(n: usize, hits: impl Fn(&[f32]) -> Result<Vec<bool>>) -> Result<
             }
         }
     }
-    let mut s: Vec<f64> = (0..n)
+    let s: Vec<f64> = (0..n)
         .map(|i| if reached[i] { hi[i] } else { 2.0 * REACH_MAX })
         .collect();
-    s.sort_by(f64::total_cmp);
-    Ok(if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    })
+    Ok(crate::detect::stats::median(&s))
 }
 
 /// Which rows of `logits` predict `target`.
