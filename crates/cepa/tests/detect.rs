@@ -132,7 +132,14 @@ fn planted_backdoor_target_wins_and_clean_twin_is_clean() {
     let input_reach = |t: usize| r[t].input_reach.expect("held-out images were given");
     for t in (0..CLASSES).filter(|&t| t != TARGET) {
         assert!(input_reach(TARGET) * 4.0 < input_reach(t), "class {t}");
-        assert!(r[t].layers[0].reach.unwrap() > 0.0);
+    }
+    // Every class's whole mu carries every held-out image over here, so the share of it needed
+    // is at most 1, and no sliver of it suffices.
+    for t in &r {
+        let l = &t.layers[0];
+        assert_eq!(l.transfer, Some(1.0), "class {}", t.target);
+        let share = l.reach.unwrap() / l.mu_norm;
+        assert!((0.1..=1.0).contains(&share), "class {}: {share}", t.target);
     }
     let most_coherent = (0..CLASSES)
         .max_by(|&a, &b| r[a].coherence.total_cmp(&r[b].coherence))
