@@ -627,25 +627,38 @@ pub fn coherence(deltas: &[f32], n: usize) -> f64 {
     }
 }
 
-/// The largest scale of a shift that [`median_reach`] tries; an image not sent to the target
-/// at this scale counts as needing twice it.
+/// The largest scale of a shift that [`reach`] tries; an image not sent to the target at this
+/// scale counts as needing twice it. At 2, the bisection's first probe is the whole shift.
 const REACH_MAX: f64 = 2.0;
-/// Bisection steps of [`median_reach`]: a resolution of `REACH_MAX / 2^8`.
+/// Bisection steps of [`reach`]: a resolution of `REACH_MAX / 2^8`.
 const REACH_STEPS: usize = 8;
+
+/// What [`reach`] measures of a shift over `n` images.
+struct Reach {
+    /// The share of the images that the whole shift (scale 1) sends to the target.
+    share: f64,
+    /// The median over the images of the smallest scale that sends each there.
+    median: f64,
+}
 
 /// Per image, the smallest scale `s` in `(0, REACH_MAX]` at which `hits(scales)` (the images
 /// sent to the target with image `i` shifted by `scales[i]` times the shift) holds, by
-/// bisection; the median over the `n` images, `2 REACH_MAX` for an image never sent there.
-fn median_reach(n: usize, hits: impl Fn(&[f32]) -> Result<Vec<bool>>) -> Result<f64> {
+/// bisection; the median over the `n` images, `2 REACH_MAX` for an image never sent there. The
+/// first probe, at scale 1 for every image, gives the share the whole shift sends.
+fn reach(n: usize, hits: impl Fn(&[f32]) -> Result<Vec<bool>>) -> Result<Reach> {
     let reached = hits(&vec![REACH_MAX as f32; n])?;
     let (mut lo, mut hi) = (vec![0.0f64; n], vec![REACH_MAX; n]);
-    for _ in 0..REACH_STEPS {
+    let mut share = f64::NAN;
+    for step in 0..REACH_STEPS {
         let mid: Vec<f32> = lo
             .iter()
             .zip(&hi)
             .map(|(l, h)| ((l + h) / 2.0) as f32)
             .collect();
         let at = hits(&mid)?;
+        if step == 0 {
+            share = at.iter().filter(|&&v| v).count() as f64 / n as f64;
+        }
         for i in 0..n {
             if at[i] {
                 hi[i] = f64::from(mid[i]);
@@ -657,7 +670,10 @@ fn median_reach(n: usize, hits: impl Fn(&[f32]) -> Result<Vec<bool>>) -> Result<
     let s: Vec<f64> = (0..n)
         .map(|i| if reached[i] { hi[i] } else { 2.0 * REACH_MAX })
         .collect();
-    Ok(crate::detect::stats::median(&s))
+    Ok(Reach {
+        share,
+        median: crate::detect::stats::median(&s),
+    })
 }
 
 /// Which rows of `logits` predict `target`.
@@ -683,7 +699,7 @@ fn scale_column(scales: &[f32], device: &Device) -> Tensor<2> {
 
 /// For the held-out images `h` (as tensor `x`) outside `target` and the mean perturbation
 /// `mean_n delta_n`: the share that `clip(x + mean)` sends to `target`, and the median input
-/// size of the shift that sends an image there ([`median_reach`] times `||mean||`). `None` when
+/// size of the shift that sends an image there ([`reach`] times `||mean||`). `None` when
 /// every held-out image is of the target.
 fn input_transfer(
     model: &Classifier,
@@ -711,8 +727,8 @@ fn input_transfer(
         let moved = (xs.clone() + shift.clone() * s).clamp(0.0, 1.0).detach();
         Ok(hits_of(model.logits(moved)?, target))
     };
-    let share = sent(&vec![1.0; b])?.iter().filter(|&&v| v).count() as f64 / b as f64;
-    Ok(Some((share, median_reach(b, sent)? * norm)))
+    let r = reach(b, sent)?;
+    Ok(Some((r.share, r.median * norm)))
 }
 
 /// At each target's reported iterate: `mu_t` per layer and, with held-out images, the transfer.
@@ -777,10 +793,10 @@ fn finish(
                         };
                         Ok(hits_of(logits, r.target))
                     };
-                    let sent = shifted(&vec![1.0; m])?.iter().filter(|&&v| v).count();
-                    r.layers[l].transfer = Some(sent as f64 / m as f64);
                     let norm = first(mu.clone().powi_scalar(2).sum()).sqrt();
-                    r.layers[l].reach = Some(median_reach(m, shifted)? * norm);
+                    let found = reach(m, shifted)?;
+                    r.layers[l].transfer = Some(found.share);
+                    r.layers[l].reach = Some(found.median * norm);
                 }
             }
             r.layers[l].mu = host(mu.flatten(0, 1));
@@ -815,21 +831,26 @@ mod tests {
     use burn::tensor::Distribution;
 
     #[test]
-    fn median_reach_finds_each_images_smallest_sending_scale() {
+    fn reach_finds_each_images_smallest_sending_scale() {
         // Image i is sent once its scale reaches need[i]; the last one never is.
         let need = [0.5f32, 1.0, 1.5, 3.0];
         let hits = |s: &[f32]| Ok(s.iter().zip(&need).map(|(s, n)| s >= n).collect());
-        let m = median_reach(4, hits).unwrap();
+        let r = reach(4, hits).unwrap();
         let step = REACH_MAX / (1 << REACH_STEPS) as f64;
         assert!(
-            (m - 1.25).abs() <= step,
-            "median of 0.5, 1, 1.5, never: {m}"
+            (r.median - 1.25).abs() <= step,
+            "median of 0.5, 1, 1.5, never: {}",
+            r.median
         );
+        // The whole shift sends the two images that need at most scale 1.
+        assert_eq!(r.share, 0.5);
         // Three of four never sent: the median is the stand-in for "never".
         let need = [0.25f32, 9.0, 9.0, 9.0];
         let hits = |s: &[f32]| Ok(s.iter().zip(&need).map(|(s, n)| s >= n).collect());
-        assert_eq!(median_reach(4, hits).unwrap(), 2.0 * REACH_MAX);
-        assert!(median_reach(0, |_: &[f32]| Ok(vec![])).unwrap().is_nan());
+        let r = reach(4, hits).unwrap();
+        assert_eq!(r.median, 2.0 * REACH_MAX);
+        assert_eq!(r.share, 0.25);
+        assert!(reach(0, |_: &[f32]| Ok(vec![])).unwrap().median.is_nan());
     }
 
     #[test]
