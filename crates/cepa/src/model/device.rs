@@ -66,11 +66,18 @@ impl DeviceChoice {
     }
 }
 
-/// What a device is, for reports: `cpu (flex, N threads)` for the CPU backend, otherwise burn's
-/// own description of it (e.g. the CUDA device and its index).
+/// What a device is, for reports: `cpu (flex, N threads)` for the CPU backend, `cuda:N (CubeCL)`
+/// for a CUDA device, otherwise burn's own description of it.
 pub fn device_label(d: &Device) -> String {
     let s = format!("{d:?}");
-    if s.contains("Flex") {
+    if let Some(i) = s.find("Cuda(Cuda(") {
+        // burn's Debug form: `Device<Autodiff { device: Cube(Cuda(Cuda(0))), .. }>`.
+        let index: String = s[i + "Cuda(Cuda(".len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        format!("cuda:{index} (CubeCL)")
+    } else if s.contains("Flex") {
         let threads = std::env::var("RAYON_NUM_THREADS")
             .ok()
             .and_then(|v| v.parse::<usize>().ok())
@@ -94,8 +101,8 @@ fn cuda_device(_index: usize, choice: DeviceChoice) -> Result<Device> {
     Err(device_error(
         choice,
         "this build has no CUDA backend; rebuild with `cargo build --release --features cuda` \
-         (the build downloads an LLVM bundle from github.com; an NVIDIA driver and NVRTC are \
-         then needed at run time)",
+         (in crates/cepa-cli or crates/cepa-py), or with scripts/device/build_cuda.sh where \
+         github.com is out of reach; an NVIDIA driver and NVRTC are then needed at run time",
     ))
 }
 
@@ -248,6 +255,7 @@ mod tests {
                 "{err}"
             );
             assert!(err.contains("--features cuda"), "{err}");
+            assert!(err.contains("scripts/device/build_cuda.sh"), "{err}");
         }
     }
 }
