@@ -291,7 +291,10 @@ impl<N: Network> Trainer<N> {
         let start = Instant::now();
         let mut order: Vec<usize> = (0..set.len()).collect();
         order.shuffle(&mut self.rng);
-        let (mut loss_sum, mut hits) = (0.0f64, 0usize);
+        // Summed on the device and read once an epoch: a read per batch would make a GPU wait
+        // for every step before it could queue the next.
+        let (mut loss_acc, mut hits_acc): (Option<Tensor<1>>, Option<Tensor<1, Int>>) =
+            (None, None);
         let lr = self.cfg.lr_at(self.epochs);
         let batches = order.chunks(self.cfg.batch_size);
         let num_batches = batches.len();
@@ -312,10 +315,25 @@ impl<N: Network> Trainer<N> {
                 Error::Mismatch("no gradient reached the network's parameters".into())
             })?;
             self.step(g, lr);
-            loss_sum += f64::from(read_f32(loss.inner())?[0]);
+            let l = loss.inner();
+            loss_acc = Some(match loss_acc.take() {
+                Some(a) => a + l,
+                None => l,
+            });
             let pred = logits.inner().argmax(1).equal(labels).int().sum();
-            hits += read_i64(pred)?[0] as usize;
+            hits_acc = Some(match hits_acc.take() {
+                Some(a) => a + pred,
+                None => pred,
+            });
         }
+        let loss_sum = match loss_acc {
+            Some(a) => f64::from(read_f32(a)?[0]),
+            None => 0.0,
+        };
+        let hits = match hits_acc {
+            Some(a) => read_i64(a)?[0] as usize,
+            None => 0,
+        };
         self.epochs += 1;
         let stats = EpochStats {
             epoch: self.epochs,
