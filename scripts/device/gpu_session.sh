@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Device run 1 of issue 15 (one call of the `device` tool, about 6 minutes). Carried: `.dev`
+# (git-ignored through .git/info/exclude), holding
+#   .dev/cepa-cuda.xz          the CUDA build of the CLI (scripts/device/build_cuda.sh), xz-packed
+#   .dev/data/cifar10/         data_batch_1.bin.gz (10,000 training images) and the first 2,000
+#                              test records: what fits the 64 MiB the tool carries
+#   .dev/zoo-probe.toml        2 epochs of the full-width PreAct-ResNet-18 (BadNets)
+# Everything it reports lands in $OUT/summary.txt (and a tarball of the details).
+set -u
+OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
+S="$OUT/summary.txt"
+xz -dc .dev/cepa-cuda.xz > /tmp/cepa.bin && chmod +x /tmp/cepa.bin
+# A build from before build_cuda.sh linked its LLVM stubs in (session 17's runs) takes them
+# preloaded, from .dev/libllvmstub.so, for cepa alone: PyTorch's own LLVM must not see them.
+if [ -f .dev/libllvmstub.so ]; then
+  printf '#!/bin/sh\nexec env LD_PRELOAD=%s /tmp/cepa.bin "$@"\n' "$PWD/.dev/libllvmstub.so" > /tmp/cepa
+else
+  cp /tmp/cepa.bin /tmp/cepa
+fi
+chmod +x /tmp/cepa
+# NVRTC may sit outside the loader's path (the CUDA toolkit's lib64, or a pip wheel's lib).
+NV=$(find /usr/local /opt /usr/lib -name 'libnvrtc.so*' -not -path '*/stubs/*' -printf '%h\n' 2>/dev/null | sort -u | tr '\n' ':')
+export LD_LIBRARY_PATH=${NV}${LD_LIBRARY_PATH:-}
+echo "NVRTC folders: $NV" >> "$S"
+t0=$(date +%s.%N)
+el() { awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $1}"; }
+
+rm -rf /tmp/gc /tmp/zoo; OUT=/tmp/gc bash scripts/device/gpu_check.sh /tmp/cepa > /tmp/gc.log 2>&1
+cat /tmp/gc/summary.txt >> "$S"; echo "gpu_check: $(el $t0) s" | tee -a "$S"
+
+echo "== zoo build --device cuda: full-width PreAct-ResNet-18, 2 epochs" | tee -a "$S"
+t=$(date +%s.%N)
+timeout 150 /tmp/cepa --device cuda -v zoo build --config .dev/zoo-probe.toml --out /tmp/zoo \
+  > /tmp/zoo.log 2>&1; echo "exit $?, $(el $t) s" | tee -a "$S"
+grep -E "trained one epoch|error|Error" /tmp/zoo.log | tail -6 | tee -a "$S"
+python3 -c "import json; m=json.load(open('/tmp/zoo/probe-badnets-s1.json')); print({k: m[k] for k in ('clean_accuracy','attack_success_rate','train_seconds','device')})" 2>&1 | tee -a "$S"
+
+if [ -f /tmp/zoo/probe-badnets-s1.onnx ]; then
+  for det in cepa agree; do
+    [ $det = agree ] && { echo "== PyTorch yardstick" | tee -a "$S"; timeout 90 python3 scripts/device/torch_probe.py .dev/data/cifar10 2>&1 | tail -3 | tee -a "$S"; }
+    echo "== scan --device cuda --verdict $det (CEPA alone, then with Neural Cleanse)" | tee -a "$S"
+    t=$(date +%s.%N)
+    timeout 120 /tmp/cepa --device cuda scan /tmp/zoo/probe-badnets-s1.onnx --data .dev/data/cifar10 \
+      --verdict $det --format json -q > /tmp/scan-$det.json 2> /tmp/scan-$det.err
+    echo "exit $?, $(el $t) s" | tee -a "$S"; tail -2 /tmp/scan-$det.err | tee -a "$S"
+    python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print({k: r.get(k) for k in ('verdict','target','score','device','seconds')})" /tmp/scan-$det.json 2>&1 | head -c 1500 | tee -a "$S"; echo | tee -a "$S"
+  done
+else
+  { echo "== PyTorch yardstick" | tee -a "$S"; timeout 90 python3 scripts/device/torch_probe.py .dev/data/cifar10 2>&1 | tail -3 | tee -a "$S"; }
+fi
+
+echo "total $(el $t0) s" | tee -a "$S"
+tar czf "$OUT/details.tgz" --exclude='*.onnx' --exclude='*.ckpt' -C /tmp gc zoo.log scan-cepa.json scan-agree.json scan-cepa.err scan-agree.err gc.log zoo 2>/dev/null
