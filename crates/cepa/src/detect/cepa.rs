@@ -496,6 +496,26 @@ fn optimise(
         progress(active.len());
         let bc1 = 1.0 - b1.powi(step as i32 + 1);
         let bc2 = 1.0 - b2.powi(step as i32 + 1);
+        // Every active problem's measures in one read back: on a GPU each read is a round trip
+        // that waits for the queue to drain. Per problem: j, hits, then (mu_sq, dev2) per
+        // layer, then the n sample norms.
+        let mut parts = Vec::with_capacity(measures.len() * (3 + 2 * layers.len()));
+        for m in &measures {
+            parts.push(m.j.clone());
+            parts.push(m.hits.clone().float());
+            for (a, b) in m.mu_sq.iter().zip(&m.dev2) {
+                parts.push(a.clone());
+                parts.push(b.clone());
+            }
+            parts.push(m.norms.clone());
+        }
+        let flat = host(Tensor::cat(parts, 0));
+        let mut at = 0usize;
+        let mut take = |k: usize| -> &[f32] {
+            let out = &flat[at..at + k];
+            at += k;
+            out
+        };
         for ((&i, leaf), m) in active.iter().zip(&leaves).zip(measures) {
             let p = &mut problems[i];
             let t = p.target;
@@ -512,15 +532,12 @@ fn optimise(
             p.delta = (p.x.clone() + moved).clamp(0.0, 1.0) - p.x.clone();
             p.steps += 1;
 
-            let j = first(m.j);
-            let rho = host(m.hits.float())[0] as f64 / n as f64;
-            let layer_stats: Vec<LayerStats> = m
-                .mu_sq
-                .into_iter()
-                .zip(m.dev2)
-                .map(|(mu_sq, dev2)| {
-                    let mu_norm = first(mu_sq).sqrt();
-                    let dev2 = first(dev2);
+            let j = f64::from(take(1)[0]);
+            let rho = f64::from(take(1)[0]) / n as f64;
+            let layer_stats: Vec<LayerStats> = (0..m.mu_sq.len())
+                .map(|_| {
+                    let mu_norm = f64::from(take(1)[0]).sqrt();
+                    let dev2 = f64::from(take(1)[0]);
                     LayerStats {
                         mu_norm,
                         dispersion: dev2 / (mu_norm * mu_norm).max(1e-30),
@@ -531,7 +548,7 @@ fn optimise(
                     }
                 })
                 .collect();
-            let sample_norms: Vec<f64> = host(m.norms).into_iter().map(f64::from).collect();
+            let sample_norms: Vec<f64> = take(n).iter().copied().map(f64::from).collect();
             let current = TargetResult {
                 target: t,
                 feasible: rho >= cfg.pi,
