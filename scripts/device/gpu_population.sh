@@ -9,19 +9,7 @@ OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 DEV=${DEV:-cuda}; EVAL_ARGS=${EVAL_ARGS:-}
 S="$OUT/summary.txt"; BUILD_S=${BUILD_S:-300}; EVAL_S=${EVAL_S:-150}
 IDS=$(python3 -c "import tomllib; c=tomllib.load(open('.dev/zoo-gpu.toml','rb')); print(' '.join(f\"{m['name']}-s{s}\" for m in c['models'] for s in m['seeds']))")
-xz -dc .dev/cepa-cuda.xz > /tmp/cepa.bin && chmod +x /tmp/cepa.bin
-# A build from before build_cuda.sh linked its LLVM stubs in (session 17's runs) takes them
-# preloaded, from .dev/libllvmstub.so, for cepa alone: PyTorch's own LLVM must not see them.
-if [ -f .dev/libllvmstub.so ]; then
-  printf '#!/bin/sh\nexec env LD_PRELOAD=%s /tmp/cepa.bin "$@"\n' "$PWD/.dev/libllvmstub.so" > /tmp/cepa
-else
-  cp /tmp/cepa.bin /tmp/cepa
-fi
-chmod +x /tmp/cepa
-# NVRTC may sit outside the loader's path (the CUDA toolkit's lib64, or a pip wheel's lib).
-NV=$(find /usr/local /opt /usr/lib -name 'libnvrtc.so*' -not -path '*/stubs/*' -printf '%h\n' 2>/dev/null | sort -u | tr '\n' ':')
-export LD_LIBRARY_PATH=${NV}${LD_LIBRARY_PATH:-}
-echo "NVRTC folders: $NV" >> "$S"
+. scripts/device/setup.sh
 el() { awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $1}"; }
 t0=$(date +%s.%N)
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$S"

@@ -10,15 +10,7 @@ OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 S="$OUT/summary.txt"; EPOCHS=${EPOCHS:-20}; DEADLINE=${DEADLINE:-320}
 t0=$(date +%s)
 left() { echo $((DEADLINE - ($(date +%s) - t0))); }
-xz -dc .dev/cepa-cuda.xz > /tmp/cepa.bin && chmod +x /tmp/cepa.bin
-if [ -f .dev/libllvmstub.so ]; then
-  printf '#!/bin/sh\nexec env LD_PRELOAD=%s /tmp/cepa.bin "$@"\n' "$PWD/.dev/libllvmstub.so" > /tmp/cepa
-else
-  cp /tmp/cepa.bin /tmp/cepa
-fi
-chmod +x /tmp/cepa
-NV=$(find /usr/local /opt /usr/lib -name 'libnvrtc.so*' -not -path '*/stubs/*' -printf '%h\n' 2>/dev/null | sort -u | tr '\n' ':')
-export LD_LIBRARY_PATH=${NV}${LD_LIBRARY_PATH:-}
+. scripts/device/setup.sh
 IDS=""
 for f in clean badnets blend wanet sig; do for s in 600 601; do IDS="$IDS torch-$f-s$s"; done; done
 echo "== PyTorch training, $EPOCHS epochs, side by side:$IDS" | tee -a "$S"
