@@ -70,13 +70,8 @@ impl DeviceChoice {
 /// for a CUDA device, otherwise burn's own description of it.
 pub fn device_label(d: &Device) -> String {
     let s = format!("{d:?}");
-    if let Some(i) = s.find("Cuda(Cuda(") {
-        // burn's Debug form: `Device<Autodiff { device: Cube(Cuda(Cuda(0))), .. }>`.
-        let index: String = s[i + "Cuda(Cuda(".len()..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        format!("cuda:{index} (CubeCL)")
+    if let Some(label) = cuda_label(&s) {
+        label
     } else if s.contains("Flex") {
         let threads = std::env::var("RAYON_NUM_THREADS")
             .ok()
@@ -87,6 +82,17 @@ pub fn device_label(d: &Device) -> String {
     } else {
         s
     }
+}
+
+/// `cuda:N (CubeCL)` from burn's Debug form of a CUDA device,
+/// `Device<Autodiff { device: Cube(Cuda(Cuda(N))), .. }>`; `None` for any other device.
+fn cuda_label(debug: &str) -> Option<String> {
+    let i = debug.find("Cuda(Cuda(")?;
+    let index: String = debug[i + "Cuda(Cuda(".len()..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    (!index.is_empty()).then(|| format!("cuda:{index} (CubeCL)"))
 }
 
 fn device_error(choice: DeviceChoice, msg: impl Into<String>) -> Error {
@@ -233,6 +239,18 @@ mod tests {
             let err = bad.parse::<DeviceChoice>().unwrap_err().to_string();
             assert!(err.contains("expected cpu, cuda or cuda:N"), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn a_cuda_device_is_named_by_its_index() {
+        // The Debug form burn 0.22.1 printed on an H200 (session 17).
+        let seen = "Device<Autodiff { device: Cube(Cuda(Cuda(0))), checkpointing: Disabled }>";
+        assert_eq!(cuda_label(seen).as_deref(), Some("cuda:0 (CubeCL)"));
+        assert_eq!(
+            cuda_label("Device<Cube(Cuda(Cuda(12)))>").as_deref(),
+            Some("cuda:12 (CubeCL)")
+        );
+        assert_eq!(cuda_label("Device<Flex>"), None);
     }
 
     #[test]
