@@ -1,27 +1,28 @@
 #!/usr/bin/env bash
-# Device run 2 of issue 15: the full-width population (clean + BadNets, Blend, WaNet, SIG, two
+# For a lent device once our trainer is fast enough (not yet run there; checked here with
+# DEV=cpu and a tiny config): the full-width population (clean + BadNets, Blend, WaNet, SIG, two
 # seeds each: the `realistic-gpu-*` groups of zoo/realistic.toml) trained and scanned on the GPU.
-# Carried: `.dev` as for gpu_session.sh, with .dev/zoo-gpu.toml (the groups, with the epochs
-# the device time allows). One build per model, all side by side on the one GPU, then one eval
+# Carried: `.dev` as for gpu_session.sh; the groups are scripts/device/zoo-gpu.toml (with the
+# epochs the device time allows). One build per model, all side by side on the one GPU, then one eval
 # per model likewise, merged into one evaluation.
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
 DEV=${DEV:-cuda}; EVAL_ARGS=${EVAL_ARGS:-}
 S="$OUT/summary.txt"; BUILD_S=${BUILD_S:-300}; EVAL_S=${EVAL_S:-150}
-IDS=$(python3 -c "import tomllib; c=tomllib.load(open('.dev/zoo-gpu.toml','rb')); print(' '.join(f\"{m['name']}-s{s}\" for m in c['models'] for s in m['seeds']))")
+IDS=$(python3 -c "import tomllib; c=tomllib.load(open('scripts/device/zoo-gpu.toml','rb')); print(' '.join(f\"{m['name']}-s{s}\" for m in c['models'] for s in m['seeds']))")
 . scripts/device/setup.sh
 el() { awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $1}"; }
 t0=$(date +%s.%N)
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$S"
 echo "== zoo build --device cuda, side by side: $IDS" | tee -a "$S"
 for id in $IDS; do
-  timeout "$BUILD_S" /tmp/cepa --device "$DEV" -v zoo build --config .dev/zoo-gpu.toml --out "/tmp/z/$id" \
+  timeout "$BUILD_S" /tmp/cepa --device "$DEV" -v zoo build --config scripts/device/zoo-gpu.toml --out "/tmp/z/$id" \
     --only "$id" > "/tmp/build-$id.log" 2>&1 &
 done
 wait
 echo "built in $(el $t0) s" | tee -a "$S"
 mkdir -p /tmp/zoo; cp /tmp/z/*/*.onnx /tmp/z/*/*.json /tmp/z/*/*.toml /tmp/zoo/ 2>/dev/null; rm -f /tmp/zoo/manifest.json
-/tmp/cepa zoo build --config .dev/zoo-gpu.toml --out /tmp/zoo -q 2>&1 | tail -2 | tee -a "$S"
+/tmp/cepa zoo build --config scripts/device/zoo-gpu.toml --out /tmp/zoo -q 2>&1 | tail -2 | tee -a "$S"
 python3 - <<'PY' | tee -a "$S"
 import glob, json
 for f in sorted(glob.glob("/tmp/zoo/*.json")):

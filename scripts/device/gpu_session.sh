@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Device run 1 of issue 15 (one call of the `device` tool, about 6 minutes). Carried: `.dev`
-# (git-ignored through .git/info/exclude), holding
-#   .dev/cepa-cuda.xz          the CUDA build of the CLI (scripts/device/build_cuda.sh), xz-packed
-#   .dev/data/cifar10/         data_batch_1.bin.gz (10,000 training images) and the first 2,000
-#                              test records: what fits the 64 MiB the tool carries
-#   .dev/zoo-probe.toml        2 epochs of the full-width PreAct-ResNet-18 (BadNets)
+# The device check of issue 15 (one call of the `device` tool, about 6 minutes; session 17's
+# run 2). Carried: `.dev` (scripts/device/prepare.sh lays it out), holding the CUDA build of the
+# CLI (.dev/cepa-cuda.xz, from scripts/device/build_cuda.sh) and a CIFAR-10 subset
+# (data_batch_1, 10,000 training images, and the first 2,000 test records: what fits the 64 MiB
+# the tool carries). The training probe is scripts/device/zoo-probe.toml (2 epochs of the
+# full-width PreAct-ResNet-18, BadNets).
 # Everything it reports lands in $OUT/summary.txt (and a tarball of the details).
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
@@ -18,7 +18,7 @@ cat /tmp/gc/summary.txt >> "$S"; echo "gpu_check: $(el $t0) s" | tee -a "$S"
 
 echo "== zoo build --device cuda: full-width PreAct-ResNet-18, 2 epochs" | tee -a "$S"
 t=$(date +%s.%N)
-timeout 150 /tmp/cepa --device cuda -v zoo build --config .dev/zoo-probe.toml --out /tmp/zoo \
+timeout 150 /tmp/cepa --device cuda -v zoo build --config scripts/device/zoo-probe.toml --out /tmp/zoo \
   > /tmp/zoo.log 2>&1; echo "exit $?, $(el $t) s" | tee -a "$S"
 grep -E "trained one epoch|error|Error" /tmp/zoo.log | tail -6 | tee -a "$S"
 python3 -c "import json; m=json.load(open('/tmp/zoo/probe-badnets-s1.json')); print({k: m[k] for k in ('clean_accuracy','attack_success_rate','train_seconds','device')})" 2>&1 | tee -a "$S"
