@@ -298,15 +298,6 @@ pub fn penalty(delta_emb: Tensor<2>, mu: Tensor<2>) -> Tensor<2> {
     (delta_emb - mu).powi_scalar(2).sum_dim(1)
 }
 
-/// Measures of one problem at the current iterate, still on the device.
-struct Measures {
-    j: Tensor<1>,
-    hits: Tensor<1, Int>,
-    mu_sq: Vec<Tensor<1>>,
-    dev2: Vec<Tensor<1>>,
-    norms: Tensor<1>,
-}
-
 /// Run stage 1 for every target class at `layers` (penalties summed, each divided by its
 /// dimension). `images` are the clean samples (all classes); `holdout`, if given, other clean
 /// images for the transfer statistic.
@@ -446,7 +437,10 @@ fn optimise(
         let (logits, embs) = model.logits_and_layers(Tensor::cat(xs, 0), layers)?;
         let mut total: Option<Tensor<1>> = None;
         let mut row = 0;
-        let mut measures = Vec::with_capacity(active.len());
+        // Every active problem's measures at the current iterate, to be read back in one
+        // transfer: on a GPU each read is a round trip that waits for the queue to drain. Per
+        // problem: (mu_sq, dev2) per layer, then j, hits and the n sample norms.
+        let mut parts = Vec::with_capacity(active.len() * (3 + 2 * layers.len()));
         for (&i, leaf) in active.iter().zip(&leaves) {
             let p = &problems[i];
             let t = p.target;
@@ -469,24 +463,19 @@ fn optimise(
                 }
             };
             let mut j = ce.mean() + size.mean() * cfg.beta;
-            let (mut mu_sq, mut dev2s) = (Vec::new(), Vec::new());
             for (l, emb) in embs.iter().enumerate() {
                 let delta_emb = emb.clone().narrow(0, row, n) - p.clean[l].clone();
                 // mu at its exact minimiser for the current delta, held fixed for this step.
                 let mu = consensus(delta_emb.clone()).detach();
                 let dev2 = penalty(delta_emb, mu.clone());
                 j = j + dev2.clone().mean() * (lambda / d[l]);
-                mu_sq.push(mu.powi_scalar(2).sum());
-                dev2s.push(dev2.detach().mean());
+                parts.push(mu.powi_scalar(2).sum());
+                parts.push(dev2.detach().mean());
             }
             row += n;
-            measures.push(Measures {
-                j: j.clone().detach(),
-                hits: lt.argmax(1).equal_elem(t as i64).int().sum(),
-                mu_sq,
-                dev2: dev2s,
-                norms: norms.reshape([n]),
-            });
+            parts.push(j.clone().detach());
+            parts.push(lt.argmax(1).equal_elem(t as i64).int().sum().float());
+            parts.push(norms.reshape([n]));
             total = Some(match total {
                 None => j,
                 Some(acc) => acc + j,
@@ -496,19 +485,6 @@ fn optimise(
         progress(active.len());
         let bc1 = 1.0 - b1.powi(step as i32 + 1);
         let bc2 = 1.0 - b2.powi(step as i32 + 1);
-        // Every active problem's measures in one read back: on a GPU each read is a round trip
-        // that waits for the queue to drain. Per problem: j, hits, then (mu_sq, dev2) per
-        // layer, then the n sample norms.
-        let mut parts = Vec::with_capacity(measures.len() * (3 + 2 * layers.len()));
-        for m in &measures {
-            parts.push(m.j.clone());
-            parts.push(m.hits.clone().float());
-            for (a, b) in m.mu_sq.iter().zip(&m.dev2) {
-                parts.push(a.clone());
-                parts.push(b.clone());
-            }
-            parts.push(m.norms.clone());
-        }
         let flat = host(Tensor::cat(parts, 0));
         let mut at = 0usize;
         let mut take = |k: usize| -> &[f32] {
@@ -516,7 +492,7 @@ fn optimise(
             at += k;
             out
         };
-        for ((&i, leaf), m) in active.iter().zip(&leaves).zip(measures) {
+        for (&i, leaf) in active.iter().zip(&leaves) {
             let p = &mut problems[i];
             let t = p.target;
             let n = p.sources.len();
@@ -532,9 +508,7 @@ fn optimise(
             p.delta = (p.x.clone() + moved).clamp(0.0, 1.0) - p.x.clone();
             p.steps += 1;
 
-            let j = f64::from(take(1)[0]);
-            let rho = f64::from(take(1)[0]) / n as f64;
-            let layer_stats: Vec<LayerStats> = (0..m.mu_sq.len())
+            let layer_stats: Vec<LayerStats> = (0..layers.len())
                 .map(|_| {
                     let mu_norm = f64::from(take(1)[0]).sqrt();
                     let dev2 = f64::from(take(1)[0]);
@@ -548,6 +522,8 @@ fn optimise(
                     }
                 })
                 .collect();
+            let j = f64::from(take(1)[0]);
+            let rho = f64::from(take(1)[0]) / n as f64;
             let sample_norms: Vec<f64> = take(n).iter().copied().map(f64::from).collect();
             let current = TargetResult {
                 target: t,
