@@ -179,6 +179,19 @@ pub struct DecisionConfig {
     /// A source class is suspected when its samples' mean `||delta||` has a (small-tail) MAD
     /// index above this among the sources. Default 2.0.
     pub source_threshold: f64,
+    /// The lone-shortcut test [ours]: when one class's `input_reach` (how little of its mean
+    /// input perturbation carries held-out images of other classes to it) is this many times
+    /// smaller than every other class's, that class's combined index is raised to at least
+    /// `threshold * gap / reach_gap` (at most twice the threshold), so a gap of exactly
+    /// `reach_gap` sits at the threshold. A universal trigger makes one class reachable by one
+    /// shared input pattern; a clean model's classes are reached by their own adversarial
+    /// routes, at sizes within a few per cent of each other, or with several "sink" classes
+    /// alike. Only in full scans (a screened scan has no `input_reach` for the screened-out
+    /// classes) and only for scans that measured `input_reach`. 0 turns it off. Default 2.16:
+    /// the largest gap of the 26 clean development models (Fashion-MNIST's fashion-clean-s1,
+    /// 2.151), rounded up, as the leave-one-dataset-out procedure chooses it (EVALUATION.md,
+    /// "The lone-shortcut test"; frozen 2026-12-04, session 18).
+    pub reach_gap: f64,
 }
 
 impl DecisionConfig {
@@ -210,6 +223,7 @@ impl Default for DecisionConfig {
             threshold: 1.5,
             reference_classes: 10,
             source_threshold: 2.0,
+            reach_gap: 2.16,
         }
     }
 }
@@ -275,6 +289,60 @@ pub struct Decision {
     /// A screened scan's classes and weights (absent: every class was optimised fully).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool: Option<Pool>,
+    /// The lone-shortcut test ([`DecisionConfig::reach_gap`]), when it was applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reach_gap: Option<ReachGap>,
+}
+
+/// The lone-shortcut test's measurement: the class with the smallest `input_reach`, and how many
+/// times smaller it is than the next smallest.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReachGap {
+    pub class: usize,
+    pub input_reach: f64,
+    /// The next smallest `input_reach`, of another class.
+    pub next: f64,
+    /// `next / input_reach`.
+    pub gap: f64,
+    /// The gap at which the class's combined index reaches the threshold.
+    pub at: f64,
+    /// The combined index the gap alone gives the class (`threshold * gap / at`, at most twice
+    /// the threshold).
+    pub index: f64,
+    /// Whether it raised the class's combined index.
+    pub raised: bool,
+}
+
+/// [`ReachGap`] of `results` (full scans only), or `None` when off, when fewer than 3 feasible
+/// classes measured `input_reach`, or when the smallest is not positive.
+fn reach_gap(results: &[TargetResult], at: f64, threshold: f64) -> Option<ReachGap> {
+    if at <= 0.0 {
+        return None;
+    }
+    let mut vals: Vec<(usize, f64)> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.feasible)
+        .filter_map(|(i, r)| r.input_reach.filter(|v| v.is_finite()).map(|v| (i, v)))
+        .collect();
+    if vals.len() < 3 {
+        return None;
+    }
+    vals.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let ((i, low), (_, next)) = (vals[0], vals[1]);
+    if low <= 0.0 {
+        return None;
+    }
+    let gap = next / low;
+    Some(ReachGap {
+        class: i,
+        input_reach: low,
+        next,
+        gap,
+        at,
+        index: threshold * (gap / at).min(2.0),
+        raised: false,
+    })
 }
 
 /// The classes a screened scan optimised fully, out of how many: each result stands for
@@ -319,6 +387,12 @@ pub fn decide_pool(
             "{} pool weights for {} results",
             p.weights.len(),
             results.len()
+        )));
+    }
+    if !(cfg.reach_gap == 0.0 || (cfg.reach_gap.is_finite() && cfg.reach_gap >= 1.0)) {
+        return Err(Error::Config(format!(
+            "[scan.decision] reach_gap = {}: must be 0 (off) or at least 1",
+            cfg.reach_gap
         )));
     }
     let k = results.len();
@@ -444,6 +518,27 @@ pub fn decide_pool(
             mean_index.iter().map(|m| (m - centre) / scale).collect()
         }
     };
+    let threshold = cfg.threshold_for(model_classes);
+    let mut combined = combined;
+    let gap = if pool.is_none() {
+        reach_gap(results, cfg.reach_gap, threshold).map(|mut g| {
+            if g.index > combined[g.class] {
+                combined[g.class] = g.index;
+                g.raised = true;
+            }
+            if g.raised && g.gap > g.at {
+                notes.push(format!(
+                    "class {}: a shift of size {:.2} along its mean input perturbation carries held-out \
+                     images to it, {:.2}x less than any other class needs ({:.2}): a lone shortcut; \
+                     combined index raised to {:.2}",
+                    results[g.class].target, g.input_reach, g.gap, g.next, g.index
+                ));
+            }
+            g
+        })
+    } else {
+        None
+    };
     let (best, score) =
         combined
             .iter()
@@ -453,7 +548,6 @@ pub fn decide_pool(
                 (0, f64::NEG_INFINITY),
                 |a, (i, v)| if v > a.1 { (i, v) } else { a },
             );
-    let threshold = cfg.threshold_for(model_classes);
     if threshold != cfg.threshold {
         notes.push(format!(
             "{model_classes} classes: threshold {:.2} raised to {threshold:.2} (x{:.3}), for the largest of more \
@@ -499,6 +593,7 @@ pub fn decide_pool(
         classes,
         notes,
         pool: pool.cloned(),
+        reach_gap: gap,
     })
 }
 
@@ -767,6 +862,71 @@ mod tests {
             .find(|s| s.statistic == Statistic::DeltaNorm)
             .unwrap();
         assert!(delta.anomaly_index > 2.0);
+    }
+
+    #[test]
+    fn a_lone_cheap_input_reach_raises_its_class_and_sinks_alike_do_not() {
+        let layers = vec!["emb".to_string()];
+        let noise = [1.0, 1.1, 0.9, 1.05, 0.95, 1.02];
+        let base: Vec<TargetResult> = (0..6)
+            .map(|t| result(t, 5.0 * noise[t], noise[t], 0.1 * noise[t], true))
+            .collect();
+        let with_reach = |reach: [f64; 6]| {
+            let mut rs = base.clone();
+            for (r, v) in rs.iter_mut().zip(reach) {
+                r.input_reach = Some(v);
+            }
+            rs
+        };
+        let on = DecisionConfig {
+            reach_gap: 1.5,
+            ..Default::default()
+        };
+        // Class 4 reached with a quarter of what any other class needs: a gap of 4, over 1.5.
+        let lone = with_reach([8.0, 9.0, 8.5, 9.5, 2.0, 8.8]);
+        let off_cfg = DecisionConfig {
+            reach_gap: 0.0,
+            ..Default::default()
+        };
+        let off = decide(&lone, &layers, &off_cfg).unwrap();
+        assert!(!off.backdoored, "off: score {}", off.score);
+        assert!(off.reach_gap.is_none());
+        let d = decide(&lone, &layers, &on).unwrap();
+        assert!(d.backdoored);
+        assert_eq!(d.target, Some(4));
+        let g = d.reach_gap.clone().unwrap();
+        assert_eq!(g.class, 4);
+        assert!((g.gap - 4.0).abs() < 1e-12);
+        assert!(g.raised);
+        // At most twice the threshold, however large the gap.
+        assert!((d.score - 2.0 * on.threshold).abs() < 1e-12, "{}", d.score);
+        assert!(
+            d.notes.iter().any(|n| n.contains("class 4")),
+            "{:?}",
+            d.notes
+        );
+        // Two "sink" classes alike (2.0 and 2.1): no lone shortcut, no flag.
+        let sinks = decide(&with_reach([8.0, 9.0, 2.1, 9.5, 2.0, 8.8]), &layers, &on).unwrap();
+        assert!(!sinks.backdoored, "sinks: score {}", sinks.score);
+        assert!((sinks.reach_gap.unwrap().gap - 1.05).abs() < 1e-9);
+        // A gap of 1.2, under 1.5: the index it gives stays under the threshold.
+        let small = decide(&with_reach([8.0, 9.0, 8.5, 9.5, 6.5, 7.8]), &layers, &on).unwrap();
+        assert!(!small.backdoored, "small gap: score {}", small.score);
+        // Scans without input_reach (made before it existed) are decided as before.
+        let mut old = base.clone();
+        for r in &mut old {
+            r.input_reach = None;
+        }
+        let d_old = decide(&old, &layers, &on).unwrap();
+        assert!(d_old.reach_gap.is_none());
+        assert_eq!(d_old.score, decide(&old, &layers, &off_cfg).unwrap().score);
+        // An invalid setting is an error, not a silent default.
+        let bad = DecisionConfig {
+            reach_gap: 0.5,
+            ..Default::default()
+        };
+        let err = decide(&lone, &layers, &bad).unwrap_err().to_string();
+        assert!(err.contains("reach_gap"), "{err}");
     }
 
     #[test]
