@@ -734,13 +734,41 @@ fn measure(
         .reshape([ka]);
     let grads = loss.backward();
     let no_grad = || Error::Mismatch("no gradient reached the trigger".into());
+    let g_mask = mask_leaf.grad(&grads).ok_or_else(no_grad)?;
+    let g_pattern = pattern_leaf.grad(&grads).ok_or_else(no_grad)?;
+    // Everything the step needs comes back in one read (one device sync on a GPU), split here.
+    let sizes = [ka * hw, ka * c * hw, ka, ka, ka * hw, ka * c * hw];
+    let flat = host(Tensor::cat(
+        vec![
+            g_mask.reshape([ka * hw]),
+            g_pattern.reshape([ka * c * hw]),
+            hits,
+            l1.detach(),
+            mask.detach().reshape([ka * hw]),
+            pattern.detach().reshape([ka * c * hw]),
+        ],
+        0,
+    ))?;
+    if flat.len() != sizes.iter().sum::<usize>() {
+        return Err(Error::Mismatch(format!(
+            "Neural Cleanse read {} values back, expected {}",
+            flat.len(),
+            sizes.iter().sum::<usize>()
+        )));
+    }
+    let mut rest = flat.as_slice();
+    let mut take = |len: usize| {
+        let (head, tail) = rest.split_at(len);
+        rest = tail;
+        head.to_vec()
+    };
     Ok(StepMeasures {
-        g_mask: host(mask_leaf.grad(&grads).ok_or_else(no_grad)?)?,
-        g_pattern: host(pattern_leaf.grad(&grads).ok_or_else(no_grad)?)?,
-        hits: host(hits)?,
-        l1: host(l1.detach())?,
-        masks: host(mask.detach())?,
-        patterns: host(pattern.detach())?,
+        g_mask: take(sizes[0]),
+        g_pattern: take(sizes[1]),
+        hits: take(sizes[2]),
+        l1: take(sizes[3]),
+        masks: take(sizes[4]),
+        patterns: take(sizes[5]),
     })
 }
 
