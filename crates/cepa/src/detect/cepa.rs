@@ -201,6 +201,12 @@ pub struct TargetResult {
     /// smallest scale `s` that sends a held-out clean non-target image to the target, the median
     /// over the images [ours]; `None` without held-out images.
     pub input_reach: Option<f64>,
+    /// [`TargetResult::input_reach`] per source class of the held-out images (indexed by class;
+    /// NaN for a class without held-out images, and for the target itself) [ours]: a trigger
+    /// carries every class's images to its target about equally cheaply, a naturally cheap
+    /// ("sink") class mostly those of the classes that resemble it. Empty without held-out
+    /// images.
+    pub input_reach_sources: Vec<f64>,
     /// Per sample: its true class and `||delta_n||_2`.
     pub sources: Vec<usize>,
     pub sample_delta_norms: Vec<f64>,
@@ -536,6 +542,7 @@ fn optimise(
                 coherence: f64::NAN,
                 input_transfer: None,
                 input_reach: None,
+                input_reach_sources: Vec::new(),
                 sources: p.sources.clone(),
                 sample_delta_norms: sample_norms,
                 deltas: Vec::new(),
@@ -632,6 +639,8 @@ struct Reach {
     share: f64,
     /// The median over the images of the smallest scale that sends each there.
     median: f64,
+    /// Per image, that scale (`2 REACH_MAX` for an image never sent there).
+    scales: Vec<f64>,
 }
 
 /// Per image, the smallest scale `s` in `(0, REACH_MAX]` at which `hits(scales)` (the images
@@ -666,6 +675,7 @@ fn reach(n: usize, hits: impl Fn(&[f32]) -> Result<Vec<bool>>) -> Result<Reach> 
     Ok(Reach {
         share,
         median: crate::detect::stats::median(&s),
+        scales: s,
     })
 }
 
@@ -690,10 +700,18 @@ fn scale_column(scales: &[f32], device: &Device) -> Tensor<2> {
     Tensor::<2>::from_data(TensorData::new(scales.to_vec(), [scales.len(), 1]), device)
 }
 
+/// What [`input_transfer`] measures of the mean input perturbation.
+struct InputShift {
+    share: f64,
+    reach: f64,
+    /// `reach` per source class (NaN where there is none).
+    by_source: Vec<f64>,
+}
+
 /// For the held-out images `h` (as tensor `x`) outside `target` and the mean perturbation
 /// `mean_n delta_n`: the share that `clip(x + mean)` sends to `target`, and the median input
-/// size of the shift that sends an image there ([`reach`] times `||mean||`). `None` when
-/// every held-out image is of the target.
+/// size of the shift that sends an image there ([`reach`] times `||mean||`), over all of them
+/// and per source class. `None` when every held-out image is of the target.
 fn input_transfer(
     model: &Classifier,
     h: &ImageSet,
@@ -701,7 +719,7 @@ fn input_transfer(
     deltas: &[f32],
     n: usize,
     target: usize,
-) -> Result<Option<(f64, f64)>> {
+) -> Result<Option<InputShift>> {
     let idx: Vec<usize> = (0..h.len()).filter(|&i| h.labels[i] != target).collect();
     let Some(mean) = mean_delta(deltas, n).filter(|_| !idx.is_empty()) else {
         return Ok(None);
@@ -721,7 +739,27 @@ fn input_transfer(
         Ok(hits_of(model.logits(moved)?, target))
     };
     let r = reach(b, sent)?;
-    Ok(Some((r.share, r.median * norm)))
+    let classes = h.num_classes.max(target + 1);
+    let by_source = (0..classes)
+        .map(|c| {
+            let s: Vec<f64> = idx
+                .iter()
+                .zip(&r.scales)
+                .filter(|&(&i, _)| h.labels[i] == c)
+                .map(|(_, &s)| s)
+                .collect();
+            if s.is_empty() {
+                f64::NAN
+            } else {
+                crate::detect::stats::median(&s) * norm
+            }
+        })
+        .collect();
+    Ok(Some(InputShift {
+        share: r.share,
+        reach: r.median * norm,
+        by_source,
+    }))
 }
 
 /// At each target's reported iterate: `mu_t` per layer and, with held-out images, the transfer.
@@ -756,10 +794,11 @@ fn finish(
         }
         r.coherence = coherence(&r.deltas, n);
         if let Some((h, x, _)) = &held
-            && let Some((share, reach)) = input_transfer(model, h, x, &r.deltas, n, r.target)?
+            && let Some(shift) = input_transfer(model, h, x, &r.deltas, n, r.target)?
         {
-            r.input_transfer = Some(share);
-            r.input_reach = Some(reach);
+            r.input_transfer = Some(shift.share);
+            r.input_reach = Some(shift.reach);
+            r.input_reach_sources = shift.by_source;
         }
         let delta = Tensor::<4>::from_data(
             TensorData::new(r.deltas.clone(), [n, dims[0], dims[1], dims[2]]),

@@ -46,6 +46,10 @@ pub enum Statistic {
     /// The input-space counterpart of `reach`, along the mean input perturbation, small is
     /// suspicious [ours].
     InputReach,
+    /// `input_reach` from the hardest source class: the largest of its per-source medians,
+    /// small is suspicious [ours]. A trigger carries every class's images to its target cheaply;
+    /// a naturally cheap ("sink") class is cheap from the classes that resemble it only.
+    InputReachMax,
 }
 
 impl Statistic {
@@ -59,7 +63,8 @@ impl Statistic {
             Statistic::DeltaNorm
             | Statistic::Dispersion
             | Statistic::Reach
-            | Statistic::InputReach => Tail::Small,
+            | Statistic::InputReach
+            | Statistic::InputReachMax => Tail::Small,
             Statistic::EmbedNorm => Tail::Both,
         }
     }
@@ -76,6 +81,7 @@ impl Statistic {
             Statistic::InputTransfer => "input_transfer",
             Statistic::Reach => "reach",
             Statistic::InputReach => "input_reach",
+            Statistic::InputReachMax => "input_reach_max",
         }
     }
 
@@ -99,6 +105,7 @@ impl Statistic {
                 | Statistic::Coherence
                 | Statistic::InputTransfer
                 | Statistic::InputReach
+                | Statistic::InputReachMax
         )
     }
 
@@ -110,6 +117,12 @@ impl Statistic {
             Statistic::Coherence => r.coherence,
             Statistic::InputTransfer => r.input_transfer.unwrap_or(f64::NAN),
             Statistic::InputReach => r.input_reach.unwrap_or(f64::NAN),
+            Statistic::InputReachMax => r
+                .input_reach_sources
+                .iter()
+                .copied()
+                .filter(|v| v.is_finite())
+                .fold(f64::NAN, f64::max),
             Statistic::Reach => r.layers[layer].reach.unwrap_or(f64::NAN),
             Statistic::MuNorm => r.layers[layer].mu_norm,
             Statistic::DeltaNorm => r.delta_norm,
@@ -192,6 +205,10 @@ pub struct DecisionConfig {
     /// 2.151), rounded up, as the leave-one-dataset-out procedure chooses it (EVALUATION.md,
     /// "The lone-shortcut test"; frozen 2026-12-04, session 18).
     pub reach_gap: f64,
+    /// The statistic the lone-shortcut test measures the gap on: `input_reach` (the default,
+    /// frozen with `reach_gap`) or `input_reach_max` (from the hardest source class; measured
+    /// since session 18, not chosen).
+    pub reach_gap_statistic: Statistic,
 }
 
 impl DecisionConfig {
@@ -224,6 +241,7 @@ impl Default for DecisionConfig {
             reference_classes: 10,
             source_threshold: 2.0,
             reach_gap: 2.16,
+            reach_gap_statistic: Statistic::InputReach,
         }
     }
 }
@@ -256,6 +274,10 @@ pub struct ClassReport {
     /// class's problem; `null` for a class without images in it (the class itself). Kept so that
     /// a saved scan can be decided again with [`Statistic::PairDelta`] and its sources.
     pub source_delta: Vec<f64>,
+    /// Per source class, `input_reach` from its held-out images alone (`null` for none, and for
+    /// the class itself; empty without held-out images): kept so that a saved scan can be
+    /// decided again with [`Statistic::InputReachMax`].
+    pub source_input_reach: Vec<f64>,
 }
 
 /// Mean `||delta||` of the detected target's samples from one source class.
@@ -298,6 +320,8 @@ pub struct Decision {
 /// times smaller it is than the next smallest.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ReachGap {
+    /// What it measured the gap on ([`DecisionConfig::reach_gap_statistic`]).
+    pub statistic: Statistic,
     pub class: usize,
     pub input_reach: f64,
     /// The next smallest `input_reach`, of another class.
@@ -313,9 +337,14 @@ pub struct ReachGap {
     pub raised: bool,
 }
 
-/// [`ReachGap`] of `results` (full scans only), or `None` when off, when fewer than 3 feasible
-/// classes measured `input_reach`, or when the smallest is not positive.
-fn reach_gap(results: &[TargetResult], at: f64, threshold: f64) -> Option<ReachGap> {
+/// [`ReachGap`] of `results` on `stat` (full scans only), or `None` when off, when fewer than 3
+/// feasible classes measured it, or when the smallest is not positive.
+fn reach_gap(
+    results: &[TargetResult],
+    stat: Statistic,
+    at: f64,
+    threshold: f64,
+) -> Option<ReachGap> {
     if at <= 0.0 {
         return None;
     }
@@ -323,7 +352,8 @@ fn reach_gap(results: &[TargetResult], at: f64, threshold: f64) -> Option<ReachG
         .iter()
         .enumerate()
         .filter(|(_, r)| r.feasible)
-        .filter_map(|(i, r)| r.input_reach.filter(|v| v.is_finite()).map(|v| (i, v)))
+        .map(|(i, r)| (i, stat.value(r, 0)))
+        .filter(|(_, v)| v.is_finite())
         .collect();
     if vals.len() < 3 {
         return None;
@@ -335,6 +365,7 @@ fn reach_gap(results: &[TargetResult], at: f64, threshold: f64) -> Option<ReachG
     }
     let gap = next / low;
     Some(ReachGap {
+        statistic: stat,
         class: i,
         input_reach: low,
         next,
@@ -395,6 +426,15 @@ pub fn decide_pool(
             cfg.reach_gap
         )));
     }
+    if !matches!(
+        cfg.reach_gap_statistic,
+        Statistic::InputReach | Statistic::InputReachMax
+    ) {
+        return Err(Error::Config(format!(
+            "[scan.decision] reach_gap_statistic = \"{}\": must be \"input_reach\" or \"input_reach_max\"",
+            cfg.reach_gap_statistic.name()
+        )));
+    }
     let k = results.len();
     let model_classes = pool.map_or(k, |p| p.classes);
     let unit = vec![1.0; k];
@@ -424,6 +464,7 @@ pub fn decide_pool(
         Statistic::InputTransfer,
         Statistic::Reach,
         Statistic::InputReach,
+        Statistic::InputReachMax,
     ];
     let pair = pair_values(results);
     for stat in all {
@@ -521,7 +562,7 @@ pub fn decide_pool(
     let threshold = cfg.threshold_for(model_classes);
     let mut combined = combined;
     let gap = if pool.is_none() {
-        reach_gap(results, cfg.reach_gap, threshold).map(|mut g| {
+        reach_gap(results, cfg.reach_gap_statistic, cfg.reach_gap, threshold).map(|mut g| {
             if g.index > combined[g.class] {
                 combined[g.class] = g.index;
                 g.raised = true;
@@ -573,6 +614,7 @@ pub fn decide_pool(
             mean_index: m,
             anomaly_index: c,
             source_delta,
+            source_input_reach: r.input_reach_sources.clone(),
         })
         .collect();
     let best_class = results[best].target;
@@ -627,6 +669,9 @@ pub struct SavedClass {
     /// Per source class, the median `||delta_n||_2` (absent in reports made before session 15).
     #[serde(default)]
     pub source_delta: Vec<Option<f64>>,
+    /// Per source class, `input_reach` from its images (absent before session 18).
+    #[serde(default)]
+    pub source_input_reach: Vec<Option<f64>>,
 }
 
 /// One statistic's value at one layer (`null`: not measured, or not finite).
@@ -691,6 +736,11 @@ impl SavedClass {
             coherence: self.value(Statistic::Coherence, None).unwrap_or(f64::NAN),
             input_transfer: self.value(Statistic::InputTransfer, None),
             input_reach: self.value(Statistic::InputReach, None),
+            input_reach_sources: self
+                .source_input_reach
+                .iter()
+                .map(|v| v.unwrap_or(f64::NAN))
+                .collect(),
             // One stand-in sample per source class, its size the median the report kept: the
             // per-source medians, all that pair_delta and the suspected sources read, are the
             // scan's own.
@@ -835,6 +885,7 @@ mod tests {
             coherence: 0.2 + 0.01 * target as f64,
             input_transfer: Some(0.1),
             input_reach: Some(1.0),
+            input_reach_sources: Vec::new(),
             sources: vec![(target + 1) % 5, (target + 2) % 5],
             sample_delta_norms: vec![delta, delta],
             deltas: vec![],
@@ -927,6 +978,74 @@ mod tests {
         };
         let err = decide(&lone, &layers, &bad).unwrap_err().to_string();
         assert!(err.contains("reach_gap"), "{err}");
+    }
+
+    #[test]
+    fn the_gap_from_the_hardest_source_tells_a_trigger_from_a_sink() {
+        let layers = vec!["emb".to_string()];
+        let noise = [1.0, 1.1, 0.9, 1.05, 0.95, 1.02];
+        // Per source class (6 classes), the reach of each class's mean perturbation: about 9
+        // from everywhere, except class 4 (a trigger: 2 from every source) and class 1 (a sink:
+        // 1.5 from sources 0 and 2, which resemble it, 9 from the rest).
+        let rs: Vec<TargetResult> = (0..6)
+            .map(|t| {
+                let mut r = result(t, 5.0 * noise[t], noise[t], 0.1 * noise[t], true);
+                r.input_reach_sources = (0..6)
+                    .map(|src| match (t, src) {
+                        _ if src == t => f64::NAN,
+                        (4, _) => 2.0,
+                        (1, 0 | 2) => 1.5,
+                        _ => 9.0 * noise[t],
+                    })
+                    .collect();
+                r.input_reach = Some(if t == 1 {
+                    1.6
+                } else if t == 4 {
+                    2.0
+                } else {
+                    9.0
+                });
+                r
+            })
+            .collect();
+        let cfg = |stat| DecisionConfig {
+            reach_gap: 2.16,
+            reach_gap_statistic: stat,
+            ..Default::default()
+        };
+        // On the median over all images, the sink (1.6) is the lone cheapest class: no
+        // trigger found, class 1 singled out.
+        let median = decide(&rs, &layers, &cfg(Statistic::InputReach)).unwrap();
+        assert_eq!(median.reach_gap.as_ref().unwrap().class, 1);
+        // From the hardest source, the sink costs 9 and the trigger 2: class 4, gap 4.
+        let hardest = decide(&rs, &layers, &cfg(Statistic::InputReachMax)).unwrap();
+        let g = hardest.reach_gap.clone().unwrap();
+        assert_eq!((g.class, g.statistic), (4, Statistic::InputReachMax));
+        assert!((g.gap - 9.0 * 0.9 / 2.0).abs() < 1e-9, "{}", g.gap);
+        assert_eq!(hardest.target, Some(4));
+        let max = hardest.classes[4]
+            .statistics
+            .iter()
+            .find(|s| s.statistic == Statistic::InputReachMax)
+            .unwrap();
+        assert_eq!(max.value, 2.0);
+        // A saved report keeps the per-source values (null for the class itself) and decides
+        // again the same way.
+        let json = serde_json::json!({ "layers": layers, "decision": hardest });
+        assert!(json["decision"]["classes"][4]["source_input_reach"][4].is_null());
+        assert_eq!(
+            json["decision"]["reach_gap"]["statistic"],
+            "input_reach_max"
+        );
+        let saved: SavedScan = serde_json::from_value(json).unwrap();
+        let again = redecide(&saved, &cfg(Statistic::InputReachMax)).unwrap();
+        assert_eq!(again.reach_gap.unwrap().class, 4);
+        assert_eq!(again.score, hardest.score);
+        // A statistic the test cannot use is an error naming the setting.
+        let err = decide(&rs, &layers, &cfg(Statistic::DeltaNorm))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("reach_gap_statistic"), "{err}");
     }
 
     #[test]
