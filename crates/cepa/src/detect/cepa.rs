@@ -491,12 +491,11 @@ fn optimise(
         progress(active.len());
         let bc1 = 1.0 - b1.powi(step as i32 + 1);
         let bc2 = 1.0 - b2.powi(step as i32 + 1);
-        let flat = host(Tensor::cat(parts, 0));
-        let mut at = 0usize;
-        let mut take = |k: usize| -> &[f32] {
-            let out = &flat[at..at + k];
-            at += k;
-            out
+        let mut read = crate::detect::host_parts(parts)?.into_iter();
+        let scalar = |read: &mut std::vec::IntoIter<Vec<f32>>| {
+            read.next()
+                .and_then(|v| v.first().copied())
+                .map_or(f64::NAN, f64::from)
         };
         for (&i, leaf) in active.iter().zip(&leaves) {
             let p = &mut problems[i];
@@ -516,8 +515,8 @@ fn optimise(
 
             let layer_stats: Vec<LayerStats> = (0..layers.len())
                 .map(|_| {
-                    let mu_norm = f64::from(take(1)[0]).sqrt();
-                    let dev2 = f64::from(take(1)[0]);
+                    let mu_norm = scalar(&mut read).sqrt();
+                    let dev2 = scalar(&mut read);
                     LayerStats {
                         mu_norm,
                         dispersion: dev2 / (mu_norm * mu_norm).max(1e-30),
@@ -528,9 +527,14 @@ fn optimise(
                     }
                 })
                 .collect();
-            let j = f64::from(take(1)[0]);
-            let rho = f64::from(take(1)[0]) / n as f64;
-            let sample_norms: Vec<f64> = take(n).iter().copied().map(f64::from).collect();
+            let j = scalar(&mut read);
+            let rho = scalar(&mut read) / n as f64;
+            let sample_norms: Vec<f64> = read
+                .next()
+                .unwrap_or_default()
+                .into_iter()
+                .map(f64::from)
+                .collect();
             let current = TargetResult {
                 target: t,
                 feasible: rho >= cfg.pi,
@@ -876,6 +880,13 @@ mod tests {
         );
         // The whole shift sends the two images that need at most scale 1.
         assert_eq!(r.share, 0.5);
+        // Per image, its own scale (the per-source values are medians of these): the never
+        // sent one at twice the largest tried.
+        assert_eq!(r.scales.len(), 4);
+        for (got, want) in r.scales.iter().zip([0.5, 1.0, 1.5]) {
+            assert!((got - want).abs() <= step, "{:?}", r.scales);
+        }
+        assert_eq!(r.scales[3], 2.0 * REACH_MAX);
         // Three of four never sent: the median is the stand-in for "never".
         let need = [0.25f32, 9.0, 9.0, 9.0];
         let hits = |s: &[f32]| Ok(s.iter().zip(&need).map(|(s, n)| s >= n).collect());

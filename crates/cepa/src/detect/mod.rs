@@ -24,6 +24,31 @@ pub(crate) fn class_rng(seed: u64, class: usize) -> rand_chacha::ChaCha8Rng {
     rng
 }
 
+/// Read `parts` back from the device in one transfer (on a GPU every read waits for the queue
+/// to drain), split again as they were given.
+pub(crate) fn host_parts(parts: Vec<burn::prelude::Tensor<1>>) -> crate::Result<Vec<Vec<f32>>> {
+    let sizes: Vec<usize> = parts.iter().map(|p| p.dims()[0]).collect();
+    let flat = burn::prelude::Tensor::cat(parts, 0)
+        .try_into_vec_as::<f32>()
+        .map_err(|e| crate::error::Error::Mismatch(format!("cannot read a tensor back: {e:?}")))?;
+    let total: usize = sizes.iter().sum();
+    if flat.len() != total {
+        return Err(crate::error::Error::Mismatch(format!(
+            "read {} values back from the device, expected {total}",
+            flat.len()
+        )));
+    }
+    let mut rest = flat.as_slice();
+    Ok(sizes
+        .iter()
+        .map(|&k| {
+            let (head, tail) = rest.split_at(k);
+            rest = tail;
+            head.to_vec()
+        })
+        .collect())
+}
+
 /// Run `work` on `items` split into one share per thread of rayon's pool (the pool burn's CPU
 /// kernels run on), the shares in parallel, each on one worker (which batches it as `work`
 /// does: CEPA whole, Neural Cleanse in groups). The workers are the pool's own threads, so

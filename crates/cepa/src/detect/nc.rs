@@ -433,11 +433,6 @@ fn to_tanh(v: f64) -> f32 {
     ((v - 0.5) * (2.0 - TANH_EPS)).atanh() as f32
 }
 
-fn host<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>> {
-    t.try_into_vec_as::<f32>()
-        .map_err(|e| Error::Mismatch(format!("cannot read a tensor back: {e:?}")))
-}
-
 /// A trigger as measured at one iterate.
 #[derive(Clone, Debug)]
 struct Snapshot {
@@ -736,39 +731,24 @@ fn measure(
     let no_grad = || Error::Mismatch("no gradient reached the trigger".into());
     let g_mask = mask_leaf.grad(&grads).ok_or_else(no_grad)?;
     let g_pattern = pattern_leaf.grad(&grads).ok_or_else(no_grad)?;
-    // Everything the step needs comes back in one read (one device sync on a GPU), split here.
-    let sizes = [ka * hw, ka * c * hw, ka, ka, ka * hw, ka * c * hw];
-    let flat = host(Tensor::cat(
-        vec![
-            g_mask.reshape([ka * hw]),
-            g_pattern.reshape([ka * c * hw]),
-            hits,
-            l1.detach(),
-            mask.detach().reshape([ka * hw]),
-            pattern.detach().reshape([ka * c * hw]),
-        ],
-        0,
-    ))?;
-    if flat.len() != sizes.iter().sum::<usize>() {
-        return Err(Error::Mismatch(format!(
-            "Neural Cleanse read {} values back, expected {}",
-            flat.len(),
-            sizes.iter().sum::<usize>()
-        )));
-    }
-    let mut rest = flat.as_slice();
-    let mut take = |len: usize| {
-        let (head, tail) = rest.split_at(len);
-        rest = tail;
-        head.to_vec()
-    };
+    // Everything the step needs comes back in one read (one device sync on a GPU).
+    let mut parts = crate::detect::host_parts(vec![
+        g_mask.reshape([ka * hw]),
+        g_pattern.reshape([ka * c * hw]),
+        hits,
+        l1.detach(),
+        mask.detach().reshape([ka * hw]),
+        pattern.detach().reshape([ka * c * hw]),
+    ])?
+    .into_iter();
+    let mut next = || parts.next().unwrap_or_default();
     Ok(StepMeasures {
-        g_mask: take(sizes[0]),
-        g_pattern: take(sizes[1]),
-        hits: take(sizes[2]),
-        l1: take(sizes[3]),
-        masks: take(sizes[4]),
-        patterns: take(sizes[5]),
+        g_mask: next(),
+        g_pattern: next(),
+        hits: next(),
+        l1: next(),
+        masks: next(),
+        patterns: next(),
     })
 }
 
@@ -918,7 +898,7 @@ mod tests {
         let p = Tensor::<4>::from_data(TensorData::new(pv.clone(), [t, c, h, w]), &device);
         let out = stamp(x, m, p);
         assert_eq!(out.dims(), [t * n, c, h, w]);
-        let out = host(out).unwrap();
+        let out = out.try_into_vec_as::<f32>().unwrap();
         for ti in 0..t {
             for ni in 0..n {
                 for ci in 0..c {
@@ -936,10 +916,11 @@ mod tests {
             }
         }
         // The tanh parameterisation maps 0 to the middle and stays inside [0, 1].
-        let v = host(from_tanh(Tensor::<1>::from_data(
+        let v = from_tanh(Tensor::<1>::from_data(
             TensorData::new(vec![0.0f32, -30.0, 30.0, to_tanh(0.25)], [4]),
             &device,
-        )))
+        ))
+        .try_into_vec_as::<f32>()
         .unwrap();
         // Saturated values reach the ends up to float rounding (the reference's 2 - eps).
         assert!(close(v[0], 0.5, 1e-6), "{v:?}");
