@@ -57,6 +57,7 @@ impl Settings {
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
         let s: Self = toml::from_str(text).map_err(|e| e.to_string())?;
         s.scan.cepa.validate().map_err(|e| e.to_string())?;
+        s.scan.decision.validate().map_err(|e| e.to_string())?;
         s.invert.validate().map_err(|e| e.to_string())?;
         s.nc.validate().map_err(|e| e.to_string())?;
         s.verdict.validate().map_err(|e| e.to_string())?;

@@ -378,6 +378,7 @@ pub fn scan_with_progress(
         ..cfg.cepa.clone()
     };
     cfg.screen.validate()?;
+    cfg.decision.validate()?;
     let k = model.num_classes();
     let all: Vec<usize> = (0..k).collect();
     let run = |cepa: &CepaConfig, targets: &[usize]| {

@@ -212,6 +212,28 @@ pub struct DecisionConfig {
 }
 
 impl DecisionConfig {
+    /// The lone-shortcut settings are usable: `reach_gap` 0 (off) or at least 1, measured on
+    /// `input_reach` or `input_reach_max`. Checked when settings are read and before a scan
+    /// computes anything.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.reach_gap == 0.0 || (self.reach_gap.is_finite() && self.reach_gap >= 1.0)) {
+            return Err(Error::Config(format!(
+                "[scan.decision] reach_gap = {}: must be 0 (off) or at least 1",
+                self.reach_gap
+            )));
+        }
+        if !matches!(
+            self.reach_gap_statistic,
+            Statistic::InputReach | Statistic::InputReachMax
+        ) {
+            return Err(Error::Config(format!(
+                "[scan.decision] reach_gap_statistic = \"{}\": must be \"input_reach\" or \"input_reach_max\"",
+                self.reach_gap_statistic.name()
+            )));
+        }
+        Ok(())
+    }
+
     /// The threshold that applies to a model with `classes` classes (see `reference_classes`).
     pub fn threshold_for(&self, classes: usize) -> f64 {
         self.threshold * class_factor(classes, self.reference_classes)
@@ -420,21 +442,7 @@ pub fn decide_pool(
             results.len()
         )));
     }
-    if !(cfg.reach_gap == 0.0 || (cfg.reach_gap.is_finite() && cfg.reach_gap >= 1.0)) {
-        return Err(Error::Config(format!(
-            "[scan.decision] reach_gap = {}: must be 0 (off) or at least 1",
-            cfg.reach_gap
-        )));
-    }
-    if !matches!(
-        cfg.reach_gap_statistic,
-        Statistic::InputReach | Statistic::InputReachMax
-    ) {
-        return Err(Error::Config(format!(
-            "[scan.decision] reach_gap_statistic = \"{}\": must be \"input_reach\" or \"input_reach_max\"",
-            cfg.reach_gap_statistic.name()
-        )));
-    }
+    cfg.validate()?;
     let k = results.len();
     let model_classes = pool.map_or(k, |p| p.classes);
     let unit = vec![1.0; k];
@@ -978,6 +986,12 @@ mod tests {
         };
         let err = decide(&lone, &layers, &bad).unwrap_err().to_string();
         assert!(err.contains("reach_gap"), "{err}");
+        // ... and caught when the settings are read, before any scan computes.
+        let err = crate::settings::Settings::parse("[scan.decision]\nreach_gap = 0.5\n")
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("reach_gap = 0.5"), "{err}");
+        assert!(crate::settings::Settings::parse("[scan.decision]\nreach_gap = 3\n").is_ok());
     }
 
     #[test]
