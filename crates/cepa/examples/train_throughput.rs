@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use cepa::data::{Split, load};
 use cepa::model::cpu_device;
 use cepa::train::{
-    Architecture, CnnArch, NetArch, PreActArch, ResNetArch, TrainConfig, Trainer, VggArch,
+    AllConvArch, Architecture, CnnArch, NetArch, PreActArch, ResNetArch, TrainConfig, Trainer,
+    VggArch,
 };
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -45,6 +46,10 @@ fn main() -> Result<(), Box<dyn Error>> {
         (
             "vgg 32,32,p,64,64,p,128,p, hidden 128",
             NetArch::Vgg(VggArch::default()),
+        ),
+        (
+            "allconv 32,32,d,64,64,d,64, 1x1 head",
+            NetArch::AllConv(AllConvArch::default()),
         ),
         (
             "preact-resnet-18 16-32-64-128, batchnorm",

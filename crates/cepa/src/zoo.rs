@@ -23,8 +23,8 @@ use crate::data::{ImageSet, Split, load};
 use crate::error::{Error, Result};
 use crate::onnx::write::save_model;
 use crate::train::{
-    ARCH_NAMES, Architecture, CnnArch, LateTrigger, NetArch, Network, PreActArch, ResNetArch,
-    Shapes, TrainConfig, Trainer, TrainerState, VggArch, predict,
+    ARCH_NAMES, AllConvArch, Architecture, CnnArch, LateTrigger, NetArch, Network, PreActArch,
+    ResNetArch, Shapes, TrainConfig, Trainer, TrainerState, VggArch, predict,
 };
 use burn::prelude::Device;
 
@@ -51,8 +51,9 @@ fn default_data_root() -> PathBuf {
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
     /// Network architecture: `"cnn"` (the small CNN of [`crate::train::cnn`]), `"resnet"`
-    /// ([`crate::train::resnet`]), `"vgg"` ([`crate::train::vgg`]) or `"preact-resnet"`
-    /// ([`crate::train::preact`], with BatchNorm). Default `"cnn"`.
+    /// ([`crate::train::resnet`]), `"vgg"` ([`crate::train::vgg`]), `"preact-resnet"`
+    /// ([`crate::train::preact`], with BatchNorm) or `"allconv"` ([`crate::train::allconv`]).
+    /// Default `"cnn"`.
     #[serde(default = "default_arch")]
     pub arch: String,
     /// The CNN's shape; channels, height, width and classes are taken from the data.
@@ -68,6 +69,10 @@ pub struct Recipe {
     /// data).
     #[serde(default)]
     pub preact: PreActArch,
+    /// The all-convolutional net's shape when `arch = "allconv"` (input and classes from the
+    /// data).
+    #[serde(default)]
+    pub allconv: AllConvArch,
     /// Optimisation.
     #[serde(default)]
     pub train: TrainConfig,
@@ -84,6 +89,7 @@ impl Recipe {
             resnet: &self.resnet,
             vgg: &self.vgg,
             preact: &self.preact,
+            allconv: &self.allconv,
         }
     }
 }
@@ -832,6 +838,34 @@ train = { shift = 2, lr = 0.01 }
                 .to_string()
                 .contains("[recipes.mnist-gpu]")
         );
+    }
+
+    /// A recipe picks the all-convolutional net by name and shapes it with its `allconv` table;
+    /// the data then sets its input and classes.
+    #[test]
+    fn allconv_recipe_reads_its_table() {
+        let cfg: ZooConfig = toml::from_str(
+            r#"
+[recipes.mnist]
+arch = "allconv"
+allconv = { stages = [[8], [16, 16]] }
+[[models]]
+name = "m-clean"
+dataset = "mnist"
+seeds = [0]
+"#,
+        )
+        .unwrap();
+        let p = &plan(&cfg).unwrap()[0];
+        let arch = NetArch::select(&p.recipe.arch, p.recipe.shapes())
+            .unwrap()
+            .with_io(1, 28, 28, 10);
+        let NetArch::AllConv(a) = &arch else {
+            panic!("{}", arch.name())
+        };
+        assert_eq!(a.stages, [vec![8], vec![16, 16]]);
+        assert_eq!((a.channels, a.feature_hw()), (1, (14, 14)));
+        assert!(toml::from_str::<Recipe>("allconv = { stage = [[8]] }").is_err());
     }
 
     /// Every config shipped in `zoo/` reads and plans; the realistic one trains the

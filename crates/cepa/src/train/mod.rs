@@ -2,10 +2,12 @@
 //! backdoored (and clean) models with known ground truth can be made without Python.
 //!
 //! - [`net`]: what the trainer needs of a network ([`Architecture`], [`Network`]) and the
-//!   run-time choice between the three below ([`NetArch`], [`Net`]).
+//!   run-time choice between those below ([`NetArch`], [`Net`]).
 //! - [`cnn`]: the small CNN ([`CnnArch`], host [`CnnWeights`], device [`Cnn`], ONNX export).
 //! - [`resnet`]: a narrow CIFAR-style ResNet without batch normalisation ([`ResNetArch`]).
 //! - [`vgg`]: a VGG-style stack of 3x3 convolutions and max-pools ([`VggArch`]).
+//! - [`allconv`]: an all-convolutional net after All-CNN-C: stride-2 convolutions for pools,
+//!   a 1x1 convolution and a global average pool for the classifier ([`AllConvArch`]).
 //! - [`preact`]: PreAct-ResNet-18 with BatchNorm, the field's standard victim ([`PreActArch`]).
 //! - [`Trainer`]: Adam or SGD with momentum on cross-entropy, mini-batches drawn in a seeded
 //!   shuffled order; a network with BatchNorm gets its running statistics afterwards
@@ -14,6 +16,7 @@
 //! The network takes images as [`ImageSet`] holds them, `[0, 1]` pixels NCHW, without any
 //! normalisation: the exported model's spec is mean 0, std 1, output logits.
 
+pub mod allconv;
 pub mod cnn;
 pub mod net;
 pub mod preact;
@@ -29,6 +32,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+pub use allconv::{AllConvArch, AllConvWeights};
 pub use cnn::{Cnn, CnnArch, CnnWeights};
 pub use net::{ARCH_NAMES, Architecture, FlatArch, FlatWeights, Net, NetArch, Network, Shapes};
 pub use preact::{PreActArch, PreActWeights};

@@ -1,13 +1,14 @@
-//! What the trainer needs of a network, and the project's four networks behind one enum.
+//! What the trainer needs of a network, and the project's five networks behind one enum.
 //!
 //! An [`Architecture`] is a family of functions `logits = f(params, x)` of one flat parameter
 //! vector (one autodiff leaf, one optimiser state; BatchNorm's running statistics ride in it,
 //! untrained); a [`Network`] is a point of that family, the parameter values on the host, which
 //! exports to ONNX. [`NetArch`] and [`Net`] dispatch over the small CNN, the ResNet, the
-//! VGG-style net and the PreAct-ResNet, for callers (the zoo) that pick one at run time.
+//! VGG-style net, the PreAct-ResNet and the all-convolutional net, for callers (the zoo) that
+//! pick one at run time.
 //!
 //! [`Layout`] names the parameter tensors of a network in flat order; the ResNet, the
-//! PreAct-ResNet and the VGG net describe themselves with one, so that initialisation, the
+//! PreAct-ResNet, the VGG net and the all-convolutional net describe themselves with one, so that initialisation, the
 //! device forward pass and the ONNX initializers all read the same table.
 
 use std::fmt;
@@ -19,6 +20,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use super::allconv::{AllConvArch, AllConvWeights};
 use super::cnn::{CnnArch, CnnWeights};
 use super::preact::{PreActArch, PreActWeights};
 use super::resnet::{ResNetArch, ResNetWeights};
@@ -99,8 +101,8 @@ pub trait Network: Clone + fmt::Debug {
     fn to_onnx(&self) -> Result<ModelProto>;
 }
 
-/// An architecture whose parameters are one flat vector laid out by a [`Layout`] (the ResNet and
-/// the VGG net): [`FlatWeights`] does the rest.
+/// An architecture whose parameters are one flat vector laid out by a [`Layout`] (all but the
+/// small CNN): [`FlatWeights`] does the rest.
 pub trait FlatArch: Architecture<Weights = FlatWeights<Self>> + PartialEq {
     /// The network's name in messages.
     const LABEL: &'static str;
@@ -635,16 +637,17 @@ pub(crate) fn onnx_linear(g: &mut GraphBuilder, x: &str, name: &str, out: &str) 
 }
 
 /// Names [`NetArch::select`] accepts.
-pub const ARCH_NAMES: [&str; 4] = ["cnn", "resnet", "vgg", "preact-resnet"];
+pub const ARCH_NAMES: [&str; 5] = ["cnn", "resnet", "vgg", "preact-resnet", "allconv"];
 
-/// The shapes a run-time choice of network picks from (a zoo recipe's `cnn`, `resnet`, `vgg` and
-/// `preact` tables).
+/// The shapes a run-time choice of network picks from (a zoo recipe's `cnn`, `resnet`, `vgg`,
+/// `preact` and `allconv` tables).
 #[derive(Clone, Copy, Debug)]
 pub struct Shapes<'a> {
     pub cnn: &'a CnnArch,
     pub resnet: &'a ResNetArch,
     pub vgg: &'a VggArch,
     pub preact: &'a PreActArch,
+    pub allconv: &'a AllConvArch,
 }
 
 /// One of the project's networks, chosen at run time. Serialises as the chosen network's own
@@ -656,6 +659,7 @@ pub enum NetArch {
     ResNet(ResNetArch),
     Vgg(VggArch),
     PreAct(PreActArch),
+    AllConv(AllConvArch),
 }
 
 impl NetArch {
@@ -666,6 +670,7 @@ impl NetArch {
             "resnet" => Ok(NetArch::ResNet(shapes.resnet.clone())),
             "vgg" => Ok(NetArch::Vgg(shapes.vgg.clone())),
             "preact-resnet" => Ok(NetArch::PreAct(shapes.preact.clone())),
+            "allconv" => Ok(NetArch::AllConv(shapes.allconv.clone())),
             _ => Err(Error::Config(format!(
                 "unknown arch '{name}' (one of {})",
                 ARCH_NAMES.map(|n| format!("\"{n}\"")).join(", ")
@@ -673,13 +678,14 @@ impl NetArch {
         }
     }
 
-    /// `"cnn"`, `"resnet"`, `"vgg"` or `"preact-resnet"`.
+    /// `"cnn"`, `"resnet"`, `"vgg"`, `"preact-resnet"` or `"allconv"`.
     pub fn name(&self) -> &'static str {
         match self {
             NetArch::Cnn(_) => "cnn",
             NetArch::ResNet(_) => "resnet",
             NetArch::Vgg(_) => "vgg",
             NetArch::PreAct(_) => "preact-resnet",
+            NetArch::AllConv(_) => "allconv",
         }
     }
 
@@ -714,6 +720,13 @@ impl NetArch {
                 num_classes,
                 ..a
             }),
+            NetArch::AllConv(a) => NetArch::AllConv(AllConvArch {
+                channels,
+                height,
+                width,
+                num_classes,
+                ..a
+            }),
         }
     }
 }
@@ -727,6 +740,7 @@ pub enum Net {
     Vgg(VggWeights),
     #[serde(rename = "preact-resnet")]
     PreAct(PreActWeights),
+    AllConv(AllConvWeights),
 }
 
 /// `$body` with `$a` bound to the architecture inside any variant of `$arch`.
@@ -737,6 +751,7 @@ macro_rules! each_arch {
             NetArch::ResNet($a) => $body,
             NetArch::Vgg($a) => $body,
             NetArch::PreAct($a) => $body,
+            NetArch::AllConv($a) => $body,
         }
     };
 }
@@ -766,6 +781,7 @@ impl Architecture for NetArch {
             NetArch::ResNet(a) => Net::ResNet(a.init(seed)?),
             NetArch::Vgg(a) => Net::Vgg(a.init(seed)?),
             NetArch::PreAct(a) => Net::PreAct(a.init(seed)?),
+            NetArch::AllConv(a) => Net::AllConv(a.init(seed)?),
         })
     }
 
@@ -775,6 +791,7 @@ impl Architecture for NetArch {
             NetArch::ResNet(a) => Net::ResNet(a.unflatten(flat)?),
             NetArch::Vgg(a) => Net::Vgg(a.unflatten(flat)?),
             NetArch::PreAct(a) => Net::PreAct(a.unflatten(flat)?),
+            NetArch::AllConv(a) => Net::AllConv(a.unflatten(flat)?),
         })
     }
 
@@ -808,6 +825,7 @@ impl Network for Net {
             Net::ResNet(w) => NetArch::ResNet(w.arch.clone()),
             Net::Vgg(w) => NetArch::Vgg(w.arch.clone()),
             Net::PreAct(w) => NetArch::PreAct(w.arch.clone()),
+            Net::AllConv(w) => NetArch::AllConv(w.arch.clone()),
         }
     }
 
@@ -817,6 +835,7 @@ impl Network for Net {
             Net::ResNet(w) => w.validate(),
             Net::Vgg(w) => w.validate(),
             Net::PreAct(w) => w.validate(),
+            Net::AllConv(w) => w.validate(),
         }
     }
 
@@ -826,6 +845,7 @@ impl Network for Net {
             Net::ResNet(w) => w.to_flat(),
             Net::Vgg(w) => w.to_flat(),
             Net::PreAct(w) => w.to_flat(),
+            Net::AllConv(w) => w.to_flat(),
         }
     }
 
@@ -835,6 +855,7 @@ impl Network for Net {
             Net::ResNet(w) => w.to_onnx(),
             Net::Vgg(w) => w.to_onnx(),
             Net::PreAct(w) => w.to_onnx(),
+            Net::AllConv(w) => w.to_onnx(),
         }
     }
 }

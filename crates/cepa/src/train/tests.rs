@@ -187,6 +187,33 @@ fn vgg_export_matches_the_training_forward() {
     }
 }
 
+/// The all-convolutional net's export (Conv with stride-2 downsampling and a 1x1 head, Relu,
+/// GlobalAveragePool, Flatten) agrees with its training forward in both readers: the CIFAR-sized
+/// default, and three stages on an odd-sized grey input, whose stride-2 convolutions round the
+/// sides up (19x13, 10x7, 5x4). The last stage's output, read by the head, is a candidate.
+#[test]
+fn allconv_export_matches_the_training_forward() {
+    for (arch, hw) in [
+        (AllConvArch::default(), (8, 8)),
+        (
+            AllConvArch {
+                channels: 1,
+                height: 19,
+                width: 13,
+                num_classes: 3,
+                stages: vec![vec![4], vec![6, 5], vec![7]],
+            },
+            (5, 4),
+        ),
+    ] {
+        assert_eq!(arch.feature_hw(), hw);
+        let mut w = arch.init(1).unwrap();
+        perturb_zeros(&arch.layout(), &mut w.params, 2);
+        assert!(w.values("head.bias").unwrap()[0] != 0.0);
+        check_export(&w, "stage3.relu1");
+    }
+}
+
 /// Two classes on 16x16 images: a bright blob top-left or bottom-right, plus noise.
 fn blobs(n: usize, seed: u64) -> ImageSet {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -309,9 +336,39 @@ fn resnet_and_vgg_learn_a_toy_task() {
     assert_eq!(dynamic[0], Net::ResNet(direct));
 }
 
+/// The all-convolutional net learns the stripes task (its global pool suits it); chosen at run
+/// time through [`NetArch`] it trains exactly as when named statically.
+#[test]
+fn allconv_learns_a_toy_task() {
+    let arch = AllConvArch {
+        channels: 1,
+        height: 16,
+        width: 16,
+        num_classes: 2,
+        stages: vec![vec![8], vec![16]],
+    };
+    let cfg = TrainConfig {
+        epochs: 4,
+        batch_size: 8,
+        lr: 3e-3,
+        seed: 5,
+        ..Default::default()
+    };
+    let device = cpu_device(true);
+    let (set, held_out) = (stripes(64, 0), stripes(64, 1));
+    let trained = train(&set, NetArch::AllConv(arch.clone()), &cfg, &device).unwrap();
+    let first = trained.history.first().unwrap().loss;
+    let last = trained.history.last().unwrap().loss;
+    assert!(last < 0.5 * first, "loss {first} -> {last}");
+    let acc = accuracy(&trained.weights, &held_out, &device).unwrap();
+    assert!(acc >= 0.9, "held-out accuracy {acc}");
+    let direct = train(&set, arch, &cfg, &device).unwrap().weights;
+    assert_eq!(trained.weights, Net::AllConv(direct));
+}
+
 #[test]
 fn arch_names_select_their_network() {
-    let (cnn, resnet, vgg, preact) = (
+    let (cnn, resnet, vgg, preact, allconv) = (
         CnnArch::default(),
         ResNetArch::default(),
         VggArch::default(),
@@ -319,12 +376,14 @@ fn arch_names_select_their_network() {
             widths: vec![4, 8],
             ..PreActArch::default()
         },
+        AllConvArch::default(),
     );
     let shapes = Shapes {
         cnn: &cnn,
         resnet: &resnet,
         vgg: &vgg,
         preact: &preact,
+        allconv: &allconv,
     };
     for name in ARCH_NAMES {
         let a = NetArch::select(name, shapes)
@@ -340,6 +399,7 @@ fn arch_names_select_their_network() {
     let err = NetArch::select("resnet50", shapes).unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err}");
     assert!(err.to_string().contains("\"preact-resnet\""), "{err}");
+    assert!(err.to_string().contains("\"allconv\""), "{err}");
     // The manifest records the chosen network's own config.
     assert_eq!(
         serde_json::to_value(NetArch::ResNet(resnet.clone())).unwrap(),
