@@ -209,6 +209,29 @@ pub struct DecisionConfig {
     /// frozen with `reach_gap`) or `input_reach_max` (from the hardest source class; measured
     /// since session 18, not chosen).
     pub reach_gap_statistic: Statistic,
+    /// The hardest-source check of the lone-shortcut test [ours]: the test raises a class only
+    /// when that class is also the cheapest to reach from the *hardest* source class
+    /// (`input_reach_max`) and by more than this factor over the next class. A trigger carries
+    /// images of every source class to its target; a "sink" class (a Fashion-MNIST bag or
+    /// pullover) is cheap only from the classes that resemble it, so from the hardest source it
+    /// is no cheaper than the rest. Scans that did not measure `input_reach_max` (made before
+    /// session 18) keep the test without the check, and their report says so. 0 turns the check
+    /// off. Default 1.17: the largest hardest-source gap of the 29 clean development scans
+    /// (the real cs612-clean-mnist-mlp, 1.1698), rounded up, as leave one dataset out chooses it
+    /// (EVALUATION.md, "The hardest-source check"; frozen 2026-12-04, session 19).
+    pub reach_confirm: f64,
+    /// The sink check [ours]: only a class among the `suspect_rank` cheapest to reach from the
+    /// hardest source class (smallest `input_reach_max`) can be the suspect; every other
+    /// class's combined index is capped at 0 (no more anomalous than the typical class). A
+    /// trigger carries images of every source class to its target, so its target is cheap from
+    /// the hardest source too; a class that is only naturally easy to reach (a Fashion-MNIST
+    /// bag, the false alarm of the mean rule and of Neural Cleanse there) is cheap from the
+    /// classes resembling it and ranks anywhere from the hardest. Only in full scans that
+    /// measured `input_reach_max` (session 18 on); 0 turns it off. Default 2: among the
+    /// development scans, every backdoor CEPA flags at its target ranks 0 or 1, every Fashion-MNIST
+    /// sink it flags 2 to 9, as leave one dataset out chooses it (EVALUATION.md, "The sink
+    /// check"; frozen 2026-12-04, session 19).
+    pub suspect_rank: usize,
 }
 
 impl DecisionConfig {
@@ -229,6 +252,14 @@ impl DecisionConfig {
             return Err(Error::Config(format!(
                 "[scan.decision] reach_gap_statistic = \"{}\": must be \"input_reach\" or \"input_reach_max\"",
                 self.reach_gap_statistic.name()
+            )));
+        }
+        if !(self.reach_confirm == 0.0
+            || (self.reach_confirm.is_finite() && self.reach_confirm >= 1.0))
+        {
+            return Err(Error::Config(format!(
+                "[scan.decision] reach_confirm = {}: must be 0 (off) or at least 1",
+                self.reach_confirm
             )));
         }
         Ok(())
@@ -264,6 +295,8 @@ impl Default for DecisionConfig {
             source_threshold: 2.0,
             reach_gap: 2.16,
             reach_gap_statistic: Statistic::InputReach,
+            reach_confirm: 1.17,
+            suspect_rank: 2,
         }
     }
 }
@@ -357,6 +390,25 @@ pub struct ReachGap {
     pub index: f64,
     /// Whether it raised the class's combined index.
     pub raised: bool,
+    /// The hardest-source check ([`DecisionConfig::reach_confirm`]): the class with the
+    /// smallest `input_reach_max` and its gap; absent when the check is off or the scan did not
+    /// measure `input_reach_max`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hardest: Option<HardestGap>,
+    /// Whether the check let the test raise the class: the same class, with a gap over
+    /// `reach_confirm` (true when the check is off or was not measured).
+    pub confirmed: bool,
+}
+
+/// The hardest-source check's measurement (see [`ReachGap::hardest`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HardestGap {
+    /// The class with the smallest `input_reach_max`.
+    pub class: usize,
+    /// The next smallest `input_reach_max` over its.
+    pub gap: f64,
+    /// The gap it must exceed ([`DecisionConfig::reach_confirm`]).
+    pub at: f64,
 }
 
 /// [`ReachGap`] of `results` on `stat` (full scans only), or `None` when off, when fewer than 3
@@ -395,7 +447,33 @@ fn reach_gap(
         at,
         index: threshold * (gap / at).min(2.0),
         raised: false,
+        hardest: None,
+        confirmed: true,
     })
+}
+
+/// The sink check ([`DecisionConfig::suspect_rank`]): the results (indices) that are not among
+/// the `rank` smallest `input_reach_max`; empty when off, or when fewer than 3 feasible classes
+/// measured it (a scan made before session 18). A class without the value is not a suspect.
+fn sink_classes(results: &[TargetResult], rank: usize) -> Vec<usize> {
+    if rank == 0 {
+        return Vec::new();
+    }
+    let mut vals: Vec<(usize, f64)> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.feasible)
+        .map(|(i, r)| (i, Statistic::InputReachMax.value(r, 0)))
+        .filter(|(_, v)| v.is_finite())
+        .collect();
+    if vals.len() < 3 {
+        return Vec::new();
+    }
+    vals.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let suspects: Vec<usize> = vals.iter().take(rank).map(|&(i, _)| i).collect();
+    (0..results.len())
+        .filter(|i| !suspects.contains(i))
+        .collect()
 }
 
 /// The classes a screened scan optimised fully, out of how many: each result stands for
@@ -571,7 +649,45 @@ pub fn decide_pool(
     let mut combined = combined;
     let gap = if pool.is_none() {
         reach_gap(results, cfg.reach_gap_statistic, cfg.reach_gap, threshold).map(|mut g| {
-            if g.index > combined[g.class] {
+            if cfg.reach_confirm > 0.0 {
+                match reach_gap(results, Statistic::InputReachMax, cfg.reach_confirm, threshold) {
+                    Some(h) => {
+                        g.confirmed = h.class == g.class && h.gap > cfg.reach_confirm;
+                        if !g.confirmed && g.gap > g.at {
+                            let hardest = if h.class == g.class {
+                                format!(
+                                    "from the hardest source class only {:.2}x less (more than \
+                                     {:.2} needed)",
+                                    h.gap, cfg.reach_confirm
+                                )
+                            } else {
+                                format!(
+                                    "from the hardest source class class {} is the cheapest \
+                                     ({:.2}x): a sink the classes resembling it fall into",
+                                    results[h.class].target, h.gap
+                                )
+                            };
+                            notes.push(format!(
+                                "class {}: cheap to reach on the median ({:.2}x less than any \
+                                 other class), but {hardest}; not a lone shortcut, not raised",
+                                results[g.class].target, g.gap,
+                            ));
+                        }
+                        g.hardest = Some(HardestGap {
+                            class: results[h.class].target,
+                            gap: h.gap,
+                            at: cfg.reach_confirm,
+                        });
+                    }
+                    None if g.gap > g.at => notes.push(
+                        "the scan did not measure input_reach_max (made before session 18): \
+                         the lone-shortcut test without its hardest-source check"
+                            .into(),
+                    ),
+                    None => {}
+                }
+            }
+            if g.confirmed && g.index > combined[g.class] {
                 combined[g.class] = g.index;
                 g.raised = true;
             }
@@ -588,6 +704,26 @@ pub fn decide_pool(
     } else {
         None
     };
+    let sinks = if pool.is_none() {
+        sink_classes(results, cfg.suspect_rank)
+    } else {
+        Vec::new()
+    };
+    if let Some(&top) = sinks
+        .iter()
+        .max_by(|&&a, &&b| combined[a].total_cmp(&combined[b]))
+        && combined[top] > threshold
+    {
+        notes.push(format!(
+            "class {}: combined index {:.2} over the threshold, but from the hardest source class \
+             it is not among the {} cheapest classes to reach: a class the classes resembling it \
+             fall into (a sink), not a trigger's target; not a suspect",
+            results[top].target, combined[top], cfg.suspect_rank
+        ));
+    }
+    for &i in &sinks {
+        combined[i] = combined[i].min(0.0);
+    }
     let (best, score) =
         combined
             .iter()
@@ -1055,11 +1191,106 @@ mod tests {
         let again = redecide(&saved, &cfg(Statistic::InputReachMax)).unwrap();
         assert_eq!(again.reach_gap.unwrap().class, 4);
         assert_eq!(again.score, hardest.score);
+        // The default check: on the median the sink is the cheapest class, but from the
+        // hardest source the trigger is: not confirmed, not raised.
+        let g = median.reach_gap.as_ref().unwrap();
+        assert!(!g.confirmed && !g.raised, "{g:?}");
+        let h = g.hardest.as_ref().unwrap();
+        assert_eq!(h.class, 4);
+        assert!((h.gap - 4.05).abs() < 1e-9, "{}", h.gap);
+        // With the trigger's median reach as high as the rest's, the sink's median gap (5.6) is
+        // over reach_gap: still not raised, and the note says why.
+        let mut wide = rs.clone();
+        wide[4].input_reach = Some(9.0);
+        let d = decide(&wide, &layers, &cfg(Statistic::InputReach)).unwrap();
+        assert!(!d.reach_gap.as_ref().unwrap().raised);
+        assert_ne!(d.target, Some(1));
+        assert!(
+            d.notes
+                .iter()
+                .any(|n| n.contains("class 1") && n.contains("a sink")),
+            "{:?}",
+            d.notes
+        );
+        // Without the check (session 18's rule) the sink is raised over the threshold.
+        let unchecked = DecisionConfig {
+            reach_confirm: 0.0,
+            suspect_rank: 0,
+            ..cfg(Statistic::InputReach)
+        };
+        let d = decide(&wide, &layers, &unchecked).unwrap();
+        assert_eq!(d.target, Some(1));
+        assert!(d.reach_gap.unwrap().hardest.is_none());
+        // A check stricter than the trigger's gap (4.05) does not confirm it either.
+        let strict = DecisionConfig {
+            reach_confirm: 5.0,
+            ..cfg(Statistic::InputReachMax)
+        };
+        assert!(
+            !decide(&rs, &layers, &strict)
+                .unwrap()
+                .reach_gap
+                .unwrap()
+                .raised
+        );
+        let err = crate::settings::Settings::parse("[scan.decision]\nreach_confirm = 0.9\n")
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("reach_confirm = 0.9"), "{err}");
         // A statistic the test cannot use is an error naming the setting.
         let err = decide(&rs, &layers, &cfg(Statistic::DeltaNorm))
             .unwrap_err()
             .to_string();
         assert!(err.contains("reach_gap_statistic"), "{err}");
+    }
+
+    #[test]
+    fn a_class_far_from_the_hardest_source_is_a_sink_and_not_a_suspect() {
+        let layers = vec!["emb".to_string()];
+        let noise = [1.0, 1.1, 0.9, 1.05, 0.95, 1.02];
+        let mut rs: Vec<TargetResult> = (0..6)
+            .map(|t| result(t, 5.0 * noise[t], noise[t], 0.1 * noise[t], true))
+            .collect();
+        // Class 3 stands out on the statistics (a small delta, a high transfer).
+        rs[3] = result(3, 1.0, 0.2, 0.9, true);
+        // From the hardest source, class 3 is the most expensive of all to reach (rank 5).
+        let hardest = [4.0, 3.0, 5.0, 9.0, 6.0, 7.0];
+        for (r, v) in rs.iter_mut().zip(hardest) {
+            r.input_reach_sources = (0..6)
+                .map(|s| if s == r.target { f64::NAN } else { v })
+                .collect();
+        }
+        let off = DecisionConfig {
+            suspect_rank: 0,
+            ..Default::default()
+        };
+        let flagged = decide(&rs, &layers, &off).unwrap();
+        assert_eq!(flagged.target, Some(3));
+        let d = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
+        assert!(!d.backdoored, "score {}", d.score);
+        assert_ne!(d.most_anomalous, 3);
+        assert_eq!(d.classes[3].anomaly_index, 0.0);
+        assert!(
+            d.notes
+                .iter()
+                .any(|n| n.contains("class 3") && n.contains("sink")),
+            "{:?}",
+            d.notes
+        );
+        // Cheapest from the hardest source, the same class is the target.
+        rs[3].input_reach_sources = (0..6)
+            .map(|s| if s == 3 { f64::NAN } else { 2.0 })
+            .collect();
+        let d = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
+        assert_eq!(d.target, Some(3));
+        assert!(d.notes.iter().all(|n| !n.contains("sink")), "{:?}", d.notes);
+        // A scan without the per-source values (before session 18) is decided without it.
+        for r in &mut rs {
+            r.input_reach_sources.clear();
+        }
+        rs[3].input_reach_sources.clear();
+        let d = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
+        assert_eq!(d.target, Some(3));
     }
 
     #[test]
