@@ -13,9 +13,11 @@ use onnx_ir::ModelProto;
 use serde::{Deserialize, Serialize};
 
 use super::cnn::{INPUT, OPSET, OUTPUT};
-use super::net::{Architecture, FlatArch, FlatWeights, Init, Layout, ParamSpec, conv, onnx_conv};
+use super::net::{
+    Architecture, FlatArch, FlatWeights, Init, Layout, ParamSpec, conv, conv_stage, onnx_conv,
+    onnx_conv_stage, onnx_start, stage_conv_name,
+};
 use crate::error::{Error, Result};
-use crate::onnx::write::GraphBuilder;
 
 /// Shape of the all-convolutional net. The defaults suit CIFAR-10: 3x32x32 input, convolutions
 /// 32, 32, down (16x16), 64, 64, down (8x8), 64, then the 1x1 head to 10 channels and the global
@@ -47,11 +49,6 @@ impl Default for AllConvArch {
             stages: vec![vec![32, 32], vec![64, 64], vec![64]],
         }
     }
-}
-
-/// Name of convolution `i` (0-based) of stage `s` (0-based): `stage1.conv1` for the first.
-fn conv_name(s: usize, i: usize) -> String {
-    format!("stage{}.conv{}", s + 1, i + 1)
 }
 
 /// Name of the downsampling convolution closing stage `s` (0-based): `stage1.down`.
@@ -86,7 +83,7 @@ impl AllConvArch {
             for (i, &cout) in stage.iter().enumerate() {
                 Layout::layer(
                     &mut specs,
-                    &conv_name(s, i),
+                    &stage_conv_name(s, i),
                     vec![cout, cin, 3, 3],
                     Init::He,
                 );
@@ -148,9 +145,7 @@ impl Architecture for AllConvArch {
         let p = &params;
         let mut x = x;
         for (s, stage) in self.stages.iter().enumerate() {
-            for i in 0..stage.len() {
-                x = relu(conv(&l, p, &conv_name(s, i), x, 1, 1));
-            }
+            x = conv_stage(&l, p, s, stage.len(), x);
             if self.downsamples(s) {
                 x = relu(conv(&l, p, &down_name(s), x, 2, 1));
             }
@@ -176,20 +171,10 @@ impl FlatArch for AllConvArch {
     /// `stageS.down.relu`, `head` (the class maps) and `pool`.
     fn graph(&self, params: &[f32]) -> Result<ModelProto> {
         let a = self;
-        let mut g = GraphBuilder::new("cepa_allconv");
-        g.input(
-            INPUT,
-            &[None, Some(a.channels), Some(a.height), Some(a.width)],
-        );
-        a.layout().add_initializers(&mut g, params);
+        let mut g = onnx_start("cepa_allconv", a.input(), &a.layout(), params);
         let mut x = INPUT.to_string();
         for (s, stage) in a.stages.iter().enumerate() {
-            for i in 0..stage.len() {
-                let name = conv_name(s, i);
-                let h = onnx_conv(&mut g, &x, &name, 3, 1, 1, &name);
-                let relu = format!("stage{}.relu{}", s + 1, i + 1);
-                x = g.node("Relu", &[&h], Some(&relu), &[]);
-            }
+            x = onnx_conv_stage(&mut g, &x, s, stage.len());
             if a.downsamples(s) {
                 let name = down_name(s);
                 let h = onnx_conv(&mut g, &x, &name, 3, 2, 1, &name);

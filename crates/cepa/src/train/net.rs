@@ -561,6 +561,55 @@ fn host(t: Tensor<1>) -> Result<Vec<f32>> {
         .map_err(|e| Error::Mismatch(format!("cannot read a tensor back: {e:?}")))
 }
 
+/// A graph named `name` whose input `INPUT` is `[N, C, H, W]` (`N` free, `input = [C, H, W]`)
+/// and whose initialisers are `params` in `layout`'s order: how every exported network starts.
+pub(crate) fn onnx_start(
+    name: &str,
+    input: [usize; 3],
+    layout: &Layout,
+    params: &[f32],
+) -> GraphBuilder {
+    let mut g = GraphBuilder::new(name);
+    let [c, h, w] = input;
+    g.input(super::cnn::INPUT, &[None, Some(c), Some(h), Some(w)]);
+    layout.add_initializers(&mut g, params);
+    g
+}
+
+/// Name of 3x3 convolution `i` (0-based) of stage `s` (0-based) of a VGG or all-convolutional
+/// net: `stage1.conv1` for the first.
+pub(crate) fn stage_conv_name(s: usize, i: usize) -> String {
+    format!("stage{}.conv{}", s + 1, i + 1)
+}
+
+/// Stage `s` of `n` 3x3 convolutions (padding 1), each followed by ReLU: the training forward
+/// of [`onnx_conv_stage`].
+pub(crate) fn conv_stage(
+    l: &Layout,
+    p: &Tensor<1>,
+    s: usize,
+    n: usize,
+    mut x: Tensor<4>,
+) -> Tensor<4> {
+    for i in 0..n {
+        x = burn::tensor::activation::relu(conv(l, p, &stage_conv_name(s, i), x, 1, 1));
+    }
+    x
+}
+
+/// The ONNX twin of [`conv_stage`]: Conv `stageS.convI`, Relu `stageS.reluI`; the last Relu's
+/// name.
+pub(crate) fn onnx_conv_stage(g: &mut GraphBuilder, x: &str, s: usize, n: usize) -> String {
+    let mut x = x.to_string();
+    for i in 0..n {
+        let name = stage_conv_name(s, i);
+        let h = onnx_conv(g, &x, &name, 3, 1, 1, &name);
+        let relu = format!("stage{}.relu{}", s + 1, i + 1);
+        x = g.node("Relu", &[&h], Some(&relu), &[]);
+    }
+    x
+}
+
 /// The ONNX twin of [`conv_nobias`]: a Conv node reading initializer `NAME.weight`.
 pub(crate) fn onnx_conv_nobias(
     g: &mut GraphBuilder,

@@ -27,10 +27,10 @@ use super::cnn::{INPUT, OPSET, OUTPUT};
 use super::net::{
     Architecture, FlatArch, FlatWeights, Init, Layout, NormMode, ParamSpec, batch_norm,
     calibrate_norms, conv_nobias, linear, onnx_batch_norm, onnx_conv_nobias, onnx_linear,
+    onnx_start,
 };
 use crate::data::ImageSet;
 use crate::error::{Error, Result};
-use crate::onnx::write::GraphBuilder;
 
 /// Shape of the PreAct-ResNet. The defaults are PreAct-ResNet-18 for CIFAR-10 at full width.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,12 +244,7 @@ impl FlatArch for PreActArch {
     /// `layerS.B.add`, the pooled embedding `flatten`.
     fn graph(&self, params: &[f32]) -> Result<ModelProto> {
         let a = self;
-        let mut g = GraphBuilder::new("cepa_preact_resnet");
-        g.input(
-            INPUT,
-            &[None, Some(a.channels), Some(a.height), Some(a.width)],
-        );
-        a.layout().add_initializers(&mut g, params);
+        let mut g = onnx_start("cepa_preact_resnet", a.input(), &a.layout(), params);
         let mut x = onnx_conv_nobias(&mut g, INPUT, "conv1", 3, 1, 1, "conv1");
         for b in a.block_list() {
             let bn1 = onnx_batch_norm(&mut g, &x, &b.param("bn1"), &b.param("bn1"));

@@ -21,10 +21,9 @@ use serde::{Deserialize, Serialize};
 use super::cnn::{INPUT, OPSET, OUTPUT};
 use super::net::{
     Architecture, FlatArch, FlatWeights, Init, Layout, ParamSpec, conv, linear, onnx_conv,
-    onnx_linear,
+    onnx_linear, onnx_start,
 };
 use crate::error::{Error, Result};
-use crate::onnx::write::GraphBuilder;
 
 /// Shape of the ResNet. The defaults are ResNet-8 for CIFAR-10: 3x32x32 input, widths 16, 32
 /// and 64, one basic block per stage, 10 classes.
@@ -195,12 +194,7 @@ impl FlatArch for ResNetArch {
     /// names; a block's output is `layerS.B.relu`.
     fn graph(&self, params: &[f32]) -> Result<ModelProto> {
         let a = self;
-        let mut g = GraphBuilder::new("cepa_resnet");
-        g.input(
-            INPUT,
-            &[None, Some(a.channels), Some(a.height), Some(a.width)],
-        );
-        a.layout().add_initializers(&mut g, params);
+        let mut g = onnx_start("cepa_resnet", a.input(), &a.layout(), params);
         let stem = onnx_conv(&mut g, INPUT, "stem", 3, 1, 1, "stem");
         let mut x = g.node("Relu", &[&stem], Some("stem.relu"), &[]);
         for b in a.block_list() {

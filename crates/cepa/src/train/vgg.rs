@@ -11,11 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use super::cnn::{INPUT, OPSET, OUTPUT};
 use super::net::{
-    Architecture, FlatArch, FlatWeights, Init, Layout, ParamSpec, conv, linear, onnx_conv,
-    onnx_linear,
+    Architecture, FlatArch, FlatWeights, Init, Layout, ParamSpec, conv_stage, linear,
+    onnx_conv_stage, onnx_linear, onnx_start, stage_conv_name,
 };
 use crate::error::{Error, Result};
-use crate::onnx::write::{AttrValue, GraphBuilder};
+use crate::onnx::write::AttrValue;
 
 /// Shape of the VGG-style net. The defaults suit CIFAR-10: 3x32x32 input, convolutions
 /// 32, 32, pool, 64, 64, pool, 128, pool, flatten (2048), linear 128, linear 10.
@@ -51,11 +51,6 @@ impl Default for VggArch {
     }
 }
 
-/// Name of convolution `i` (0-based) of stage `s` (0-based): `stage1.conv1` for the first.
-fn conv_name(s: usize, i: usize) -> String {
-    format!("stage{}.conv{}", s + 1, i + 1)
-}
-
 impl VggArch {
     /// Spatial size after every stage's pool (0 when the input is too small).
     fn feature_hw(&self) -> (usize, usize) {
@@ -88,7 +83,7 @@ impl VggArch {
             for (i, &cout) in stage.iter().enumerate() {
                 Layout::layer(
                     &mut specs,
-                    &conv_name(s, i),
+                    &stage_conv_name(s, i),
                     vec![cout, cin, 3, 3],
                     Init::He,
                 );
@@ -155,9 +150,7 @@ impl Architecture for VggArch {
         let p = &params;
         let mut x = x;
         for (s, stage) in self.stages.iter().enumerate() {
-            for i in 0..stage.len() {
-                x = relu(conv(&l, p, &conv_name(s, i), x, 1, 1));
-            }
+            x = conv_stage(&l, p, s, stage.len(), x);
             x = super::cnn::pool2(x);
         }
         let mut h: Tensor<2> = x.flatten(1, 3);
@@ -182,20 +175,10 @@ impl FlatArch for VggArch {
     /// Tensors keep the parameter names: `stageS.reluI`, `stageS.pool`, `flatten`, `fc1.relu`.
     fn graph(&self, params: &[f32]) -> Result<ModelProto> {
         let a = self;
-        let mut g = GraphBuilder::new("cepa_vgg");
-        g.input(
-            INPUT,
-            &[None, Some(a.channels), Some(a.height), Some(a.width)],
-        );
-        a.layout().add_initializers(&mut g, params);
+        let mut g = onnx_start("cepa_vgg", a.input(), &a.layout(), params);
         let mut x = INPUT.to_string();
         for (s, stage) in a.stages.iter().enumerate() {
-            for i in 0..stage.len() {
-                let name = conv_name(s, i);
-                let h = onnx_conv(&mut g, &x, &name, 3, 1, 1, &name);
-                let relu = format!("stage{}.relu{}", s + 1, i + 1);
-                x = g.node("Relu", &[&h], Some(&relu), &[]);
-            }
+            x = onnx_conv_stage(&mut g, &x, s, stage.len());
             x = g.node(
                 "MaxPool",
                 &[&x],
