@@ -14,10 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use super::cnn::{INPUT, OPSET, OUTPUT};
 use super::net::{
-    Architecture, FlatArch, FlatWeights, Init, Layout, ParamSpec, conv, conv_stage, onnx_conv,
-    onnx_conv_stage, onnx_start, stage_conv_name,
+    Architecture, FlatArch, FlatWeights, Init, Layout, ParamSpec, check_stages, conv, conv_stage,
+    onnx_conv, onnx_conv_stage, onnx_start, stage_conv_name,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Shape of the all-convolutional net. The defaults suit CIFAR-10: 3x32x32 input, convolutions
 /// 32, 32, down (16x16), 64, 64, down (8x8), 64, then the 1x1 head to 10 channels and the global
@@ -117,15 +117,12 @@ impl Architecture for AllConvArch {
     /// Every size at least 1, with at least one convolution per stage. No input is too small:
     /// a padded stride-2 convolution leaves at least one pixel of any image.
     fn validate(&self) -> Result<()> {
-        let sizes = [self.channels, self.height, self.width, self.num_classes];
-        let empty = self.stages.is_empty() || self.stages.iter().any(Vec::is_empty);
-        if sizes.contains(&0) || empty || self.stages.iter().flatten().any(|&c| c == 0) {
-            return Err(Error::Config(format!(
-                "every size of the all-convolutional net must be at least 1, with at least one \
-                 convolution per stage: {self:?}"
-            )));
-        }
-        Ok(())
+        check_stages(
+            "all-convolutional net",
+            [self.channels, self.height, self.width, self.num_classes],
+            &self.stages,
+            self,
+        )
     }
 
     fn num_params(&self) -> usize {
@@ -192,6 +189,7 @@ impl FlatArch for AllConvArch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Error;
 
     #[test]
     fn default_layout_counts_every_parameter() {

@@ -576,6 +576,25 @@ pub(crate) fn onnx_start(
     g
 }
 
+/// The shape check of a network of convolution stages (VGG, all-convolutional): every size
+/// (`[channels, height, width, classes]`) and channel count at least 1, and at least one
+/// convolution per stage; the error names the network (`label`) and shows `shape`.
+pub(crate) fn check_stages(
+    label: &str,
+    sizes: [usize; 4],
+    stages: &[Vec<usize>],
+    shape: &dyn fmt::Debug,
+) -> Result<()> {
+    let empty = stages.is_empty() || stages.iter().any(Vec::is_empty);
+    if sizes.contains(&0) || empty || stages.iter().flatten().any(|&c| c == 0) {
+        return Err(Error::Config(format!(
+            "every size of the {label} must be at least 1, with at least one convolution per \
+             stage: {shape:?}"
+        )));
+    }
+    Ok(())
+}
+
 /// Name of 3x3 convolution `i` (0-based) of stage `s` (0-based) of a VGG or all-convolutional
 /// net: `stage1.conv1` for the first.
 pub(crate) fn stage_conv_name(s: usize, i: usize) -> String {

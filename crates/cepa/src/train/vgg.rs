@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::cnn::{INPUT, OPSET, OUTPUT};
 use super::net::{
-    Architecture, FlatArch, FlatWeights, Init, Layout, ParamSpec, conv_stage, linear,
+    Architecture, FlatArch, FlatWeights, Init, Layout, ParamSpec, check_stages, conv_stage, linear,
     onnx_conv_stage, onnx_linear, onnx_start, stage_conv_name,
 };
 use crate::error::{Error, Result};
@@ -113,14 +113,12 @@ impl Architecture for VggArch {
     }
 
     fn validate(&self) -> Result<()> {
-        let sizes = [self.channels, self.height, self.width, self.num_classes];
-        let empty = self.stages.is_empty() || self.stages.iter().any(Vec::is_empty);
-        if sizes.contains(&0) || empty || self.stages.iter().flatten().any(|&c| c == 0) {
-            return Err(Error::Config(format!(
-                "every size of the VGG net must be at least 1, with at least one convolution \
-                 per stage: {self:?}"
-            )));
-        }
+        check_stages(
+            "VGG net",
+            [self.channels, self.height, self.width, self.num_classes],
+            &self.stages,
+            self,
+        )?;
         let (h, w) = self.feature_hw();
         if h == 0 || w == 0 {
             return Err(Error::Config(format!(
