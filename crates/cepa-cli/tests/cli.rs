@@ -1287,6 +1287,8 @@ fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
             "eval/zoo-holdout-resnet-manifest.json",
             "eval/holdout-resnet",
         ),
+        // Scanned with the per-source reach: the hardest-source checks decide it again.
+        ("eval/zoo-judge-allconv-manifest.json", "eval/judge-allconv"),
     ] {
         let from = repo(folder);
         let out = tmp_dir(&format!("rescore-{}", folder.replace('/', "-")));
