@@ -114,6 +114,26 @@ pub trait FlatArch: Architecture<Weights = FlatWeights<Self>> + PartialEq {
     fn graph(&self, params: &[f32]) -> Result<ModelProto>;
 }
 
+/// The [`Architecture`] methods every [`FlatArch`] shares (the parameter count from its layout,
+/// initialisation and unflattening through [`FlatWeights`]), written once: invoke inside its
+/// `impl Architecture` block.
+macro_rules! flat_arch_methods {
+    () => {
+        fn num_params(&self) -> usize {
+            $crate::train::net::FlatArch::param_layout(self).num_params()
+        }
+
+        fn init(&self, seed: u64) -> $crate::error::Result<Self::Weights> {
+            $crate::train::net::FlatWeights::fresh(self, seed)
+        }
+
+        fn unflatten(&self, flat: &[f32]) -> $crate::error::Result<Self::Weights> {
+            $crate::train::net::FlatWeights::from_flat(self, flat)
+        }
+    };
+}
+pub(crate) use flat_arch_methods;
+
 /// The parameter values of a [`FlatArch`] network on the host, in the order of its layout; conv
 /// weights `[out, in, k, k]`, linear weights `[out, in]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

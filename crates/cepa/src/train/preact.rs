@@ -190,17 +190,7 @@ impl Architecture for PreActArch {
         Ok(())
     }
 
-    fn num_params(&self) -> usize {
-        self.layout().num_params()
-    }
-
-    fn init(&self, seed: u64) -> Result<PreActWeights> {
-        FlatWeights::fresh(self, seed)
-    }
-
-    fn unflatten(&self, flat: &[f32]) -> Result<PreActWeights> {
-        FlatWeights::from_flat(self, flat)
-    }
+    super::net::flat_arch_methods!();
 
     fn forward(&self, params: Tensor<1>, x: Tensor<4>) -> Tensor<2> {
         self.run(params, x, &mut NormMode::Running)

@@ -148,17 +148,7 @@ impl Architecture for ResNetArch {
         Ok(())
     }
 
-    fn num_params(&self) -> usize {
-        self.layout().num_params()
-    }
-
-    fn init(&self, seed: u64) -> Result<ResNetWeights> {
-        FlatWeights::fresh(self, seed)
-    }
-
-    fn unflatten(&self, flat: &[f32]) -> Result<ResNetWeights> {
-        FlatWeights::from_flat(self, flat)
-    }
+    super::net::flat_arch_methods!();
 
     fn forward(&self, params: Tensor<1>, x: Tensor<4>) -> Tensor<2> {
         let l = self.layout();
