@@ -411,6 +411,20 @@ pub struct HardestGap {
     pub at: f64,
 }
 
+/// The feasible results (index, value) with a finite `stat` (an input-space statistic), smallest
+/// first; `None` when fewer than 3 measured it (a scan made before the statistic existed).
+fn ranked(results: &[TargetResult], stat: Statistic) -> Option<Vec<(usize, f64)>> {
+    let mut vals: Vec<(usize, f64)> = results
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.feasible)
+        .map(|(i, r)| (i, stat.value(r, 0)))
+        .filter(|(_, v)| v.is_finite())
+        .collect();
+    vals.sort_by(|a, b| a.1.total_cmp(&b.1));
+    (vals.len() >= 3).then_some(vals)
+}
+
 /// [`ReachGap`] of `results` on `stat` (full scans only), or `None` when off, when fewer than 3
 /// feasible classes measured it, or when the smallest is not positive.
 fn reach_gap(
@@ -422,17 +436,7 @@ fn reach_gap(
     if at <= 0.0 {
         return None;
     }
-    let mut vals: Vec<(usize, f64)> = results
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.feasible)
-        .map(|(i, r)| (i, stat.value(r, 0)))
-        .filter(|(_, v)| v.is_finite())
-        .collect();
-    if vals.len() < 3 {
-        return None;
-    }
-    vals.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let vals = ranked(results, stat)?;
     let ((i, low), (_, next)) = (vals[0], vals[1]);
     if low <= 0.0 {
         return None;
@@ -452,24 +456,64 @@ fn reach_gap(
     })
 }
 
+/// The hardest-source check of the lone-shortcut test ([`DecisionConfig::reach_confirm`]):
+/// sets `g.confirmed` and `g.hardest`, and says in `notes` why a gap over `reach_gap` is not
+/// raised, or that the scan could not be checked.
+fn hardest_source_check(
+    results: &[TargetResult],
+    cfg: &DecisionConfig,
+    g: &mut ReachGap,
+    notes: &mut Vec<String>,
+) {
+    if cfg.reach_confirm <= 0.0 {
+        return;
+    }
+    let measured = ranked(results, Statistic::InputReachMax).filter(|v| v[0].1 > 0.0);
+    let Some(vals) = measured else {
+        if g.gap > g.at {
+            notes.push(
+                "the scan did not measure input_reach_max (made before session 18): the \
+                 lone-shortcut test without its hardest-source check"
+                    .into(),
+            );
+        }
+        return;
+    };
+    let (class, gap) = (vals[0].0, vals[1].1 / vals[0].1);
+    g.confirmed = class == g.class && gap > cfg.reach_confirm;
+    if !g.confirmed && g.gap > g.at {
+        let hardest = if class == g.class {
+            format!(
+                "from the hardest source class only {gap:.2}x less (more than {:.2} needed)",
+                cfg.reach_confirm
+            )
+        } else {
+            format!(
+                "from the hardest source class class {} is the cheapest ({gap:.2}x): a sink the \
+                 classes resembling it fall into",
+                results[class].target
+            )
+        };
+        notes.push(format!(
+            "class {}: cheap to reach on the median ({:.2}x less than any other class), but \
+             {hardest}; not a lone shortcut, not raised",
+            results[g.class].target, g.gap,
+        ));
+    }
+    g.hardest = Some(HardestGap {
+        class: results[class].target,
+        gap,
+        at: cfg.reach_confirm,
+    });
+}
+
 /// The sink check ([`DecisionConfig::suspect_rank`]): the results (indices) that are not among
 /// the `rank` smallest `input_reach_max`; empty when off, or when fewer than 3 feasible classes
 /// measured it (a scan made before session 18). A class without the value is not a suspect.
 fn sink_classes(results: &[TargetResult], rank: usize) -> Vec<usize> {
-    if rank == 0 {
+    let Some(vals) = ranked(results, Statistic::InputReachMax).filter(|_| rank > 0) else {
         return Vec::new();
-    }
-    let mut vals: Vec<(usize, f64)> = results
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.feasible)
-        .map(|(i, r)| (i, Statistic::InputReachMax.value(r, 0)))
-        .filter(|(_, v)| v.is_finite())
-        .collect();
-    if vals.len() < 3 {
-        return Vec::new();
-    }
-    vals.sort_by(|a, b| a.1.total_cmp(&b.1));
+    };
     let suspects: Vec<usize> = vals.iter().take(rank).map(|&(i, _)| i).collect();
     (0..results.len())
         .filter(|i| !suspects.contains(i))
@@ -649,44 +693,7 @@ pub fn decide_pool(
     let mut combined = combined;
     let gap = if pool.is_none() {
         reach_gap(results, cfg.reach_gap_statistic, cfg.reach_gap, threshold).map(|mut g| {
-            if cfg.reach_confirm > 0.0 {
-                match reach_gap(results, Statistic::InputReachMax, cfg.reach_confirm, threshold) {
-                    Some(h) => {
-                        g.confirmed = h.class == g.class && h.gap > cfg.reach_confirm;
-                        if !g.confirmed && g.gap > g.at {
-                            let hardest = if h.class == g.class {
-                                format!(
-                                    "from the hardest source class only {:.2}x less (more than \
-                                     {:.2} needed)",
-                                    h.gap, cfg.reach_confirm
-                                )
-                            } else {
-                                format!(
-                                    "from the hardest source class class {} is the cheapest \
-                                     ({:.2}x): a sink the classes resembling it fall into",
-                                    results[h.class].target, h.gap
-                                )
-                            };
-                            notes.push(format!(
-                                "class {}: cheap to reach on the median ({:.2}x less than any \
-                                 other class), but {hardest}; not a lone shortcut, not raised",
-                                results[g.class].target, g.gap,
-                            ));
-                        }
-                        g.hardest = Some(HardestGap {
-                            class: results[h.class].target,
-                            gap: h.gap,
-                            at: cfg.reach_confirm,
-                        });
-                    }
-                    None if g.gap > g.at => notes.push(
-                        "the scan did not measure input_reach_max (made before session 18): \
-                         the lone-shortcut test without its hardest-source check"
-                            .into(),
-                    ),
-                    None => {}
-                }
-            }
+            hardest_source_check(results, cfg, &mut g, &mut notes);
             if g.confirmed && g.index > combined[g.class] {
                 combined[g.class] = g.index;
                 g.raised = true;
@@ -1288,7 +1295,6 @@ mod tests {
         for r in &mut rs {
             r.input_reach_sources.clear();
         }
-        rs[3].input_reach_sources.clear();
         let d = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
         assert_eq!(d.target, Some(3));
     }
