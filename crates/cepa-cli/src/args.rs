@@ -198,9 +198,10 @@ pub struct ScanArgs {
     pub baseline: Option<Baseline>,
     /// Whose verdict sets the exit status, the report's top-level verdict and the class stage 2
     /// inverts. `agree` (the default, and the frozen rule of EVALUATION.md): CEPA and Neural
-    /// Cleanse combined, backdoored when the larger of their scores, each over its own
-    /// threshold and divided by 1.5 when they single out different classes, exceeds 0.973
-    /// (`[verdict]` of the settings file). `either`: the same without the division. `cepa`:
+    /// Cleanse combined, each score over its own threshold: the mean of the two when they
+    /// single out the same class, or the larger divided by 1.5 (one detector alone) where that
+    /// is more; backdoored when it exceeds 0.912 (`[verdict]` of the settings file). `either`:
+    /// the larger of the two, undivided. `cepa`:
     /// CEPA alone, about half the time, but its threshold does not carry across datasets as
     /// well (EVALUATION.md, "A decision not re-fit on its own test data").
     #[arg(long, value_enum, default_value = "agree")]

@@ -827,19 +827,24 @@ fn baseline_nc_is_reported_beside_cepa_without_changing_its_verdict() {
         first("CEPA and Neural Cleanse combined") < first("CEPA alone: clean"),
         "the combined verdict comes first"
     );
-    // --verdict agree: CEPA's most anomalous class is not NC's 7, so NC alone must clear 1.5
-    // times its threshold; the report says which rule decided and with what score.
+    // --verdict agree: the larger score over 1.5 (one detector alone), or, when CEPA's most
+    // anomalous class is NC's 7 too, the mean of the two where that is more; the report says
+    // which rule decided and with what score.
     let agree = dir.join("agree");
     let out = with_nc(&["--verdict", "agree"], &agree);
     let text = String::from_utf8_lossy(&out.stdout);
     let r: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(agree.join("report.json")).unwrap()).unwrap();
     let cepa_class = r["decision"]["most_anomalous"].as_u64().unwrap();
-    let lone = if cepa_class == 7 { 1.0 } else { 1.5 };
     let nc_ratio = r["baseline_nc"]["score"].as_f64().unwrap() / 2.0;
     let cepa_ratio =
         r["cepa"]["score"].as_f64().unwrap() / r["decision"]["threshold"].as_f64().unwrap();
-    let score = nc_ratio.max(cepa_ratio) / lone;
+    let alone = nc_ratio.max(cepa_ratio) / 1.5;
+    let score = if cepa_class == 7 {
+        alone.max((nc_ratio + cepa_ratio) / 2.0)
+    } else {
+        alone
+    };
     assert_eq!(r["combined"]["verdict"], "agree");
     assert!(
         (r["combined"]["score"].as_f64().unwrap() - score).abs() < 1e-9,
@@ -858,7 +863,8 @@ fn baseline_nc_is_reported_beside_cepa_without_changing_its_verdict() {
     );
     // What a script reads is what the exit status says, in the file and on stdout alike, while
     // CEPA alone (threshold 1000) says clean. Measured: both detectors single out class 7 and
-    // Neural Cleanse's index 3.93 makes the combined score 1.96, so the two verdicts differ.
+    // Neural Cleanse's index 3.93 makes the combined score 1.31 (3.93 / 2 / 1.5, over the mean
+    // with CEPA's near-zero ratio), so the two verdicts differ.
     assert!(
         flagged,
         "the case where CEPA and the combined verdict differ: {r}"
@@ -873,7 +879,10 @@ fn baseline_nc_is_reported_beside_cepa_without_changing_its_verdict() {
     let j: serde_json::Value = serde_json::from_slice(&json_out.stdout).unwrap();
     assert_eq!(j["verdict"], r["verdict"]);
     assert_eq!(json_out.status.code(), out.status.code());
-    assert!(text.contains("divided by 1.5 when"), "{text}");
+    assert!(
+        text.contains("divided by 1.5 (one detector alone)"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -1170,7 +1179,7 @@ fn zoo_build_then_eval_both_detectors_resumably() {
 }
 
 /// The combined verdict's default threshold (`[verdict] threshold`).
-const COMBINED_THRESHOLD: f64 = 0.973;
+const COMBINED_THRESHOLD: f64 = 0.912;
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1277,22 +1286,42 @@ fn rescore_in_place_merges_the_shards_results_into_one_file() {
 #[test]
 fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
     // Every committed evaluation that keeps its saved scans (the held-out ResNet population
-    // included), decided again by the rule in the
-    // code: the same verdicts, scores and tables (written by this very command).
-    for (manifest, folder) in [
-        ("eval/zoo-standard-manifest.json", "eval/standard"),
-        ("eval/zoo-holdout-manifest.json", "eval/holdout-fashion"),
-        ("zoo/real/manifest.json", "eval/real"),
+    // included), decided again by the rule in the code under the settings it was decided with
+    // (those before session 20 under `agree_score = "larger"` at 0.973): the same verdicts,
+    // scores and tables (written by this very command).
+    let larger = "eval/stats-dev-s20/larger.toml";
+    for (manifest, folder, rule) in [
+        (
+            "eval/zoo-standard-manifest.json",
+            "eval/standard",
+            Some(larger),
+        ),
+        (
+            "eval/zoo-holdout-manifest.json",
+            "eval/holdout-fashion",
+            Some(larger),
+        ),
+        ("zoo/real/manifest.json", "eval/real", Some(larger)),
         (
             "eval/zoo-holdout-resnet-manifest.json",
             "eval/holdout-resnet",
+            Some(larger),
         ),
         // Scanned with the per-source reach: the hardest-source checks decide it again.
-        ("eval/zoo-judge-allconv-manifest.json", "eval/judge-allconv"),
+        (
+            "eval/zoo-judge-allconv-manifest.json",
+            "eval/judge-allconv",
+            Some(larger),
+        ),
     ] {
         let from = repo(folder);
         let out = tmp_dir(&format!("rescore-{}", folder.replace('/', "-")));
-        rescore(manifest, &out, &["--from", from.to_str().unwrap()]);
+        let rule = rule.map(|r| repo(r).to_str().unwrap().to_string());
+        let mut args = vec!["--from", from.to_str().unwrap()];
+        if let Some(r) = &rule {
+            args.extend(["--config", r.as_str()]);
+        }
+        rescore(manifest, &out, &args);
         let (mine, kept) = (
             jsonl(&out.join("results.jsonl")),
             jsonl(&from.join("results.jsonl")),

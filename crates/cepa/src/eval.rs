@@ -176,12 +176,12 @@ pub const AGREE: &str = "cepa-nc-agree";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VerdictConfig {
-    /// Backdoored when the combined score (the larger of the two scores, each over its own
-    /// threshold) exceeds this. Default 0.973: what the leave-one-dataset-out procedure
-    /// ([`leave_one_dataset_out`]: at most 5 % of the clean models above it) chooses for
-    /// `agree` on the clean models of the MNIST, CIFAR-10, Fashion-MNIST and GTSRB-32 zoo
-    /// (EVALUATION.md, "A decision not re-fit on its own test data"; frozen 2026-12-02). It was
-    /// 1 before, which flags the same models of that zoo.
+    /// Backdoored when the combined score (each detector's score over its own threshold, put
+    /// together as [`Combination`] says) exceeds this. Default 0.912: what the
+    /// leave-one-dataset-out procedure ([`leave_one_dataset_out`]: at most 5 % of the clean
+    /// models above it) chooses for `agree` with [`AgreeScore::Mean`] on the 63 clean models of
+    /// the development scans (MNIST, CIFAR-10, Fashion-MNIST, GTSRB-32; EVALUATION.md, "Session
+    /// 20"; frozen 2026-12-05). It was 0.973 with [`AgreeScore::Larger`] (frozen 2026-12-02).
     pub threshold: f64,
     /// How much surer than its own threshold a detector must be to flag a model alone under
     /// [`Combination::Agree`], when the other detector's most anomalous class is another one.
@@ -190,6 +190,25 @@ pub struct VerdictConfig {
     /// real 2/2) and took the Fashion-MNIST clean models flagged from 7 of 8 to 1; 1.3 left 4 of
     /// 8, 1.75 lost two more CIFAR-10 detections.
     pub lone_factor: f64,
+    /// What `agree` scores when the two detectors single out the same class. Default
+    /// [`AgreeScore::Mean`] (session 20).
+    pub agree_score: AgreeScore,
+}
+
+/// How [`Combination::Agree`] scores a model whose two detectors single out the same class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgreeScore {
+    /// The mean of the two relative scores, or the larger one over `lone_factor` where that is
+    /// more: each detector carries half the evidence, and a detector whose class the other
+    /// shares without finding it anomalous is judged as one alone. On the development scans
+    /// (leave one dataset out, 157 models) it flagged 2 of 63 clean models where `larger`
+    /// flagged 4, and found 77 of 94 backdoors at their targets where `larger` found 78
+    /// (EVALUATION.md, "Session 20").
+    Mean,
+    /// The larger of the two relative scores (sessions 6 to 19): one detector sure enough
+    /// flags the model when the other merely points at the same class.
+    Larger,
 }
 
 impl VerdictConfig {
@@ -214,8 +233,9 @@ impl VerdictConfig {
 impl Default for VerdictConfig {
     fn default() -> Self {
         Self {
-            threshold: 0.973,
+            threshold: 0.912,
             lone_factor: 1.5,
+            agree_score: AgreeScore::Mean,
         }
     }
 }
@@ -226,12 +246,12 @@ impl Default for VerdictConfig {
 pub enum Combination {
     /// Backdoored when either detector flags the model.
     Either,
-    /// Backdoored when either detector flags the model at the class the other one also finds
-    /// most anomalous; a detector whose class the other does not share must clear
-    /// [`VerdictConfig::lone_factor`] times its threshold. Two detectors that work differently
-    /// (an input mask against embedded perturbations) rarely single out the same class by
-    /// chance, while a class that is only naturally easy to reach tends to stand out for one of
-    /// them.
+    /// Backdoored when the two detectors together find the class they both single out anomalous
+    /// enough ([`VerdictConfig::agree_score`]); a detector whose class the other does not share
+    /// must clear [`VerdictConfig::lone_factor`] times its threshold. Two detectors that work
+    /// differently (an input mask against embedded perturbations) rarely single out the same
+    /// class by chance, while a class that is only naturally easy to reach tends to stand out
+    /// for one of them.
     Agree,
 }
 
@@ -252,12 +272,22 @@ impl Combination {
                 "score = the larger of CEPA's and Neural Cleanse's scores, each over its own \
                  threshold; backdoored when it exceeds {t}"
             ),
-            Combination::Agree => format!(
-                "score = the larger of CEPA's and Neural Cleanse's scores, each over its own \
-                 threshold, divided by {} when the two detectors' most anomalous classes \
-                 differ; backdoored when it exceeds {t}",
-                cfg.lone_factor
-            ),
+            Combination::Agree => {
+                let lone = cfg.lone_factor;
+                match cfg.agree_score {
+                    AgreeScore::Mean => format!(
+                        "score = the larger of CEPA's and Neural Cleanse's scores, each over its \
+                         own threshold, divided by {lone} (one detector alone), or the mean of \
+                         the two where that is more and the two detectors' most anomalous \
+                         classes are the same; backdoored when it exceeds {t}"
+                    ),
+                    AgreeScore::Larger => format!(
+                        "score = the larger of CEPA's and Neural Cleanse's scores, each over its \
+                         own threshold, divided by {lone} when the two detectors' most \
+                         anomalous classes differ; backdoored when it exceeds {t}"
+                    ),
+                }
+            }
         }
     }
 }
@@ -274,9 +304,10 @@ pub fn agree(outcomes: &[Outcome], cfg: &VerdictConfig) -> Vec<Outcome> {
 }
 
 /// One combined outcome (detector `how.name()`) for every model that both CEPA and Neural
-/// Cleanse judged. Its score is the larger of the two scores each divided by its own threshold,
-/// for [`Combination::Agree`] divided again by `cfg.lone_factor` when the two most anomalous
-/// classes differ; its threshold is `cfg.threshold` and `flagged == score > threshold`. Its
+/// Cleanse judged. Its score is the larger of the two scores each divided by its own threshold;
+/// for [`Combination::Agree`] that divided again by `cfg.lone_factor`, or, when the two most
+/// anomalous classes are the same, as [`VerdictConfig::agree_score`] says; its threshold is
+/// `cfg.threshold` and `flagged == score > threshold`. Its
 /// target and most anomalous class are those of the detector with the larger ratio. Its time is
 /// the sum of the two.
 pub fn combine(outcomes: &[Outcome], how: Combination, cfg: &VerdictConfig) -> Vec<Outcome> {
@@ -293,11 +324,18 @@ pub fn combine(outcomes: &[Outcome], how: Combination, cfg: &VerdictConfig) -> V
         .map(|(c, n)| {
             let lead = if ratio(n) > ratio(c) { n } else { c };
             let same = c.most_anomalous.is_some() && c.most_anomalous == n.most_anomalous;
-            let discount = match how {
-                Combination::Agree if !same => cfg.lone_factor,
-                _ => 1.0,
+            let larger = ratio(lead);
+            let score = match how {
+                Combination::Either => larger,
+                Combination::Agree => {
+                    let alone = larger / cfg.lone_factor;
+                    match (same, cfg.agree_score) {
+                        (false, _) => alone,
+                        (true, AgreeScore::Larger) => larger,
+                        (true, AgreeScore::Mean) => ((ratio(c) + ratio(n)) / 2.0).max(alone),
+                    }
+                }
             };
-            let score = ratio(lead) / discount;
             let flagged = score > cfg.threshold;
             Outcome {
                 detector: how.name().into(),
@@ -733,7 +771,7 @@ mod tests {
     }
 
     #[test]
-    fn agree_needs_the_same_class_or_a_lone_detector_one_and_a_half_times_as_sure() {
+    fn agree_larger_needs_the_same_class_or_a_lone_detector_one_and_a_half_times_as_sure() {
         let mut v = vec![
             // m1: both single out class 4, only CEPA over its threshold -> flagged, class 4.
             o("m1", "cepa", "blend", Some(4), true, Some(4), 2.0),
@@ -754,9 +792,13 @@ mod tests {
         v[1].most_anomalous = Some(4);
         v[3].most_anomalous = Some(6);
         v[4].most_anomalous = Some(1);
-        let a = agree(&v, &VerdictConfig::default());
-        let e = either(&v, &VerdictConfig::default());
-        let t = VerdictConfig::default().threshold;
+        let larger = VerdictConfig {
+            agree_score: AgreeScore::Larger,
+            ..VerdictConfig::default()
+        };
+        let a = agree(&v, &larger);
+        let e = either(&v, &larger);
+        let t = larger.threshold;
         assert!(a.iter().all(|x| x.detector == AGREE && x.threshold == t));
         assert!(a.iter().all(|x| x.flagged == (x.score > t)));
         let get = |set: &[Outcome], m: &str| set.iter().find(|x| x.model == m).unwrap().clone();
@@ -783,10 +825,70 @@ mod tests {
         // With no NC class to compare, the lone-detector rule applies.
         let mut w = v.clone();
         w[1].most_anomalous = None;
-        assert!(
-            (get(&agree(&w, &VerdictConfig::default()), "m1").score - 2.0 / 1.5 / 1.5).abs()
-                < 1e-12
+        assert!((get(&agree(&w, &larger), "m1").score - 2.0 / 1.5 / 1.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn agree_mean_needs_both_detectors_behind_a_shared_class() {
+        let cepa = |m: &str, score: f64, class: usize| Outcome {
+            threshold: 1.5,
+            most_anomalous: Some(class),
+            ..o(m, "cepa", "clean", None, false, None, score)
+        };
+        let nc = |m: &str, score: f64, class: usize| Outcome {
+            most_anomalous: Some(class),
+            ..o(m, "nc", "clean", None, false, None, score)
+        };
+        let v = vec![
+            // m1: CEPA 1.2 x its threshold at class 8, NC 0.55 x at class 8 too: the mean 0.875
+            // (over 1.2 / 1.5 = 0.8) is under 0.912; `larger` would say 1.2.
+            cepa("m1", 1.8, 8),
+            nc("m1", 1.1, 8),
+            // m2: both over their thresholds at class 3: the mean (1.3 + 1.1) / 2 = 1.2.
+            cepa("m2", 1.95, 3),
+            nc("m2", 2.2, 3),
+            // m3: CEPA sure (2.0 x) at class 5, NC at 0.4 x on the same class: the mean 1.2 is
+            // under CEPA's lone 2.0 / 1.5 = 1.33, which is the score: sharing a class never
+            // scores under disagreeing.
+            cepa("m3", 3.0, 5),
+            nc("m3", 0.8, 5),
+            // m4: the same CEPA score as m1, NC elsewhere: 1.2 / 1.5 = 0.8.
+            cepa("m4", 1.8, 8),
+            nc("m4", 1.1, 2),
+        ];
+        let cfg = VerdictConfig::default();
+        assert_eq!(cfg.agree_score, AgreeScore::Mean);
+        let a = agree(&v, &cfg);
+        let get = |m: &str| a.iter().find(|x| x.model == m).unwrap().clone();
+        let close = |x: f64, y: f64| (x - y).abs() < 1e-12;
+        let m1 = get("m1");
+        assert!(close(m1.score, (1.2 + 0.55) / 2.0), "{}", m1.score);
+        assert_eq!(
+            (m1.flagged, m1.target, m1.most_anomalous),
+            (false, None, Some(8))
         );
+        let m2 = get("m2");
+        assert!(close(m2.score, 1.2), "{}", m2.score);
+        assert_eq!((m2.flagged, m2.target), (true, Some(3)));
+        let m3 = get("m3");
+        assert!(
+            close(m3.score, 2.0 / 1.5),
+            "the lone score where it is more"
+        );
+        assert_eq!((m3.flagged, m3.target), (true, Some(5)));
+        assert!(close(get("m4").score, 1.2 / 1.5));
+        assert!(!get("m4").flagged);
+        // The same scans under `larger`: m1 is flagged on CEPA's word alone.
+        let larger = VerdictConfig {
+            agree_score: AgreeScore::Larger,
+            ..VerdictConfig::default()
+        };
+        let b = agree(&v, &larger);
+        let m1 = b.iter().find(|x| x.model == "m1").unwrap();
+        assert!(close(m1.score, 1.2) && m1.flagged);
+        assert!(cfg.validate().is_ok());
+        let rule = Combination::Agree.rule(&cfg);
+        assert!(rule.contains("mean") && rule.contains("0.912"), "{rule}");
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //! [nc]              # the Neural Cleanse baseline
 //! steps = 300
 //! [verdict]         # CEPA and Neural Cleanse combined (scan --verdict agree|either)
-//! threshold = 0.973
+//! threshold = 0.912
+//! agree_score = "mean"  # or "larger"
 //! ```
 //!
 //! Command-line flags override the file. The resolved settings are written into every report.
@@ -77,6 +78,10 @@ mod tests {
         assert!(err.contains("threshold"), "{err}");
         let s = Settings::parse("[verdict]\nthreshold = 1.2\n").unwrap();
         assert_eq!((s.verdict.threshold, s.verdict.lone_factor), (1.2, 1.5));
+        let err = Settings::parse("[verdict]\nagree_score = \"max\"\n").unwrap_err();
+        assert!(err.contains("agree_score") || err.contains("max"), "{err}");
+        let s = Settings::parse("[verdict]\nagree_score = \"larger\"\n").unwrap();
+        assert_eq!(s.verdict.agree_score, crate::eval::AgreeScore::Larger);
     }
 
     #[test]
