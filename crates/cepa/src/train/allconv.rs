@@ -106,14 +106,6 @@ impl AllConvArch {
 impl Architecture for AllConvArch {
     type Weights = AllConvWeights;
 
-    fn input(&self) -> [usize; 3] {
-        [self.channels, self.height, self.width]
-    }
-
-    fn num_classes(&self) -> usize {
-        self.num_classes
-    }
-
     /// Every size at least 1, with at least one convolution per stage. No input is too small:
     /// a padded stride-2 convolution leaves at least one pixel of any image.
     fn validate(&self) -> Result<()> {

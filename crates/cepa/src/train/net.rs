@@ -114,11 +114,20 @@ pub trait FlatArch: Architecture<Weights = FlatWeights<Self>> + PartialEq {
     fn graph(&self, params: &[f32]) -> Result<ModelProto>;
 }
 
-/// The [`Architecture`] methods every [`FlatArch`] shares (the parameter count from its layout,
-/// initialisation and unflattening through [`FlatWeights`]), written once: invoke inside its
-/// `impl Architecture` block.
+/// The [`Architecture`] methods every [`FlatArch`] shares (the input shape and class count from
+/// its `channels`, `height`, `width` and `num_classes` fields, the parameter count from its
+/// layout, initialisation and unflattening through [`FlatWeights`]), written once: invoke inside
+/// its `impl Architecture` block.
 macro_rules! flat_arch_methods {
     () => {
+        fn input(&self) -> [usize; 3] {
+            [self.channels, self.height, self.width]
+        }
+
+        fn num_classes(&self) -> usize {
+            self.num_classes
+        }
+
         fn num_params(&self) -> usize {
             $crate::train::net::FlatArch::param_layout(self).num_params()
         }

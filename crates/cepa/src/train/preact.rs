@@ -165,14 +165,6 @@ impl PreActArch {
 impl Architecture for PreActArch {
     type Weights = PreActWeights;
 
-    fn input(&self) -> [usize; 3] {
-        [self.channels, self.height, self.width]
-    }
-
-    fn num_classes(&self) -> usize {
-        self.num_classes
-    }
-
     fn validate(&self) -> Result<()> {
         let sizes = [
             self.channels,

@@ -124,14 +124,6 @@ impl ResNetArch {
 impl Architecture for ResNetArch {
     type Weights = ResNetWeights;
 
-    fn input(&self) -> [usize; 3] {
-        [self.channels, self.height, self.width]
-    }
-
-    fn num_classes(&self) -> usize {
-        self.num_classes
-    }
-
     fn validate(&self) -> Result<()> {
         let sizes = [
             self.channels,

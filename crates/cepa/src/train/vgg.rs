@@ -104,14 +104,6 @@ impl VggArch {
 impl Architecture for VggArch {
     type Weights = VggWeights;
 
-    fn input(&self) -> [usize; 3] {
-        [self.channels, self.height, self.width]
-    }
-
-    fn num_classes(&self) -> usize {
-        self.num_classes
-    }
-
     fn validate(&self) -> Result<()> {
         check_stages(
             "VGG net",
