@@ -214,8 +214,8 @@ fn combined_text(combined: &Combined) -> String {
         None => format!("clean (score {:.3} <= {})", c.score, c.threshold),
     };
     format!(
-        "verdict ({name}, CEPA and Neural Cleanse combined): {verdict}; it sets the exit status.\n  rule: {}\n",
-        combined.rule
+        "verdict ({name}, CEPA and Neural Cleanse combined): {verdict}; it sets the exit status.\n  from: {}\n  rule: {}\n",
+        combined.from, combined.rule
     )
 }
 

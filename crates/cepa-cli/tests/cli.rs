@@ -454,6 +454,13 @@ fn the_readme_example_is_found_backdoored_with_target_7_by_a_clear_margin() {
         text.contains("baseline verdict: BACKDOORED, target class 7"),
         "{text}"
     );
+    // Where the score comes from: both detectors at class 7, so their mean.
+    assert!(
+        text.lines().any(|l| l.starts_with("  from: CEPA ")
+            && l.contains(" x its threshold at class 7, Neural Cleanse ")
+            && l.contains(" x at class 7: the same class, their mean ")),
+        "{text}"
+    );
     // The showcase is not one seed from a wrong answer: at least 1.5 times the threshold.
     let score: f64 = line
         .split("(score ")
@@ -846,6 +853,11 @@ fn baseline_nc_is_reported_beside_cepa_without_changing_its_verdict() {
         alone
     };
     assert_eq!(r["combined"]["verdict"], "agree");
+    let from = r["combined"]["from"].as_str().unwrap();
+    assert!(
+        from.starts_with("CEPA ") && from.contains("Neural Cleanse"),
+        "{from}"
+    );
     assert!(
         (r["combined"]["score"].as_f64().unwrap() - score).abs() < 1e-9,
         "{r}"

@@ -292,6 +292,74 @@ impl Combination {
     }
 }
 
+/// Which term of [`combine`]'s score decided it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Term {
+    /// The larger of the two relative scores.
+    Larger,
+    /// The larger over `lone_factor`: one detector alone.
+    Alone,
+    /// The mean of the two.
+    Mean,
+}
+
+/// [`combine`]'s score of CEPA's outcome `c` and Neural Cleanse's `n` on one model, and the term
+/// that set it.
+fn score_of(c: &Outcome, n: &Outcome, how: Combination, cfg: &VerdictConfig) -> (f64, Term) {
+    let (rc, rn) = (relative(c), relative(n));
+    let larger = rc.max(rn);
+    let same = c.most_anomalous.is_some() && c.most_anomalous == n.most_anomalous;
+    let alone = (larger / cfg.lone_factor, Term::Alone);
+    match how {
+        Combination::Either => (larger, Term::Larger),
+        Combination::Agree => match (same, cfg.agree_score) {
+            (false, _) => alone,
+            (true, AgreeScore::Larger) => (larger, Term::Larger),
+            (true, AgreeScore::Mean) => {
+                let mean = (rc + rn) / 2.0;
+                if mean >= alone.0 {
+                    (mean, Term::Mean)
+                } else {
+                    alone
+                }
+            }
+        },
+    }
+}
+
+/// Where [`combine`]'s score of one model comes from, in words: each detector's score over its
+/// own threshold, its class, and which term decided, e.g. "CEPA 1.93 x its threshold at class
+/// 7, Neural Cleanse 1.68 x at class 7: the same class, their mean 1.80".
+pub fn explain(c: &Outcome, n: &Outcome, how: Combination, cfg: &VerdictConfig) -> String {
+    let class = |o: &Outcome| {
+        o.most_anomalous
+            .map_or_else(|| "no class".to_string(), |k| format!("class {k}"))
+    };
+    let same = c.most_anomalous.is_some() && c.most_anomalous == n.most_anomalous;
+    let (score, term) = score_of(c, n, how, cfg);
+    let why = match term {
+        Term::Larger if same => "the same class, the larger".to_string(),
+        Term::Larger => "the larger".to_string(),
+        Term::Mean => "the same class, their mean".to_string(),
+        Term::Alone if same => format!(
+            "the same class, but the larger divided by {} (one detector alone) is more than their \
+             mean",
+            cfg.lone_factor
+        ),
+        Term::Alone => format!(
+            "different classes, the larger divided by {} (one detector alone)",
+            cfg.lone_factor
+        ),
+    };
+    format!(
+        "CEPA {:.2} x its threshold at {}, Neural Cleanse {:.2} x at {}: {why} {score:.2}",
+        relative(c),
+        class(c),
+        relative(n),
+        class(n),
+    )
+}
+
 /// A combined detector, `cepa-or-nc`, for every model that both CEPA and Neural Cleanse judged: it
 /// flags a model when either does ([`combine`] with [`Combination::Either`]).
 pub fn either(outcomes: &[Outcome], cfg: &VerdictConfig) -> Vec<Outcome> {
@@ -323,19 +391,7 @@ pub fn combine(outcomes: &[Outcome], how: Combination, cfg: &VerdictConfig) -> V
         .filter_map(|c| nc.get(c.model.as_str()).map(|n| (c, *n)))
         .map(|(c, n)| {
             let lead = if ratio(n) > ratio(c) { n } else { c };
-            let same = c.most_anomalous.is_some() && c.most_anomalous == n.most_anomalous;
-            let larger = ratio(lead);
-            let score = match how {
-                Combination::Either => larger,
-                Combination::Agree => {
-                    let alone = larger / cfg.lone_factor;
-                    match (same, cfg.agree_score) {
-                        (false, _) => alone,
-                        (true, AgreeScore::Larger) => larger,
-                        (true, AgreeScore::Mean) => ((ratio(c) + ratio(n)) / 2.0).max(alone),
-                    }
-                }
-            };
+            let (score, _) = score_of(c, n, how, cfg);
             let flagged = score > cfg.threshold;
             Outcome {
                 detector: how.name().into(),
@@ -886,6 +942,35 @@ mod tests {
         let b = agree(&v, &larger);
         let m1 = b.iter().find(|x| x.model == "m1").unwrap();
         assert!(close(m1.score, 1.2) && m1.flagged);
+        // Each model's score, in words: the two ratios, their classes and the deciding term.
+        let words = |m: &str, how, cfg: &VerdictConfig| {
+            let of = |det: &str| {
+                v.iter()
+                    .find(|x| x.model == m && x.detector == det)
+                    .unwrap()
+            };
+            explain(of("cepa"), of("nc"), how, cfg)
+        };
+        assert_eq!(
+            words("m1", Combination::Agree, &cfg),
+            "CEPA 1.20 x its threshold at class 8, Neural Cleanse 0.55 x at class 8: the same \
+             class, their mean 0.88"
+        );
+        assert!(
+            words("m3", Combination::Agree, &cfg).ends_with(
+                "the same class, but the larger divided by 1.5 (one detector alone) is more \
+                 than their mean 1.33"
+            ),
+            "{}",
+            words("m3", Combination::Agree, &cfg)
+        );
+        assert!(words("m4", Combination::Agree, &cfg).ends_with(
+            "at class 2: different classes, the larger divided by 1.5 (one detector alone) 0.80"
+        ));
+        assert!(
+            words("m1", Combination::Agree, &larger).ends_with("the same class, the larger 1.20")
+        );
+        assert!(words("m4", Combination::Either, &cfg).ends_with(": the larger 1.20"));
         assert!(cfg.validate().is_ok());
         let rule = Combination::Agree.rule(&cfg);
         assert!(rule.contains("mean") && rule.contains("0.912"), "{rule}");

@@ -25,7 +25,7 @@ use crate::detect::nc::{NcReport, neural_cleanse};
 use crate::detect::scan::verdict_word;
 use crate::detect::{ScanReport, scan_with_progress};
 use crate::error::{Error, Result};
-use crate::eval::{Combination, Outcome, VerdictConfig, combine};
+use crate::eval::{Combination, Outcome, VerdictConfig, combine, explain};
 use crate::model::Classifier;
 use crate::settings::Settings;
 
@@ -69,6 +69,8 @@ pub struct Combined {
     pub how: Combination,
     pub outcome: Outcome,
     pub rule: String,
+    /// Where the score comes from ([`crate::eval::explain`]).
+    pub from: String,
 }
 
 /// Everything a scan found.
@@ -154,6 +156,7 @@ impl ScanRun {
                     json!({
                         "verdict": self.verdict.name(),
                         "rule": c.rule,
+                        "from": c.from,
                         "backdoored": o.flagged,
                         "target": o.target,
                         "most_anomalous": o.most_anomalous,
@@ -207,11 +210,15 @@ pub fn scan_model(
         None
     };
     let combined = match (req.verdict, &baseline) {
-        (Verdict::Combined(how), Some(nc)) => Some(Combined {
-            how,
-            outcome: combined_outcome(&report, nc, how, &s.verdict),
-            rule: how.rule(&s.verdict),
-        }),
+        (Verdict::Combined(how), Some(nc)) => {
+            let (outcome, from) = combined_outcome(&report, nc, how, &s.verdict);
+            Some(Combined {
+                how,
+                outcome,
+                rule: how.rule(&s.verdict),
+                from,
+            })
+        }
         _ => None,
     };
     let mut run = ScanRun {
@@ -236,13 +243,13 @@ pub fn scan_model(
 }
 
 /// CEPA and Neural Cleanse as one verdict ([`combine`], as the evaluation tables' `cepa-or-nc`
-/// and `cepa-nc-agree` rows).
+/// and `cepa-nc-agree` rows), and where its score comes from ([`explain`]).
 pub fn combined_outcome(
     report: &ScanReport,
     nc: &NcReport,
     how: Combination,
     cfg: &VerdictConfig,
-) -> Outcome {
+) -> (Outcome, String) {
     let outcome = |detector: &str, flagged, target, most, score, threshold, seconds| Outcome {
         model: String::new(),
         detector: detector.into(),
@@ -277,7 +284,8 @@ pub fn combined_outcome(
             nc.seconds,
         ),
     ];
-    combine(&both, how, cfg).remove(0)
+    let from = explain(&both[0], &both[1], how, cfg);
+    (combine(&both, how, cfg).remove(0), from)
 }
 
 /// Stage 2 for a scanned model: the trigger of `target` fitted on the images the scan optimised,
