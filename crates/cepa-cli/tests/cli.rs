@@ -1325,6 +1325,8 @@ fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
             "eval/judge-allconv",
             Some(larger),
         ),
+        // The judge of the rule frozen in session 20, under the default rule.
+        ("eval/zoo-judge-s20-manifest.json", "eval/judge-s20", None),
     ] {
         let from = repo(folder);
         let out = tmp_dir(&format!("rescore-{}", folder.replace('/', "-")));
