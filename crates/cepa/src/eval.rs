@@ -303,12 +303,17 @@ enum Term {
     Mean,
 }
 
+/// Whether the two detectors single out the same class (a detector with none shares nothing).
+fn same_class(c: &Outcome, n: &Outcome) -> bool {
+    c.most_anomalous.is_some() && c.most_anomalous == n.most_anomalous
+}
+
 /// [`combine`]'s score of CEPA's outcome `c` and Neural Cleanse's `n` on one model, and the term
 /// that set it.
 fn score_of(c: &Outcome, n: &Outcome, how: Combination, cfg: &VerdictConfig) -> (f64, Term) {
     let (rc, rn) = (relative(c), relative(n));
     let larger = rc.max(rn);
-    let same = c.most_anomalous.is_some() && c.most_anomalous == n.most_anomalous;
+    let same = same_class(c, n);
     let alone = (larger / cfg.lone_factor, Term::Alone);
     match how {
         Combination::Either => (larger, Term::Larger),
@@ -335,7 +340,7 @@ pub fn explain(c: &Outcome, n: &Outcome, how: Combination, cfg: &VerdictConfig) 
         o.most_anomalous
             .map_or_else(|| "no class".to_string(), |k| format!("class {k}"))
     };
-    let same = c.most_anomalous.is_some() && c.most_anomalous == n.most_anomalous;
+    let same = same_class(c, n);
     let (score, term) = score_of(c, n, how, cfg);
     let why = match term {
         Term::Larger if same => "the same class, the larger".to_string(),
