@@ -191,3 +191,41 @@ fn l1_norm_is_what_delta_norm_reports() {
         .unwrap();
     assert_eq!(cheapest.target, TARGET);
 }
+
+#[test]
+fn the_planted_target_reaches_the_largest_margin_and_the_clean_twin_none_stands_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let cfg = CepaConfig {
+        margin_steps: 100,
+        margin_restarts: 4,
+        ..CepaConfig::default()
+    };
+    let targets: Vec<usize> = (0..CLASSES).collect();
+    let planted =
+        cepa::detect::universal::max_margin(&model(true, dir), [1, SIDE, SIDE], &targets, &cfg)
+            .unwrap();
+    let clean =
+        cepa::detect::universal::max_margin(&model(false, dir), [1, SIDE, SIDE], &targets, &cfg)
+            .unwrap();
+    // The planted unit adds 6 x 20 to the target's logit on one pixel: far beyond the 4 x 3
+    // that a class's own quadrant gives.
+    let others = (0..CLASSES)
+        .filter(|&c| c != TARGET)
+        .map(|c| planted[c])
+        .fold(f64::NEG_INFINITY, f64::max);
+    assert!(planted[TARGET] > 5.0 * others, "{planted:?}");
+    assert!(planted[TARGET] > 100.0, "{planted:?}");
+    // The clean twin's classes are alike: every margin within 20 % of the others.
+    let (lo, hi) = clean
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &m| {
+            (l.min(m), h.max(m))
+        });
+    assert!(lo > 0.0 && hi < 1.2 * lo, "{clean:?}");
+    // Deterministic: the starts come from the seed.
+    let again =
+        cepa::detect::universal::max_margin(&model(false, dir), [1, SIDE, SIDE], &targets, &cfg)
+            .unwrap();
+    assert_eq!(clean, again);
+}

@@ -66,6 +66,23 @@ pub struct CepaConfig {
     pub min_steps: usize,
     /// Seed of the initial perturbations. Default 0.
     pub seed: u64,
+    /// Step budget of the one additive pattern per target ([`crate::detect::universal`],
+    /// statistic `universal_norm`); 0 skips it [ours]. Default 0 (off: on the development scans
+    /// of session 21 it ranked the target first on MNIST, but on CIFAR-10 a natural class's
+    /// single pattern is no larger than a trigger; EVALUATION.md). 200 is the setting measured.
+    pub universal_steps: usize,
+    /// Adam learning rate of that pattern, pixel units [ours]. Default 0.002.
+    pub universal_lr: f64,
+    /// Images per target the pattern must carry, taken evenly from the other classes [ours].
+    /// Default 30.
+    pub universal_samples: usize,
+    /// Adam steps of the data-free largest-margin search per target (statistic `max_margin`);
+    /// 0 skips it [ours, after MM-BD]. Default 300 (EVALUATION.md, session 21).
+    pub margin_steps: usize,
+    /// Random starts of that search per target. Default 8.
+    pub margin_restarts: usize,
+    /// Its Adam learning rate, pixel units. Default 0.01.
+    pub margin_lr: f64,
 }
 
 impl Default for CepaConfig {
@@ -88,6 +105,12 @@ impl Default for CepaConfig {
             plateau_tol: 0.02,
             min_steps: 40,
             seed: 0,
+            universal_steps: 0,
+            universal_lr: 0.002,
+            universal_samples: 30,
+            margin_steps: 300,
+            margin_restarts: 8,
+            margin_lr: 0.01,
         }
     }
 }
@@ -113,6 +136,15 @@ impl CepaConfig {
         }
         if !(self.lambda_init > 0.0 && self.lambda_factor > 1.0) {
             return bad("lambda_init must be > 0 and lambda_factor > 1".into());
+        }
+        if self.universal_steps > 0
+            && (self.universal_samples == 0
+                || !(self.universal_lr > 0.0 && self.universal_lr.is_finite()))
+        {
+            return bad(format!(
+                "universal_lr {} must be positive and universal_samples at least 1",
+                self.universal_lr
+            ));
         }
         if self.beta < 0.0 || !(0.0..=1.0).contains(&self.init_max) {
             return bad("beta must be >= 0 and init_max in [0, 1]".into());
@@ -207,6 +239,12 @@ pub struct TargetResult {
     /// ("sink") class mostly those of the classes that resemble it. Empty without held-out
     /// images.
     pub input_reach_sources: Vec<f64>,
+    /// `||v_t||_2` of the one additive pattern that sends a share `pi` of the clean images of
+    /// the other classes to the target ([`crate::detect::universal`]); `None` when not run.
+    pub universal_norm: Option<f64>,
+    /// The largest logit margin of the target that an input reaches
+    /// ([`crate::detect::universal::max_margin`]); `None` when not run.
+    pub max_margin: Option<f64>,
     /// Per sample: its true class and `||delta_n||_2`.
     pub sources: Vec<usize>,
     pub sample_delta_norms: Vec<f64>,
@@ -411,7 +449,20 @@ pub fn stage1_targets(
     crate::detect::run_shares(&mut problems, "stage-1", |part| {
         optimise(model, part, layers, &d, cfg, progress)
     })?;
-    finish(model, problems, holdout, layers, dims)
+    let mut out = finish(model, problems, holdout, layers, dims)?;
+    if cfg.universal_steps > 0 {
+        let found = crate::detect::universal::universal(model, images, targets, cfg)?;
+        for (r, u) in out.iter_mut().zip(found) {
+            r.universal_norm = Some(u.norm);
+        }
+    }
+    if cfg.margin_steps > 0 {
+        let found = crate::detect::universal::max_margin(model, dims, targets, cfg)?;
+        for (r, m) in out.iter_mut().zip(found) {
+            r.max_margin = Some(m);
+        }
+    }
+    Ok(out)
 }
 
 /// Run the optimisation of `problems` (batched together) to their ends.
@@ -547,6 +598,8 @@ fn optimise(
                 input_transfer: None,
                 input_reach: None,
                 input_reach_sources: Vec::new(),
+                universal_norm: None,
+                max_margin: None,
                 sources: p.sources.clone(),
                 sample_delta_norms: sample_norms,
                 deltas: Vec::new(),

@@ -11,6 +11,7 @@ pub mod invert;
 pub mod nc;
 pub mod scan;
 pub mod stats;
+pub mod universal;
 pub mod verdict;
 
 /// The random stream of class `class`'s problem under `seed`: the seed's ChaCha8 generator on

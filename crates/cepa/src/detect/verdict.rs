@@ -11,7 +11,7 @@ use crate::detect::stats::{
 use crate::error::{Error, Result};
 
 /// A per-class statistic of stage 1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Statistic {
     /// `||mu_t||_2`, large is suspicious [paper].
@@ -50,6 +50,12 @@ pub enum Statistic {
     /// small is suspicious [ours]. A trigger carries every class's images to its target cheaply;
     /// a naturally cheap ("sink") class is cheap from the classes that resemble it only.
     InputReachMax,
+    /// `||v_t||_2` of the one additive pattern that carries a share `pi` of the clean images of
+    /// the other classes to `t`, small is suspicious [ours]: a trigger added to the whole image
+    /// is such a pattern, a natural class has none that is small.
+    UniversalNorm,
+    /// The largest logit margin of `t` over any input, large is suspicious [ours, after MM-BD].
+    MaxMargin,
 }
 
 impl Statistic {
@@ -59,12 +65,14 @@ impl Statistic {
             | Statistic::Transfer
             | Statistic::PairDelta
             | Statistic::Coherence
-            | Statistic::InputTransfer => Tail::Large,
+            | Statistic::InputTransfer
+            | Statistic::MaxMargin => Tail::Large,
             Statistic::DeltaNorm
             | Statistic::Dispersion
             | Statistic::Reach
             | Statistic::InputReach
-            | Statistic::InputReachMax => Tail::Small,
+            | Statistic::InputReachMax
+            | Statistic::UniversalNorm => Tail::Small,
             Statistic::EmbedNorm => Tail::Both,
         }
     }
@@ -82,6 +90,8 @@ impl Statistic {
             Statistic::Reach => "reach",
             Statistic::InputReach => "input_reach",
             Statistic::InputReachMax => "input_reach_max",
+            Statistic::UniversalNorm => "universal_norm",
+            Statistic::MaxMargin => "max_margin",
         }
     }
 
@@ -96,6 +106,18 @@ impl Statistic {
         }
     }
 
+    /// The scale its anomaly index is computed on: `max_margin` on a log scale (a margin is a
+    /// positive, right-skewed size, and a natural class's margin twice the median is as
+    /// ordinary as one half of it; a margin that is not positive, a class no input reaches,
+    /// is the least suspicious), the others as measured.
+    fn index_scale(self, v: f64) -> f64 {
+        match self {
+            Statistic::MaxMargin if v > 0.0 => v.ln(),
+            Statistic::MaxMargin => f64::NAN,
+            _ => v,
+        }
+    }
+
     /// Whether the statistic is measured per layer (all but the input-space delta size).
     fn per_layer(self) -> bool {
         !matches!(
@@ -106,6 +128,8 @@ impl Statistic {
                 | Statistic::InputTransfer
                 | Statistic::InputReach
                 | Statistic::InputReachMax
+                | Statistic::UniversalNorm
+                | Statistic::MaxMargin
         )
     }
 
@@ -117,6 +141,8 @@ impl Statistic {
             Statistic::Coherence => r.coherence,
             Statistic::InputTransfer => r.input_transfer.unwrap_or(f64::NAN),
             Statistic::InputReach => r.input_reach.unwrap_or(f64::NAN),
+            Statistic::UniversalNorm => r.universal_norm.unwrap_or(f64::NAN),
+            Statistic::MaxMargin => r.max_margin.unwrap_or(f64::NAN),
             Statistic::InputReachMax => r
                 .input_reach_sources
                 .iter()
@@ -232,6 +258,17 @@ pub struct DecisionConfig {
     /// sink it flags 2 to 9, as leave one dataset out chooses it (EVALUATION.md, "The sink
     /// check"; frozen 2026-12-04, session 19).
     pub suspect_rank: usize,
+    /// Statistics that count on their own [ours], each with a weight `w`: a class's combined
+    /// index is raised to at least `w x` its anomaly index of that statistic (at most twice the
+    /// threshold), after the sink check, and compared with the same threshold. For the measures
+    /// made apart from CEPA's consensus (`max_margin`, `universal_norm`), which a mean over the
+    /// consensus statistics would dilute. Empty turns it off. Default `max_margin = 0.5338`
+    /// (1.5 / 2.81): at the default threshold a class is flagged on its margin alone above an
+    /// index of 2.81, the largest of the 22 clean development models of session 21
+    /// (Fashion-MNIST's fashion-allconv-clean-s900, 2.804) rounded up, as leave one dataset out
+    /// chooses it (EVALUATION.md, "Session 21"; frozen 2026-12-05). A higher `threshold` asks
+    /// more of it too, and so does the class-count scaling.
+    pub standalone: std::collections::BTreeMap<Statistic, f64>,
 }
 
 impl DecisionConfig {
@@ -261,6 +298,21 @@ impl DecisionConfig {
                 "[scan.decision] reach_confirm = {}: must be 0 (off) or at least 1",
                 self.reach_confirm
             )));
+        }
+        for (stat, weight) in &self.standalone {
+            if !(weight.is_finite() && *weight > 0.0) {
+                return Err(Error::Config(format!(
+                    "[scan.decision.standalone] {} = {weight}: must be positive",
+                    stat.name()
+                )));
+            }
+            if stat.per_layer() {
+                return Err(Error::Config(format!(
+                    "[scan.decision.standalone] {}: only a statistic measured once per class \
+                     (not per layer) can stand alone",
+                    stat.name()
+                )));
+            }
         }
         Ok(())
     }
@@ -297,6 +349,7 @@ impl Default for DecisionConfig {
             reach_gap_statistic: Statistic::InputReach,
             reach_confirm: 1.17,
             suspect_rank: 2,
+            standalone: [(Statistic::MaxMargin, 1.5 / 2.81)].into_iter().collect(),
         }
     }
 }
@@ -595,6 +648,8 @@ pub fn decide_pool(
         Statistic::Reach,
         Statistic::InputReach,
         Statistic::InputReachMax,
+        Statistic::UniversalNorm,
+        Statistic::MaxMargin,
     ];
     let pair = pair_values(results);
     for stat in all {
@@ -615,14 +670,15 @@ pub fn decide_pool(
             if raw.iter().all(|v| v.is_nan()) {
                 continue;
             }
+            let scaled: Vec<f64> = raw.iter().map(|&v| stat.index_scale(v)).collect();
             // The indices are computed over the feasible targets only (infeasible ones would
             // share one value and collapse the MAD); infeasible targets get the smallest index.
             let ok: Vec<bool> = results
                 .iter()
-                .zip(&raw)
+                .zip(&scaled)
                 .map(|(r, v)| r.feasible && v.is_finite())
                 .collect();
-            let vals: Vec<f64> = raw
+            let vals: Vec<f64> = scaled
                 .iter()
                 .zip(&ok)
                 .filter(|(_, o)| **o)
@@ -730,6 +786,31 @@ pub fn decide_pool(
     }
     for &i in &sinks {
         combined[i] = combined[i].min(0.0);
+    }
+    for (&stat, &weight) in &cfg.standalone {
+        for (t, class) in per_class.iter().enumerate() {
+            let Some(ix) = class.iter().find(|x| x.statistic == stat) else {
+                continue;
+            };
+            if !ix.value.is_finite() {
+                continue;
+            }
+            let raised = (weight * ix.anomaly_index).min(2.0 * threshold);
+            if raised > combined[t] {
+                if raised > threshold {
+                    notes.push(format!(
+                        "class {}: {} {:.3} has anomaly index {:.2}, which counts on its own \
+                         (x{weight:.3}); combined index raised from {:.2} to {raised:.2}",
+                        results[t].target,
+                        stat.name(),
+                        ix.value,
+                        ix.anomaly_index,
+                        combined[t]
+                    ));
+                }
+                combined[t] = raised;
+            }
+        }
     }
     let (best, score) =
         combined
@@ -887,6 +968,8 @@ impl SavedClass {
             coherence: self.value(Statistic::Coherence, None).unwrap_or(f64::NAN),
             input_transfer: self.value(Statistic::InputTransfer, None),
             input_reach: self.value(Statistic::InputReach, None),
+            universal_norm: self.value(Statistic::UniversalNorm, None),
+            max_margin: self.value(Statistic::MaxMargin, None),
             input_reach_sources: self
                 .source_input_reach
                 .iter()
@@ -1017,6 +1100,67 @@ mod tests {
     use super::*;
     use crate::detect::cepa::LayerStats;
 
+    #[test]
+    fn a_margin_far_above_the_others_counts_on_its_own() {
+        let layers = vec!["l".to_string()];
+        let mut rs: Vec<TargetResult> = (0..5)
+            .map(|t| result(t, 1.0 + 0.01 * t as f64, 0.5, 0.5, true))
+            .collect();
+        for (r, m) in rs.iter_mut().zip([10.0, 11.0, 9.0, 10.5, 60.0]) {
+            r.max_margin = Some(m);
+        }
+        let on = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
+        assert!(on.backdoored, "score {}", on.score);
+        assert_eq!(on.most_anomalous, 4);
+        // ln 60 stands 24 MADs above the others: capped at twice the threshold.
+        assert!((on.score - 3.0).abs() < 1e-9, "{}", on.score);
+        assert!(
+            on.notes.iter().any(|n| n.contains("max_margin")),
+            "{:?}",
+            on.notes
+        );
+        let off = DecisionConfig {
+            standalone: Default::default(),
+            ..Default::default()
+        };
+        let without = decide(&rs, &layers, &off).unwrap();
+        assert!(!without.backdoored, "score {}", without.score);
+        assert_eq!(without.most_anomalous, 0, "the smallest delta");
+        // A higher threshold asks more of the margin too: ln 14 stands 4 MADs out, about 2.1 after
+        // the weight, over 1.5 and under 4.
+        rs[4].max_margin = Some(14.0);
+        let d = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
+        assert!(
+            d.backdoored && d.score > 2.0 && d.score < 2.3,
+            "{}",
+            d.score
+        );
+        let strict = DecisionConfig {
+            threshold: 4.0,
+            ..Default::default()
+        };
+        assert!(!decide(&rs, &layers, &strict).unwrap().backdoored);
+        // Without margins (a report made before session 21) the verdict is the old one.
+        for r in &mut rs {
+            r.max_margin = None;
+        }
+        let old = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
+        assert_eq!(old.score, without.score);
+        assert_eq!(old.most_anomalous, 0);
+    }
+
+    #[test]
+    fn a_standalone_weight_must_be_positive_and_the_statistic_per_class() {
+        let bad = |stat: Statistic, w: f64| DecisionConfig {
+            standalone: [(stat, w)].into_iter().collect(),
+            ..Default::default()
+        };
+        assert!(bad(Statistic::MaxMargin, 0.0).validate().is_err());
+        assert!(bad(Statistic::MaxMargin, f64::NAN).validate().is_err());
+        assert!(bad(Statistic::Transfer, 1.0).validate().is_err());
+        assert!(bad(Statistic::UniversalNorm, 0.4).validate().is_ok());
+    }
+
     fn result(target: usize, delta: f64, disp: f64, transfer: f64, feasible: bool) -> TargetResult {
         TargetResult {
             target,
@@ -1037,6 +1181,8 @@ mod tests {
             input_transfer: Some(0.1),
             input_reach: Some(1.0),
             input_reach_sources: Vec::new(),
+            universal_norm: None,
+            max_margin: None,
             sources: vec![(target + 1) % 5, (target + 2) % 5],
             sample_delta_norms: vec![delta, delta],
             deltas: vec![],

@@ -1,0 +1,268 @@
+//! One additive pattern per putative target [ours, after the reverse engineering of additive
+//! backdoor patterns by Xiang, Miller and Kesidis]: a single `v_t`, added to every clean image of
+//! the other classes, grown from zero by Adam on the mean cross-entropy toward `t` until a share
+//! `pi` of the images lands in `t`. Its size `||v_t||_2` at that point is the statistic
+//! [`crate::detect::verdict::Statistic::UniversalNorm`].
+//!
+//! Why beside CEPA's per-sample perturbations: those are free per image (only their embedded
+//! moves must agree), so on a weak CIFAR-10 network every class is reached by per-image
+//! adversarial routes of about the same size, and a trigger spread over the whole image (SIG's
+//! sinusoid, a chessboard, a blend) costs no less. One pattern for all images has no such
+//! routes: a natural class needs a large one, a backdoor target the (small) trigger.
+
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+
+use crate::data::ImageSet;
+use crate::detect::cepa::{CepaConfig, sources_of};
+use crate::error::{Error, Result};
+use crate::model::Classifier;
+
+/// What the pattern of one target reached.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Universal {
+    pub target: usize,
+    /// `||v_t||_2` at the first step where a share `pi` of the images was sent to `t`, or at
+    /// the last step when none was (a lower bound of the size needed).
+    pub norm: f64,
+    /// The share of the images `v_t` sent to `t` at that step.
+    pub share: f64,
+    /// Whether the share reached `pi` within the step budget.
+    pub reached: bool,
+    pub steps: usize,
+}
+
+struct Problem {
+    target: usize,
+    x: Tensor<4>,
+    v: Tensor<4>,
+    m: Tensor<4>,
+    s: Tensor<4>,
+    steps: usize,
+    done: bool,
+    last: Option<Universal>,
+}
+
+/// The pattern of every target in `targets`, from the clean `images` (at most
+/// `cfg.universal_samples` of the other classes each, taken evenly from the source classes).
+/// Deterministic: every pattern starts at zero.
+pub fn universal(
+    model: &Classifier,
+    images: &ImageSet,
+    targets: &[usize],
+    cfg: &CepaConfig,
+) -> Result<Vec<Universal>> {
+    model.check_images(images)?;
+    let device = model.device().clone();
+    let dims = [1, images.channels, images.height, images.width];
+    let x_all = model.images_tensor(&images.pixels, images.len());
+    let mut problems = Vec::with_capacity(targets.len());
+    for &target in targets {
+        let idx = sources_of(&images.labels, target, cfg.universal_samples);
+        if idx.is_empty() {
+            return Err(Error::Mismatch(format!(
+                "no clean images outside class {target}"
+            )));
+        }
+        let ids = idx.iter().map(|&i| i as i64).collect::<Vec<_>>();
+        let x = x_all.clone().select(
+            0,
+            Tensor::<1, Int>::from_data(TensorData::new(ids, [idx.len()]), &device),
+        );
+        let v = Tensor::<4>::zeros(dims, &device);
+        problems.push(Problem {
+            target,
+            x,
+            m: v.zeros_like(),
+            s: v.zeros_like(),
+            v,
+            steps: 0,
+            done: false,
+            last: None,
+        });
+    }
+    crate::detect::run_shares(&mut problems, "universal-pattern", |part| {
+        grow(model, part, cfg)
+    })?;
+    Ok(problems
+        .into_iter()
+        .map(|p| p.last.expect("at least one step ran"))
+        .collect())
+}
+
+/// Adam on every problem of `problems` (one batch) until each reaches `pi` or the budget ends.
+fn grow(model: &Classifier, problems: &mut [Problem], cfg: &CepaConfig) -> Result<()> {
+    let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+    let budget = cfg.universal_steps.max(1);
+    for step in 0..budget {
+        crate::runtime::check_interrupt()?;
+        let active: Vec<usize> = (0..problems.len()).filter(|&i| !problems[i].done).collect();
+        if active.is_empty() {
+            break;
+        }
+        let leaves: Vec<Tensor<4>> = active
+            .iter()
+            .map(|&i| problems[i].v.clone().detach().require_grad())
+            .collect();
+        let xs: Vec<Tensor<4>> = active
+            .iter()
+            .zip(&leaves)
+            .map(|(&i, v)| {
+                let x = &problems[i].x;
+                (x.clone() + v.clone().expand(x.dims())).clamp(0.0, 1.0)
+            })
+            .collect();
+        let logits = model.logits(Tensor::cat(xs, 0))?;
+        let mut total: Option<Tensor<1>> = None;
+        let mut parts = Vec::with_capacity(2 * active.len());
+        let mut row = 0;
+        for (&i, leaf) in active.iter().zip(&leaves) {
+            let p = &problems[i];
+            let n = p.x.dims()[0];
+            let lt = logits.clone().narrow(0, row, n);
+            row += n;
+            let ce = log_softmax(lt.clone(), 1)
+                .narrow(1, p.target, 1)
+                .neg()
+                .mean();
+            parts.push(lt.argmax(1).equal_elem(p.target as i64).int().sum().float());
+            parts.push(leaf.clone().detach().powi_scalar(2).sum());
+            total = Some(match total {
+                None => ce,
+                Some(acc) => acc + ce,
+            });
+        }
+        let grads = total.expect("at least one active problem").backward();
+        let mut read = crate::detect::host_parts(parts)?.into_iter();
+        let mut scalar = || {
+            read.next()
+                .and_then(|v| v.first().copied())
+                .map_or(f64::NAN, f64::from)
+        };
+        let bc1 = 1.0 - b1.powi(step as i32 + 1);
+        let bc2 = 1.0 - b2.powi(step as i32 + 1);
+        for (&i, leaf) in active.iter().zip(&leaves) {
+            let p = &mut problems[i];
+            let n = p.x.dims()[0];
+            let share = scalar() / n as f64;
+            let norm = scalar().sqrt();
+            p.steps += 1;
+            let reached = share >= cfg.pi;
+            p.last = Some(Universal {
+                target: p.target,
+                norm,
+                share,
+                reached,
+                steps: p.steps,
+            });
+            if reached || p.steps >= budget {
+                p.done = true;
+                continue;
+            }
+            let g = leaf
+                .grad(&grads)
+                .ok_or_else(|| Error::Mismatch("no gradient reached the pattern".into()))?;
+            p.m = p.m.clone() * b1 + g.clone() * (1.0 - b1);
+            p.s = p.s.clone() * b2 + g.powi_scalar(2) * (1.0 - b2);
+            let update =
+                (p.m.clone() / bc1) / ((p.s.clone() / bc2).sqrt() + eps) * cfg.universal_lr;
+            // Beyond +-1 a pattern only saturates the clip: keep it in range.
+            p.v = (p.v.clone() - update).clamp(-1.0, 1.0);
+        }
+    }
+    Ok(())
+}
+
+/// The largest logit margin `f_t(x) - max_{j != t} f_j(x)` that an input `x` in `[0, 1]` reaches
+/// for each target, over `restarts` random starts of `steps` Adam steps each [after MM-BD, Wang
+/// et al. 2024]: a backdoor's pathway drives its target's logit far beyond what natural features
+/// do. Data-free: only the input shape is used.
+pub fn max_margin(
+    model: &Classifier,
+    dims: [usize; 3],
+    targets: &[usize],
+    cfg: &CepaConfig,
+) -> Result<Vec<f64>> {
+    use rand::Rng;
+    let device = model.device().clone();
+    let r = cfg.margin_restarts.max(1);
+    let per = dims[0] * dims[1] * dims[2];
+    let mut problems: Vec<Problem> = targets
+        .iter()
+        .map(|&target| {
+            let mut rng = crate::detect::class_rng(cfg.seed ^ 0x6d6d_6264, target);
+            let init: Vec<f32> = (0..r * per).map(|_| rng.random_range(0.0..1.0)).collect();
+            let x = Tensor::<4>::from_data(
+                TensorData::new(init, [r, dims[0], dims[1], dims[2]]),
+                &device,
+            );
+            Problem {
+                target,
+                m: x.zeros_like(),
+                s: x.zeros_like(),
+                v: x.zeros_like(),
+                x,
+                steps: 0,
+                done: false,
+                last: None,
+            }
+        })
+        .collect();
+    let k = model.num_classes();
+    crate::detect::run_shares(&mut problems, "max-margin", |part| {
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
+        for step in 0..cfg.margin_steps.max(1) {
+            crate::runtime::check_interrupt()?;
+            let leaves: Vec<Tensor<4>> = part
+                .iter()
+                .map(|p| p.x.clone().detach().require_grad())
+                .collect();
+            let logits = model.logits(Tensor::cat(leaves.clone(), 0))?;
+            let mut total: Option<Tensor<1>> = None;
+            let mut parts = Vec::new();
+            for (i, p) in part.iter().enumerate() {
+                let lt = logits.clone().narrow(0, i * r, r);
+                let mut mask = vec![0f32; k];
+                mask[p.target] = 1e9;
+                let mask =
+                    Tensor::<2>::from_data(TensorData::new(mask, [1, k]), &device).expand([r, k]);
+                let others = (lt.clone() - mask).max_dim(1);
+                let margin = lt.narrow(1, p.target, 1) - others;
+                parts.push(margin.clone().detach().max());
+                let loss = margin.mean().neg();
+                total = Some(match total {
+                    None => loss,
+                    Some(acc) => acc + loss,
+                });
+            }
+            let grads = total.expect("a problem").backward();
+            let read = crate::detect::host_parts(parts)?;
+            let bc1 = 1.0 - b1.powi(step as i32 + 1);
+            let bc2 = 1.0 - b2.powi(step as i32 + 1);
+            for ((p, leaf), best) in part.iter_mut().zip(&leaves).zip(read) {
+                let best = best.first().copied().map_or(f64::NAN, f64::from);
+                p.steps += 1;
+                p.last = Some(Universal {
+                    target: p.target,
+                    norm: best,
+                    share: 0.0,
+                    reached: true,
+                    steps: p.steps,
+                });
+                let g = leaf
+                    .grad(&grads)
+                    .ok_or_else(|| Error::Mismatch("no gradient reached the input".into()))?;
+                p.m = p.m.clone() * b1 + g.clone() * (1.0 - b1);
+                p.s = p.s.clone() * b2 + g.powi_scalar(2) * (1.0 - b2);
+                let update =
+                    (p.m.clone() / bc1) / ((p.s.clone() / bc2).sqrt() + eps) * cfg.margin_lr;
+                p.x = (p.x.clone() - update).clamp(0.0, 1.0);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(problems
+        .into_iter()
+        .map(|p| p.last.map_or(f64::NAN, |u| u.norm))
+        .collect())
+}
