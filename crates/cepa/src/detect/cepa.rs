@@ -268,8 +268,7 @@ struct Problem {
     clean: Vec<Tensor<2>>,
     sources: Vec<usize>,
     delta: Tensor<4>,
-    m: Tensor<4>,
-    v: Tensor<4>,
+    adam: crate::detect::Adam<4>,
     schedule: LambdaSchedule,
     steps: usize,
     last_j: f64,
@@ -430,8 +429,7 @@ pub fn stage1_targets(
             x,
             clean,
             sources: idx.iter().map(|&i| images.labels[i]).collect(),
-            m: delta.zeros_like(),
-            v: delta.zeros_like(),
+            adam: crate::detect::Adam::new(&delta),
             delta,
             schedule: LambdaSchedule::new(cfg.lambda_init, cfg.lambda_factor),
             steps: 0,
@@ -474,7 +472,6 @@ fn optimise(
     cfg: &CepaConfig,
     progress: Progress,
 ) -> Result<()> {
-    let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
     let budget = cfg.steps * cfg.infeasible_factor;
     for step in 0..budget {
         crate::runtime::check_interrupt()?;
@@ -540,8 +537,6 @@ fn optimise(
         }
         let grads = total.expect("at least one active problem").backward();
         progress(active.len());
-        let bc1 = 1.0 - b1.powi(step as i32 + 1);
-        let bc2 = 1.0 - b2.powi(step as i32 + 1);
         let mut read = crate::detect::host_parts(parts)?.into_iter();
         let scalar = |read: &mut std::vec::IntoIter<Vec<f32>>| {
             read.next()
@@ -555,9 +550,7 @@ fn optimise(
             let g = leaf
                 .grad(&grads)
                 .ok_or_else(|| Error::Mismatch("no gradient reached the input".into()))?;
-            p.m = p.m.clone() * b1 + g.clone() * (1.0 - b1);
-            p.v = p.v.clone() * b2 + g.powi_scalar(2) * (1.0 - b2);
-            let update = (p.m.clone() / bc1) / ((p.v.clone() / bc2).sqrt() + eps) * cfg.lr;
+            let update = p.adam.update(g, step, cfg.lr);
             // The measures below belong to the iterate before this update.
             let before = p.delta.clone();
             let moved = p.delta.clone() - update;

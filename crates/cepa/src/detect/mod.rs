@@ -50,6 +50,43 @@ pub(crate) fn host_parts(parts: Vec<burn::prelude::Tensor<1>>) -> crate::Result<
         .collect())
 }
 
+/// Adam's moment estimates for one tensor variable (beta1 0.9, beta2 0.999, eps 1e-8, bias
+/// corrected): the optimiser of CEPA's perturbations and of the per-class searches beside it.
+pub(crate) struct Adam<const D: usize> {
+    m: burn::prelude::Tensor<D>,
+    v: burn::prelude::Tensor<D>,
+}
+
+impl<const D: usize> Adam<D> {
+    const B1: f64 = 0.9;
+    const B2: f64 = 0.999;
+    const EPS: f64 = 1e-8;
+
+    /// Zero moments shaped like `like`.
+    pub(crate) fn new(like: &burn::prelude::Tensor<D>) -> Self {
+        Self {
+            m: like.zeros_like(),
+            v: like.zeros_like(),
+        }
+    }
+
+    /// Take gradient `g` at step `step` (0-based) and return the update to subtract, scaled by
+    /// `lr`.
+    pub(crate) fn update(
+        &mut self,
+        g: burn::prelude::Tensor<D>,
+        step: usize,
+        lr: f64,
+    ) -> burn::prelude::Tensor<D> {
+        let (b1, b2) = (Self::B1, Self::B2);
+        let bc1 = 1.0 - b1.powi(step as i32 + 1);
+        let bc2 = 1.0 - b2.powi(step as i32 + 1);
+        self.m = self.m.clone() * b1 + g.clone() * (1.0 - b1);
+        self.v = self.v.clone() * b2 + g.powi_scalar(2) * (1.0 - b2);
+        (self.m.clone() / bc1) / ((self.v.clone() / bc2).sqrt() + Self::EPS) * lr
+    }
+}
+
 /// Run `work` on `items` split into one share per thread of rayon's pool (the pool burn's CPU
 /// kernels run on), the shares in parallel, each on one worker (which batches it as `work`
 /// does: CEPA whole, Neural Cleanse in groups). The workers are the pool's own threads, so

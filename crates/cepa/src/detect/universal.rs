@@ -36,8 +36,7 @@ struct Problem {
     target: usize,
     x: Tensor<4>,
     v: Tensor<4>,
-    m: Tensor<4>,
-    s: Tensor<4>,
+    adam: crate::detect::Adam<4>,
     steps: usize,
     done: bool,
     last: Option<Universal>,
@@ -73,8 +72,7 @@ pub fn universal(
         problems.push(Problem {
             target,
             x,
-            m: v.zeros_like(),
-            s: v.zeros_like(),
+            adam: crate::detect::Adam::new(&v),
             v,
             steps: 0,
             done: false,
@@ -92,7 +90,6 @@ pub fn universal(
 
 /// Adam on every problem of `problems` (one batch) until each reaches `pi` or the budget ends.
 fn grow(model: &Classifier, problems: &mut [Problem], cfg: &CepaConfig) -> Result<()> {
-    let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
     let budget = cfg.universal_steps.max(1);
     for step in 0..budget {
         crate::runtime::check_interrupt()?;
@@ -139,8 +136,6 @@ fn grow(model: &Classifier, problems: &mut [Problem], cfg: &CepaConfig) -> Resul
                 .and_then(|v| v.first().copied())
                 .map_or(f64::NAN, f64::from)
         };
-        let bc1 = 1.0 - b1.powi(step as i32 + 1);
-        let bc2 = 1.0 - b2.powi(step as i32 + 1);
         for (&i, leaf) in active.iter().zip(&leaves) {
             let p = &mut problems[i];
             let n = p.x.dims()[0];
@@ -162,10 +157,7 @@ fn grow(model: &Classifier, problems: &mut [Problem], cfg: &CepaConfig) -> Resul
             let g = leaf
                 .grad(&grads)
                 .ok_or_else(|| Error::Mismatch("no gradient reached the pattern".into()))?;
-            p.m = p.m.clone() * b1 + g.clone() * (1.0 - b1);
-            p.s = p.s.clone() * b2 + g.powi_scalar(2) * (1.0 - b2);
-            let update =
-                (p.m.clone() / bc1) / ((p.s.clone() / bc2).sqrt() + eps) * cfg.universal_lr;
+            let update = p.adam.update(g, step, cfg.universal_lr);
             // Beyond +-1 a pattern only saturates the clip: keep it in range.
             p.v = (p.v.clone() - update).clamp(-1.0, 1.0);
         }
@@ -173,10 +165,19 @@ fn grow(model: &Classifier, problems: &mut [Problem], cfg: &CepaConfig) -> Resul
     Ok(())
 }
 
+/// One target's starts in the largest-margin search.
+struct Starts {
+    target: usize,
+    x: Tensor<4>,
+    adam: crate::detect::Adam<4>,
+    best: f64,
+}
+
 /// The largest logit margin `f_t(x) - max_{j != t} f_j(x)` that an input `x` in `[0, 1]` reaches
-/// for each target, over `restarts` random starts of `steps` Adam steps each [after MM-BD, Wang
-/// et al. 2024]: a backdoor's pathway drives its target's logit far beyond what natural features
-/// do. Data-free: only the input shape is used.
+/// for each target, over `margin_restarts` random starts of `margin_steps` Adam steps each
+/// [after MM-BD, Wang et al. 2024]: a backdoor's pathway drives its target's logit far beyond
+/// what natural features do. Data-free: only the input shape `dims` (CHW) is used. The margin
+/// reported is that of the best start at the last step measured (before the last update).
 pub fn max_margin(
     model: &Classifier,
     dims: [usize; 3],
@@ -187,7 +188,7 @@ pub fn max_margin(
     let device = model.device().clone();
     let r = cfg.margin_restarts.max(1);
     let per = dims[0] * dims[1] * dims[2];
-    let mut problems: Vec<Problem> = targets
+    let mut problems: Vec<Starts> = targets
         .iter()
         .map(|&target| {
             let mut rng = crate::detect::class_rng(cfg.seed ^ 0x6d6d_6264, target);
@@ -196,21 +197,16 @@ pub fn max_margin(
                 TensorData::new(init, [r, dims[0], dims[1], dims[2]]),
                 &device,
             );
-            Problem {
+            Starts {
                 target,
-                m: x.zeros_like(),
-                s: x.zeros_like(),
-                v: x.zeros_like(),
+                adam: crate::detect::Adam::new(&x),
                 x,
-                steps: 0,
-                done: false,
-                last: None,
+                best: f64::NAN,
             }
         })
         .collect();
     let k = model.num_classes();
     crate::detect::run_shares(&mut problems, "max-margin", |part| {
-        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8f64);
         for step in 0..cfg.margin_steps.max(1) {
             crate::runtime::check_interrupt()?;
             let leaves: Vec<Tensor<4>> = part
@@ -219,7 +215,7 @@ pub fn max_margin(
                 .collect();
             let logits = model.logits(Tensor::cat(leaves.clone(), 0))?;
             let mut total: Option<Tensor<1>> = None;
-            let mut parts = Vec::new();
+            let mut parts = Vec::with_capacity(part.len());
             for (i, p) in part.iter().enumerate() {
                 let lt = logits.clone().narrow(0, i * r, r);
                 let mut mask = vec![0f32; k];
@@ -237,32 +233,16 @@ pub fn max_margin(
             }
             let grads = total.expect("a problem").backward();
             let read = crate::detect::host_parts(parts)?;
-            let bc1 = 1.0 - b1.powi(step as i32 + 1);
-            let bc2 = 1.0 - b2.powi(step as i32 + 1);
             for ((p, leaf), best) in part.iter_mut().zip(&leaves).zip(read) {
-                let best = best.first().copied().map_or(f64::NAN, f64::from);
-                p.steps += 1;
-                p.last = Some(Universal {
-                    target: p.target,
-                    norm: best,
-                    share: 0.0,
-                    reached: true,
-                    steps: p.steps,
-                });
+                p.best = best.first().copied().map_or(f64::NAN, f64::from);
                 let g = leaf
                     .grad(&grads)
                     .ok_or_else(|| Error::Mismatch("no gradient reached the input".into()))?;
-                p.m = p.m.clone() * b1 + g.clone() * (1.0 - b1);
-                p.s = p.s.clone() * b2 + g.powi_scalar(2) * (1.0 - b2);
-                let update =
-                    (p.m.clone() / bc1) / ((p.s.clone() / bc2).sqrt() + eps) * cfg.margin_lr;
+                let update = p.adam.update(g, step, cfg.margin_lr);
                 p.x = (p.x.clone() - update).clamp(0.0, 1.0);
             }
         }
         Ok(())
     })?;
-    Ok(problems
-        .into_iter()
-        .map(|p| p.last.map_or(f64::NAN, |u| u.norm))
-        .collect())
+    Ok(problems.into_iter().map(|p| p.best).collect())
 }
