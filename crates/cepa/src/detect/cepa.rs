@@ -474,15 +474,11 @@ fn optimise(
 ) -> Result<()> {
     let budget = cfg.steps * cfg.infeasible_factor;
     for step in 0..budget {
-        crate::runtime::check_interrupt()?;
-        let active: Vec<usize> = (0..problems.len()).filter(|&i| !problems[i].done).collect();
-        if active.is_empty() {
+        let Some((active, leaves)) =
+            crate::detect::active_leaves(problems, |p| p.done, |p| &p.delta)?
+        else {
             break;
-        }
-        let leaves: Vec<Tensor<4>> = active
-            .iter()
-            .map(|&i| problems[i].delta.clone().detach().require_grad())
-            .collect();
+        };
         let xs: Vec<Tensor<4>> = active
             .iter()
             .zip(&leaves)

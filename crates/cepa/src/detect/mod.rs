@@ -50,6 +50,28 @@ pub(crate) fn host_parts(parts: Vec<burn::prelude::Tensor<1>>) -> crate::Result<
         .collect())
 }
 
+/// One step of a batch of per-class problems: stop if the user interrupted, then the problems
+/// still running (by index) and a fresh gradient leaf of each one's variable; `None` when every
+/// problem is done.
+pub(crate) fn active_leaves<T>(
+    problems: &[T],
+    done: impl Fn(&T) -> bool,
+    var: impl Fn(&T) -> &burn::prelude::Tensor<4>,
+) -> crate::Result<Option<(Vec<usize>, Vec<burn::prelude::Tensor<4>>)>> {
+    crate::runtime::check_interrupt()?;
+    let active: Vec<usize> = (0..problems.len())
+        .filter(|&i| !done(&problems[i]))
+        .collect();
+    if active.is_empty() {
+        return Ok(None);
+    }
+    let leaves = active
+        .iter()
+        .map(|&i| var(&problems[i]).clone().detach().require_grad())
+        .collect();
+    Ok(Some((active, leaves)))
+}
+
 /// Adam's moment estimates for one tensor variable (beta1 0.9, beta2 0.999, eps 1e-8, bias
 /// corrected): the optimiser of CEPA's perturbations and of the per-class searches beside it.
 pub(crate) struct Adam<const D: usize> {

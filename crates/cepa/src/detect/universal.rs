@@ -92,15 +92,10 @@ pub fn universal(
 fn grow(model: &Classifier, problems: &mut [Problem], cfg: &CepaConfig) -> Result<()> {
     let budget = cfg.universal_steps.max(1);
     for step in 0..budget {
-        crate::runtime::check_interrupt()?;
-        let active: Vec<usize> = (0..problems.len()).filter(|&i| !problems[i].done).collect();
-        if active.is_empty() {
+        let Some((active, leaves)) = crate::detect::active_leaves(problems, |p| p.done, |p| &p.v)?
+        else {
             break;
-        }
-        let leaves: Vec<Tensor<4>> = active
-            .iter()
-            .map(|&i| problems[i].v.clone().detach().require_grad())
-            .collect();
+        };
         let xs: Vec<Tensor<4>> = active
             .iter()
             .zip(&leaves)
