@@ -1327,6 +1327,8 @@ fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
         ),
         // The judge of the rule frozen in session 20, under the default rule.
         ("eval/zoo-judge-s20-manifest.json", "eval/judge-s20", None),
+        // The judge of the rule frozen in session 21 (the largest margin on its own).
+        ("eval/zoo-judge-s21-manifest.json", "eval/judge-s21", None),
     ] {
         let from = repo(folder);
         let out = tmp_dir(&format!("rescore-{}", folder.replace('/', "-")));

@@ -229,3 +229,58 @@ fn the_planted_target_reaches_the_largest_margin_and_the_clean_twin_none_stands_
             .unwrap();
     assert_eq!(clean, again);
 }
+
+#[test]
+fn clean_margins_are_each_class_s_most_confident_image_and_the_planted_target_exceeds_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (set, held) = (images(3, 5), images(2, 6));
+    let model = model(true, dir);
+    let got = cepa::detect::universal::clean_margins(&model, &set, Some(&held)).unwrap();
+    // Written out here from the logits: the largest f_t - max_{j != t} f_j over all 20 images.
+    let mut want = vec![f64::NEG_INFINITY; CLASSES];
+    for s in [&set, &held] {
+        let logits: Vec<f32> = model
+            .logits(model.images_tensor(&s.pixels, s.len()))
+            .unwrap()
+            .try_into_vec_as::<f32>()
+            .unwrap();
+        for row in logits.chunks(CLASSES) {
+            for (t, w) in want.iter_mut().enumerate() {
+                let others = (0..CLASSES)
+                    .filter(|&j| j != t)
+                    .map(|j| row[j])
+                    .fold(f32::NEG_INFINITY, f32::max);
+                *w = w.max(f64::from(row[t] - others));
+            }
+        }
+    }
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-5, "{got:?} against {want:?}");
+    }
+    // Without the held-out images the maxima are those of the first set alone: no larger.
+    let alone = cepa::detect::universal::clean_margins(&model, &set, None).unwrap();
+    assert!(
+        alone.iter().zip(&got).all(|(a, g)| a <= g),
+        "{alone:?} {got:?}"
+    );
+    // Every class has confident clean examples (each image's own class wins).
+    assert!(got.iter().all(|&m| m > 0.0), "{got:?}");
+    // The trigger pixel is black in clean images: the planted target's largest reachable margin
+    // lies far beyond its most confident clean image, the other classes' near theirs.
+    let cfg = CepaConfig {
+        margin_steps: 100,
+        margin_restarts: 4,
+        ..CepaConfig::default()
+    };
+    let targets: Vec<usize> = (0..CLASSES).collect();
+    let reach =
+        cepa::detect::universal::max_margin(&model, [1, SIDE, SIDE], &targets, &cfg).unwrap();
+    let excess: Vec<f64> = reach.iter().zip(&got).map(|(r, c)| r - c).collect();
+    for c in (0..CLASSES).filter(|&c| c != TARGET) {
+        assert!(
+            excess[TARGET] > 10.0 * excess[c].abs().max(1.0),
+            "{excess:?}"
+        );
+    }
+}

@@ -245,6 +245,9 @@ pub struct TargetResult {
     /// The largest logit margin of the target that an input reaches
     /// ([`crate::detect::universal::max_margin`]); `None` when not run.
     pub max_margin: Option<f64>,
+    /// `max_margin` less the largest margin of the target among the scan's clean images (those
+    /// optimised over and the held-out ones); `None` when the margin search did not run.
+    pub margin_excess: Option<f64>,
     /// Per sample: its true class and `||delta_n||_2`.
     pub sources: Vec<usize>,
     pub sample_delta_norms: Vec<f64>,
@@ -456,8 +459,10 @@ pub fn stage1_targets(
     }
     if cfg.margin_steps > 0 {
         let found = crate::detect::universal::max_margin(model, dims, targets, cfg)?;
+        let natural = crate::detect::universal::clean_margins(model, images, holdout)?;
         for (r, m) in out.iter_mut().zip(found) {
             r.max_margin = Some(m);
+            r.margin_excess = Some(m - natural[r.target]);
         }
     }
     Ok(out)
@@ -589,6 +594,7 @@ fn optimise(
                 input_reach_sources: Vec::new(),
                 universal_norm: None,
                 max_margin: None,
+                margin_excess: None,
                 sources: p.sources.clone(),
                 sample_delta_norms: sample_norms,
                 deltas: Vec::new(),

@@ -241,3 +241,38 @@ pub fn max_margin(
     })?;
     Ok(problems.into_iter().map(|p| p.best).collect())
 }
+
+/// The largest margin `f_t(x) - max_{j != t} f_j(x)` of every class `t` among the clean images
+/// (`images`, then `holdout`): the most confident natural example of each class, which
+/// [`crate::detect::verdict::Statistic::MarginExcess`] subtracts from the largest margin an
+/// input reaches. A class none of the images reaches has a negative value.
+pub fn clean_margins(
+    model: &Classifier,
+    images: &ImageSet,
+    holdout: Option<&ImageSet>,
+) -> Result<Vec<f64>> {
+    let k = model.num_classes();
+    let mut best = vec![f64::NEG_INFINITY; k];
+    for set in std::iter::once(images).chain(holdout) {
+        let per = set.image_len();
+        for start in (0..set.len()).step_by(256) {
+            let n = 256.min(set.len() - start);
+            let x = model.images_tensor(&set.pixels[start * per..(start + n) * per], n);
+            let logits = model
+                .logits(x)?
+                .try_into_vec_as::<f32>()
+                .map_err(|e| Error::Mismatch(format!("cannot read logits back: {e:?}")))?;
+            for row in logits.chunks(k) {
+                for (t, b) in best.iter_mut().enumerate() {
+                    let others = row
+                        .iter()
+                        .enumerate()
+                        .filter(|&(j, _)| j != t)
+                        .fold(f32::NEG_INFINITY, |m, (_, &v)| m.max(v));
+                    *b = b.max(f64::from(row[t] - others));
+                }
+            }
+        }
+    }
+    Ok(best)
+}

@@ -56,6 +56,11 @@ pub enum Statistic {
     UniversalNorm,
     /// The largest logit margin of `t` over any input, large is suspicious [ours, after MM-BD].
     MaxMargin,
+    /// `max_margin` less the largest margin of `t` that a clean image of the scan has, large is
+    /// suspicious [ours]: how far beyond its most confident natural example an input drives
+    /// the class. A class that natural images already reach with a large margin is not
+    /// anomalous for reaching a large one.
+    MarginExcess,
 }
 
 impl Statistic {
@@ -66,7 +71,8 @@ impl Statistic {
             | Statistic::PairDelta
             | Statistic::Coherence
             | Statistic::InputTransfer
-            | Statistic::MaxMargin => Tail::Large,
+            | Statistic::MaxMargin
+            | Statistic::MarginExcess => Tail::Large,
             Statistic::DeltaNorm
             | Statistic::Dispersion
             | Statistic::Reach
@@ -92,6 +98,7 @@ impl Statistic {
             Statistic::InputReachMax => "input_reach_max",
             Statistic::UniversalNorm => "universal_norm",
             Statistic::MaxMargin => "max_margin",
+            Statistic::MarginExcess => "margin_excess",
         }
     }
 
@@ -130,6 +137,7 @@ impl Statistic {
                 | Statistic::InputReachMax
                 | Statistic::UniversalNorm
                 | Statistic::MaxMargin
+                | Statistic::MarginExcess
         )
     }
 
@@ -143,6 +151,7 @@ impl Statistic {
             Statistic::InputReach => r.input_reach.unwrap_or(f64::NAN),
             Statistic::UniversalNorm => r.universal_norm.unwrap_or(f64::NAN),
             Statistic::MaxMargin => r.max_margin.unwrap_or(f64::NAN),
+            Statistic::MarginExcess => r.margin_excess.unwrap_or(f64::NAN),
             Statistic::InputReachMax => r
                 .input_reach_sources
                 .iter()
@@ -650,6 +659,7 @@ pub fn decide_pool(
         Statistic::InputReachMax,
         Statistic::UniversalNorm,
         Statistic::MaxMargin,
+        Statistic::MarginExcess,
     ];
     let pair = pair_values(results);
     for stat in all {
@@ -970,6 +980,7 @@ impl SavedClass {
             input_reach: self.value(Statistic::InputReach, None),
             universal_norm: self.value(Statistic::UniversalNorm, None),
             max_margin: self.value(Statistic::MaxMargin, None),
+            margin_excess: self.value(Statistic::MarginExcess, None),
             input_reach_sources: self
                 .source_input_reach
                 .iter()
