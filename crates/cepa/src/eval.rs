@@ -334,7 +334,7 @@ fn score_of(c: &Outcome, n: &Outcome, how: Combination, cfg: &VerdictConfig) -> 
 
 /// Where [`combine`]'s score of one model comes from, in words: each detector's score over its
 /// own threshold, its class, and which term decided, e.g. "CEPA 1.93 x its threshold at class
-/// 7, Neural Cleanse 1.68 x at class 7: the same class, their mean 1.80".
+/// 7, Neural Cleanse 1.68 x at class 7: the same class, their mean 1.81".
 pub fn explain(c: &Outcome, n: &Outcome, how: Combination, cfg: &VerdictConfig) -> String {
     let class = |o: &Outcome| {
         o.most_anomalous
