@@ -1165,6 +1165,54 @@ mod tests {
     }
 
     #[test]
+    fn the_margin_beyond_the_clean_images_is_averaged_with_the_others_not_alone() {
+        let layers = vec!["l".to_string()];
+        let mut rs: Vec<TargetResult> = (0..5)
+            .map(|t| result(t, 1.0 + 0.01 * t as f64, 0.5, 0.5, true))
+            .collect();
+        let three = DecisionConfig {
+            statistics: vec![
+                Statistic::DeltaNorm,
+                Statistic::EmbedNorm,
+                Statistic::Transfer,
+            ],
+            ..Default::default()
+        };
+        // Without the measure (a report made before session 22) the default is the old rule.
+        let old = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
+        assert_eq!(old.score, decide(&rs, &layers, &three).unwrap().score);
+        for (r, m) in rs.iter_mut().zip([1.0, 1.2, 0.9, 1.1, 50.0]) {
+            r.margin_excess = Some(m);
+        }
+        let d = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
+        let four = &d.classes[4];
+        let excess = four
+            .statistics
+            .iter()
+            .find(|s| s.statistic == Statistic::MarginExcess)
+            .unwrap();
+        assert!(excess.anomaly_index > 100.0, "{}", excess.anomaly_index);
+        // One term of four, capped at 3: class 4's mean is that of its capped chosen indices.
+        let chosen: Vec<f64> = four
+            .statistics
+            .iter()
+            .filter(|s| DecisionConfig::default().statistics.contains(&s.statistic))
+            .map(|s| s.anomaly_index.min(3.0))
+            .collect();
+        assert_eq!(chosen.len(), 4);
+        let mean = chosen.iter().sum::<f64>() / 4.0;
+        assert!(
+            (four.mean_index - mean).abs() < 1e-9,
+            "{} {mean}",
+            four.mean_index
+        );
+        assert!(four.mean_index > old.classes[4].mean_index);
+        // It raises the class, but no statistic carries a verdict alone in the mean.
+        assert!(!d.backdoored, "score {}", d.score);
+        assert!(d.score < 1.5);
+    }
+
+    #[test]
     fn a_standalone_weight_must_be_positive_and_the_statistic_per_class() {
         let bad = |stat: Statistic, w: f64| DecisionConfig {
             standalone: [(stat, w)].into_iter().collect(),
@@ -1198,6 +1246,7 @@ mod tests {
             input_reach_sources: Vec::new(),
             universal_norm: None,
             max_margin: None,
+            margin_excess: None,
             sources: vec![(target + 1) % 5, (target + 2) % 5],
             sample_delta_norms: vec![delta, delta],
             deltas: vec![],
