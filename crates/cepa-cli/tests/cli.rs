@@ -1329,8 +1329,22 @@ fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
         ("eval/zoo-judge-s20-manifest.json", "eval/judge-s20", None),
         // The judge of the rule frozen in session 21 (the largest margin on its own).
         ("eval/zoo-judge-s21-manifest.json", "eval/judge-s21", None),
+        // The judge of the rule frozen in session 22 (margin_excess in CEPA's mean).
+        ("eval/zoo-judge-s22-manifest.json", "eval/judge-s22", None),
+        // The same scans under the session-21 rule: its table is read from a folder that keeps
+        // no reports of its own, so the scans come from eval/judge-s22.
+        (
+            "eval/zoo-judge-s22-manifest.json",
+            "eval/judge-s22-s21-rule",
+            Some("eval/stats-dev-s22/s21-rule.toml"),
+        ),
     ] {
-        let from = repo(folder);
+        let saved = repo(folder);
+        let from = if saved.join("reports/cepa").is_dir() {
+            saved.clone()
+        } else {
+            repo("eval/judge-s22")
+        };
         let out = tmp_dir(&format!("rescore-{}", folder.replace('/', "-")));
         let rule = rule.map(|r| repo(r).to_str().unwrap().to_string());
         let mut args = vec!["--from", from.to_str().unwrap()];
@@ -1340,7 +1354,7 @@ fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
         rescore(manifest, &out, &args);
         let (mine, kept) = (
             jsonl(&out.join("results.jsonl")),
-            jsonl(&from.join("results.jsonl")),
+            jsonl(&saved.join("results.jsonl")),
         );
         assert_eq!(mine.len(), kept.len(), "{folder}");
         assert!(mine.iter().any(|o| o["detector"] == "cepa"));
@@ -1353,14 +1367,14 @@ fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
         let read = |dir: &Path, name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
         let (ev, ev_kept): (serde_json::Value, serde_json::Value) = (
             serde_json::from_str(&read(&out, "evaluation.json")).unwrap(),
-            serde_json::from_str(&read(&from, "evaluation.json")).unwrap(),
+            serde_json::from_str(&read(&saved, "evaluation.json")).unwrap(),
         );
         assert_json_close(&ev, &ev_kept, 1e-9, folder);
         // The Markdown names the files it read; past those two lines the tables are the same.
         let body = |t: String| t.lines().skip(3).collect::<Vec<_>>().join("\n");
         assert_eq!(
             body(read(&out, "evaluation.md")),
-            body(read(&from, "evaluation.md")),
+            body(read(&saved, "evaluation.md")),
             "{folder}: evaluation.md"
         );
         std::fs::remove_dir_all(&out).ok();
