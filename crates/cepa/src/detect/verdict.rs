@@ -270,6 +270,14 @@ pub struct DecisionConfig {
     /// sink it flags 2 to 9, as leave one dataset out chooses it (EVALUATION.md, "The sink
     /// check"; frozen 2026-12-04, session 19).
     pub suspect_rank: usize,
+    /// The margin gate [ours]: a class whose `margin_excess` anomaly index is below this cannot
+    /// be the suspect; its combined index is capped at 0, like the sink check's. A trigger's
+    /// pathway drives its target's logit beyond the class's natural examples; a class that is
+    /// only cheap to reach in input space (CIFAR-10's "truck" on the project's networks, which
+    /// CEPA's consensus and Neural Cleanse both single out) has an ordinary margin. Only in
+    /// scans that measured `margin_excess` (session 22 on). 0 (the default) turns it off;
+    /// measured on the development scans in session 22 (EVALUATION.md), not chosen.
+    pub margin_gate: f64,
     /// Statistics that count on their own [ours], each with a weight `w`: a class's combined
     /// index is raised to at least `w x` its anomaly index of that statistic (at most twice the
     /// threshold), after the sink check, and compared with the same threshold. For the measures
@@ -326,6 +334,12 @@ impl DecisionConfig {
                 )));
             }
         }
+        if !(self.margin_gate.is_finite() && self.margin_gate >= 0.0) {
+            return Err(Error::Config(format!(
+                "[scan.decision] margin_gate = {}: must be 0 (off) or a positive anomaly index",
+                self.margin_gate
+            )));
+        }
         Ok(())
     }
 
@@ -362,6 +376,7 @@ impl Default for DecisionConfig {
             reach_gap_statistic: Statistic::InputReach,
             reach_confirm: 1.17,
             suspect_rank: 2,
+            margin_gate: 0.0,
             standalone: [(Statistic::MaxMargin, 1.5 / 2.81)].into_iter().collect(),
         }
     }
@@ -801,6 +816,34 @@ pub fn decide_pool(
     for &i in &sinks {
         combined[i] = combined[i].min(0.0);
     }
+    if cfg.margin_gate > 0.0 {
+        let excess: Vec<Option<f64>> = per_class
+            .iter()
+            .map(|class| {
+                class
+                    .iter()
+                    .find(|x| x.statistic == Statistic::MarginExcess && x.value.is_finite())
+                    .map(|x| x.anomaly_index)
+            })
+            .collect();
+        if excess.iter().flatten().count() >= 3 {
+            for (t, e) in excess.iter().enumerate() {
+                let Some(e) = *e else { continue };
+                if e < cfg.margin_gate {
+                    if combined[t] > threshold {
+                        notes.push(format!(
+                            "class {}: combined index {:.2} over the threshold, but its margin \
+                             beyond the clean images is ordinary (margin_excess index {e:.2} < \
+                             {}): a class cheap to reach in input space, not a trigger's target; \
+                             not a suspect",
+                            results[t].target, combined[t], cfg.margin_gate
+                        ));
+                    }
+                    combined[t] = combined[t].min(0.0);
+                }
+            }
+        }
+    }
     for (&stat, &weight) in &cfg.standalone {
         for (t, class) in per_class.iter().enumerate() {
             let Some(ix) = class.iter().find(|x| x.statistic == stat) else {
@@ -1210,6 +1253,46 @@ mod tests {
         // It raises the class, but no statistic carries a verdict alone in the mean.
         assert!(!d.backdoored, "score {}", d.score);
         assert!(d.score < 1.5);
+    }
+
+    #[test]
+    fn the_margin_gate_takes_a_class_with_an_ordinary_margin_off_the_suspects() {
+        let layers = vec!["l".to_string()];
+        // Class 4 is far the cheapest to reach and its consensus transfers; class 1 has the largest
+        // margin beyond its clean images, class 4 an ordinary one.
+        let mut rs: Vec<TargetResult> = (0..5)
+            .map(|t| {
+                result(
+                    t,
+                    if t == 4 { 0.1 } else { 1.0 + 0.01 * t as f64 },
+                    0.5,
+                    if t == 4 { 0.9 } else { 0.5 },
+                    true,
+                )
+            })
+            .collect();
+        for (r, m) in rs.iter_mut().zip([1.0, 1.3, 0.9, 1.1, 1.05]) {
+            r.margin_excess = Some(m);
+        }
+        let off = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
+        assert_eq!(off.most_anomalous, 4);
+        let gate = DecisionConfig {
+            margin_gate: 1.0,
+            ..Default::default()
+        };
+        let on = decide(&rs, &layers, &gate).unwrap();
+        assert_eq!(on.most_anomalous, 1, "{:?}", on.notes);
+        assert!(on.classes[4].anomaly_index <= 0.0);
+        // Scans without the measure keep every class.
+        for r in &mut rs {
+            r.margin_excess = None;
+        }
+        assert_eq!(decide(&rs, &layers, &gate).unwrap().most_anomalous, 4);
+        let bad = DecisionConfig {
+            margin_gate: -1.0,
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
     }
 
     #[test]
