@@ -263,12 +263,19 @@ pub fn clean_margins(
                 .try_into_vec_as::<f32>()
                 .map_err(|e| Error::Mismatch(format!("cannot read logits back: {e:?}")))?;
             for row in logits.chunks(k) {
+                // The largest other logit is the row's largest, or for that class the second.
+                let (mut first, mut second) = (0, None::<usize>);
+                for j in 1..row.len() {
+                    if row[j] > row[first] {
+                        second = Some(first);
+                        first = j;
+                    } else if second.is_none_or(|s| row[j] > row[s]) {
+                        second = Some(j);
+                    }
+                }
                 for (t, b) in best.iter_mut().enumerate() {
-                    let others = row
-                        .iter()
-                        .enumerate()
-                        .filter(|&(j, _)| j != t)
-                        .fold(f32::NEG_INFINITY, |m, (_, &v)| m.max(v));
+                    let other = if t == first { second } else { Some(first) };
+                    let others = other.map_or(f32::NEG_INFINITY, |j| row[j]);
                     *b = b.max(f64::from(row[t] - others));
                 }
             }
