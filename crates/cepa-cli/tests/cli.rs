@@ -1302,49 +1302,65 @@ fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
     // (those before session 20 under `agree_score = "larger"` at 0.973): the same verdicts,
     // scores and tables (written by this very command).
     let larger = "eval/stats-dev-s20/larger.toml";
-    for (manifest, folder, rule) in [
+    for (manifest, folder, rule, scans) in [
         (
             "eval/zoo-standard-manifest.json",
             "eval/standard",
             Some(larger),
+            None,
         ),
         (
             "eval/zoo-holdout-manifest.json",
             "eval/holdout-fashion",
             Some(larger),
+            None,
         ),
-        ("zoo/real/manifest.json", "eval/real", Some(larger)),
+        ("zoo/real/manifest.json", "eval/real", Some(larger), None),
         (
             "eval/zoo-holdout-resnet-manifest.json",
             "eval/holdout-resnet",
             Some(larger),
+            None,
         ),
         // Scanned with the per-source reach: the hardest-source checks decide it again.
         (
             "eval/zoo-judge-allconv-manifest.json",
             "eval/judge-allconv",
             Some(larger),
+            None,
         ),
         // The judge of the rule frozen in session 20, under the default rule.
-        ("eval/zoo-judge-s20-manifest.json", "eval/judge-s20", None),
+        (
+            "eval/zoo-judge-s20-manifest.json",
+            "eval/judge-s20",
+            None,
+            None,
+        ),
         // The judge of the rule frozen in session 21 (the largest margin on its own).
-        ("eval/zoo-judge-s21-manifest.json", "eval/judge-s21", None),
+        (
+            "eval/zoo-judge-s21-manifest.json",
+            "eval/judge-s21",
+            None,
+            None,
+        ),
         // The judge of the rule frozen in session 22 (margin_excess in CEPA's mean).
-        ("eval/zoo-judge-s22-manifest.json", "eval/judge-s22", None),
-        // The same scans under the session-21 rule: its table is read from a folder that keeps
-        // no reports of its own, so the scans come from eval/judge-s22.
+        (
+            "eval/zoo-judge-s22-manifest.json",
+            "eval/judge-s22",
+            None,
+            None,
+        ),
+        // The same scans under the session-21 rule (a table without saved scans of its own).
         (
             "eval/zoo-judge-s22-manifest.json",
             "eval/judge-s22-s21-rule",
             Some("eval/stats-dev-s22/s21-rule.toml"),
+            Some("eval/judge-s22"),
         ),
     ] {
+        // `saved`: the committed table; `from`: the saved scans it was decided from.
         let saved = repo(folder);
-        let from = if saved.join("reports/cepa").is_dir() {
-            saved.clone()
-        } else {
-            repo("eval/judge-s22")
-        };
+        let from = repo(scans.unwrap_or(folder));
         let out = tmp_dir(&format!("rescore-{}", folder.replace('/', "-")));
         let rule = rule.map(|r| repo(r).to_str().unwrap().to_string());
         let mut args = vec!["--from", from.to_str().unwrap()];

@@ -22,17 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let path = Path::new(m);
         let (spec, _) = ModelSpec::resolve_for(path, &ModelSpec::default())?;
         let model = Classifier::load(path, &spec, &device)?;
-        model.check_images(&set)?;
-        let per = set.image_len();
-        let mut rows: Vec<Vec<f32>> = Vec::with_capacity(set.len());
-        for start in (0..set.len()).step_by(100) {
-            let n = 100.min(set.len() - start);
-            let x = model.images_tensor(&set.pixels[start * per..(start + n) * per], n);
-            let l = model.logits(x)?;
-            let k = l.dims()[1];
-            let v = l.try_into_vec_as::<f32>().map_err(|e| format!("{e:?}"))?;
-            rows.extend(v.chunks(k).map(|c| c.to_vec()));
-        }
+        let logits = model.logits_of(&set, 100)?;
+        let rows: Vec<&[f32]> = logits.chunks(model.num_classes()).collect();
         let name = path.file_stem().unwrap_or_default().to_string_lossy();
         println!(
             "{}",

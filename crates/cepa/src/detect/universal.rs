@@ -254,30 +254,22 @@ pub fn clean_margins(
     let k = model.num_classes();
     let mut best = vec![f64::NEG_INFINITY; k];
     for set in std::iter::once(images).chain(holdout) {
-        let per = set.image_len();
-        for start in (0..set.len()).step_by(256) {
-            let n = 256.min(set.len() - start);
-            let x = model.images_tensor(&set.pixels[start * per..(start + n) * per], n);
-            let logits = model
-                .logits(x)?
-                .try_into_vec_as::<f32>()
-                .map_err(|e| Error::Mismatch(format!("cannot read logits back: {e:?}")))?;
-            for row in logits.chunks(k) {
-                // The largest other logit is the row's largest, or for that class the second.
-                let (mut first, mut second) = (0, None::<usize>);
-                for j in 1..row.len() {
-                    if row[j] > row[first] {
-                        second = Some(first);
-                        first = j;
-                    } else if second.is_none_or(|s| row[j] > row[s]) {
-                        second = Some(j);
-                    }
+        let logits = model.logits_of(set, 256)?;
+        for row in logits.chunks(k) {
+            // The largest other logit is the row's largest, or for that class the second.
+            let (mut first, mut second) = (0, None::<usize>);
+            for j in 1..row.len() {
+                if row[j] > row[first] {
+                    second = Some(first);
+                    first = j;
+                } else if second.is_none_or(|s| row[j] > row[s]) {
+                    second = Some(j);
                 }
-                for (t, b) in best.iter_mut().enumerate() {
-                    let other = if t == first { second } else { Some(first) };
-                    let others = other.map_or(f32::NEG_INFINITY, |j| row[j]);
-                    *b = b.max(f64::from(row[t] - others));
-                }
+            }
+            for (t, b) in best.iter_mut().enumerate() {
+                let other = if t == first { second } else { Some(first) };
+                let others = other.map_or(f32::NEG_INFINITY, |j| row[j]);
+                *b = b.max(f64::from(row[t] - others));
             }
         }
     }

@@ -464,6 +464,24 @@ impl Classifier {
         set.check_fits(s.channels, s.height, s.width, s.num_classes)
     }
 
+    /// The logits of every image of `set`, in batches of `batch`, row after row (`set.len()`
+    /// rows of [`Classifier::num_classes`] values).
+    pub fn logits_of(&self, set: &ImageSet, batch: usize) -> Result<Vec<f32>> {
+        self.check_images(set)?;
+        let per = set.image_len();
+        let mut out = Vec::with_capacity(set.len() * self.num_classes());
+        for start in (0..set.len()).step_by(batch.max(1)) {
+            let n = batch.max(1).min(set.len() - start);
+            let x = self.images_tensor(&set.pixels[start * per..(start + n) * per], n);
+            out.extend(
+                self.logits(x)?
+                    .try_into_vec_as::<f32>()
+                    .map_err(|e| Error::Mismatch(format!("cannot read logits back: {e:?}")))?,
+            );
+        }
+        Ok(out)
+    }
+
     /// Predicted classes for every image of `set`, in batches.
     pub fn predict(&self, set: &ImageSet, batch: usize) -> Result<Vec<usize>> {
         self.check_images(set)?;
