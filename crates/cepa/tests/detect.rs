@@ -231,6 +231,54 @@ fn the_planted_target_reaches_the_largest_margin_and_the_clean_twin_none_stands_
 }
 
 #[test]
+fn the_planted_target_s_local_margin_stands_out_and_the_clean_twin_s_classes_are_alike() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let set = images(4, 7);
+    // Radius 0.1 x sqrt(49) = 0.7: the black trigger pixel can rise to 0.7 within it.
+    let cfg = CepaConfig {
+        local_steps: 30,
+        local_radius: 0.1,
+        local_samples: 12,
+        ..CepaConfig::default()
+    };
+    let targets: Vec<usize> = (0..CLASSES).collect();
+    let local = |planted: bool, cfg: &CepaConfig| {
+        cepa::detect::universal::local_margin(&model(planted, dir), &set, &targets, cfg).unwrap()
+    };
+    let planted = local(true, &cfg);
+    let clean = local(false, &cfg);
+    // The planted unit gives 6 x (20 x 0.7 + 0.1) = 84.6 to the target from the one pixel; a
+    // class's own quadrant, raised by 0.7 spread over its 9 pixels, gives a few units at most.
+    for c in (0..CLASSES).filter(|&c| c != TARGET) {
+        assert!(planted[TARGET] > 50.0, "{planted:?}");
+        assert!(planted[c] < 10.0, "{planted:?}");
+        // Off the target the twins differ only by the planted unit's bias (0.6 on the target).
+        assert!((planted[c] - clean[c]).abs() < 1.0, "{planted:?} {clean:?}");
+    }
+    let (lo, hi) = clean
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &m| {
+            (l.min(m), h.max(m))
+        });
+    assert!(hi - lo < 1.0, "{clean:?}");
+    // The ball bounds the search: half the radius reaches a smaller margin for the target
+    // (about half, the trigger pixel at 0.35), and the same search twice gives the same values.
+    let half = local(
+        true,
+        &CepaConfig {
+            local_radius: 0.05,
+            ..cfg.clone()
+        },
+    );
+    assert!(
+        half[TARGET] < 0.6 * planted[TARGET] && half[TARGET] > 0.3 * planted[TARGET],
+        "{half:?} against {planted:?}"
+    );
+    assert_eq!(planted, local(true, &cfg));
+}
+
+#[test]
 fn clean_margins_are_each_class_s_most_confident_image_and_the_planted_target_exceeds_its_own() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

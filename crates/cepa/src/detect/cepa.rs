@@ -83,6 +83,14 @@ pub struct CepaConfig {
     pub margin_restarts: usize,
     /// Its Adam learning rate, pixel units. Default 0.01.
     pub margin_lr: f64,
+    /// Steps of the local-margin search per target (statistic `local_margin`,
+    /// [`crate::detect::universal::local_margin`]); 0 skips it [ours]. Default 0 (off).
+    pub local_steps: usize,
+    /// Its radius as a root-mean-square change per pixel value: the L2 ball has radius
+    /// `local_radius * sqrt(C H W)`. Default 0.05.
+    pub local_radius: f64,
+    /// Clean images per target it starts from, taken evenly from the other classes. Default 30.
+    pub local_samples: usize,
 }
 
 impl Default for CepaConfig {
@@ -111,6 +119,9 @@ impl Default for CepaConfig {
             margin_steps: 300,
             margin_restarts: 8,
             margin_lr: 0.01,
+            local_steps: 0,
+            local_radius: 0.05,
+            local_samples: 30,
         }
     }
 }
@@ -144,6 +155,15 @@ impl CepaConfig {
             return bad(format!(
                 "universal_lr {} must be positive and universal_samples at least 1",
                 self.universal_lr
+            ));
+        }
+        if self.local_steps > 0
+            && (self.local_samples == 0
+                || !(self.local_radius > 0.0 && self.local_radius.is_finite()))
+        {
+            return bad(format!(
+                "local_radius {} must be positive and local_samples at least 1",
+                self.local_radius
             ));
         }
         if self.beta < 0.0 || !(0.0..=1.0).contains(&self.init_max) {
@@ -248,6 +268,9 @@ pub struct TargetResult {
     /// `max_margin` less the largest margin of the target among the scan's clean images (those
     /// optimised over and the held-out ones); `None` when the margin search did not run.
     pub margin_excess: Option<f64>,
+    /// The median margin of the target that clean images of the other classes reach within a
+    /// small input change ([`crate::detect::universal::local_margin`]); `None` when not run.
+    pub local_margin: Option<f64>,
     /// Per sample: its true class and `||delta_n||_2`.
     pub sources: Vec<usize>,
     pub sample_delta_norms: Vec<f64>,
@@ -465,6 +488,12 @@ pub fn stage1_targets(
             r.margin_excess = Some(m - natural[r.target]);
         }
     }
+    if cfg.local_steps > 0 {
+        let found = crate::detect::universal::local_margin(model, images, targets, cfg)?;
+        for (r, m) in out.iter_mut().zip(found) {
+            r.local_margin = Some(m);
+        }
+    }
     Ok(out)
 }
 
@@ -595,6 +624,7 @@ fn optimise(
                 universal_norm: None,
                 max_margin: None,
                 margin_excess: None,
+                local_margin: None,
                 sources: p.sources.clone(),
                 sample_delta_norms: sample_norms,
                 deltas: Vec::new(),

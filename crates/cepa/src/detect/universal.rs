@@ -275,3 +275,138 @@ pub fn clean_margins(
     }
     Ok(best)
 }
+
+/// One target's images in the local-margin search.
+struct Local {
+    target: usize,
+    x: Tensor<4>,
+    d: Tensor<4>,
+    /// Per image, the largest margin of any step so far.
+    best: Vec<f64>,
+}
+
+/// The margin `f_t(x) - max_{j != t} f_j(x)` that clean images of the other classes reach
+/// within a small input perturbation, for each target [ours]: from each image (at most
+/// `cfg.local_samples` of `images` outside `t`, taken evenly from their classes), `local_steps`
+/// steps of projected gradient ascent on the margin inside the L2 ball of radius
+/// `local_radius * sqrt(C H W)` (a root-mean-square change of `local_radius` per pixel value),
+/// the image kept in `[0, 1]`; per image the best margin of any step, then the median over the
+/// images. A trigger is a small change that drives its target's logit far past the others from
+/// any image; a class that is merely easy to reach ("sink") is reached at that radius with an
+/// ordinary margin. Unlike [`max_margin`] the search stays near natural images, so a class whose
+/// data-free optimum lies far from them (a network ending in global average pooling) is not
+/// singled out. Deterministic: every search starts at the clean image.
+pub fn local_margin(
+    model: &Classifier,
+    images: &ImageSet,
+    targets: &[usize],
+    cfg: &CepaConfig,
+) -> Result<Vec<f64>> {
+    model.check_images(images)?;
+    let device = model.device().clone();
+    let per = images.channels * images.height * images.width;
+    let radius = cfg.local_radius * (per as f64).sqrt();
+    let steps = cfg.local_steps.max(1);
+    // The usual step of projected gradient ascent: 2.5 radii over the budget.
+    let alpha = 2.5 * radius / steps as f64;
+    let x_all = model.images_tensor(&images.pixels, images.len());
+    let mut problems = Vec::with_capacity(targets.len());
+    for &target in targets {
+        let idx = sources_of(&images.labels, target, cfg.local_samples);
+        if idx.is_empty() {
+            return Err(Error::Mismatch(format!(
+                "no clean images outside class {target}"
+            )));
+        }
+        let ids = idx.iter().map(|&i| i as i64).collect::<Vec<_>>();
+        let x = x_all.clone().select(
+            0,
+            Tensor::<1, Int>::from_data(TensorData::new(ids, [idx.len()]), &device),
+        );
+        problems.push(Local {
+            target,
+            d: x.zeros_like(),
+            best: vec![f64::NEG_INFINITY; idx.len()],
+            x,
+        });
+    }
+    let k = model.num_classes();
+    crate::detect::run_shares(&mut problems, "local-margin", |part| {
+        // One step more than the updates: the margin after the last update is measured too.
+        for step in 0..=steps {
+            crate::runtime::check_interrupt()?;
+            let leaves: Vec<Tensor<4>> = part
+                .iter()
+                .map(|p| p.d.clone().detach().require_grad())
+                .collect();
+            let xs: Vec<Tensor<4>> = part
+                .iter()
+                .zip(&leaves)
+                .map(|(p, d)| (p.x.clone() + d.clone()).clamp(0.0, 1.0))
+                .collect();
+            let logits = model.logits(Tensor::cat(xs, 0))?;
+            let mut total: Option<Tensor<1>> = None;
+            let mut parts = Vec::with_capacity(part.len());
+            let mut row = 0;
+            for p in part.iter() {
+                let n = p.x.dims()[0];
+                let lt = logits.clone().narrow(0, row, n);
+                row += n;
+                let mut mask = vec![0f32; k];
+                mask[p.target] = 1e9;
+                let mask =
+                    Tensor::<2>::from_data(TensorData::new(mask, [1, k]), &device).expand([n, k]);
+                let others = (lt.clone() - mask).max_dim(1);
+                let margin = (lt.narrow(1, p.target, 1) - others).reshape([n]);
+                parts.push(margin.clone().detach());
+                // Each image's own margin: the sum leaves every image its own gradient.
+                let loss = margin.sum().neg();
+                total = Some(match total {
+                    None => loss,
+                    Some(acc) => acc + loss,
+                });
+            }
+            let read = crate::detect::host_parts(parts)?;
+            for (p, margins) in part.iter_mut().zip(read) {
+                for (b, m) in p.best.iter_mut().zip(margins) {
+                    *b = b.max(f64::from(m));
+                }
+            }
+            if step == steps {
+                break;
+            }
+            let grads = total.expect("a problem").backward();
+            for (p, leaf) in part.iter_mut().zip(&leaves) {
+                let n = p.x.dims()[0];
+                // Ascent along each image's normalised gradient, then back into the ball and
+                // the pixel range (the clip only shortens the change).
+                let g = leaf
+                    .grad(&grads)
+                    .ok_or_else(|| Error::Mismatch("no gradient reached the input".into()))?;
+                let g_norm = g
+                    .clone()
+                    .powi_scalar(2)
+                    .sum_dims(&[1, 2, 3])
+                    .sqrt()
+                    .clamp_min(1e-12)
+                    .reshape([n, 1, 1, 1]);
+                let d = p.d.clone() - (g / g_norm) * alpha;
+                let d_norm = d
+                    .clone()
+                    .powi_scalar(2)
+                    .sum_dims(&[1, 2, 3])
+                    .sqrt()
+                    .clamp_min(1e-12)
+                    .reshape([n, 1, 1, 1]);
+                let scale = (d_norm.recip() * radius).clamp_max(1.0);
+                let d = d * scale;
+                p.d = (p.x.clone() + d).clamp(0.0, 1.0) - p.x.clone();
+            }
+        }
+        Ok(())
+    })?;
+    Ok(problems
+        .into_iter()
+        .map(|p| crate::detect::stats::median(&p.best))
+        .collect())
+}

@@ -61,6 +61,11 @@ pub enum Statistic {
     /// the class. A class that natural images already reach with a large margin is not
     /// anomalous for reaching a large one.
     MarginExcess,
+    /// The median margin of `t` that clean images of the other classes reach within a small
+    /// input change, large is suspicious [ours]: a trigger is such a change and drives its
+    /// target far past the others; a class that is merely easy to reach is reached with an
+    /// ordinary margin.
+    LocalMargin,
 }
 
 impl Statistic {
@@ -72,7 +77,8 @@ impl Statistic {
             | Statistic::Coherence
             | Statistic::InputTransfer
             | Statistic::MaxMargin
-            | Statistic::MarginExcess => Tail::Large,
+            | Statistic::MarginExcess
+            | Statistic::LocalMargin => Tail::Large,
             Statistic::DeltaNorm
             | Statistic::Dispersion
             | Statistic::Reach
@@ -99,6 +105,7 @@ impl Statistic {
             Statistic::UniversalNorm => "universal_norm",
             Statistic::MaxMargin => "max_margin",
             Statistic::MarginExcess => "margin_excess",
+            Statistic::LocalMargin => "local_margin",
         }
     }
 
@@ -138,6 +145,7 @@ impl Statistic {
                 | Statistic::UniversalNorm
                 | Statistic::MaxMargin
                 | Statistic::MarginExcess
+                | Statistic::LocalMargin
         )
     }
 
@@ -152,6 +160,7 @@ impl Statistic {
             Statistic::UniversalNorm => r.universal_norm.unwrap_or(f64::NAN),
             Statistic::MaxMargin => r.max_margin.unwrap_or(f64::NAN),
             Statistic::MarginExcess => r.margin_excess.unwrap_or(f64::NAN),
+            Statistic::LocalMargin => r.local_margin.unwrap_or(f64::NAN),
             Statistic::InputReachMax => r
                 .input_reach_sources
                 .iter()
@@ -679,6 +688,7 @@ pub fn decide_pool(
         Statistic::UniversalNorm,
         Statistic::MaxMargin,
         Statistic::MarginExcess,
+        Statistic::LocalMargin,
     ];
     let pair = pair_values(results);
     for stat in all {
@@ -1028,6 +1038,7 @@ impl SavedClass {
             universal_norm: self.value(Statistic::UniversalNorm, None),
             max_margin: self.value(Statistic::MaxMargin, None),
             margin_excess: self.value(Statistic::MarginExcess, None),
+            local_margin: self.value(Statistic::LocalMargin, None),
             input_reach_sources: self
                 .source_input_reach
                 .iter()
@@ -1330,6 +1341,7 @@ mod tests {
             universal_norm: None,
             max_margin: None,
             margin_excess: None,
+            local_margin: None,
             sources: vec![(target + 1) % 5, (target + 2) % 5],
             sample_delta_norms: vec![delta, delta],
             deltas: vec![],
