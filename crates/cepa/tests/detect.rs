@@ -279,6 +279,51 @@ fn the_planted_target_s_local_margin_stands_out_and_the_clean_twin_s_classes_are
 }
 
 #[test]
+fn a_little_of_the_planted_target_s_largest_margin_input_carries_any_image_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let set = images(4, 9);
+    let cfg = CepaConfig {
+        margin_steps: 100,
+        margin_restarts: 4,
+        ..CepaConfig::default()
+    };
+    let targets: Vec<usize> = (0..CLASSES).collect();
+    let blend = |planted: bool| {
+        let model = model(planted, dir);
+        let found =
+            cepa::detect::universal::max_margin_inputs(&model, [1, SIDE, SIDE], &targets, &cfg)
+                .unwrap();
+        // The inputs are the ones max_margin reports the margins of.
+        let margins =
+            cepa::detect::universal::max_margin(&model, [1, SIDE, SIDE], &targets, &cfg).unwrap();
+        assert_eq!(found.iter().map(|(m, _)| *m).collect::<Vec<_>>(), margins);
+        let inputs: Vec<_> = targets
+            .iter()
+            .zip(found)
+            .map(|(&t, (_, x))| (t, x))
+            .collect();
+        cepa::detect::universal::margin_blend(&model, &set, &inputs, 12).unwrap()
+    };
+    let planted = blend(true);
+    let clean = blend(false);
+    // The target's input lights the trigger pixel: at weight a it adds 6 x 20 a to the target's
+    // logit, past a clean image's own 9 or so at a < 0.1. Another class's input is its bright
+    // quadrant, which must outweigh the image's own: a near 0.4.
+    assert!(planted[TARGET] < 0.12, "{planted:?}");
+    for c in (0..CLASSES).filter(|&c| c != TARGET) {
+        assert!(planted[c] > 0.3, "{planted:?}");
+    }
+    // The clean twin's classes need about the same weight.
+    let (lo, hi) = clean
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &m| {
+            (l.min(m), h.max(m))
+        });
+    assert!(lo > 0.3 && hi - lo < 0.1, "{clean:?}");
+}
+
+#[test]
 fn clean_margins_are_each_class_s_most_confident_image_and_the_planted_target_exceeds_its_own() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

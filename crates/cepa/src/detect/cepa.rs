@@ -91,6 +91,10 @@ pub struct CepaConfig {
     pub local_radius: f64,
     /// Clean images per target it starts from, taken evenly from the other classes. Default 30.
     pub local_samples: usize,
+    /// Clean images per target (held-out ones when the scan has them) that the largest-margin
+    /// input is blended into (statistic `margin_blend`,
+    /// [`crate::detect::universal::margin_blend`]); 0 skips it [ours]. Default 30.
+    pub margin_blend_samples: usize,
 }
 
 impl Default for CepaConfig {
@@ -122,6 +126,7 @@ impl Default for CepaConfig {
             local_steps: 0,
             local_radius: 0.05,
             local_samples: 30,
+            margin_blend_samples: 30,
         }
     }
 }
@@ -271,6 +276,10 @@ pub struct TargetResult {
     /// The median margin of the target that clean images of the other classes reach within a
     /// small input change ([`crate::detect::universal::local_margin`]); `None` when not run.
     pub local_margin: Option<f64>,
+    /// The median smallest blend weight of the target's largest-margin input that carries a
+    /// clean image of another class to the target
+    /// ([`crate::detect::universal::margin_blend`]); `None` when not run.
+    pub margin_blend: Option<f64>,
     /// Per sample: its true class and `||delta_n||_2`.
     pub sources: Vec<usize>,
     pub sample_delta_norms: Vec<f64>,
@@ -481,11 +490,28 @@ pub fn stage1_targets(
         }
     }
     if cfg.margin_steps > 0 {
-        let found = crate::detect::universal::max_margin(model, dims, targets, cfg)?;
+        let found = crate::detect::universal::max_margin_inputs(model, dims, targets, cfg)?;
         let natural = crate::detect::universal::clean_margins(model, images, holdout)?;
-        for (r, m) in out.iter_mut().zip(found) {
-            r.max_margin = Some(m);
+        for (r, (m, _)) in out.iter_mut().zip(&found) {
+            r.max_margin = Some(*m);
             r.margin_excess = Some(m - natural[r.target]);
+        }
+        if cfg.margin_blend_samples > 0 {
+            let inputs: Vec<(usize, Tensor<4>)> = targets
+                .iter()
+                .zip(found)
+                .map(|(&t, (_, x))| (t, x))
+                .collect();
+            let set = holdout.unwrap_or(images);
+            let blend = crate::detect::universal::margin_blend(
+                model,
+                set,
+                &inputs,
+                cfg.margin_blend_samples,
+            )?;
+            for (r, b) in out.iter_mut().zip(blend) {
+                r.margin_blend = Some(b);
+            }
         }
     }
     if cfg.local_steps > 0 {
@@ -625,6 +651,7 @@ fn optimise(
                 max_margin: None,
                 margin_excess: None,
                 local_margin: None,
+                margin_blend: None,
                 sources: p.sources.clone(),
                 sample_delta_norms: sample_norms,
                 deltas: Vec::new(),

@@ -166,6 +166,8 @@ struct Starts {
     x: Tensor<4>,
     adam: crate::detect::Adam<4>,
     best: f64,
+    /// The start that reached `best`, as it was when measured (`[1, C, H, W]`).
+    best_x: Option<Tensor<4>>,
 }
 
 /// The largest logit margin `f_t(x) - max_{j != t} f_j(x)` that an input `x` in `[0, 1]` reaches
@@ -179,6 +181,20 @@ pub fn max_margin(
     targets: &[usize],
     cfg: &CepaConfig,
 ) -> Result<Vec<f64>> {
+    Ok(max_margin_inputs(model, dims, targets, cfg)?
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect())
+}
+
+/// [`max_margin`] with, for each target, the input (`[1, C, H, W]`, in `[0, 1]`) of the start
+/// that reached the margin reported.
+pub fn max_margin_inputs(
+    model: &Classifier,
+    dims: [usize; 3],
+    targets: &[usize],
+    cfg: &CepaConfig,
+) -> Result<Vec<(f64, Tensor<4>)>> {
     use rand::Rng;
     let device = model.device().clone();
     let r = cfg.margin_restarts.max(1);
@@ -197,6 +213,7 @@ pub fn max_margin(
                 adam: crate::detect::Adam::new(&x),
                 x,
                 best: f64::NAN,
+                best_x: None,
             }
         })
         .collect();
@@ -219,7 +236,7 @@ pub fn max_margin(
                     Tensor::<2>::from_data(TensorData::new(mask, [1, k]), &device).expand([r, k]);
                 let others = (lt.clone() - mask).max_dim(1);
                 let margin = lt.narrow(1, p.target, 1) - others;
-                parts.push(margin.clone().detach().max());
+                parts.push(margin.clone().detach().reshape([r]));
                 let loss = margin.mean().neg();
                 total = Some(match total {
                     None => loss,
@@ -228,8 +245,17 @@ pub fn max_margin(
             }
             let grads = total.expect("a problem").backward();
             let read = crate::detect::host_parts(parts)?;
-            for ((p, leaf), best) in part.iter_mut().zip(&leaves).zip(read) {
-                p.best = best.first().copied().map_or(f64::NAN, f64::from);
+            for ((p, leaf), margins) in part.iter_mut().zip(&leaves).zip(read) {
+                // The best start of this step (the first of equals, as `max` would give).
+                let (at, best) =
+                    margins
+                        .iter()
+                        .enumerate()
+                        .fold((0, f32::NAN), |(i, b), (j, &m)| {
+                            if b.is_nan() || m > b { (j, m) } else { (i, b) }
+                        });
+                p.best = f64::from(best);
+                p.best_x = Some(p.x.clone().narrow(0, at, 1));
                 let g = leaf
                     .grad(&grads)
                     .ok_or_else(|| Error::Mismatch("no gradient reached the input".into()))?;
@@ -239,7 +265,84 @@ pub fn max_margin(
         }
         Ok(())
     })?;
-    Ok(problems.into_iter().map(|p| p.best).collect())
+    Ok(problems
+        .into_iter()
+        .map(|p| {
+            let x = p.best_x.expect("at least one step ran");
+            (p.best, x)
+        })
+        .collect())
+}
+
+/// How little of each target's largest-margin input ([`max_margin_inputs`]) it takes to carry
+/// clean images of the other classes to the target [ours]: for each image `x` (at most
+/// `samples` of `images` outside `t`, taken evenly from their classes) the smallest blend weight
+/// `a` at which `(1 - a) x + a x*_t` is classified `t`, found by bisection on `[0, 1]` to 1/256
+/// (at `a = 1` the input itself, classified `t`; 0 for an image the model already puts in `t`),
+/// then the median over the images. A backdoor's largest-margin input carries its trigger, which
+/// does its work at a fraction of full strength on any image; a natural class's largest-margin
+/// input is a texture that has to replace much of the image.
+pub fn margin_blend(
+    model: &Classifier,
+    images: &ImageSet,
+    found: &[(usize, Tensor<4>)],
+    samples: usize,
+) -> Result<Vec<f64>> {
+    const HALVINGS: usize = 8;
+    model.check_images(images)?;
+    let device = model.device().clone();
+    let x_all = model.images_tensor(&images.pixels, images.len());
+    let mut out = Vec::with_capacity(found.len());
+    for (target, star) in found {
+        let target = *target;
+        let idx = sources_of(&images.labels, target, samples.max(1));
+        if idx.is_empty() {
+            return Err(Error::Mismatch(format!(
+                "no clean images outside class {target}"
+            )));
+        }
+        let n = idx.len();
+        let ids = idx.iter().map(|&i| i as i64).collect::<Vec<_>>();
+        let x = x_all.clone().select(
+            0,
+            Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &device),
+        );
+        let star = star.clone().expand(x.dims());
+        let hits = |a: &[f64]| -> Result<Vec<bool>> {
+            let w: Vec<f32> = a.iter().map(|&v| v as f32).collect();
+            let w = Tensor::<4>::from_data(TensorData::new(w, [n, 1, 1, 1]), &device);
+            let blended = x.clone() * (w.clone().neg() + 1.0) + star.clone() * w;
+            let am = model
+                .logits(blended)?
+                .argmax(1)
+                .try_into_vec_as::<i64>()
+                .map_err(|e| Error::Mismatch(format!("cannot read a tensor back: {e:?}")))?;
+            Ok(am.iter().map(|&c| c == target as i64).collect())
+        };
+        let mut lo = vec![0.0f64; n];
+        let mut hi = vec![1.0f64; n];
+        // Already in the target: no blend needed.
+        for (i, h) in hits(&lo)?.into_iter().enumerate() {
+            if h {
+                hi[i] = 0.0;
+            }
+        }
+        for _ in 0..HALVINGS {
+            let mid: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (l + h)).collect();
+            for (i, h) in hits(&mid)?.into_iter().enumerate() {
+                if hi[i] == 0.0 {
+                    continue;
+                }
+                if h {
+                    hi[i] = mid[i];
+                } else {
+                    lo[i] = mid[i];
+                }
+            }
+        }
+        out.push(crate::detect::stats::median(&hi));
+    }
+    Ok(out)
 }
 
 /// The largest margin `f_t(x) - max_{j != t} f_j(x)` of every class `t` among the clean images

@@ -66,6 +66,10 @@ pub enum Statistic {
     /// target far past the others; a class that is merely easy to reach is reached with an
     /// ordinary margin.
     LocalMargin,
+    /// The median smallest blend weight of `t`'s largest-margin input that carries a clean image
+    /// of another class to `t`, small is suspicious [ours]: a trigger in that input works at a
+    /// fraction of its strength on any image.
+    MarginBlend,
 }
 
 impl Statistic {
@@ -84,7 +88,8 @@ impl Statistic {
             | Statistic::Reach
             | Statistic::InputReach
             | Statistic::InputReachMax
-            | Statistic::UniversalNorm => Tail::Small,
+            | Statistic::UniversalNorm
+            | Statistic::MarginBlend => Tail::Small,
             Statistic::EmbedNorm => Tail::Both,
         }
     }
@@ -106,6 +111,7 @@ impl Statistic {
             Statistic::MaxMargin => "max_margin",
             Statistic::MarginExcess => "margin_excess",
             Statistic::LocalMargin => "local_margin",
+            Statistic::MarginBlend => "margin_blend",
         }
     }
 
@@ -146,6 +152,7 @@ impl Statistic {
                 | Statistic::MaxMargin
                 | Statistic::MarginExcess
                 | Statistic::LocalMargin
+                | Statistic::MarginBlend
         )
     }
 
@@ -161,6 +168,7 @@ impl Statistic {
             Statistic::MaxMargin => r.max_margin.unwrap_or(f64::NAN),
             Statistic::MarginExcess => r.margin_excess.unwrap_or(f64::NAN),
             Statistic::LocalMargin => r.local_margin.unwrap_or(f64::NAN),
+            Statistic::MarginBlend => r.margin_blend.unwrap_or(f64::NAN),
             Statistic::InputReachMax => r
                 .input_reach_sources
                 .iter()
@@ -689,6 +697,7 @@ pub fn decide_pool(
         Statistic::MaxMargin,
         Statistic::MarginExcess,
         Statistic::LocalMargin,
+        Statistic::MarginBlend,
     ];
     let pair = pair_values(results);
     for stat in all {
@@ -1039,6 +1048,7 @@ impl SavedClass {
             max_margin: self.value(Statistic::MaxMargin, None),
             margin_excess: self.value(Statistic::MarginExcess, None),
             local_margin: self.value(Statistic::LocalMargin, None),
+            margin_blend: self.value(Statistic::MarginBlend, None),
             input_reach_sources: self
                 .source_input_reach
                 .iter()
@@ -1342,6 +1352,7 @@ mod tests {
             max_margin: None,
             margin_excess: None,
             local_margin: None,
+            margin_blend: None,
             sources: vec![(target + 1) % 5, (target + 2) % 5],
             sample_delta_norms: vec![delta, delta],
             deltas: vec![],
