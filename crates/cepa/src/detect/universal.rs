@@ -18,6 +18,23 @@ use crate::detect::cepa::{CepaConfig, sources_of};
 use crate::error::{Error, Result};
 use crate::model::Classifier;
 
+/// The clean images of `images` (already on the device as `x_all`) outside class `target`, at
+/// most `max`, taken evenly from their classes ([`sources_of`]); an error when there are none.
+fn others_of(images: &ImageSet, x_all: &Tensor<4>, target: usize, max: usize) -> Result<Tensor<4>> {
+    let idx = sources_of(&images.labels, target, max);
+    if idx.is_empty() {
+        return Err(Error::Mismatch(format!(
+            "no clean images outside class {target}"
+        )));
+    }
+    let n = idx.len();
+    let ids = idx.into_iter().map(|i| i as i64).collect::<Vec<_>>();
+    Ok(x_all.clone().select(
+        0,
+        Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &x_all.device()),
+    ))
+}
+
 /// What the pattern of one target reached.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Universal {
@@ -57,17 +74,7 @@ pub fn universal(
     let x_all = model.images_tensor(&images.pixels, images.len());
     let mut problems = Vec::with_capacity(targets.len());
     for &target in targets {
-        let idx = sources_of(&images.labels, target, cfg.universal_samples);
-        if idx.is_empty() {
-            return Err(Error::Mismatch(format!(
-                "no clean images outside class {target}"
-            )));
-        }
-        let ids = idx.iter().map(|&i| i as i64).collect::<Vec<_>>();
-        let x = x_all.clone().select(
-            0,
-            Tensor::<1, Int>::from_data(TensorData::new(ids, [idx.len()]), &device),
-        );
+        let x = others_of(images, &x_all, target, cfg.universal_samples)?;
         let v = Tensor::<4>::zeros(dims, &device);
         problems.push(Problem {
             target,
@@ -295,18 +302,8 @@ pub fn margin_blend(
     let mut out = Vec::with_capacity(found.len());
     for (target, star) in found {
         let target = *target;
-        let idx = sources_of(&images.labels, target, samples.max(1));
-        if idx.is_empty() {
-            return Err(Error::Mismatch(format!(
-                "no clean images outside class {target}"
-            )));
-        }
-        let n = idx.len();
-        let ids = idx.iter().map(|&i| i as i64).collect::<Vec<_>>();
-        let x = x_all.clone().select(
-            0,
-            Tensor::<1, Int>::from_data(TensorData::new(ids, [n]), &device),
-        );
+        let x = others_of(images, &x_all, target, samples.max(1))?;
+        let n = x.dims()[0];
         let star = star.clone().expand(x.dims());
         let hits = |a: &[f64]| -> Result<Vec<bool>> {
             let w: Vec<f32> = a.iter().map(|&v| v as f32).collect();
@@ -415,21 +412,11 @@ pub fn local_margin(
     let x_all = model.images_tensor(&images.pixels, images.len());
     let mut problems = Vec::with_capacity(targets.len());
     for &target in targets {
-        let idx = sources_of(&images.labels, target, cfg.local_samples);
-        if idx.is_empty() {
-            return Err(Error::Mismatch(format!(
-                "no clean images outside class {target}"
-            )));
-        }
-        let ids = idx.iter().map(|&i| i as i64).collect::<Vec<_>>();
-        let x = x_all.clone().select(
-            0,
-            Tensor::<1, Int>::from_data(TensorData::new(ids, [idx.len()]), &device),
-        );
+        let x = others_of(images, &x_all, target, cfg.local_samples)?;
         problems.push(Local {
             target,
             d: x.zeros_like(),
-            best: vec![f64::NEG_INFINITY; idx.len()],
+            best: vec![f64::NEG_INFINITY; x.dims()[0]],
             x,
         });
     }
