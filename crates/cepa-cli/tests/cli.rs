@@ -365,6 +365,17 @@ fn scan_is_reproducible_and_its_exit_code_follows_the_verdict() {
     }
     let classes = a["decision"]["classes"].as_array().unwrap();
     assert_eq!(classes.len(), 10);
+    // Every class carries the blend of its largest-margin input: a weight in [0, 1].
+    for c in classes {
+        let blend = c["statistics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["statistic"] == "margin_blend")
+            .unwrap_or_else(|| panic!("no margin_blend in {c}"));
+        let v = blend["value"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&v), "{blend}");
+    }
     assert_eq!(a["config"]["seed"], 3);
     let code = if a["verdict"] == "backdoored" { 1 } else { 0 };
     assert_eq!(out1.status.code(), Some(code));
