@@ -35,6 +35,28 @@ fn others_of(images: &ImageSet, x_all: &Tensor<4>, target: usize, max: usize) ->
     ))
 }
 
+/// Per row of `logits` (`[n, k]`), the margin `f_t - max_{j != t} f_j` of class `target`, as
+/// `[n, 1]` (a large constant taken off the target's own logit leaves the others' maximum).
+fn target_margin(logits: Tensor<2>, target: usize) -> Tensor<2> {
+    let [n, k] = logits.dims();
+    let mut mask = vec![0f32; k];
+    mask[target] = 1e9;
+    let mask =
+        Tensor::<2>::from_data(TensorData::new(mask, [1, k]), &logits.device()).expand([n, k]);
+    let others = (logits.clone() - mask).max_dim(1);
+    logits.narrow(1, target, 1) - others
+}
+
+/// The L2 norm of each image of `x` (`[n, C, H, W]`), as `[n, 1, 1, 1]`, at least 1e-12.
+fn image_norms(x: Tensor<4>) -> Tensor<4> {
+    let n = x.dims()[0];
+    x.powi_scalar(2)
+        .sum_dims(&[1, 2, 3])
+        .sqrt()
+        .clamp_min(1e-12)
+        .reshape([n, 1, 1, 1])
+}
+
 /// What the pattern of one target reached.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Universal {
@@ -224,7 +246,6 @@ pub fn max_margin_inputs(
             }
         })
         .collect();
-    let k = model.num_classes();
     crate::detect::run_shares(&mut problems, "max-margin", |part| {
         for step in 0..cfg.margin_steps.max(1) {
             crate::runtime::check_interrupt()?;
@@ -236,13 +257,7 @@ pub fn max_margin_inputs(
             let mut total: Option<Tensor<1>> = None;
             let mut parts = Vec::with_capacity(part.len());
             for (i, p) in part.iter().enumerate() {
-                let lt = logits.clone().narrow(0, i * r, r);
-                let mut mask = vec![0f32; k];
-                mask[p.target] = 1e9;
-                let mask =
-                    Tensor::<2>::from_data(TensorData::new(mask, [1, k]), &device).expand([r, k]);
-                let others = (lt.clone() - mask).max_dim(1);
-                let margin = lt.narrow(1, p.target, 1) - others;
+                let margin = target_margin(logits.clone().narrow(0, i * r, r), p.target);
                 parts.push(margin.clone().detach().reshape([r]));
                 let loss = margin.mean().neg();
                 total = Some(match total {
@@ -403,7 +418,6 @@ pub fn local_margin(
     cfg: &CepaConfig,
 ) -> Result<Vec<f64>> {
     model.check_images(images)?;
-    let device = model.device().clone();
     let per = images.channels * images.height * images.width;
     let radius = cfg.local_radius * (per as f64).sqrt();
     let steps = cfg.local_steps.max(1);
@@ -420,7 +434,6 @@ pub fn local_margin(
             x,
         });
     }
-    let k = model.num_classes();
     crate::detect::run_shares(&mut problems, "local-margin", |part| {
         // One step more than the updates: the margin after the last update is measured too.
         for step in 0..=steps {
@@ -440,14 +453,8 @@ pub fn local_margin(
             let mut row = 0;
             for p in part.iter() {
                 let n = p.x.dims()[0];
-                let lt = logits.clone().narrow(0, row, n);
+                let margin = target_margin(logits.clone().narrow(0, row, n), p.target).reshape([n]);
                 row += n;
-                let mut mask = vec![0f32; k];
-                mask[p.target] = 1e9;
-                let mask =
-                    Tensor::<2>::from_data(TensorData::new(mask, [1, k]), &device).expand([n, k]);
-                let others = (lt.clone() - mask).max_dim(1);
-                let margin = (lt.narrow(1, p.target, 1) - others).reshape([n]);
                 parts.push(margin.clone().detach());
                 // Each image's own margin: the sum leaves every image its own gradient.
                 let loss = margin.sum().neg();
@@ -467,28 +474,13 @@ pub fn local_margin(
             }
             let grads = total.expect("a problem").backward();
             for (p, leaf) in part.iter_mut().zip(&leaves) {
-                let n = p.x.dims()[0];
                 // Ascent along each image's normalised gradient, then back into the ball and
                 // the pixel range (the clip only shortens the change).
                 let g = leaf
                     .grad(&grads)
                     .ok_or_else(|| Error::Mismatch("no gradient reached the input".into()))?;
-                let g_norm = g
-                    .clone()
-                    .powi_scalar(2)
-                    .sum_dims(&[1, 2, 3])
-                    .sqrt()
-                    .clamp_min(1e-12)
-                    .reshape([n, 1, 1, 1]);
-                let d = p.d.clone() - (g / g_norm) * alpha;
-                let d_norm = d
-                    .clone()
-                    .powi_scalar(2)
-                    .sum_dims(&[1, 2, 3])
-                    .sqrt()
-                    .clamp_min(1e-12)
-                    .reshape([n, 1, 1, 1]);
-                let scale = (d_norm.recip() * radius).clamp_max(1.0);
+                let d = p.d.clone() - (g.clone() / image_norms(g)) * alpha;
+                let scale = (image_norms(d.clone()).recip() * radius).clamp_max(1.0);
                 let d = d * scale;
                 p.d = (p.x.clone() + d).clamp(0.0, 1.0) - p.x.clone();
             }
