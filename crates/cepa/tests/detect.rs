@@ -2,7 +2,7 @@
 //! backdoor planted as a direction in the embedding is found, and its clean twin is not flagged.
 
 use cepa::data::ImageSet;
-use cepa::detect::cepa::{CepaConfig, stage1};
+use cepa::detect::cepa::{CepaConfig, Consensus, stage1};
 use cepa::detect::verdict::{DecisionConfig, decide};
 use cepa::model::Classifier;
 use rand::{Rng, SeedableRng};
@@ -375,5 +375,47 @@ fn clean_margins_are_each_class_s_most_confident_image_and_the_planted_target_ex
             excess[TARGET] > 10.0 * excess[c].abs().max(1.0),
             "{excess:?}"
         );
+    }
+}
+
+#[test]
+fn with_a_consensus_per_pair_the_planted_target_s_pairs_still_share_one_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let fit = images(6, 0);
+    let held = images(6, 1);
+    let layers = vec!["embedding".to_string()];
+    let planted = model(true, dir.path());
+    let agreements = |consensus| {
+        let cfg = CepaConfig {
+            steps: 150,
+            lr: 0.02,
+            consensus,
+            ..Default::default()
+        };
+        let r = stage1(&planted, &fit, Some(&held), &layers, &cfg).unwrap();
+        let d = decide(&r, &layers, &DecisionConfig::default()).unwrap();
+        assert_eq!(d.most_anomalous, TARGET, "{consensus:?}: {:#?}", d.classes);
+        r.iter()
+            .map(|t| t.layers[0].pair_agreement.expect("3 source classes"))
+            .collect::<Vec<_>>()
+    };
+    let (per_target, per_pair) = (agreements(Consensus::Target), agreements(Consensus::Pair));
+    // Every source class of the target moves along the planted unit, whichever consensus is
+    // asked for. A natural class is reached from each source along that source's own units:
+    // one consensus over the target's samples pulls those routes together, one per pair lets
+    // them part.
+    for t in 0..CLASSES {
+        if t == TARGET {
+            assert!(per_pair[t] > 0.99, "{per_pair:?}");
+        } else {
+            assert!(
+                per_pair[t] + 0.05 < per_target[t],
+                "class {t}: {per_pair:?} {per_target:?}"
+            );
+            assert!(
+                per_pair[TARGET] > per_pair[t] + 0.1,
+                "class {t}: {per_pair:?}"
+            );
+        }
     }
 }

@@ -95,6 +95,23 @@ pub struct CepaConfig {
     /// input is blended into (statistic `margin_blend`,
     /// [`crate::detect::universal::margin_blend`]); 0 skips it [ours]. Default 30.
     pub margin_blend_samples: usize,
+    /// What the embedded perturbations must agree on [ours]: `target`, one consensus `mu_t` over
+    /// all the samples of a target's problem (the default), or `pair`, one consensus per
+    /// (source class, target) pair, each source class's samples agreeing among themselves
+    /// (METHOD.md, "Key idea": which of the two the paper keeps is not readable here). The
+    /// statistic `pair_agreement` reads how far the pairs' consensuses agree in either case.
+    pub consensus: Consensus,
+}
+
+/// What the embedded perturbations of a target's problem must agree on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Consensus {
+    /// One consensus over all the samples.
+    #[default]
+    Target,
+    /// One consensus per source class.
+    Pair,
 }
 
 impl Default for CepaConfig {
@@ -127,6 +144,7 @@ impl Default for CepaConfig {
             local_radius: 0.05,
             local_samples: 30,
             margin_blend_samples: 30,
+            consensus: Consensus::Target,
         }
     }
 }
@@ -227,6 +245,12 @@ pub struct LayerStats {
     /// [ours]: where `transfer` asks whether the whole `mu_t` carries the images over (nearly
     /// always, on a weak model), this asks how little of it does. `None` without held-out images.
     pub reach: Option<f64>,
+    /// How far the consensuses of the (source class, target) pairs agree:
+    /// `||mean_s mu_st||^2 / mean_s ||mu_st||^2`, where `mu_st` is the mean embedded
+    /// perturbation of source class `s`'s samples [ours]. 1 when every source class moves the
+    /// same way, near `1/S` over `S` sources when each takes its own route; a trigger is one
+    /// route from every class. `None` with fewer than two source classes.
+    pub pair_agreement: Option<f64>,
     /// `mu_t` (length d).
     #[serde(skip)]
     pub mu: Vec<f32>,
@@ -302,6 +326,9 @@ struct Problem {
     /// Clean embeddings at each layer.
     clean: Vec<Tensor<2>>,
     sources: Vec<usize>,
+    /// With `consensus = "pair"`: the `[n, n]` matrix that replaces each sample's row by the
+    /// mean of its source class's rows ([`pair_means`]).
+    pairs: Option<Tensor<2>>,
     delta: Tensor<4>,
     adam: crate::detect::Adam<4>,
     schedule: LambdaSchedule,
@@ -369,6 +396,58 @@ fn select_rows<const D: usize>(t: Tensor<D>, idx: &[usize], device: &Device) -> 
 /// `sum_n ||Delta_n - mu||^2` for fixed `Delta` (`[n, d]` -> `[1, d]`).
 pub fn consensus(delta_emb: Tensor<2>) -> Tensor<2> {
     delta_emb.mean_dim(0)
+}
+
+/// The `[n, n]` matrix `A` with `A[i][j] = 1 / |s|` when samples `i` and `j` are both of source
+/// class `s` (0 otherwise): `A Delta` puts in each row the mean of its source class's rows, the
+/// consensus of its (source, target) pair.
+pub fn pair_means(sources: &[usize], device: &Device) -> Tensor<2> {
+    let n = sources.len();
+    let mut a = vec![0.0f32; n * n];
+    for i in 0..n {
+        let size = sources.iter().filter(|&&s| s == sources[i]).count() as f32;
+        for j in 0..n {
+            if sources[j] == sources[i] {
+                a[i * n + j] = 1.0 / size;
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(a, [n, n]), device)
+}
+
+/// [`LayerStats::pair_agreement`] of the embedded perturbations `delta_emb` (`n` rows of `d`,
+/// row-major) whose source classes are `sources`: `||mean_s mu_s||^2 / mean_s ||mu_s||^2`
+/// over the source classes' mean rows `mu_s`. `None` with fewer than two source classes.
+pub fn pair_agreement(delta_emb: &[f32], sources: &[usize]) -> Option<f64> {
+    let n = sources.len();
+    if n == 0 || !delta_emb.len().is_multiple_of(n) {
+        return None;
+    }
+    let d = delta_emb.len() / n;
+    let mut classes: Vec<usize> = sources.to_vec();
+    classes.sort_unstable();
+    classes.dedup();
+    if classes.len() < 2 {
+        return None;
+    }
+    let mut overall = vec![0.0f64; d];
+    let mut sq = 0.0f64;
+    for &c in &classes {
+        let rows: Vec<usize> = (0..n).filter(|&i| sources[i] == c).collect();
+        let mut mu = vec![0.0f64; d];
+        for &i in &rows {
+            for (m, &v) in mu.iter_mut().zip(&delta_emb[i * d..(i + 1) * d]) {
+                *m += f64::from(v);
+            }
+        }
+        for (o, m) in overall.iter_mut().zip(mu.iter_mut()) {
+            *m /= rows.len() as f64;
+            *o += *m / classes.len() as f64;
+        }
+        sq += mu.iter().map(|m| m * m).sum::<f64>() / classes.len() as f64;
+    }
+    let num: f64 = overall.iter().map(|o| o * o).sum();
+    (sq > 0.0).then(|| num / sq)
 }
 
 /// Per-sample consensus penalty `||Delta_n - mu||^2` (`[n, 1]`).
@@ -464,6 +543,10 @@ pub fn stage1_targets(
             x,
             clean,
             sources: idx.iter().map(|&i| images.labels[i]).collect(),
+            pairs: (cfg.consensus == Consensus::Pair).then(|| {
+                let labels: Vec<usize> = idx.iter().map(|&i| images.labels[i]).collect();
+                pair_means(&labels, &device)
+            }),
             adam: crate::detect::Adam::new(&delta),
             delta,
             schedule: LambdaSchedule::new(cfg.lambda_init, cfg.lambda_factor),
@@ -575,9 +658,16 @@ fn optimise(
             let mut j = ce.mean() + size.mean() * cfg.beta;
             for (l, emb) in embs.iter().enumerate() {
                 let delta_emb = emb.clone().narrow(0, row, n) - p.clean[l].clone();
-                // mu at its exact minimiser for the current delta, held fixed for this step.
+                // mu at its exact minimiser for the current delta, held fixed for this step: one
+                // row for the target, or each sample's pair's consensus.
                 let mu = consensus(delta_emb.clone()).detach();
-                let dev2 = penalty(delta_emb, mu.clone());
+                let dev2 = match &p.pairs {
+                    None => penalty(delta_emb, mu.clone()),
+                    Some(a) => {
+                        let rows = a.clone().matmul(delta_emb.clone()).detach();
+                        penalty(delta_emb, rows)
+                    }
+                };
                 j = j + dev2.clone().mean() * (lambda / d[l]);
                 parts.push(mu.powi_scalar(2).sum());
                 parts.push(dev2.detach().mean());
@@ -623,6 +713,7 @@ fn optimise(
                         embed_norm: (mu_norm * mu_norm + dev2).sqrt(),
                         transfer: None,
                         reach: None,
+                        pair_agreement: None,
                         mu: Vec::new(),
                     }
                 })
@@ -915,7 +1006,12 @@ fn finish(
         );
         let (_, embs) = model.logits_and_layers(p.x.clone() + delta, layers)?;
         for (l, emb) in embs.into_iter().enumerate() {
-            let mu = consensus(emb.detach() - p.clean[l].clone());
+            let moved = emb.detach() - p.clean[l].clone();
+            r.layers[l].pair_agreement = pair_agreement(
+                &moved.clone().try_into_vec_as::<f32>().unwrap_or_default(),
+                &p.sources,
+            );
+            let mu = consensus(moved);
             if let Some((h, x, clean)) = &held {
                 let idx: Vec<usize> = (0..h.len()).filter(|&i| h.labels[i] != r.target).collect();
                 if !idx.is_empty() {
@@ -1023,6 +1119,53 @@ mod tests {
             .max()
             .into_scalar::<f32>();
         assert!(grad < 1e-4, "{grad}");
+    }
+
+    #[test]
+    fn pair_means_put_each_source_class_s_mean_in_its_rows() {
+        let device = crate::model::cpu_device(false);
+        // Sources in no order, of unequal sizes: class 3 has rows 0, 2, 3; class 1 rows 1, 4.
+        let sources = [3, 1, 3, 3, 1];
+        let rows = [
+            [1.0f32, 0.0],
+            [10.0, 2.0],
+            [2.0, 3.0],
+            [6.0, -3.0],
+            [20.0, 4.0],
+        ];
+        let delta = Tensor::<2>::from_data(TensorData::new(rows.concat(), [5, 2]), &device);
+        let means = pair_means(&sources, &device)
+            .matmul(delta)
+            .try_into_vec_as::<f32>()
+            .unwrap();
+        let want = [3.0, 0.0, 15.0, 3.0, 3.0, 0.0, 3.0, 0.0, 15.0, 3.0];
+        for (got, want) in means.iter().zip(want) {
+            assert!((got - want).abs() < 1e-5, "{means:?}");
+        }
+    }
+
+    #[test]
+    fn pair_agreement_is_one_for_one_route_and_falls_as_the_routes_part() {
+        let sources = [0, 0, 1, 1, 2, 2];
+        // Every source class moves the same way (the rows within a class differ, their means
+        // do not).
+        let same = [
+            1.0f32, 1.0, 3.0, -1.0, 2.0, 0.0, 2.0, 0.0, 0.0, 2.0, 4.0, -2.0,
+        ];
+        let a = pair_agreement(&same, &sources).unwrap();
+        assert!((a - 1.0).abs() < 1e-9, "{a}");
+        // Each class along its own axis: 1/3 of the mean square, the 1/S of unrelated routes.
+        let own = [
+            1.0f32, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0,
+            1.0,
+        ];
+        let b = pair_agreement(&own, &sources).unwrap();
+        assert!((b - 1.0 / 3.0).abs() < 1e-9, "{b}");
+        // Opposite routes cancel.
+        let opposite = [1.0f32, 1.0, -1.0, -1.0];
+        assert!(pair_agreement(&opposite, &[0, 0, 1, 1]).unwrap() < 1e-12);
+        // One source class has nothing to agree with.
+        assert!(pair_agreement(&[1.0, 2.0], &[4, 4]).is_none());
     }
 
     #[test]

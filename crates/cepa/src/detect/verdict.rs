@@ -70,6 +70,11 @@ pub enum Statistic {
     /// of another class to `t`, small is suspicious [ours]: a trigger in that input works at a
     /// fraction of its strength on any image.
     MarginBlend,
+    /// How far the consensuses of the (source class, target) pairs agree,
+    /// `||mean_s mu_st||^2 / mean_s ||mu_st||^2`, large is suspicious [ours]: a trigger moves
+    /// every source class's embeddings the same way, where a natural class is reached by each
+    /// source along its own route.
+    PairAgreement,
 }
 
 impl Statistic {
@@ -82,7 +87,8 @@ impl Statistic {
             | Statistic::InputTransfer
             | Statistic::MaxMargin
             | Statistic::MarginExcess
-            | Statistic::LocalMargin => Tail::Large,
+            | Statistic::LocalMargin
+            | Statistic::PairAgreement => Tail::Large,
             Statistic::DeltaNorm
             | Statistic::Dispersion
             | Statistic::Reach
@@ -112,6 +118,7 @@ impl Statistic {
             Statistic::MarginExcess => "margin_excess",
             Statistic::LocalMargin => "local_margin",
             Statistic::MarginBlend => "margin_blend",
+            Statistic::PairAgreement => "pair_agreement",
         }
     }
 
@@ -181,6 +188,7 @@ impl Statistic {
             Statistic::Dispersion => r.layers[layer].dispersion,
             Statistic::Transfer => r.layers[layer].transfer.unwrap_or(f64::NAN),
             Statistic::EmbedNorm => r.layers[layer].embed_norm,
+            Statistic::PairAgreement => r.layers[layer].pair_agreement.unwrap_or(f64::NAN),
         }
     }
 }
@@ -698,6 +706,7 @@ pub fn decide_pool(
         Statistic::MarginExcess,
         Statistic::LocalMargin,
         Statistic::MarginBlend,
+        Statistic::PairAgreement,
     ];
     let pair = pair_values(results);
     for stat in all {
@@ -1026,6 +1035,7 @@ impl SavedClass {
                         .unwrap_or_else(|| (mu_norm * mu_norm * (1.0 + dispersion)).sqrt()),
                     transfer: self.value(Statistic::Transfer, at),
                     reach: self.value(Statistic::Reach, at),
+                    pair_agreement: self.value(Statistic::PairAgreement, at),
                     mu: Vec::new(),
                 })
             })
@@ -1342,6 +1352,7 @@ mod tests {
                 embed_norm: (1.0 + disp).sqrt(),
                 transfer: Some(transfer),
                 reach: Some(1.0),
+                pair_agreement: None,
                 mu: vec![],
             }],
             coherence: 0.2 + 0.01 * target as f64,
