@@ -25,7 +25,6 @@ def stats(M):
         rk = np.argsort(np.argsort(np.where(np.isnan(M), np.inf, M), 1), 1).astype(float)
         rk[np.isnan(M)] = np.nan
         out['rank_mean'] = idx(np.nanmean(rk, 0), 'small')
-        out['rank_max'] = idx(np.nanmax(rk, 0), 'small')
     return out
 rows = []
 for pool in sys.argv[1:]:
