@@ -424,6 +424,47 @@ fn a_settings_file_with_an_unknown_key_is_refused_naming_file_and_key() {
 }
 
 #[test]
+fn a_pair_consensus_from_the_settings_file_reaches_the_scan_and_a_misspelt_one_is_refused() {
+    let dir = tmp_dir("consensus");
+    let file = dir.join("pair.toml");
+    std::fs::write(&file, "[scan.cepa]\nconsensus = \"pair\"\n").unwrap();
+    let (_, pair) = quick_scan(&["--config", file.to_str().unwrap()]);
+    assert_eq!(pair["config"]["cepa"]["consensus"], "pair");
+    let (_, target) = quick_scan(&[]);
+    assert_eq!(target["config"]["cepa"]["consensus"], "target");
+    // Every class reports its pairs' agreement at every layer, a share in (0, 1]; the pair
+    // consensus changes the optimisation, so the values differ from the default's.
+    let agreements = |r: &serde_json::Value| -> Vec<f64> {
+        r["decision"]["classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|c| c["statistics"].as_array().unwrap().clone())
+            .filter(|s| s["statistic"] == "pair_agreement")
+            .map(|s| s["value"].as_f64().unwrap())
+            .collect()
+    };
+    let (p, t) = (agreements(&pair), agreements(&target));
+    let layers = pair["layers"].as_array().map_or(1, Vec::len);
+    assert_eq!(p.len(), 10 * layers, "{p:?}");
+    assert!(p.iter().all(|v| *v > 0.0 && *v <= 1.0 + 1e-9), "{p:?}");
+    assert_ne!(p, t);
+    std::fs::write(&file, "[scan.cepa]\nconsensus = \"pairs\"\n").unwrap();
+    let model = real("badnets-pytorch-mnist.onnx");
+    let data = shared().join("data/mnist");
+    let out = cepa(&[
+        "scan",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--config",
+        file.to_str().unwrap(),
+    ]);
+    assert_error(&out, &["pair.toml", "pairs"]);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn scan_rejects_an_unknown_layer_naming_it() {
     let model = real("badnets-pytorch-mnist.onnx");
     let data = shared().join("data/mnist");
