@@ -100,6 +100,10 @@ pub struct CepaConfig {
     /// (source class, target) pair, each source class's samples agreeing among themselves
     /// (METHOD.md, "Key idea": which of the two the paper keeps is not readable here). The
     /// statistic `pair_agreement` reads how far the pairs' consensuses agree in either case.
+    /// `mu_norm`, `transfer` and `reach` read the mean over all the samples in either case, and
+    /// `dispersion` each sample's distance to the consensus it was pulled toward. Default
+    /// `target` (EVALUATION.md, "Session 24": `pair` helped CEPA alone on every dataset left
+    /// out, but not the default verdict).
     pub consensus: Consensus,
 }
 
