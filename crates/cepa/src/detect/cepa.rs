@@ -542,15 +542,13 @@ pub fn stage1_targets(
             &device,
         );
         let delta = (x.clone() + delta0).clamp(0.0, 1.0) - x.clone();
+        let sources: Vec<usize> = idx.iter().map(|&i| images.labels[i]).collect();
         problems.push(Problem {
             target,
             x,
             clean,
-            sources: idx.iter().map(|&i| images.labels[i]).collect(),
-            pairs: (cfg.consensus == Consensus::Pair).then(|| {
-                let labels: Vec<usize> = idx.iter().map(|&i| images.labels[i]).collect();
-                pair_means(&labels, &device)
-            }),
+            pairs: (cfg.consensus == Consensus::Pair).then(|| pair_means(&sources, &device)),
+            sources,
             adam: crate::detect::Adam::new(&delta),
             delta,
             schedule: LambdaSchedule::new(cfg.lambda_init, cfg.lambda_factor),
