@@ -325,7 +325,8 @@ fn dynamo_export_with_external_data_loads() {
 
 /// A short scan (few steps, few images): the tests check the plumbing, not the verdict quality
 /// (EVALUATION.md measures that).
-fn quick_scan(extra: &[&str]) -> (Output, serde_json::Value) {
+/// A short CEPA scan of the real MNIST BadNets model, with `extra` arguments.
+fn quick_scan_output(extra: &[&str]) -> Output {
     let model = real("badnets-pytorch-mnist.onnx");
     let data = shared().join("data/mnist");
     let mut args = vec![
@@ -348,7 +349,11 @@ fn quick_scan(extra: &[&str]) -> (Output, serde_json::Value) {
         "-q",
     ];
     args.extend_from_slice(extra);
-    let out = cepa(&args);
+    cepa(&args)
+}
+
+fn quick_scan(extra: &[&str]) -> (Output, serde_json::Value) {
+    let out = quick_scan_output(extra);
     let json = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
     (out, json)
@@ -450,16 +455,7 @@ fn a_pair_consensus_from_the_settings_file_reaches_the_scan_and_a_misspelt_one_i
     assert!(p.iter().all(|v| *v > 0.0 && *v <= 1.0 + 1e-9), "{p:?}");
     assert_ne!(p, t);
     std::fs::write(&file, "[scan.cepa]\nconsensus = \"pairs\"\n").unwrap();
-    let model = real("badnets-pytorch-mnist.onnx");
-    let data = shared().join("data/mnist");
-    let out = cepa(&[
-        "scan",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--config",
-        file.to_str().unwrap(),
-    ]);
+    let out = quick_scan_output(&["--config", file.to_str().unwrap()]);
     assert_error(&out, &["pair.toml", "pairs"]);
     std::fs::remove_dir_all(&dir).ok();
 }
