@@ -148,6 +148,9 @@ fn build(a: BuildArgs, quiet: bool, device: DeviceChoice) -> Result<ExitStatus> 
         a.config.display(),
         plans.len() - todo
     );
+    // Where no progress bar can be drawn (a log file, a Slurm job, a pipe), one line per epoch
+    // says how far a model of hours is.
+    let plain = !quiet && !std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut done = 0;
     for p in &plans {
         if zoo::is_done(&a.out, &p.id) {
@@ -180,9 +183,17 @@ fn build(a: BuildArgs, quiet: bool, device: DeviceChoice) -> Result<ExitStatus> 
             });
         }
         let pair = &data[&p.dataset];
-        let entry = zoo::build_model(p, pair, &a.out, &device, &mut |e, _, loss, acc| {
+        let started = std::time::Instant::now();
+        let entry = zoo::build_model(p, pair, &a.out, &device, &mut |e, epochs, loss, acc| {
             bar.set_position(e as u64);
             bar.set_message(format!("loss {loss:.3} train acc {acc:.3}"));
+            if plain {
+                eprintln!(
+                    "{}: epoch {e}/{epochs}, loss {loss:.3}, train accuracy {acc:.3} ({:.0} s)",
+                    p.id,
+                    started.elapsed().as_secs_f64()
+                );
+            }
         })
         .with_context(|| format!("model {}", p.id))?;
         bar.finish_and_clear();

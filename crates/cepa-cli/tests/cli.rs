@@ -1041,17 +1041,19 @@ fn zoo_build_then_eval_both_detectors_resumably() {
             config.to_str().unwrap(),
             "--out",
             zoo.to_str().unwrap(),
-            "-q",
         ];
         cepa(&args)
     };
     let out = build(());
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // Its stderr is a pipe, where no progress bar is drawn: one line per epoch instead.
+    for id in ["clean-s0", "badnets-s1"] {
+        for e in 1..=2 {
+            let line = format!("{id}: epoch {e}/2, loss ");
+            assert_eq!(stderr.matches(&line).count(), 1, "{line} in\n{stderr}");
+        }
+    }
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(zoo.join("manifest.json")).unwrap()).unwrap();
     let models = manifest["models"].as_array().unwrap();
