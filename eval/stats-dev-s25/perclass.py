@@ -1,3 +1,8 @@
+# Session 25 (issue 14, development scans only): `agree` scored class by class, described.
+# For each model of an eval folder (results.jsonl and reports/{cepa,nc}/ID.json), the current
+# score (the top classes, as the Rust rule) beside the largest over the classes of the mean of
+# the two detectors' indices at that class, each over its threshold. Prints; decides nothing.
+# Usage: python3 eval/stats-dev-s25/perclass.py EVAL_DIR
 import json, sys, os, glob
 root = sys.argv[1]
 res = {}
