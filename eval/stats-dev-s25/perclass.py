@@ -1,9 +1,11 @@
 # Session 25 (issue 14, development scans only): `agree` scored class by class, described.
-# For each model of an eval folder (results.jsonl and reports/{cepa,nc}/ID.json), the current
-# score (the top classes, as the Rust rule) beside the largest over the classes of the mean of
-# the two detectors' indices at that class, each over its threshold. Prints; decides nothing.
+# For each model of an eval folder (results.jsonl and reports/{cepa,nc}/ID.json): each detector's
+# score over its threshold at its own top class (rc, rn; the rule's `agree` score follows from
+# them, see EVALUATION.md), and the largest over the classes of the mean of the two detectors'
+# indices at that class, each over its threshold (`per_class`, the candidate). Prints; decides
+# nothing, and no threshold is applied.
 # Usage: python3 eval/stats-dev-s25/perclass.py EVAL_DIR
-import json, sys, os, glob
+import json, sys, os
 root = sys.argv[1]
 res = {}
 for l in open(os.path.join(root, 'results.jsonl')):
@@ -21,12 +23,8 @@ for m in models:
     ci = {k['class']: k['anomaly_index'] for k in c['decision']['classes']}
     ni = {k['target']: k['anomaly_index'] for k in n['classes']}
     rc, rn = oc['score'] / tc, on['score'] / tn
-    lone = max(rc, rn) / 1.5
-    top = (rc + rn) / 2 if oc['most_anomalous'] == on['most_anomalous'] else -9
-    cur = max(top, lone)
     pc = max(((max(ci[k], 0) / tc + max(ni[k], 0) / tn) / 2, k) for k in ci)
-    new = max(pc[0], lone)
     tgt = oc['truth_target']
-    rows.append((oc['dataset'], oc['attack'], m, tgt, cur, new, pc[1], oc['most_anomalous'], on['most_anomalous'], rc, rn))
+    rows.append((oc['dataset'], oc['attack'], m, tgt, oc['most_anomalous'], rc, on['most_anomalous'], rn, pc[0], pc[1]))
 for r in rows:
-    print('%-8s %-10s %-32s t=%-4s cur=%.3f new=%.3f@%d  cepa@%s nc@%s rc=%.2f rn=%.2f' % r)
+    print('%-8s %-10s %-32s truth=%-4s cepa@%s rc=%.2f  nc@%s rn=%.2f  per_class=%.3f@%d' % r)
