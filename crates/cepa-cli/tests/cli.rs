@@ -323,9 +323,9 @@ fn dynamo_export_with_external_data_loads() {
     assert_eq!(r["opset"], 20);
 }
 
-/// A short scan (few steps, few images): the tests check the plumbing, not the verdict quality
-/// (EVALUATION.md measures that).
-/// A short CEPA scan of the real MNIST BadNets model, with `extra` arguments.
+/// A short CEPA scan (few steps, few images) of the real MNIST BadNets model, with `extra`
+/// arguments: the tests check the plumbing, not the verdict quality (EVALUATION.md measures
+/// that).
 fn quick_scan_output(extra: &[&str]) -> Output {
     let model = real("badnets-pytorch-mnist.onnx");
     let data = shared().join("data/mnist");
@@ -352,6 +352,7 @@ fn quick_scan_output(extra: &[&str]) -> Output {
     cepa(&args)
 }
 
+/// [`quick_scan_output`] and its JSON report.
 fn quick_scan(extra: &[&str]) -> (Output, serde_json::Value) {
     let out = quick_scan_output(extra);
     let json = serde_json::from_slice(&out.stdout)
