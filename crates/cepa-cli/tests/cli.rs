@@ -1055,6 +1055,21 @@ fn zoo_build_then_eval_both_detectors_resumably() {
             assert_eq!(stderr.matches(&line).count(), 1, "{line} in\n{stderr}");
         }
     }
+    // `-q` keeps them out: only errors on stderr.
+    let quiet_zoo = dir.join("zoo-quiet");
+    let quiet = cepa(&[
+        "zoo",
+        "build",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        quiet_zoo.to_str().unwrap(),
+        "-q",
+    ]);
+    let quiet_err = String::from_utf8_lossy(&quiet.stderr);
+    assert_eq!(quiet.status.code(), Some(0), "{quiet_err}");
+    assert!(!quiet_err.contains(": epoch "), "{quiet_err}");
+    assert!(quiet_zoo.join("badnets-s1.onnx").is_file());
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(zoo.join("manifest.json")).unwrap()).unwrap();
     let models = manifest["models"].as_array().unwrap();
