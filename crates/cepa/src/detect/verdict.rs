@@ -236,6 +236,13 @@ pub struct DecisionConfig {
     /// cannot carry the verdict alone; 0 turns the cap off. Default 3.0 (EVALUATION.md: without
     /// it a clean MLP with three unreachable classes scored 2.16 on one embed_norm outlier).
     pub index_cap: f64,
+    /// Each chosen index is raised to at least this before averaging [ours], so that a
+    /// statistic that finds a class ordinary (or less than ordinary: a blended trigger is no
+    /// small input change, so its target's `delta_norm` index is negative) does not cancel
+    /// the ones that find it anomalous. Absent (the default) leaves the indices as they are.
+    /// Measured on development scans in session 26 (EVALUATION.md), not chosen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub index_floor: Option<f64>,
     /// How they are combined. Default `mean` (EVALUATION.md: over 20 clean and 20 backdoored
     /// scans its ROC AUC was 1.00 against 0.955 for `restandardised`, which flagged 4 clean
     /// models).
@@ -365,6 +372,15 @@ impl DecisionConfig {
                 self.margin_gate
             )));
         }
+        if let Some(f) = self.index_floor
+            && !(f.is_finite() && (self.index_cap <= 0.0 || f < self.index_cap))
+        {
+            return Err(Error::Config(format!(
+                "[scan.decision] index_floor = {f}: must be a finite anomaly index below \
+                 index_cap ({})",
+                self.index_cap
+            )));
+        }
         Ok(())
     }
 
@@ -393,6 +409,7 @@ impl Default for DecisionConfig {
                 Statistic::MarginExcess,
             ],
             index_cap: 3.0,
+            index_floor: None,
             combine: Combine::Mean,
             threshold: 1.5,
             reference_classes: 10,
@@ -771,10 +788,11 @@ pub fn decide_pool(
                     anomaly_index: idx[t],
                 });
                 if chosen {
+                    let floored = cfg.index_floor.map_or(idx[t], |f| idx[t].max(f));
                     combined[t] += if cfg.index_cap > 0.0 {
-                        idx[t].min(cfg.index_cap)
+                        floored.min(cfg.index_cap)
                     } else {
-                        idx[t]
+                        floored
                     };
                 }
             }
@@ -1727,6 +1745,54 @@ mod tests {
         };
         let u = decide(&rs, &layers, &uncapped).unwrap();
         assert!(u.classes[2].mean_index > d.classes[2].mean_index);
+    }
+
+    #[test]
+    fn an_index_floor_keeps_an_ordinary_statistic_from_cancelling_an_anomalous_one() {
+        let layers = vec!["emb".to_string()];
+        let noise = [1.0, 1.1, 0.9, 1.05, 0.95, 1.02, 0.98];
+        // Class 2 moves its embedding far more than the others, at a large input change (a
+        // blend-like trigger): embed_norm anomalous, delta_norm far below anomalous.
+        let mut rs: Vec<TargetResult> = (0..7)
+            .map(|t| result(t, 5.0 * noise[t], noise[t], 0.1 * noise[t], true))
+            .collect();
+        rs[2].layers[0].embed_norm = 50.0;
+        rs[2].delta_norm = 9.0;
+        let plain = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
+        let floored_cfg = DecisionConfig {
+            index_floor: Some(0.0),
+            ..DecisionConfig::default()
+        };
+        let floored = decide(&rs, &layers, &floored_cfg).unwrap();
+        let chosen = |d: &Decision, t: usize| -> Vec<f64> {
+            d.classes[t]
+                .statistics
+                .iter()
+                .filter(|x| DecisionConfig::default().statistics.contains(&x.statistic))
+                .map(|x| x.anomaly_index)
+                .collect()
+        };
+        let idx = chosen(&plain, 2);
+        assert!(idx.iter().any(|&i| i < 0.0), "{idx:?}");
+        for t in 0..7 {
+            let expect = chosen(&plain, t)
+                .iter()
+                .map(|i| i.clamp(0.0, 3.0))
+                .sum::<f64>()
+                / 3.0;
+            assert!((floored.classes[t].mean_index - expect).abs() < 1e-12);
+            assert!(floored.classes[t].mean_index >= plain.classes[t].mean_index - 1e-12);
+        }
+        assert!(floored.classes[2].mean_index > plain.classes[2].mean_index + 0.3);
+        // A floor at or above the cap, or not finite, is refused.
+        for bad in [3.0, f64::NAN] {
+            let cfg = DecisionConfig {
+                index_floor: Some(bad),
+                ..DecisionConfig::default()
+            };
+            assert!(cfg.validate().is_err(), "{bad}");
+        }
+        assert!(floored_cfg.validate().is_ok());
     }
 
     /// Results over 6 classes, 3 images of every other class each, with `cost(source, target)`
