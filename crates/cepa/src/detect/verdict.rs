@@ -1388,13 +1388,18 @@ mod tests {
         }
     }
 
+    /// `k` (at most 7) ordinary classes, each statistic within 10 % of the others'.
+    fn ordinary(k: usize) -> Vec<TargetResult> {
+        let noise = [1.0, 1.1, 0.9, 1.05, 0.95, 1.02, 0.98];
+        (0..k)
+            .map(|t| result(t, 5.0 * noise[t], noise[t], 0.1 * noise[t], true))
+            .collect()
+    }
+
     #[test]
     fn the_planted_outlier_is_the_target_and_clean_stays_clean() {
         let layers = vec!["emb".to_string()];
-        let noise = [1.0, 1.1, 0.9, 1.05, 0.95];
-        let mut rs: Vec<TargetResult> = (0..5)
-            .map(|t| result(t, 5.0 * noise[t], noise[t], 0.1 * noise[t], true))
-            .collect();
+        let mut rs = ordinary(5);
         let clean = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
         assert!(!clean.backdoored, "score {}", clean.score);
         rs[3] = result(3, 1.0, 0.2, 0.9, true);
@@ -1414,10 +1419,7 @@ mod tests {
     #[test]
     fn a_lone_cheap_input_reach_raises_its_class_and_sinks_alike_do_not() {
         let layers = vec!["emb".to_string()];
-        let noise = [1.0, 1.1, 0.9, 1.05, 0.95, 1.02];
-        let base: Vec<TargetResult> = (0..6)
-            .map(|t| result(t, 5.0 * noise[t], noise[t], 0.1 * noise[t], true))
-            .collect();
+        let base = ordinary(6);
         let with_reach = |reach: [f64; 6]| {
             let mut rs = base.clone();
             for (r, v) in rs.iter_mut().zip(reach) {
@@ -1599,10 +1601,7 @@ mod tests {
     #[test]
     fn a_class_far_from_the_hardest_source_is_a_sink_and_not_a_suspect() {
         let layers = vec!["emb".to_string()];
-        let noise = [1.0, 1.1, 0.9, 1.05, 0.95, 1.02];
-        let mut rs: Vec<TargetResult> = (0..6)
-            .map(|t| result(t, 5.0 * noise[t], noise[t], 0.1 * noise[t], true))
-            .collect();
+        let mut rs = ordinary(6);
         // Class 3 stands out on the statistics (a small delta, a high transfer).
         rs[3] = result(3, 1.0, 0.2, 0.9, true);
         // From the hardest source, class 3 is the most expensive of all to reach (rank 5).
@@ -1689,10 +1688,7 @@ mod tests {
     #[test]
     fn infeasible_classes_count_as_least_suspicious() {
         let layers = vec!["emb".to_string()];
-        let noise = [1.0, 1.1, 0.9, 1.05, 0.95];
-        let mut rs: Vec<TargetResult> = (0..5)
-            .map(|t| result(t, 5.0 * noise[t], noise[t], 0.1 * noise[t], true))
-            .collect();
+        let mut rs = ordinary(5);
         // An infeasible class with a tiny (meaningless) delta must not be flagged.
         rs[2] = result(2, 0.01, 0.01, 0.0, false);
         let d = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
@@ -1704,8 +1700,6 @@ mod tests {
     #[test]
     fn embed_norm_is_suspicious_either_way_and_indices_are_capped() {
         let layers = vec!["emb".to_string()];
-        let noise = [1.0, 1.1, 0.9, 1.05, 0.95, 1.02, 0.98];
-        let base = |t: usize| result(t, 5.0 * noise[t], noise[t], 0.1 * noise[t], true);
         let index = |d: &Decision, t: usize, s: Statistic| {
             d.classes[t]
                 .statistics
@@ -1716,7 +1710,7 @@ mod tests {
         };
         // A class whose embedding moves far more than the others' and one that moves far less:
         // both get a large positive embed_norm index.
-        let mut rs: Vec<TargetResult> = (0..7).map(base).collect();
+        let mut rs = ordinary(7);
         rs[2].layers[0].embed_norm = 50.0;
         rs[5].layers[0].embed_norm = 0.01;
         let d = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
@@ -1750,12 +1744,9 @@ mod tests {
     #[test]
     fn an_index_floor_keeps_an_ordinary_statistic_from_cancelling_an_anomalous_one() {
         let layers = vec!["emb".to_string()];
-        let noise = [1.0, 1.1, 0.9, 1.05, 0.95, 1.02, 0.98];
         // Class 2 moves its embedding far more than the others, at a large input change (a
         // blend-like trigger): embed_norm anomalous, delta_norm far below anomalous.
-        let mut rs: Vec<TargetResult> = (0..7)
-            .map(|t| result(t, 5.0 * noise[t], noise[t], 0.1 * noise[t], true))
-            .collect();
+        let mut rs = ordinary(7);
         rs[2].layers[0].embed_norm = 50.0;
         rs[2].delta_norm = 9.0;
         let plain = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
@@ -1899,10 +1890,7 @@ mod tests {
     #[test]
     fn a_saved_report_decides_again_as_the_scan_did() {
         let layers = vec!["emb".to_string()];
-        let noise = [1.0, 1.1, 0.9, 1.05, 0.95, 1.02, 0.98];
-        let mut rs: Vec<TargetResult> = (0..7)
-            .map(|t| result(t, 5.0 * noise[t], noise[t], 0.1 * noise[t], true))
-            .collect();
+        let mut rs = ordinary(7);
         rs[4] = result(4, 2.0, 0.3, 0.8, true);
         rs[6] = result(6, 0.5, 0.1, 0.0, false);
         let cfg = DecisionConfig::default();
