@@ -1,10 +1,11 @@
 //! Training throughput, in images per second, of the project's networks on a slice of the
-//! CIFAR-10 training split: one pass of Adam (batch 64, no augmentation) over the first N images
+//! CIFAR-10 training split: one pass of Adam (batch 64 unless given, no augmentation) over the first N images
 //! on the CPU, after one warm-up batch. The PreAct-ResNet-18 (width 16, BatchNorm) is the CPU
 //! victim of `zoo/realistic.toml`.
 //!
-//! `cargo run -p cepa --example train_throughput [-- CIFAR_DIR [N]]` (defaults
-//! `../shared/data/cifar10`, 2000).
+//! `cargo run -p cepa --example train_throughput [-- CIFAR_DIR [N [NAME [BATCH]]]]` (defaults
+//! `../shared/data/cifar10`, 2000, every network, 64; NAME keeps the networks whose name
+//! contains it, e.g. `preact`).
 
 use std::error::Error;
 use std::path::PathBuf;
@@ -17,20 +18,24 @@ use cepa::train::{
 };
 
 fn main() -> Result<(), Box<dyn Error>> {
+    // As `cepa` itself does: freed tensor buffers stay in the process (runtime.rs).
+    cepa::runtime::tune_allocator();
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(
         args.next()
             .unwrap_or_else(|| "../shared/data/cifar10".into()),
     );
     let n: usize = args.next().map_or(Ok(2000), |s| s.parse())?;
+    let only = args.next().unwrap_or_default();
+    let batch_size: usize = args.next().map_or(Ok(64), |s| s.parse())?;
     let full = load(&dir, Split::Train)?;
     let set = full.subset(&(0..n.min(full.len())).collect::<Vec<_>>());
-    let warm = full.subset(&(0..64).collect::<Vec<_>>());
+    let warm = full.subset(&(0..batch_size).collect::<Vec<_>>());
     let (c, h, w, k) = (set.channels, set.height, set.width, set.num_classes);
     let device = cpu_device(true);
     let cfg = TrainConfig {
         epochs: 1,
-        batch_size: 64,
+        batch_size,
         ..TrainConfig::default()
     };
     let cnn = CnnArch {
@@ -60,7 +65,7 @@ fn main() -> Result<(), Box<dyn Error>> {
         ),
     ];
     println!("{} images {c}x{h}x{w}, batch {}", set.len(), cfg.batch_size);
-    for (name, arch) in nets {
+    for (name, arch) in nets.into_iter().filter(|(name, _)| name.contains(&only)) {
         let arch = arch.with_io(c, h, w, k);
         let mut trainer = Trainer::new(&arch.init(0)?, &cfg, &device)?;
         trainer.epoch(&warm)?;

@@ -387,13 +387,13 @@ impl Architecture for CnnArch {
         let fc2_b = take(&d7);
 
         let opts = || ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
-        let x = pool2(relu(crate::kernels::conv2d(
+        let x = pool2(relu(crate::kernels::conv2d_train(
             x,
             conv1_w,
             Some(conv1_b),
             opts(),
         )));
-        let x = pool2(relu(crate::kernels::conv2d(
+        let x = pool2(relu(crate::kernels::conv2d_train(
             x,
             conv2_w,
             Some(conv2_b),

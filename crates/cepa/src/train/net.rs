@@ -420,7 +420,7 @@ pub(crate) fn conv(
     let w = layout.tensor::<4>(params, &format!("{name}.weight"));
     let b = layout.tensor::<1>(params, &format!("{name}.bias"));
     let opts = ConvOptions::new([stride, stride], [pad, pad], [1, 1], 1);
-    crate::kernels::conv2d(x, w, Some(b), opts)
+    crate::kernels::conv2d_train(x, w, Some(b), opts)
 }
 
 /// A linear layer `x W^T + b` on the device, from `NAME.weight` `[out, in]` and `NAME.bias`.
@@ -442,7 +442,7 @@ pub(crate) fn conv_nobias(
 ) -> Tensor<4> {
     let w = layout.tensor::<4>(params, &format!("{name}.weight"));
     let opts = ConvOptions::new([stride, stride], [pad, pad], [1, 1], 1);
-    crate::kernels::conv2d(x, w, None, opts)
+    crate::kernels::conv2d_train(x, w, None, opts)
 }
 
 /// BatchNorm's `epsilon`: PyTorch's default, written into the export.
