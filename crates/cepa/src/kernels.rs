@@ -44,12 +44,14 @@ pub trait CepaKernels: burn::backend::Backend {
     fn max_pool_tiled(x: FloatTensor<Self>, kh: usize, kw: usize) -> FloatTensor<Self>;
 
     /// A convolution of stride 1, dilation 1 and one group, with a bias; `pads` are top,
-    /// bottom, left, right.
+    /// bottom, left, right. Its forward pass is burn's, or, where `ours` (training), ours
+    /// ([`conv_forward_gemm`]).
     fn conv2d_stride1(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         pads: [usize; 4],
+        ours: bool,
     ) -> FloatTensor<Self>;
 
     /// [`CepaKernels::conv2d_stride1`] without a bias.
@@ -57,22 +59,7 @@ pub trait CepaKernels: burn::backend::Backend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         pads: [usize; 4],
-    ) -> FloatTensor<Self>;
-
-    /// [`CepaKernels::conv2d_stride1`] for training: its forward pass is ours as well
-    /// ([`conv_forward_gemm`]).
-    fn conv2d_stride1_train(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        pads: [usize; 4],
-    ) -> FloatTensor<Self>;
-
-    /// [`CepaKernels::conv2d_stride1_train`] without a bias.
-    fn conv2d_stride1_train_nobias(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        pads: [usize; 4],
+        ours: bool,
     ) -> FloatTensor<Self>;
 }
 
@@ -86,33 +73,18 @@ impl CepaKernels for Flex {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         pads: [usize; 4],
+        ours: bool,
     ) -> FloatTensor<Self> {
-        Flex::conv2d(x, weight, Some(bias), conv_options(pads))
+        conv_forward(x, weight, Some(bias), pads, ours).1
     }
 
     fn conv2d_stride1_nobias(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         pads: [usize; 4],
+        ours: bool,
     ) -> FloatTensor<Self> {
-        Flex::conv2d(x, weight, None, conv_options(pads))
-    }
-
-    fn conv2d_stride1_train(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        pads: [usize; 4],
-    ) -> FloatTensor<Self> {
-        conv_forward(x, weight, Some(bias), pads, true).1
-    }
-
-    fn conv2d_stride1_train_nobias(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        pads: [usize; 4],
-    ) -> FloatTensor<Self> {
-        conv_forward(x, weight, None, pads, true).1
+        conv_forward(x, weight, None, pads, ours).1
     }
 }
 
@@ -147,33 +119,18 @@ impl<C: CheckpointStrategy> CepaKernels for Autodiff<Flex, C> {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         pads: [usize; 4],
+        ours: bool,
     ) -> FloatTensor<Self> {
-        tracked_conv::<C>(x, weight, Some(bias), pads, false)
+        tracked_conv::<C>(x, weight, Some(bias), pads, ours)
     }
 
     fn conv2d_stride1_nobias(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         pads: [usize; 4],
+        ours: bool,
     ) -> FloatTensor<Self> {
-        tracked_conv::<C>(x, weight, None, pads, false)
-    }
-
-    fn conv2d_stride1_train(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        bias: FloatTensor<Self>,
-        pads: [usize; 4],
-    ) -> FloatTensor<Self> {
-        tracked_conv::<C>(x, weight, Some(bias), pads, true)
-    }
-
-    fn conv2d_stride1_train_nobias(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        pads: [usize; 4],
-    ) -> FloatTensor<Self> {
-        tracked_conv::<C>(x, weight, None, pads, true)
+        tracked_conv::<C>(x, weight, None, pads, ours)
     }
 }
 
@@ -336,43 +293,44 @@ pub(crate) fn conv2d_stride1(
     b: Option<&Tensor<1>>,
     pads: [(usize, usize); 2],
 ) -> Option<Tensor<4>> {
-    if !on_flex(x) || !x.device().is_autodiff() {
-        return None;
-    }
-    let pads = [pads[0].0, pads[0].1, pads[1].0, pads[1].1];
-    let (x, w) = (x.clone().into_dispatch(), w.clone().into_dispatch());
-    let out = match b {
-        Some(b) => <Dispatch as CepaKernels>::conv2d_stride1(x, w, b.clone().into_dispatch(), pads),
-        None => <Dispatch as CepaKernels>::conv2d_stride1_nobias(x, w, pads),
-    };
-    Some(Tensor::from_dispatch(out))
+    (on_flex(x) && x.device().is_autodiff())
+        .then(|| extension_conv(x.clone(), w.clone(), b.cloned(), pads, false))
 }
 
-/// `conv2d(x, w, b, opts)` for training: through [`CepaKernels::conv2d_stride1_train`] where
-/// stride 1 applies and `x` is on `flex` with autodiff and f32 values, burn's otherwise. Its
-/// forward pass differs from burn's in the last bits; the scan's interpreter keeps [`conv2d`].
+/// [`CepaKernels::conv2d_stride1`] on dispatch tensors, its forward pass ours where `ours`.
+fn extension_conv(
+    x: Tensor<4>,
+    w: Tensor<4>,
+    b: Option<Tensor<1>>,
+    pads: [(usize, usize); 2],
+    ours: bool,
+) -> Tensor<4> {
+    let pads = [pads[0].0, pads[0].1, pads[1].0, pads[1].1];
+    let (x, w) = (x.into_dispatch(), w.into_dispatch());
+    let out = match b {
+        Some(b) => <Dispatch as CepaKernels>::conv2d_stride1(x, w, b.into_dispatch(), pads, ours),
+        None => <Dispatch as CepaKernels>::conv2d_stride1_nobias(x, w, pads, ours),
+    };
+    Tensor::from_dispatch(out)
+}
+
+/// Whether `opts` are those of [`CepaKernels::conv2d_stride1`]: stride 1, dilation 1, one group.
+fn stride1(opts: &ConvOptions<2>) -> bool {
+    opts.stride == [1, 1] && opts.dilation == [1, 1] && opts.groups == 1
+}
+
+/// `conv2d(x, w, b, opts)` for training: through [`CepaKernels::conv2d_stride1`] with our
+/// forward pass where stride 1 applies and `x` is on `flex` with autodiff and f32 values,
+/// burn's otherwise. Its forward pass differs from burn's in the last bits; the scan's
+/// interpreter keeps [`conv2d`].
 pub(crate) fn conv2d_train(
     x: Tensor<4>,
     w: Tensor<4>,
     b: Option<Tensor<1>>,
     opts: ConvOptions<2>,
 ) -> Tensor<4> {
-    if opts.stride == [1, 1]
-        && opts.dilation == [1, 1]
-        && opts.groups == 1
-        && on_flex(&x)
-        && x.device().is_autodiff()
-    {
-        let p = opts.padding;
-        let pads = [p[0].0, p[0].1, p[1].0, p[1].1];
-        let (x, w) = (x.into_dispatch(), w.into_dispatch());
-        let out = match b {
-            Some(b) => {
-                <Dispatch as CepaKernels>::conv2d_stride1_train(x, w, b.into_dispatch(), pads)
-            }
-            None => <Dispatch as CepaKernels>::conv2d_stride1_train_nobias(x, w, pads),
-        };
-        return Tensor::from_dispatch(out);
+    if stride1(&opts) && on_flex(&x) && x.device().is_autodiff() {
+        return extension_conv(x, w, b, opts.padding, true);
     }
     burn::tensor::module::conv2d(x, w, b, opts)
 }
@@ -384,9 +342,7 @@ pub(crate) fn conv2d(
     b: Option<Tensor<1>>,
     opts: ConvOptions<2>,
 ) -> Tensor<4> {
-    if opts.stride == [1, 1]
-        && opts.dilation == [1, 1]
-        && opts.groups == 1
+    if stride1(&opts)
         && let Some(out) = conv2d_stride1(&x, &w, b.as_ref(), opts.padding)
     {
         return out;
@@ -583,11 +539,7 @@ fn conv_input_grad(
     // for large products.
     const COLUMNS_BYTES: usize = 8 * 1024 * 1024;
     const GEMM_PARALLEL_WORK: usize = 192 * 192 * 192;
-    if grad.dtype() != DType::F32 || weight.dtype() != DType::F32 {
-        return None;
-    }
-    let grad = grad.to_contiguous();
-    let weight = weight.to_contiguous();
+    let [grad, weight] = contiguous_f32([grad, weight])?;
     let [n, co, gh, gw] = four(grad.layout().shape());
     let [wco, ci, kh, kw] = four(weight.layout().shape());
     let [xn, xc, h, wd] = x_dims;
@@ -608,32 +560,15 @@ fn conv_input_grad(
     let image = |b: usize, out: &mut [f32], columns: &mut Vec<f32>| {
         columns.resize(col_ch * spatial, 0.0);
         let src = &g[b * co * spatial..][..co * spatial];
-        // SAFETY: `columns` holds col_ch x spatial values (row stride `spatial`), `wt` co x
-        // col_ch (read transposed: column stride col_ch), `src` co x spatial; gemm writes
-        // `columns` only, without reading it.
-        unsafe {
-            gemm::gemm(
-                col_ch,
-                spatial,
-                co,
-                columns.as_mut_ptr(),
-                1,
-                spatial as isize,
-                false,
-                wt.as_ptr(),
-                col_ch as isize,
-                1,
-                src.as_ptr(),
-                1,
-                spatial as isize,
-                0.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
+        // columns (col_ch x spatial) = W^T (W: co x col_ch, read transposed) * grad_b.
+        matmul(
+            Mat::new(columns, 1, spatial),
+            Mat::new(wt, col_ch, 1),
+            Mat::new(src, 1, spatial),
+            [col_ch, spatial, co],
+            false,
+            parallelism,
+        );
         for c in 0..ci {
             let dst = &mut out[c * plane..][..plane];
             for ky in 0..kh {
@@ -670,6 +605,77 @@ fn conv_input_grad(
     Some(FlexTensor::from_data(TensorData::new(dx, [n, ci, h, wd])))
 }
 
+/// The tensors, contiguous, where all hold f32 values (our kernels' only dtype); `None` else.
+fn contiguous_f32<const N: usize>(tensors: [&FlexTensor; N]) -> Option<[FlexTensor; N]> {
+    tensors
+        .iter()
+        .all(|t| t.dtype() == DType::F32)
+        .then(|| tensors.map(FlexTensor::to_contiguous))
+}
+
+/// A matrix in a slice: element (row `i`, column `j`) at `i * rs + j * cs`.
+struct Mat<T> {
+    data: T,
+    cs: usize,
+    rs: usize,
+}
+
+impl<T> Mat<T> {
+    fn new(data: T, cs: usize, rs: usize) -> Self {
+        Mat { data, cs, rs }
+    }
+
+    /// Whether a `rows` x `cols` matrix fits in `len` values.
+    fn fits(&self, rows: usize, cols: usize, len: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < len
+    }
+}
+
+/// `dst (m x n) = lhs (m x k) * rhs (k x n)`, or `dst += ...` where `accumulate`, by the gemm
+/// crate (burn-flex's); `mnk` = [m, n, k]. Panics, before gemm reads or writes anything, when a
+/// slice is too short for its matrix.
+fn matmul(
+    dst: Mat<&mut [f32]>,
+    lhs: Mat<&[f32]>,
+    rhs: Mat<&[f32]>,
+    mnk: [usize; 3],
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    let [m, n, k] = mnk;
+    assert!(
+        dst.fits(m, n, dst.data.len())
+            && lhs.fits(m, k, lhs.data.len())
+            && rhs.fits(k, n, rhs.data.len()),
+        "matmul: a slice is too short for {m} x {n} x {k}"
+    );
+    // SAFETY: every index gemm forms, row * rs + column * cs within the matrices' sizes, lies
+    // in its slice (checked above); `dst` is a unique borrow, so it overlaps neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.data.as_mut_ptr(),
+            dst.cs as isize,
+            dst.rs as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            if accumulate { 1.0f32 } else { 0.0f32 },
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 /// The sizes an image's columns (im2col) are taken at: a stride-1 convolution of a `ci` x `h` x
 /// `wd` image by a `kh` x `kw` kernel, padded `top` and `left` first, giving `gh` x `gw` outputs.
 #[derive(Clone, Copy)]
@@ -686,6 +692,35 @@ struct ColumnShape {
 }
 
 impl ColumnShape {
+    /// The shape for an image `[ci, h, wd]` and a kernel `kh` x `kw` padded by `pads` (top,
+    /// bottom, left, right): `None` where the kernel is empty or larger than the padded image,
+    /// or where an image's columns would pass 8 MiB (burn-flex's limit for its own columns).
+    fn new(image: [usize; 3], kh: usize, kw: usize, pads: [usize; 4]) -> Option<ColumnShape> {
+        const COLUMNS_BYTES: usize = 8 * 1024 * 1024;
+        let [ci, h, wd] = image;
+        let [top, bottom, left, right] = pads;
+        if kh == 0 || kw == 0 || h + top + bottom < kh || wd + left + right < kw {
+            return None;
+        }
+        let shape = ColumnShape {
+            ci,
+            h,
+            wd,
+            kh,
+            kw,
+            top,
+            left,
+            gh: h + top + bottom + 1 - kh,
+            gw: wd + left + right + 1 - kw,
+        };
+        (shape.rows() * shape.gh * shape.gw * 4 <= COLUMNS_BYTES).then_some(shape)
+    }
+
+    /// Rows of the columns: one per input channel and kernel cell.
+    fn rows(&self) -> usize {
+        self.ci * self.kh * self.kw
+    }
+
     /// Write the columns of `img` (`ci * h * wd` values) into `columns`: one row of `gh * gw`
     /// per input channel and kernel cell (channel-major, then kernel row, then kernel column,
     /// the order of a weight's `ci x kh x kw` values), zero where the kernel reaches over the
@@ -744,41 +779,19 @@ fn conv_forward_gemm(
     pads: [usize; 4],
 ) -> Option<FlexTensor> {
     use rayon::prelude::*;
-    const COLUMNS_BYTES: usize = 8 * 1024 * 1024;
-    if x.dtype() != DType::F32
-        || weight.dtype() != DType::F32
-        || bias.is_some_and(|b| b.dtype() != DType::F32)
-    {
+    if bias.is_some_and(|b| b.dtype() != DType::F32) {
         return None;
     }
-    let x = x.to_contiguous();
-    let weight = weight.to_contiguous();
+    let [x, weight] = contiguous_f32([x, weight])?;
     let [n, ci, h, wd] = four(x.layout().shape());
     let [co, wci, kh, kw] = four(weight.layout().shape());
-    let [top, bottom, left, right] = pads;
-    if wci != ci || kh == 0 || kw == 0 || h + top + bottom < kh || wd + left + right < kw {
-        return None;
-    }
-    let (gh, gw) = (h + top + bottom + 1 - kh, wd + left + right + 1 - kw);
-    let (spatial, col_ch) = (gh * gw, ci * kh * kw);
-    if col_ch * spatial * 4 > COLUMNS_BYTES {
-        return None;
-    }
+    let shape = ColumnShape::new([ci, h, wd], kh, kw, pads).filter(|_| wci == ci)?;
+    let (gh, gw) = (shape.gh, shape.gw);
+    let (spatial, col_ch) = (gh * gw, shape.rows());
     let bias: Option<Vec<f32>> = bias.map(|b| b.to_contiguous().storage::<f32>().to_vec());
     if bias.as_ref().is_some_and(|b| b.len() != co) {
         return None;
     }
-    let shape = ColumnShape {
-        ci,
-        h,
-        wd,
-        kh,
-        kw,
-        top,
-        left,
-        gh,
-        gw,
-    };
     let xs: &[f32] = x.storage();
     let wt: &[f32] = weight.storage();
     let plane = h * wd;
@@ -789,32 +802,15 @@ fn conv_forward_gemm(
             |columns: &mut Vec<f32>, (b, dst)| {
                 columns.resize(col_ch * spatial, 0.0);
                 shape.columns(&xs[b * ci * plane..][..ci * plane], columns);
-                // SAFETY: `dst` holds co x spatial values (row stride spatial), `wt` co x
-                // col_ch (row stride col_ch), `columns` col_ch x spatial (row stride spatial);
-                // gemm writes `dst` only, without reading it.
-                unsafe {
-                    gemm::gemm(
-                        co,
-                        spatial,
-                        col_ch,
-                        dst.as_mut_ptr(),
-                        1,
-                        spatial as isize,
-                        false,
-                        wt.as_ptr(),
-                        1,
-                        col_ch as isize,
-                        columns.as_ptr(),
-                        1,
-                        spatial as isize,
-                        0.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                // out_b (co x spatial) = W (co x col_ch) * columns (col_ch x spatial).
+                matmul(
+                    Mat::new(dst, 1, spatial),
+                    Mat::new(wt, 1, col_ch),
+                    Mat::new(columns, 1, spatial),
+                    [co, spatial, col_ch],
+                    false,
+                    gemm::Parallelism::None,
+                );
                 if let Some(bias) = &bias {
                     for (row, &v) in dst.chunks_mut(spatial).zip(bias) {
                         for o in row {
@@ -845,44 +841,19 @@ fn conv_weight_grad(
     pads: [usize; 4],
 ) -> Option<FlexTensor> {
     use rayon::prelude::*;
-    const COLUMNS_BYTES: usize = 8 * 1024 * 1024;
     const GROUPS: usize = 16;
-    if grad.dtype() != DType::F32 || x.dtype() != DType::F32 {
-        return None;
-    }
-    let grad = grad.to_contiguous();
-    let x = x.to_contiguous();
+    let [grad, x] = contiguous_f32([grad, x])?;
     let [n, co, gh, gw] = four(grad.layout().shape());
     let [xn, ci, h, wd] = four(x.layout().shape());
     let [wco, wci, kh, kw] = w_dims;
-    let [top, bottom, left, right] = pads;
-    let (ks, spatial) = (kh * kw, gh * gw);
-    let col_ch = ci * ks;
-    if wco != co
-        || wci != ci
-        || xn != n
-        || gh + kh != h + top + bottom + 1
-        || gw + kw != wd + left + right + 1
-        || col_ch * spatial * 4 > COLUMNS_BYTES
-    {
-        return None;
-    }
+    let shape = ColumnShape::new([ci, h, wd], kh, kw, pads)
+        .filter(|s| wco == co && wci == ci && xn == n && (s.gh, s.gw) == (gh, gw))?;
+    let (spatial, col_ch) = (gh * gw, shape.rows());
     let g: &[f32] = grad.storage();
     let xs: &[f32] = x.storage();
     let plane = h * wd;
     let groups = n.clamp(1, GROUPS);
     let per = n.div_ceil(groups);
-    let shape = ColumnShape {
-        ci,
-        h,
-        wd,
-        kh,
-        kw,
-        top,
-        left,
-        gh,
-        gw,
-    };
     let sums: Vec<Vec<f32>> = (0..groups)
         .into_par_iter()
         .map(|k| {
@@ -891,32 +862,16 @@ fn conv_weight_grad(
             for b in k * per..((k + 1) * per).min(n) {
                 shape.columns(&xs[b * ci * plane..][..ci * plane], &mut columns);
                 let src = &g[b * co * spatial..][..co * spatial];
-                // SAFETY: `acc` holds co x col_ch values (row stride col_ch), `src` co x
-                // spatial (row stride spatial), `columns` col_ch x spatial, read transposed
-                // (spatial x col_ch: column stride spatial); gemm reads and writes `acc` only.
-                unsafe {
-                    gemm::gemm(
-                        co,
-                        col_ch,
-                        spatial,
-                        acc.as_mut_ptr(),
-                        1,
-                        col_ch as isize,
-                        true,
-                        src.as_ptr(),
-                        1,
-                        spatial as isize,
-                        columns.as_ptr(),
-                        spatial as isize,
-                        1,
-                        1.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                // acc (co x col_ch) += grad_b (co x spatial) * columns^T (columns: col_ch x
+                // spatial, read transposed).
+                matmul(
+                    Mat::new(&mut acc, 1, col_ch),
+                    Mat::new(src, 1, spatial),
+                    Mat::new(&columns, spatial, 1),
+                    [co, col_ch, spatial],
+                    true,
+                    gemm::Parallelism::None,
+                );
             }
             acc
         })
@@ -1005,71 +960,85 @@ mod tests {
             .collect()
     }
 
+    /// (input, weight, pads): the scan's 5x5 first layer, a 3x3 "same" layer, asymmetric pads.
+    type Case = ([usize; 4], [usize; 4], [(usize, usize); 2]);
+    const CASES: [Case; 3] = [
+        ([3, 3, 12, 11], [4, 3, 5, 5], [(0, 0), (0, 0)]),
+        ([2, 4, 7, 9], [5, 4, 3, 3], [(1, 1), (1, 1)]),
+        ([2, 2, 6, 5], [3, 2, 3, 2], [(2, 0), (0, 1)]),
+    ];
+
+    /// What a convolution gives on a case, on flex with autodiff, input, weight and bias all
+    /// tracked (as training has them): its output values, and the bits of the gradients of
+    /// `sum(y * wt)` for the input, the weight and (where `with_bias`) the bias.
+    type Run = (Vec<f32>, Vec<u32>, Vec<u32>, Option<Vec<u32>>);
+    fn run_conv(
+        (xd, wd, _): Case,
+        with_bias: bool,
+        conv: impl Fn(Tensor<4>, Tensor<4>, Option<Tensor<1>>) -> Tensor<4>,
+    ) -> Run {
+        let device = Device::flex().autodiff();
+        let tensor = |d: [usize; 4], seed| {
+            Tensor::<4>::from_data(TensorData::new(values(d, seed), d), &device).require_grad()
+        };
+        let (x, w) = (tensor(xd, 1), tensor(wd, 2));
+        let b = Tensor::<1>::from_data(
+            TensorData::new(values([wd[0], 1, 1, 1], 3), [wd[0]]),
+            &device,
+        )
+        .require_grad();
+        let y = conv(x.clone(), w.clone(), with_bias.then(|| b.clone()));
+        let g = (y.clone() * tensor(y.dims(), 4)).sum().backward();
+        let floats = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
+        (
+            floats(y.flatten(0, 3)),
+            bits(x.grad(&g).unwrap()),
+            bits(w.grad(&g).unwrap()),
+            with_bias.then(|| {
+                floats(b.grad(&g).unwrap())
+                    .into_iter()
+                    .map(f32::to_bits)
+                    .collect()
+            }),
+        )
+    }
+
+    /// The largest difference between `ours` and `theirs`, against `theirs`' largest value:
+    /// within float rounding of sums in another order.
+    fn assert_close(ours: &[f32], theirs: &[f32], what: &str) {
+        let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let worst = ours
+            .iter()
+            .zip(theirs)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            ours.len() == theirs.len() && scale > 0.0 && worst <= 1e-5 * scale,
+            "{what}: {worst} of {scale}"
+        );
+    }
+
+    fn opts((_, _, pads): Case) -> ConvOptions<2> {
+        ConvOptions::new_with_padding([1, 1], pads, [1, 1], 1)
+    }
+
     #[test]
     fn stride1_convolution_equals_burns_values_and_gradients() {
-        let device = Device::flex().autodiff();
-        // (input, weight, pads): the scan's 5x5 first layer, a 3x3 "same" layer, asymmetric pads.
-        let cases = [
-            ([3, 3, 12, 11], [4, 3, 5, 5], [(0, 0), (0, 0)]),
-            ([2, 4, 7, 9], [5, 4, 3, 3], [(1, 1), (1, 1)]),
-            ([2, 2, 6, 5], [3, 2, 3, 2], [(2, 0), (0, 1)]),
-        ];
-        for (xd, wd, pads) in cases {
+        for case in CASES {
             for with_bias in [true, false] {
-                // Tracked weights too, as training has them.
-                let x0 = Tensor::<4>::from_data(TensorData::new(values(xd, 1), xd), &device);
-                let w0 = Tensor::<4>::from_data(TensorData::new(values(wd, 2), wd), &device);
-                let b0 = Tensor::<1>::from_data(
-                    TensorData::new(values([wd[0], 1, 1, 1], 3), [wd[0]]),
-                    &device,
-                );
-                let run = |ours: bool| {
-                    let (x, w, b) = (
-                        x0.clone().require_grad(),
-                        w0.clone().require_grad(),
-                        b0.clone().require_grad(),
-                    );
-                    let bias = with_bias.then(|| b.clone());
-                    let y = if ours {
-                        conv2d_stride1(&x, &w, bias.as_ref(), pads).expect("flex autodiff")
-                    } else {
-                        let opts = ConvOptions::new_with_padding([1, 1], pads, [1, 1], 1);
-                        burn::tensor::module::conv2d(x.clone(), w.clone(), bias, opts)
-                    };
-                    let [n, c, h, ww] = y.dims();
-                    let wt = Tensor::<4>::from_data(
-                        TensorData::new(values([n, c, h, ww], 4), [n, c, h, ww]),
-                        &device,
-                    );
-                    let g = (y.clone() * wt).sum().backward();
-                    let gb = with_bias
-                        .then(|| b.grad(&g).unwrap().into_data().try_to_vec::<f32>().unwrap());
-                    (
-                        bits(y),
-                        bits(x.grad(&g).unwrap()),
-                        bits(w.grad(&g).unwrap()),
-                        gb.map(|v| v.into_iter().map(f32::to_bits).collect::<Vec<_>>()),
-                    )
-                };
-                let (ours, theirs) = (run(true), run(false));
-                let what = format!("{xd:?} * {wd:?}, pads {pads:?}, bias {with_bias}");
-                assert_eq!(ours.0, theirs.0, "output, {what}");
+                let ours = run_conv(case, with_bias, |x, w, b| {
+                    conv2d_stride1(&x, &w, b.as_ref(), case.2).expect("flex autodiff")
+                });
+                let theirs = run_conv(case, with_bias, |x, w, b| {
+                    burn::tensor::module::conv2d(x, w, b, opts(case))
+                });
+                let what = format!("{case:?}, bias {with_bias}");
+                let output = |r: &Run| r.0.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(output(&ours), output(&theirs), "output, {what}");
                 assert_eq!(ours.1, theirs.1, "input gradient, {what}");
                 // The weight gradient's sums run in another order than burn's
                 // (`conv_weight_grad`): equal to float rounding.
-                let (wo, wt): (Vec<f32>, Vec<f32>) = (
-                    ours.2.iter().map(|&b| f32::from_bits(b)).collect(),
-                    theirs.2.iter().map(|&b| f32::from_bits(b)).collect(),
-                );
-                let scale = wt.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let worst = wo
-                    .iter()
-                    .zip(&wt)
-                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                assert!(
-                    scale > 0.0 && worst <= 1e-5 * scale,
-                    "weight gradient {worst} of {scale}, {what}"
-                );
+                let floats = |v: &[u32]| v.iter().map(|&b| f32::from_bits(b)).collect::<Vec<_>>();
+                assert_close(&floats(&ours.2), &floats(&theirs.2), &what);
                 assert_eq!(ours.3, theirs.3, "bias gradient, {what}");
             }
         }
@@ -1080,74 +1049,26 @@ mod tests {
     /// not depend on `y`), and off autodiff burn's convolution itself.
     #[test]
     fn training_convolution_equals_burns_forward_to_rounding_and_shares_the_gradients() {
-        let device = Device::flex().autodiff();
-        let cases = [
-            ([3, 3, 12, 11], [4, 3, 5, 5], [(0, 0), (0, 0)]),
-            ([2, 4, 7, 9], [5, 4, 3, 3], [(1, 1), (1, 1)]),
-            ([2, 2, 6, 5], [3, 2, 3, 2], [(2, 0), (0, 1)]),
-        ];
-        for (xd, wd, pads) in cases {
+        for case in CASES {
             for with_bias in [true, false] {
-                let x0 = Tensor::<4>::from_data(TensorData::new(values(xd, 1), xd), &device);
-                let w0 = Tensor::<4>::from_data(TensorData::new(values(wd, 2), wd), &device);
-                let b0 = Tensor::<1>::from_data(
-                    TensorData::new(values([wd[0], 1, 1, 1], 3), [wd[0]]),
-                    &device,
-                );
-                let opts = ConvOptions::new_with_padding([1, 1], pads, [1, 1], 1);
-                let run = |train: bool| {
-                    let (x, w, b) = (
-                        x0.clone().require_grad(),
-                        w0.clone().require_grad(),
-                        b0.clone().require_grad(),
-                    );
-                    let bias = with_bias.then(|| b.clone());
-                    let y = if train {
-                        conv2d_train(x.clone(), w.clone(), bias, opts.clone())
-                    } else {
-                        conv2d_stride1(&x, &w, bias.as_ref(), pads).expect("flex autodiff")
-                    };
-                    let [n, c, h, ww] = y.dims();
-                    let wt = Tensor::<4>::from_data(
-                        TensorData::new(values([n, c, h, ww], 4), [n, c, h, ww]),
-                        &device,
-                    );
-                    let g = (y.clone() * wt).sum().backward();
-                    let gb = with_bias.then(|| {
-                        let v = b.grad(&g).unwrap().into_data().try_to_vec::<f32>().unwrap();
-                        v.into_iter().map(f32::to_bits).collect::<Vec<_>>()
-                    });
-                    (
-                        y.into_data().try_to_vec::<f32>().unwrap(),
-                        bits(x.grad(&g).unwrap()),
-                        bits(w.grad(&g).unwrap()),
-                        gb,
-                    )
-                };
-                let (ours, theirs) = (run(true), run(false));
-                let what = format!("{xd:?} * {wd:?}, pads {pads:?}, bias {with_bias}");
-                let scale = theirs.0.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let worst = ours
-                    .0
-                    .iter()
-                    .zip(&theirs.0)
-                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                assert!(
-                    scale > 0.0 && worst <= 1e-5 * scale,
-                    "output {worst} of {scale}, {what}"
-                );
+                let ours = run_conv(case, with_bias, |x, w, b| conv2d_train(x, w, b, opts(case)));
+                let theirs = run_conv(case, with_bias, |x, w, b| {
+                    conv2d_stride1(&x, &w, b.as_ref(), case.2).expect("flex autodiff")
+                });
+                let what = format!("{case:?}, bias {with_bias}");
+                assert_close(&ours.0, &theirs.0, &format!("output, {what}"));
                 assert_eq!(ours.1, theirs.1, "input gradient, {what}");
                 assert_eq!(ours.2, theirs.2, "weight gradient, {what}");
                 assert_eq!(ours.3, theirs.3, "bias gradient, {what}");
-                // Off autodiff: burn's convolution, bit for bit.
                 let plain = Device::flex();
+                let (xd, wd, _) = case;
                 let (x, w) = (
                     Tensor::<4>::from_data(TensorData::new(values(xd, 1), xd), &plain),
                     Tensor::<4>::from_data(TensorData::new(values(wd, 2), wd), &plain),
                 );
                 assert_eq!(
-                    bits(conv2d_train(x.clone(), w.clone(), None, opts.clone())),
-                    bits(burn::tensor::module::conv2d(x, w, None, opts)),
+                    bits(conv2d_train(x.clone(), w.clone(), None, opts(case))),
+                    bits(burn::tensor::module::conv2d(x, w, None, opts(case))),
                     "off autodiff, {what}"
                 );
             }
@@ -1179,12 +1100,7 @@ mod tests {
             .into_data()
             .try_to_vec::<f32>()
             .unwrap();
-        let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = one
-            .iter()
-            .zip(&theirs)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(scale > 1.0 && worst <= 1e-5 * scale, "{worst} of {scale}");
+        assert_close(&one, &theirs, "weight gradient");
         // A shape it does not handle (the gradient's size is not stride 1's) falls back.
         assert!(conv_weight_grad(&g, &x, [4, 3, 2, 2], pads).is_none());
     }
