@@ -856,18 +856,20 @@ fn conv_weight_grad(
     let per = n.div_ceil(groups);
     let sums: Vec<Vec<f32>> = (0..groups)
         .into_par_iter()
-        .map(|k| {
+        // One columns buffer per rayon job, not per group: `ColumnShape::columns` overwrites
+        // every value, so a reused buffer needs no zeroing. Each group keeps its own sum.
+        .map_init(Vec::new, |columns: &mut Vec<f32>, k| {
             let mut acc = vec![0f32; co * col_ch];
-            let mut columns = vec![0f32; col_ch * spatial];
+            columns.resize(col_ch * spatial, 0.0);
             for b in k * per..((k + 1) * per).min(n) {
-                shape.columns(&xs[b * ci * plane..][..ci * plane], &mut columns);
+                shape.columns(&xs[b * ci * plane..][..ci * plane], columns);
                 let src = &g[b * co * spatial..][..co * spatial];
                 // acc (co x col_ch) += grad_b (co x spatial) * columns^T (columns: col_ch x
                 // spatial, read transposed).
                 matmul(
                     Mat::new(&mut acc, 1, col_ch),
                     Mat::new(src, 1, spatial),
-                    Mat::new(&columns, spatial, 1),
+                    Mat::new(&columns[..], spatial, 1),
                     [co, col_ch, spatial],
                     true,
                     gemm::Parallelism::None,
