@@ -3,42 +3,46 @@
 the largest `margin_excess` anomaly index of a scan stands above its second largest, on every
 saved development scan: target/pool-s23 (74 scans; rebuild with `bash
 eval/stats-dev-s23/merge.sh`), the CIFAR-10 standard zoo of session 23 (34), judge-s25 (10) and
-the realistic CPU group (2). Every one of them holds `margin_excess` values; scans made before
-the statistic had an index keep the value only, so the index is computed here as
-`detect::verdict` computes it (a MAD index over the feasible classes, large tail; infeasible
-classes get the smallest) and checked against the saved index wherever there is one.
+the realistic CPU group (2). Every one of them holds `margin_excess` values; the indices are
+the ones `cepa eval --rescore` writes into each re-decided report (session 28: the script
+computed them itself before, as `detect::verdict` does; the output is the same), so the rule's
+arithmetic lives in the Rust code alone. Needs the release binary (cargo build --release -p
+cepa-cli); the re-decided folders go to target/margin-gap/.
 Prints one line per scan, then per dataset how many backdoored scans (largest at the true
 target) and clean scans have a gap over each cut, and the leave-one-dataset-out reading (the
 cut = the largest clean gap of the other datasets).
     python3 eval/stats-dev-s27/margin_gap.py
 """
-import json, os, statistics
+import json, os, subprocess
 
+# population: (saved scans, the manifest they were scanned from)
 POPS = {
-    'pool-s23': 'target/pool-s23',
-    'standard-cifar10-s23': 'eval/standard-cifar10-s23',
-    'judge-s25': 'eval/judge-s25',
-    'realistic-cpu-s25': 'eval/realistic-cpu-s25',
+    'pool-s23': ('target/pool-s23', 'target/pool-s23/manifest.json'),
+    'standard-cifar10-s23': ('eval/standard-cifar10-s23',
+                             'eval/zoo-standard-cifar10-s23-manifest.json'),
+    'judge-s25': ('eval/judge-s25', 'eval/zoo-judge-s25-manifest.json'),
+    'realistic-cpu-s25': ('eval/realistic-cpu-s25', 'eval/zoo-realistic-s26-manifest.json'),
 }
 CUTS = [1.0, 2.0, 3.0, 5.0]
+CEPA = 'target/release/cepa'
 
 
-def mad_indices(values, feasible):
-    """`stats::anomaly_indices` (large tail, no relative floor) over the feasible classes."""
-    v = [x for x, f in zip(values, feasible) if f]
-    centre = statistics.median(v)
-    mad = statistics.median([abs(x - centre) for x in v])
-    scale = 1.4826 * mad if mad > 0 else 1.2533 * sum(abs(x - centre) for x in v) / len(v)
-    scale = max(scale, 1e-12 * max(abs(centre), 1.0))
-    out = [(x - centre) / scale if f else None for x, f in zip(values, feasible)]
-    least = min(o for o in out if o is not None)
-    return [least if o is None else o for o in out]
+def rescored(pop, saved, manifest):
+    """The population decided again under the default rule, read from OUT (its indices are
+    computed for every statistic, chosen or not)."""
+    for f in (saved, manifest, CEPA):
+        if not os.path.exists(f):
+            raise SystemExit(f'{f} is missing (see the docstring)')
+    out = os.path.join('target/margin-gap', pop)
+    subprocess.run([CEPA, 'eval', manifest, '--rescore', '--from', saved, '--out', out, '-q'],
+                   stdout=subprocess.DEVNULL,
+                   check=True)
+    return out
 
 
 def scans():
-    for pop, d in POPS.items():
-        if not os.path.isdir(d):
-            raise SystemExit(f'{d} is missing (see the docstring)')
+    for pop, (saved, manifest) in POPS.items():
+        d = rescored(pop, saved, manifest)
         truth = {}
         for line in open(os.path.join(d, 'results.jsonl')):
             r = json.loads(line)
@@ -46,13 +50,10 @@ def scans():
                 truth[r['model']] = r
         for m, r in sorted(truth.items()):
             rep = json.load(open(os.path.join(d, 'reports/cepa', m + '.json')))
+            assert 'rescored' in rep, m
             classes = rep['decision']['classes']
-            me = [next(s for s in c['statistics'] if s['statistic'] == 'margin_excess')
-                  for c in classes]
-            idx = mad_indices([s['value'] for s in me], [c['feasible'] for c in classes])
-            for s, i in zip(me, idx):
-                if s.get('anomaly_index') is not None:
-                    assert abs(s['anomaly_index'] - i) < 1e-6, (m, s, i)
+            idx = [next(s for s in c['statistics'] if s['statistic'] == 'margin_excess')
+                   ['anomaly_index'] for c in classes]
             order = sorted(range(len(idx)), key=lambda k: -idx[k])
             yield dict(pop=pop, model=m, dataset=r['dataset'], attack=r['attack'],
                        truth=r['truth_target'], top=order[0], first=idx[order[0]],

@@ -365,8 +365,8 @@ fn source(a: &EvalArgs) -> &Path {
 
 /// `--rescore`: the source folder's settings with the decision of `--config` (or the default),
 /// and its results decided again under them, CEPA's from the saved scans and Neural Cleanse's
-/// by its threshold. Written to OUT: settings.json and results.jsonl (whole, through a
-/// temporary file).
+/// by its threshold. Written to OUT: settings.json, results.jsonl and every CEPA scan's report
+/// with its decision redone (reports/cepa/ID.json; each file whole, through a temporary file).
 fn rescore(a: &EvalArgs) -> Result<(Settings, Vec<Outcome>)> {
     let from = source(a);
     let kept_path = from.join("settings.json");
@@ -398,6 +398,11 @@ fn rescore(a: &EvalArgs) -> Result<(Settings, Vec<Outcome>)> {
                 o.most_anomalous = Some(d.most_anomalous);
                 o.score = d.score;
                 o.threshold = d.threshold;
+                let report = redecided_report(&text, &d, &settings, &path)?;
+                let rdir = a.out.join("reports").join("cepa");
+                std::fs::create_dir_all(&rdir)
+                    .with_context(|| format!("cannot create {}", rdir.display()))?;
+                write_whole(&rdir.join(format!("{}.json", o.model)), &report)?;
             }
             "nc" => {
                 o.threshold = settings.nc.threshold;
@@ -423,6 +428,47 @@ fn rescore(a: &EvalArgs) -> Result<(Settings, Vec<Outcome>)> {
         }
     }
     Ok((settings, outcomes))
+}
+
+/// A saved CEPA scan (`text`, read from `path`) with its decision replaced by `d`, decided under
+/// `settings`: the per-class statistics and indices, the top-level verdict, target, score,
+/// p-value and sources, and `config.decision` are the new decision's; `rescored` says from which
+/// file and by which version. Everything the scan measured is kept, so the result can be decided
+/// again (a second rescore under the same rule writes the same file).
+fn redecided_report(
+    text: &str,
+    d: &cepa::detect::verdict::Decision,
+    settings: &Settings,
+    path: &Path,
+) -> Result<String> {
+    let mut v: serde_json::Value = serde_json::from_str(text)
+        .with_context(|| format!("{}: not a saved scan", path.display()))?;
+    let obj = v
+        .as_object_mut()
+        .with_context(|| format!("{}: not a saved scan (no JSON object)", path.display()))?;
+    obj.insert("decision".into(), serde_json::to_value(d)?);
+    obj.insert(
+        "verdict".into(),
+        scan::verdict_word(d.backdoored).to_string().into(),
+    );
+    obj.insert("target".into(), serde_json::to_value(d.target)?);
+    obj.insert("score".into(), serde_json::to_value(d.score)?);
+    obj.insert("p_value".into(), serde_json::to_value(d.p_value)?);
+    obj.insert("sources".into(), serde_json::to_value(&d.sources)?);
+    if let Some(config) = obj.get_mut("config").and_then(|c| c.as_object_mut()) {
+        config.insert(
+            "decision".into(),
+            serde_json::to_value(&settings.scan.decision)?,
+        );
+    }
+    obj.insert(
+        "rescored".into(),
+        serde_json::json!({
+            "from": path.display().to_string(),
+            "version": env!("CARGO_PKG_VERSION"),
+        }),
+    );
+    Ok(serde_json::to_string_pretty(&v)?)
 }
 
 /// Write `text` to `path` through a temporary file beside it and a rename, so that a reader (or

@@ -1526,6 +1526,87 @@ fn rescore_under_another_rule_changes_the_verdicts_and_leaves_the_source_alone()
         serde_json::json!(["transfer"]),
         "the folder records the rule its lines were decided by"
     );
+    // Every CEPA line has its report decided again: the line's verdict, score and class, the
+    // rule it was decided by, and per class the indices that made it (the transfer indices
+    // alone: the class's mean index is the mean of its transfer indices, each capped at the
+    // rule's index_cap).
+    let report_text = |dir: &Path, model: &str| {
+        std::fs::read_to_string(dir.join("reports/cepa").join(format!("{model}.json"))).unwrap()
+    };
+    let lines: Vec<&serde_json::Value> = mine.iter().filter(|o| o["detector"] == "cepa").collect();
+    for o in &lines {
+        let model = o["model"].as_str().unwrap();
+        let r: serde_json::Value = serde_json::from_str(&report_text(&out, model)).unwrap();
+        assert_eq!(r["score"], o["score"], "{model}");
+        assert_eq!(
+            r["decision"]["most_anomalous"], o["most_anomalous"],
+            "{model}"
+        );
+        assert_eq!(
+            r["verdict"] == "backdoored",
+            o["flagged"] == true,
+            "{model}"
+        );
+        assert_eq!(r["target"], o["target"], "{model}");
+        assert_eq!(
+            r["config"]["decision"]["statistics"],
+            serde_json::json!(["transfer"])
+        );
+        assert!(
+            r["rescored"]["from"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("{model}.json"))
+        );
+        let cap = r["config"]["decision"]["index_cap"].as_f64().unwrap();
+        assert!(r["config"]["decision"]["index_floor"].is_null());
+        for c in r["decision"]["classes"].as_array().unwrap() {
+            let transfer: Vec<f64> = c["statistics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| s["statistic"] == "transfer")
+                .map(|s| s["anomaly_index"].as_f64().unwrap())
+                .map(|i| if cap > 0.0 { i.min(cap) } else { i })
+                .collect();
+            assert!(!transfer.is_empty(), "{model}: transfer indices kept");
+            let mean = transfer.iter().sum::<f64>() / transfer.len() as f64;
+            assert!(
+                (c["mean_index"].as_f64().unwrap() - mean).abs() < 1e-9,
+                "{model} class {}: mean index {} is not the transfer indices' mean {mean}",
+                c["class"],
+                c["mean_index"]
+            );
+        }
+        // The source's report is untouched (it was decided by the default rule).
+        let kept: serde_json::Value = serde_json::from_str(&report_text(&from, model)).unwrap();
+        assert!(kept.get("rescored").is_none());
+    }
+    // A rewritten report keeps what the scan measured: decided again in place under the same
+    // rule, every report and line comes out the same.
+    let first: Vec<String> = lines
+        .iter()
+        .map(|o| report_text(&out, o["model"].as_str().unwrap()))
+        .collect();
+    let results_first = std::fs::read_to_string(out.join("results.jsonl")).unwrap();
+    rescore(
+        "eval/zoo-holdout-manifest.json",
+        &out,
+        &["--config", rule.to_str().unwrap()],
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("results.jsonl")).unwrap(),
+        results_first
+    );
+    for (o, before) in lines.iter().zip(&first) {
+        let model = o["model"].as_str().unwrap();
+        let mut again: serde_json::Value = serde_json::from_str(&report_text(&out, model)).unwrap();
+        let mut before: serde_json::Value = serde_json::from_str(before).unwrap();
+        // Only the file it was read from differs.
+        again.as_object_mut().unwrap().remove("rescored");
+        before.as_object_mut().unwrap().remove("rescored");
+        assert_json_close(&again, &before, 0.0, model);
+    }
     // A folder without saved scans is a clear error naming what is missing.
     let empty = out.join("empty");
     std::fs::create_dir_all(&empty).unwrap();
