@@ -371,16 +371,19 @@ fn scan_is_reproducible_and_its_exit_code_follows_the_verdict() {
     }
     let classes = a["decision"]["classes"].as_array().unwrap();
     assert_eq!(classes.len(), 10);
-    // Every class carries the blend of its largest-margin input: a weight in [0, 1].
+    // Every class carries the blend and the pasted share of its largest-margin input: each in
+    // [0, 1].
     for c in classes {
-        let blend = c["statistics"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["statistic"] == "margin_blend")
-            .unwrap_or_else(|| panic!("no margin_blend in {c}"));
-        let v = blend["value"].as_f64().unwrap();
-        assert!((0.0..=1.0).contains(&v), "{blend}");
+        for stat in ["margin_blend", "margin_patch"] {
+            let s = c["statistics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["statistic"] == stat)
+                .unwrap_or_else(|| panic!("no {stat} in {c}"));
+            let v = s["value"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{s}");
+        }
     }
     assert_eq!(a["config"]["seed"], 3);
     let code = if a["verdict"] == "backdoored" { 1 } else { 0 };

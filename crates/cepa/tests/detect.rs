@@ -303,10 +303,13 @@ fn a_little_of_the_planted_target_s_largest_margin_input_carries_any_image_there
             .zip(found)
             .map(|(&t, (_, x))| (t, x))
             .collect();
-        cepa::detect::universal::margin_blend(&model, &set, &inputs, 12).unwrap()
+        (
+            cepa::detect::universal::margin_blend(&model, &set, &inputs, 12).unwrap(),
+            cepa::detect::universal::margin_patch(&model, &set, &inputs, 12).unwrap(),
+        )
     };
-    let planted = blend(true);
-    let clean = blend(false);
+    let (planted, planted_patch) = blend(true);
+    let (clean, clean_patch) = blend(false);
     // The target's input lights the trigger pixel: at weight a it adds 6 x 20 a to the target's
     // logit, past a clean image's own 9 or so at a < 0.1. Another class's input is its bright
     // quadrant, which must outweigh the image's own: a near 0.4.
@@ -321,6 +324,18 @@ fn a_little_of_the_planted_target_s_largest_margin_input_carries_any_image_there
             (l.min(m), h.max(m))
         });
     assert!(lo > 0.3 && hi - lo < 0.1, "{clean:?}");
+    // Pasted by location: the target's input carries images there with its one most salient
+    // location, the trigger pixel (the bisection's smallest share, 1/256, already takes one of
+    // the 49); another class's input needs a good part of its 9-pixel quadrant, and so does
+    // every class of the clean twin.
+    assert!(planted_patch[TARGET] < 1.0 / 49.0, "{planted_patch:?}");
+    for c in (0..CLASSES).filter(|&c| c != TARGET) {
+        assert!(planted_patch[c] > 3.0 / 49.0, "{planted_patch:?}");
+    }
+    assert!(
+        clean_patch.iter().all(|&p| p > 3.0 / 49.0),
+        "{clean_patch:?}"
+    );
 }
 
 #[test]

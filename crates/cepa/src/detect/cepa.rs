@@ -95,6 +95,11 @@ pub struct CepaConfig {
     /// input is blended into (statistic `margin_blend`,
     /// [`crate::detect::universal::margin_blend`]); 0 skips it [ours]. Default 30.
     pub margin_blend_samples: usize,
+    /// Clean images per target (held-out ones when the scan has them) that the most salient
+    /// locations of the largest-margin input are pasted into (statistic `margin_patch`,
+    /// [`crate::detect::universal::margin_patch`]); 0 skips it [ours]. Default 30 (session 28:
+    /// measured, not chosen).
+    pub margin_patch_samples: usize,
     /// What the embedded perturbations must agree on [ours]: `target`, one consensus `mu_t` over
     /// all the samples of a target's problem (the default), or `pair`, one consensus per
     /// (source class, target) pair, each source class's samples agreeing among themselves
@@ -148,6 +153,7 @@ impl Default for CepaConfig {
             local_radius: 0.05,
             local_samples: 30,
             margin_blend_samples: 30,
+            margin_patch_samples: 30,
             consensus: Consensus::Target,
         }
     }
@@ -308,6 +314,10 @@ pub struct TargetResult {
     /// clean image of another class to the target
     /// ([`crate::detect::universal::margin_blend`]); `None` when not run.
     pub margin_blend: Option<f64>,
+    /// The median smallest share of the largest-margin input's locations that, pasted into a
+    /// clean image of another class, carries it to the target
+    /// ([`crate::detect::universal::margin_patch`]); `None` when not run.
+    pub margin_patch: Option<f64>,
     /// Per sample: its true class and `||delta_n||_2`.
     pub sources: Vec<usize>,
     pub sample_delta_norms: Vec<f64>,
@@ -581,13 +591,13 @@ pub fn stage1_targets(
             r.max_margin = Some(*m);
             r.margin_excess = Some(m - natural[r.target]);
         }
+        let inputs: Vec<(usize, Tensor<4>)> = targets
+            .iter()
+            .zip(found)
+            .map(|(&t, (_, x))| (t, x))
+            .collect();
+        let set = holdout.unwrap_or(images);
         if cfg.margin_blend_samples > 0 {
-            let inputs: Vec<(usize, Tensor<4>)> = targets
-                .iter()
-                .zip(found)
-                .map(|(&t, (_, x))| (t, x))
-                .collect();
-            let set = holdout.unwrap_or(images);
             let blend = crate::detect::universal::margin_blend(
                 model,
                 set,
@@ -596,6 +606,17 @@ pub fn stage1_targets(
             )?;
             for (r, b) in out.iter_mut().zip(blend) {
                 r.margin_blend = Some(b);
+            }
+        }
+        if cfg.margin_patch_samples > 0 {
+            let patch = crate::detect::universal::margin_patch(
+                model,
+                set,
+                &inputs,
+                cfg.margin_patch_samples,
+            )?;
+            for (r, p) in out.iter_mut().zip(patch) {
+                r.margin_patch = Some(p);
             }
         }
     }
@@ -745,6 +766,7 @@ fn optimise(
                 margin_excess: None,
                 local_margin: None,
                 margin_blend: None,
+                margin_patch: None,
                 sources: p.sources.clone(),
                 sample_delta_norms: sample_norms,
                 deltas: Vec::new(),

@@ -310,51 +310,147 @@ pub fn margin_blend(
     found: &[(usize, Tensor<4>)],
     samples: usize,
 ) -> Result<Vec<f64>> {
-    const HALVINGS: usize = 8;
     model.check_images(images)?;
     let device = model.device().clone();
     let x_all = model.images_tensor(&images.pixels, images.len());
     let mut out = Vec::with_capacity(found.len());
     for (target, star) in found {
-        let target = *target;
-        let x = others_of(images, &x_all, target, samples.max(1))?;
+        let x = others_of(images, &x_all, *target, samples.max(1))?;
         let n = x.dims()[0];
         let star = star.clone().expand(x.dims());
-        let hits = |a: &[f64]| -> Result<Vec<bool>> {
+        let shares = smallest_shares(model, *target, n, |a| {
             let w: Vec<f32> = a.iter().map(|&v| v as f32).collect();
             let w = Tensor::<4>::from_data(TensorData::new(w, [n, 1, 1, 1]), &device);
-            let blended = x.clone() * (w.clone().neg() + 1.0) + star.clone() * w;
-            let am = model
-                .logits(blended)?
-                .argmax(1)
-                .try_into_vec_as::<i64>()
-                .map_err(|e| Error::Mismatch(format!("cannot read a tensor back: {e:?}")))?;
-            Ok(am.iter().map(|&c| c == target as i64).collect())
-        };
-        let mut lo = vec![0.0f64; n];
-        let mut hi = vec![1.0f64; n];
-        // Already in the target: no blend needed.
-        for (i, h) in hits(&lo)?.into_iter().enumerate() {
-            if h {
-                hi[i] = 0.0;
-            }
-        }
-        for _ in 0..HALVINGS {
-            let mid: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (l + h)).collect();
-            for (i, h) in hits(&mid)?.into_iter().enumerate() {
-                if hi[i] == 0.0 {
-                    continue;
-                }
-                if h {
-                    hi[i] = mid[i];
-                } else {
-                    lo[i] = mid[i];
-                }
-            }
-        }
-        out.push(crate::detect::stats::median(&hi));
+            x.clone() * (w.clone().neg() + 1.0) + star.clone() * w
+        })?;
+        out.push(crate::detect::stats::median(&shares));
     }
     Ok(out)
+}
+
+/// How few pixel locations of each target's largest-margin input ([`max_margin_inputs`]) carry
+/// clean images of the other classes to the target [ours]: the locations of `x*_t` ranked by
+/// how much they raise the target's margin over the clean images' mean, to first order
+/// (`|sum_c g_c (x*_c - mean_c)|` with `g` the margin's gradient at `x*_t`, summed per location
+/// over the channels); for each image `x` (the sample of [`margin_blend`]) the smallest share
+/// `a` of the locations such that `x` with its top `ceil(a H W)` locations taken from `x*_t` is
+/// classified `t`, by bisection on `[0, 1]` to 1/256; then the median over the images. A patch
+/// trigger sits in a few locations of the largest-margin input and works wherever it is pasted;
+/// a natural class's largest-margin input is a texture that has to replace most of the image.
+pub fn margin_patch(
+    model: &Classifier,
+    images: &ImageSet,
+    found: &[(usize, Tensor<4>)],
+    samples: usize,
+) -> Result<Vec<f64>> {
+    model.check_images(images)?;
+    let device = model.device().clone();
+    let x_all = model.images_tensor(&images.pixels, images.len());
+    let mut out = Vec::with_capacity(found.len());
+    for (target, star) in found {
+        let x = others_of(images, &x_all, *target, samples.max(1))?;
+        let [n, c, h, w] = x.dims();
+        let order = saliency_order(model, *target, star, &x)?;
+        // rank[l]: where location l stands in the order (0 = the most salient).
+        let mut rank = vec![0usize; h * w];
+        for (r, &l) in order.iter().enumerate() {
+            rank[l] = r;
+        }
+        let star = star.clone().expand([n, c, h, w]);
+        let shares = smallest_shares(model, *target, n, |a| {
+            let mut m = vec![0f32; n * h * w];
+            for (i, &share) in a.iter().enumerate() {
+                let k = (share * (h * w) as f64).ceil() as usize;
+                for (l, &r) in rank.iter().enumerate() {
+                    if r < k {
+                        m[i * h * w + l] = 1.0;
+                    }
+                }
+            }
+            let m = Tensor::<4>::from_data(TensorData::new(m, [n, 1, h, w]), &device)
+                .expand([n, c, h, w]);
+            x.clone() * (m.clone().neg() + 1.0) + star.clone() * m
+        })?;
+        out.push(crate::detect::stats::median(&shares));
+    }
+    Ok(out)
+}
+
+/// The pixel locations (`h * W + w`) of `star` (`[1, C, H, W]`) from the one that raises
+/// `target`'s margin most over the mean of `x` to the least, to first order (see
+/// [`margin_patch`]); ties in location order.
+fn saliency_order(
+    model: &Classifier,
+    target: usize,
+    star: &Tensor<4>,
+    x: &Tensor<4>,
+) -> Result<Vec<usize>> {
+    let [_, _, h, w] = x.dims();
+    let leaf = star.clone().detach().require_grad();
+    let grads = target_margin(model.logits(leaf.clone())?, target)
+        .sum()
+        .backward();
+    let g = leaf
+        .grad(&grads)
+        .ok_or_else(|| Error::Mismatch("no gradient reached the input".into()))?;
+    let mean = x.clone().mean_dim(0);
+    let score = (g * (star.clone().detach() - mean))
+        .sum_dim(1)
+        .abs()
+        .reshape([h * w]);
+    let v = crate::detect::host_parts(vec![score])?.remove(0);
+    let mut order: Vec<usize> = (0..h * w).collect();
+    // Descending, NaN last; the sort is stable, so equal scores keep location order.
+    order.sort_by(|&a, &b| {
+        let (x, y) = (v[a], v[b]);
+        match (x.is_nan(), y.is_nan()) {
+            (false, false) => y.total_cmp(&x),
+            (a_nan, b_nan) => a_nan.cmp(&b_nan),
+        }
+    });
+    Ok(order)
+}
+
+/// Per image, the smallest share `a` in `[0, 1]` (to 1/256, by bisection) at which `mix(a)`
+/// (the `n` images mixed at their shares) is classified `target`: 0 for an image already in
+/// it at `a = 0`, 1 for one that never is.
+fn smallest_shares(
+    model: &Classifier,
+    target: usize,
+    n: usize,
+    mix: impl Fn(&[f64]) -> Tensor<4>,
+) -> Result<Vec<f64>> {
+    const HALVINGS: usize = 8;
+    let hits = |a: &[f64]| -> Result<Vec<bool>> {
+        let am = model
+            .logits(mix(a))?
+            .argmax(1)
+            .try_into_vec_as::<i64>()
+            .map_err(|e| Error::Mismatch(format!("cannot read a tensor back: {e:?}")))?;
+        Ok(am.iter().map(|&c| c == target as i64).collect())
+    };
+    let mut lo = vec![0.0f64; n];
+    let mut hi = vec![1.0f64; n];
+    // Already in the target: no share needed.
+    for (i, h) in hits(&lo)?.into_iter().enumerate() {
+        if h {
+            hi[i] = 0.0;
+        }
+    }
+    for _ in 0..HALVINGS {
+        let mid: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| 0.5 * (l + h)).collect();
+        for (i, h) in hits(&mid)?.into_iter().enumerate() {
+            if hi[i] == 0.0 {
+                continue;
+            }
+            if h {
+                hi[i] = mid[i];
+            } else {
+                lo[i] = mid[i];
+            }
+        }
+    }
+    Ok(hi)
 }
 
 /// The largest margin `f_t(x) - max_{j != t} f_j(x)` of every class `t` among the clean images

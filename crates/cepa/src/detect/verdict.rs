@@ -70,6 +70,10 @@ pub enum Statistic {
     /// of another class to `t`, small is suspicious [ours]: a trigger in that input works at a
     /// fraction of its strength on any image.
     MarginBlend,
+    /// The median smallest share of the locations of `t`'s largest-margin input (the most
+    /// salient first) that, pasted into a clean image of another class, carries it to `t`,
+    /// small is suspicious [ours]: a patch trigger sits in a few of them.
+    MarginPatch,
     /// How far the consensuses of the (source class, target) pairs agree,
     /// `||mean_s mu_st||^2 / mean_s ||mu_st||^2`, large is suspicious [ours]: a trigger moves
     /// every source class's embeddings the same way, where a natural class is reached by each
@@ -95,7 +99,8 @@ impl Statistic {
             | Statistic::InputReach
             | Statistic::InputReachMax
             | Statistic::UniversalNorm
-            | Statistic::MarginBlend => Tail::Small,
+            | Statistic::MarginBlend
+            | Statistic::MarginPatch => Tail::Small,
             Statistic::EmbedNorm => Tail::Both,
         }
     }
@@ -118,6 +123,7 @@ impl Statistic {
             Statistic::MarginExcess => "margin_excess",
             Statistic::LocalMargin => "local_margin",
             Statistic::MarginBlend => "margin_blend",
+            Statistic::MarginPatch => "margin_patch",
             Statistic::PairAgreement => "pair_agreement",
         }
     }
@@ -136,11 +142,15 @@ impl Statistic {
     /// The scale its anomaly index is computed on: `max_margin` on a log scale (a margin is a
     /// positive, right-skewed size, and a natural class's margin twice the median is as
     /// ordinary as one half of it; a margin that is not positive, a class no input reaches,
-    /// is the least suspicious), the others as measured.
+    /// is the least suspicious); `margin_patch` on a log scale too (a share of the image, as
+    /// ordinary at half the median as at twice it; a patch trigger's share is a few locations,
+    /// orders of magnitude under a texture's), floored at 1/512, half the bisection's step (0
+    /// is a median image already in the class); the others as measured.
     fn index_scale(self, v: f64) -> f64 {
         match self {
             Statistic::MaxMargin if v > 0.0 => v.ln(),
             Statistic::MaxMargin => f64::NAN,
+            Statistic::MarginPatch if v.is_finite() => v.max(1.0 / 512.0).ln(),
             _ => v,
         }
     }
@@ -160,6 +170,7 @@ impl Statistic {
                 | Statistic::MarginExcess
                 | Statistic::LocalMargin
                 | Statistic::MarginBlend
+                | Statistic::MarginPatch
         )
     }
 
@@ -176,6 +187,7 @@ impl Statistic {
             Statistic::MarginExcess => r.margin_excess.unwrap_or(f64::NAN),
             Statistic::LocalMargin => r.local_margin.unwrap_or(f64::NAN),
             Statistic::MarginBlend => r.margin_blend.unwrap_or(f64::NAN),
+            Statistic::MarginPatch => r.margin_patch.unwrap_or(f64::NAN),
             Statistic::InputReachMax => r
                 .input_reach_sources
                 .iter()
@@ -723,6 +735,7 @@ pub fn decide_pool(
         Statistic::MarginExcess,
         Statistic::LocalMargin,
         Statistic::MarginBlend,
+        Statistic::MarginPatch,
         Statistic::PairAgreement,
     ];
     let pair = pair_values(results);
@@ -1077,6 +1090,7 @@ impl SavedClass {
             margin_excess: self.value(Statistic::MarginExcess, None),
             local_margin: self.value(Statistic::LocalMargin, None),
             margin_blend: self.value(Statistic::MarginBlend, None),
+            margin_patch: self.value(Statistic::MarginPatch, None),
             input_reach_sources: self
                 .source_input_reach
                 .iter()
@@ -1382,6 +1396,7 @@ mod tests {
             margin_excess: None,
             local_margin: None,
             margin_blend: None,
+            margin_patch: None,
             sources: vec![(target + 1) % 5, (target + 2) % 5],
             sample_delta_norms: vec![delta, delta],
             deltas: vec![],
