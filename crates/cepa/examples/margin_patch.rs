@@ -12,8 +12,9 @@ use std::path::Path;
 
 use cepa::data::{Split, load};
 use cepa::detect::cepa::CepaConfig;
-use cepa::detect::stats::{Tail, anomaly_indices};
+use cepa::detect::stats::anomaly_indices;
 use cepa::detect::universal::{clean_margins, margin_blend, margin_patch, max_margin_inputs};
+use cepa::detect::verdict::Statistic;
 use cepa::model::{Classifier, ModelSpec, cpu_device};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -55,17 +56,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect();
         let blend = margin_blend(&model, &set, &inputs, cfg.margin_blend_samples)?;
         let patch = margin_patch(&model, &set, &inputs, cfg.margin_patch_samples)?;
+        let index = |stat: Statistic, v: &[f64]| {
+            let scaled: Vec<f64> = v.iter().map(|&x| stat.index_scale(x)).collect();
+            anomaly_indices(&scaled, stat.tail())
+        };
         let name = path.file_stem().unwrap_or_default().to_string_lossy();
         println!(
             "{}",
             serde_json::json!({
                 "model": name,
                 "margin_excess": excess,
-                "margin_excess_index": anomaly_indices(&excess, Tail::Large),
+                "margin_excess_index": index(Statistic::MarginExcess, &excess),
                 "margin_blend": blend,
-                "margin_blend_index": anomaly_indices(&blend, Tail::Small),
+                "margin_blend_index": index(Statistic::MarginBlend, &blend),
                 "margin_patch": patch,
-                "margin_patch_index": anomaly_indices(&patch, Tail::Small),
+                "margin_patch_index": index(Statistic::MarginPatch, &patch),
             })
         );
     }

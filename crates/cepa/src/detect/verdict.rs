@@ -146,7 +146,7 @@ impl Statistic {
     /// ordinary at half the median as at twice it; a patch trigger's share is a few locations,
     /// orders of magnitude under a texture's), floored at 1/512, half the bisection's step (0
     /// is a median image already in the class); the others as measured.
-    fn index_scale(self, v: f64) -> f64 {
+    pub fn index_scale(self, v: f64) -> f64 {
         match self {
             Statistic::MaxMargin if v > 0.0 => v.ln(),
             Statistic::MaxMargin => f64::NAN,
