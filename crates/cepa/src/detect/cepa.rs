@@ -597,26 +597,25 @@ pub fn stage1_targets(
             .map(|(&t, (_, x))| (t, x))
             .collect();
         let set = holdout.unwrap_or(images);
-        if cfg.margin_blend_samples > 0 {
-            let blend = crate::detect::universal::margin_blend(
-                model,
-                set,
-                &inputs,
+        // How much of each largest-margin input carries clean images there: blended, pasted.
+        type Measure = fn(&Classifier, &ImageSet, &[(usize, Tensor<4>)], usize) -> Result<Vec<f64>>;
+        let measures: [(usize, Measure, fn(&mut TargetResult, f64)); 2] = [
+            (
                 cfg.margin_blend_samples,
-            )?;
-            for (r, b) in out.iter_mut().zip(blend) {
-                r.margin_blend = Some(b);
-            }
-        }
-        if cfg.margin_patch_samples > 0 {
-            let patch = crate::detect::universal::margin_patch(
-                model,
-                set,
-                &inputs,
+                crate::detect::universal::margin_blend,
+                |r, v| r.margin_blend = Some(v),
+            ),
+            (
                 cfg.margin_patch_samples,
-            )?;
-            for (r, p) in out.iter_mut().zip(patch) {
-                r.margin_patch = Some(p);
+                crate::detect::universal::margin_patch,
+                |r, v| r.margin_patch = Some(v),
+            ),
+        ];
+        for (samples, measure, keep) in measures {
+            if samples > 0 {
+                for (r, v) in out.iter_mut().zip(measure(model, set, &inputs, samples)?) {
+                    keep(r, v);
+                }
             }
         }
     }

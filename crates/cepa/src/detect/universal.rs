@@ -310,22 +310,16 @@ pub fn margin_blend(
     found: &[(usize, Tensor<4>)],
     samples: usize,
 ) -> Result<Vec<f64>> {
-    model.check_images(images)?;
     let device = model.device().clone();
-    let x_all = model.images_tensor(&images.pixels, images.len());
-    let mut out = Vec::with_capacity(found.len());
-    for (target, star) in found {
-        let x = others_of(images, &x_all, *target, samples.max(1))?;
+    median_per_target(model, images, found, samples, |target, x, star| {
         let n = x.dims()[0];
         let star = star.clone().expand(x.dims());
-        let shares = smallest_shares(model, *target, n, |a| {
+        smallest_shares(model, target, n, |a| {
             let w: Vec<f32> = a.iter().map(|&v| v as f32).collect();
             let w = Tensor::<4>::from_data(TensorData::new(w, [n, 1, 1, 1]), &device);
             x.clone() * (w.clone().neg() + 1.0) + star.clone() * w
-        })?;
-        out.push(crate::detect::stats::median(&shares));
-    }
-    Ok(out)
+        })
+    })
 }
 
 /// How few pixel locations of each target's largest-margin input ([`max_margin_inputs`]) carry
@@ -343,21 +337,17 @@ pub fn margin_patch(
     found: &[(usize, Tensor<4>)],
     samples: usize,
 ) -> Result<Vec<f64>> {
-    model.check_images(images)?;
     let device = model.device().clone();
-    let x_all = model.images_tensor(&images.pixels, images.len());
-    let mut out = Vec::with_capacity(found.len());
-    for (target, star) in found {
-        let x = others_of(images, &x_all, *target, samples.max(1))?;
+    median_per_target(model, images, found, samples, |target, x, star| {
         let [n, c, h, w] = x.dims();
-        let order = saliency_order(model, *target, star, &x)?;
+        let order = saliency_order(model, target, star, x)?;
         // rank[l]: where location l stands in the order (0 = the most salient).
         let mut rank = vec![0usize; h * w];
         for (r, &l) in order.iter().enumerate() {
             rank[l] = r;
         }
         let star = star.clone().expand([n, c, h, w]);
-        let shares = smallest_shares(model, *target, n, |a| {
+        smallest_shares(model, target, n, |a| {
             let mut m = vec![0f32; n * h * w];
             for (i, &share) in a.iter().enumerate() {
                 let k = (share * (h * w) as f64).ceil() as usize;
@@ -370,10 +360,29 @@ pub fn margin_patch(
             let m = Tensor::<4>::from_data(TensorData::new(m, [n, 1, h, w]), &device)
                 .expand([n, c, h, w]);
             x.clone() * (m.clone().neg() + 1.0) + star.clone() * m
-        })?;
-        out.push(crate::detect::stats::median(&shares));
-    }
-    Ok(out)
+        })
+    })
+}
+
+/// For each `(target, x*)` of `found`, `shares(target, x, x*)` on the clean images `x` outside
+/// the target (at most `samples` of `images`, taken evenly from their classes), then their
+/// median: the frame of [`margin_blend`] and [`margin_patch`].
+fn median_per_target(
+    model: &Classifier,
+    images: &ImageSet,
+    found: &[(usize, Tensor<4>)],
+    samples: usize,
+    mut shares: impl FnMut(usize, &Tensor<4>, &Tensor<4>) -> Result<Vec<f64>>,
+) -> Result<Vec<f64>> {
+    model.check_images(images)?;
+    let x_all = model.images_tensor(&images.pixels, images.len());
+    found
+        .iter()
+        .map(|(target, star)| {
+            let x = others_of(images, &x_all, *target, samples.max(1))?;
+            Ok(crate::detect::stats::median(&shares(*target, &x, star)?))
+        })
+        .collect()
 }
 
 /// The pixel locations (`h * W + w`) of `star` (`[1, C, H, W]`) from the one that raises
