@@ -599,7 +599,8 @@ pub fn stage1_targets(
         let set = holdout.unwrap_or(images);
         // How much of each largest-margin input carries clean images there: blended, pasted.
         type Measure = fn(&Classifier, &ImageSet, &[(usize, Tensor<4>)], usize) -> Result<Vec<f64>>;
-        let measures: [(usize, Measure, fn(&mut TargetResult, f64)); 2] = [
+        type Keep = fn(&mut TargetResult, f64);
+        let measures: [(usize, Measure, Keep); 2] = [
             (
                 cfg.margin_blend_samples,
                 crate::detect::universal::margin_blend,
