@@ -1432,6 +1432,40 @@ mod tests {
     }
 
     #[test]
+    fn margin_patch_is_indexed_on_a_log_scale_and_read_by_no_default_rule() {
+        let layers = vec!["emb".to_string()];
+        let shares = [0.4, 0.2, 0.3, 0.25, 0.0];
+        let mut rs = ordinary(5);
+        let before = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
+        for (r, v) in rs.iter_mut().zip(shares) {
+            r.margin_patch = Some(v);
+        }
+        let d = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
+        // The MAD index (small tail) of ln(max(share, 1/512)): ln 0.4, ln 0.2, ln 0.3, ln 0.25
+        // and ln(1/512) for the image already in the class.
+        let logs: Vec<f64> = shares.iter().map(|&v| v.max(1.0 / 512.0).ln()).collect();
+        let want = anomaly_indices(&logs, Tail::Small);
+        for (c, w) in d.classes.iter().zip(&want) {
+            let got = c
+                .statistics
+                .iter()
+                .find(|s| s.statistic == Statistic::MarginPatch)
+                .unwrap();
+            assert!(
+                (got.anomaly_index - w).abs() < 1e-9,
+                "{} vs {w}",
+                got.anomaly_index
+            );
+        }
+        // On the linear scale the zero share would be an outlier of about 3; on the log scale
+        // it is far more.
+        assert!(want[4] > 10.0, "{want:?}");
+        // Measured, not chosen: the verdict is the one without it.
+        assert_eq!(d.score, before.score);
+        assert_eq!(d.target, before.target);
+    }
+
+    #[test]
     fn a_lone_cheap_input_reach_raises_its_class_and_sinks_alike_do_not() {
         let layers = vec!["emb".to_string()];
         let base = ordinary(6);
