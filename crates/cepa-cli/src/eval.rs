@@ -389,7 +389,9 @@ fn rescore(a: &EvalArgs) -> Result<(Settings, Vec<Outcome>)> {
                 let text = std::fs::read_to_string(&path).with_context(|| {
                     format!("{}: the saved scan of {}", path.display(), o.model)
                 })?;
-                let saved: SavedScan = serde_json::from_str(&text)
+                let report: serde_json::Value = serde_json::from_str(&text)
+                    .with_context(|| format!("{}: not a saved scan", path.display()))?;
+                let saved = SavedScan::deserialize(&report)
                     .with_context(|| format!("{}: not a saved scan", path.display()))?;
                 let d = redecide(&saved, &settings.scan.decision)
                     .with_context(|| format!("{}", path.display()))?;
@@ -398,7 +400,7 @@ fn rescore(a: &EvalArgs) -> Result<(Settings, Vec<Outcome>)> {
                 o.most_anomalous = Some(d.most_anomalous);
                 o.score = d.score;
                 o.threshold = d.threshold;
-                let report = redecided_report(&text, &d, &settings, &path)?;
+                let report = redecided_report(report, &d, &settings, &path)?;
                 let rdir = a.out.join("reports").join("cepa");
                 std::fs::create_dir_all(&rdir)
                     .with_context(|| format!("cannot create {}", rdir.display()))?;
@@ -430,19 +432,17 @@ fn rescore(a: &EvalArgs) -> Result<(Settings, Vec<Outcome>)> {
     Ok((settings, outcomes))
 }
 
-/// A saved CEPA scan (`text`, read from `path`) with its decision replaced by `d`, decided under
+/// A saved CEPA scan (`v`, read from `path`) with its decision replaced by `d`, decided under
 /// `settings`: the per-class statistics and indices, the top-level verdict, target, score,
 /// p-value and sources, and `config.decision` are the new decision's; `rescored` says from which
 /// file and by which version. Everything the scan measured is kept, so the result can be decided
 /// again (a second rescore under the same rule writes the same file).
 fn redecided_report(
-    text: &str,
+    mut v: serde_json::Value,
     d: &cepa::detect::verdict::Decision,
     settings: &Settings,
     path: &Path,
 ) -> Result<String> {
-    let mut v: serde_json::Value = serde_json::from_str(text)
-        .with_context(|| format!("{}: not a saved scan", path.display()))?;
     let obj = v
         .as_object_mut()
         .with_context(|| format!("{}: not a saved scan (no JSON object)", path.display()))?;
