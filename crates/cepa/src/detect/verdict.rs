@@ -333,6 +333,16 @@ pub struct DecisionConfig {
     /// chooses it (EVALUATION.md, "Session 21"; frozen 2026-12-05). A higher `threshold` asks
     /// more of it too, and so does the class-count scaling.
     pub standalone: std::collections::BTreeMap<Statistic, f64>,
+    /// Statistics that count on their own only together [ours], each with a weight `w`: a
+    /// class's combined index is raised to at least the smallest of `w x` its anomaly index over
+    /// all of them (at most twice the threshold), after the sink check, like `standalone`. Two
+    /// readings of one input that fail apart on clean models (a natural class whose
+    /// largest-margin input is far beyond its images, `margin_excess`, yet needs most of the
+    /// image to carry others to it, `margin_patch`) then count only where both stand out. A class
+    /// missing any of them is not raised. Empty (the default) turns it off; at least two
+    /// statistics when on. Measured in session 29 (EVALUATION.md), not chosen.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub joint: std::collections::BTreeMap<Statistic, f64>,
 }
 
 impl DecisionConfig {
@@ -374,6 +384,27 @@ impl DecisionConfig {
                 return Err(Error::Config(format!(
                     "[scan.decision.standalone] {}: only a statistic measured once per class \
                      (not per layer) can stand alone",
+                    stat.name()
+                )));
+            }
+        }
+        if self.joint.len() == 1 {
+            return Err(Error::Config(
+                "[scan.decision.joint]: one statistic alone is `standalone`; joint needs at least two"
+                    .into(),
+            ));
+        }
+        for (stat, weight) in &self.joint {
+            if !(weight.is_finite() && *weight > 0.0) {
+                return Err(Error::Config(format!(
+                    "[scan.decision.joint] {} = {weight}: must be positive",
+                    stat.name()
+                )));
+            }
+            if stat.per_layer() {
+                return Err(Error::Config(format!(
+                    "[scan.decision.joint] {}: only a statistic measured once per class \
+                     (not per layer) can count jointly",
                     stat.name()
                 )));
             }
@@ -432,6 +463,7 @@ impl Default for DecisionConfig {
             suspect_rank: 2,
             margin_gate: 0.0,
             standalone: [(Statistic::MaxMargin, 1.5 / 2.81)].into_iter().collect(),
+            joint: Default::default(),
         }
     }
 }
@@ -921,6 +953,42 @@ pub fn decide_pool(
                         stat.name(),
                         ix.value,
                         ix.anomaly_index,
+                        combined[t]
+                    ));
+                }
+                combined[t] = raised;
+            }
+        }
+    }
+    if !cfg.joint.is_empty() {
+        for (t, class) in per_class.iter().enumerate() {
+            let mut least: Option<f64> = None;
+            let mut parts = Vec::with_capacity(cfg.joint.len());
+            for (&stat, &weight) in &cfg.joint {
+                match class
+                    .iter()
+                    .find(|x| x.statistic == stat && x.value.is_finite())
+                {
+                    Some(ix) => {
+                        let v = weight * ix.anomaly_index;
+                        least = Some(least.map_or(v, |l: f64| l.min(v)));
+                        parts.push(format!("{} index {:.2}", stat.name(), ix.anomaly_index));
+                    }
+                    None => {
+                        least = None;
+                        break;
+                    }
+                }
+            }
+            let Some(least) = least else { continue };
+            let raised = least.min(2.0 * threshold);
+            if raised > combined[t] {
+                if raised > threshold {
+                    notes.push(format!(
+                        "class {}: {} count together; combined index raised from {:.2} to \
+                         {raised:.2}",
+                        results[t].target,
+                        parts.join(", "),
                         combined[t]
                     ));
                 }
@@ -1463,6 +1531,97 @@ mod tests {
         // Measured, not chosen: the verdict is the one without it.
         assert_eq!(d.score, before.score);
         assert_eq!(d.target, before.target);
+    }
+
+    #[test]
+    fn joint_statistics_raise_a_class_only_where_all_of_them_stand_out() {
+        let layers = vec!["emb".to_string()];
+        let mut rs = ordinary(6);
+        // Class 1: a margin far beyond its images but an ordinary patch share (a natural class
+        // with a confident texture); class 2: a small patch share and an ordinary margin; class
+        // 4: both.
+        let excess = [1.0, 30.0, 1.2, 0.9, 30.0, 1.1];
+        let shares = [0.5, 0.4, 0.002, 0.45, 0.002, 0.35];
+        for ((r, e), p) in rs.iter_mut().zip(excess).zip(shares) {
+            r.margin_excess = Some(e);
+            r.margin_patch = Some(p);
+        }
+        let joint = DecisionConfig {
+            joint: [
+                (Statistic::MarginExcess, 0.5),
+                (Statistic::MarginPatch, 0.5),
+            ]
+            .into_iter()
+            .collect(),
+            ..Default::default()
+        };
+        joint.validate().unwrap();
+        let off = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
+        assert!(!off.backdoored, "score {}", off.score);
+        let on = decide(&rs, &layers, &joint).unwrap();
+        assert!(on.backdoored, "score {}", on.score);
+        assert_eq!(on.target, Some(4));
+        // Capped at twice the threshold.
+        assert!((on.score - 3.0).abs() < 1e-9, "{}", on.score);
+        assert!(
+            on.notes.iter().any(|n| n.contains("count together")),
+            "{:?}",
+            on.notes
+        );
+        // Each alone raises nothing: the smaller of the two is what counts.
+        for (c, want) in on
+            .classes
+            .iter()
+            .zip([false, false, false, false, true, false])
+        {
+            assert_eq!(
+                c.anomaly_index > 1.5,
+                want,
+                "class {}: {}",
+                c.class,
+                c.anomaly_index
+            );
+        }
+        // Class 4's patch share made ordinary: no class stands out in both.
+        rs[4].margin_patch = Some(0.42);
+        let none = decide(&rs, &layers, &joint).unwrap();
+        assert!(!none.backdoored, "score {}", none.score);
+        // A class missing one of them is not raised.
+        rs[4].margin_patch = None;
+        rs[1].margin_patch = None;
+        let missing = decide(&rs, &layers, &joint).unwrap();
+        assert!(!missing.backdoored, "score {}", missing.score);
+    }
+
+    #[test]
+    fn joint_needs_two_positive_per_class_statistics() {
+        let cfg = |pairs: &[(Statistic, f64)]| DecisionConfig {
+            joint: pairs.iter().copied().collect(),
+            ..Default::default()
+        };
+        assert!(cfg(&[(Statistic::MarginPatch, 0.5)]).validate().is_err());
+        assert!(
+            cfg(&[
+                (Statistic::MarginPatch, 0.5),
+                (Statistic::MarginExcess, 0.0)
+            ])
+            .validate()
+            .is_err()
+        );
+        assert!(
+            cfg(&[(Statistic::MarginPatch, 0.5), (Statistic::Transfer, 0.5)])
+                .validate()
+                .is_err()
+        );
+        assert!(
+            cfg(&[
+                (Statistic::MarginPatch, 0.5),
+                (Statistic::MarginExcess, 0.5)
+            ])
+            .validate()
+            .is_ok()
+        );
+        assert!(cfg(&[]).validate().is_ok());
     }
 
     #[test]
