@@ -8,8 +8,8 @@
 #   bash eval/stats-dev-s29/pool.sh
 set -euo pipefail
 out=target/pool-s29
-srcs="target/s29/standard-cifar10 target/s29/judge-allconv target/s29/judge-s22 target/s29/real eval/realistic-cpu-s28"
-manifests="target/zoo-standard/manifest.json target/zoo-judge-allconv/manifest.json target/zoo-judge-s22/manifest.json zoo/real/manifest.json eval/zoo-realistic-s28-manifest.json"
+srcs="eval/standard-cifar10-s29 eval/stats-dev-s29/rebuilt-allconv eval/stats-dev-s29/rebuilt-vgg eval/real-s29 eval/realistic-cpu-s28"
+manifests="eval/zoo-standard-cifar10-s29-manifest.json eval/stats-dev-s29/rebuilt-allconv-manifest.json eval/stats-dev-s29/rebuilt-vgg-manifest.json zoo/real/manifest.json eval/zoo-realistic-s28-manifest.json"
 rm -rf "$out"
 mkdir -p "$out/reports/cepa"
 : >"$out/results.jsonl"
@@ -21,5 +21,17 @@ done
 # built this session).
 scanned=$(jq -R -s -c 'split("\n") | map(select(length > 0) | fromjson | .model) | unique' "$out/results.jsonl")
 jq -s --argjson keep "$scanned" '{models: [.[].models[] | select(.id as $i | $keep | index($i))]}' $manifests >"$out/manifest.json"
-cp target/s29/standard-cifar10/settings.json "$out/"
+cp eval/standard-cifar10-s29/settings.json "$out/"
 echo "pooled: $(jq '.models | length' "$out/manifest.json") models, $(ls "$out/reports/cepa" | wc -l) reports"
+# Every rule of this folder (and the default) decided again on the pool; the outputs (without
+# the reports) are committed beside the rules as pool-RULE/.
+for rule in default eval/stats-dev-s29/*.toml; do
+  name=$(basename "$rule" .toml)
+  config=()
+  [ "$rule" = default ] || config=(--config "$rule")
+  target/release/cepa eval "$out/manifest.json" --rescore --from "$out" "${config[@]}" \
+    --out "target/pool-s29-$name" >/dev/null
+  mkdir -p "eval/stats-dev-s29/pool-$name"
+  cp "target/pool-s29-$name"/{evaluation.md,evaluation.json,results.jsonl,settings.json} \
+    "eval/stats-dev-s29/pool-$name/"
+done
