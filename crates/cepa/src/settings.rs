@@ -85,6 +85,27 @@ mod tests {
     }
 
     #[test]
+    fn a_joint_table_is_read_and_a_bad_one_refused_naming_it() {
+        let s =
+            Settings::parse("[scan.decision.joint]\nmargin_excess = 0.5\nmargin_patch = 0.25\n")
+                .unwrap();
+        let j = &s.scan.decision.joint;
+        assert_eq!(j.len(), 2);
+        assert_eq!(j[&crate::detect::verdict::Statistic::MarginPatch], 0.25);
+        // The rest of the rule keeps its defaults; the default has no joint table.
+        assert!(Settings::default().scan.decision.joint.is_empty());
+        assert_eq!(
+            s.scan.decision.standalone,
+            Settings::default().scan.decision.standalone
+        );
+        let err = Settings::parse("[scan.decision.joint]\nmargin_patch = 0.5\n").unwrap_err();
+        assert!(err.contains("joint"), "{err}");
+        let err = Settings::parse("[scan.decision.joint]\nmargin_patch = 0.5\nembed_norm = 0.5\n")
+            .unwrap_err();
+        assert!(err.contains("joint") && err.contains("embed_norm"), "{err}");
+    }
+
+    #[test]
     fn sections_override_only_the_fields_they_name() {
         let s = Settings::parse(
             "[scan]\nper_class = 20\n[scan.cepa]\nsteps = 7\n[invert]\npi = 0.99\n[nc]\nsteps = 9\n",

@@ -373,42 +373,14 @@ impl DecisionConfig {
                 self.reach_confirm
             )));
         }
-        for (stat, weight) in &self.standalone {
-            if !(weight.is_finite() && *weight > 0.0) {
-                return Err(Error::Config(format!(
-                    "[scan.decision.standalone] {} = {weight}: must be positive",
-                    stat.name()
-                )));
-            }
-            if stat.per_layer() {
-                return Err(Error::Config(format!(
-                    "[scan.decision.standalone] {}: only a statistic measured once per class \
-                     (not per layer) can stand alone",
-                    stat.name()
-                )));
-            }
-        }
+        check_class_weights("standalone", &self.standalone, "stand alone")?;
         if self.joint.len() == 1 {
             return Err(Error::Config(
                 "[scan.decision.joint]: one statistic alone is `standalone`; joint needs at least two"
                     .into(),
             ));
         }
-        for (stat, weight) in &self.joint {
-            if !(weight.is_finite() && *weight > 0.0) {
-                return Err(Error::Config(format!(
-                    "[scan.decision.joint] {} = {weight}: must be positive",
-                    stat.name()
-                )));
-            }
-            if stat.per_layer() {
-                return Err(Error::Config(format!(
-                    "[scan.decision.joint] {}: only a statistic measured once per class \
-                     (not per layer) can count jointly",
-                    stat.name()
-                )));
-            }
-        }
+        check_class_weights("joint", &self.joint, "count jointly")?;
         if !(self.margin_gate.is_finite() && self.margin_gate >= 0.0) {
             return Err(Error::Config(format!(
                 "[scan.decision] margin_gate = {}: must be 0 (off) or a positive anomaly index",
@@ -431,6 +403,31 @@ impl DecisionConfig {
     pub fn threshold_for(&self, classes: usize) -> f64 {
         self.threshold * class_factor(classes, self.reference_classes)
     }
+}
+
+/// Every weight of the `[scan.decision.TABLE]` map `weights` is positive and finite, and every
+/// statistic is measured once per class (not per layer), which is what can `what`.
+fn check_class_weights(
+    table: &str,
+    weights: &std::collections::BTreeMap<Statistic, f64>,
+    what: &str,
+) -> Result<()> {
+    for (stat, weight) in weights {
+        if !(weight.is_finite() && *weight > 0.0) {
+            return Err(Error::Config(format!(
+                "[scan.decision.{table}] {} = {weight}: must be positive",
+                stat.name()
+            )));
+        }
+        if stat.per_layer() {
+            return Err(Error::Config(format!(
+                "[scan.decision.{table}] {}: only a statistic measured once per class \
+                 (not per layer) can {what}",
+                stat.name()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `sqrt(ln k / ln reference)` for `k > reference >= 2`, else 1.
