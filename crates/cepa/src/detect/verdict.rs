@@ -1592,33 +1592,21 @@ mod tests {
 
     #[test]
     fn joint_needs_two_positive_per_class_statistics() {
-        let cfg = |pairs: &[(Statistic, f64)]| DecisionConfig {
-            joint: pairs.iter().copied().collect(),
-            ..Default::default()
-        };
-        assert!(cfg(&[(Statistic::MarginPatch, 0.5)]).validate().is_err());
-        assert!(
-            cfg(&[
-                (Statistic::MarginPatch, 0.5),
-                (Statistic::MarginExcess, 0.0)
-            ])
-            .validate()
-            .is_err()
-        );
-        assert!(
-            cfg(&[(Statistic::MarginPatch, 0.5), (Statistic::Transfer, 0.5)])
-                .validate()
-                .is_err()
-        );
-        assert!(
-            cfg(&[
-                (Statistic::MarginPatch, 0.5),
-                (Statistic::MarginExcess, 0.5)
-            ])
-            .validate()
-            .is_ok()
-        );
-        assert!(cfg(&[]).validate().is_ok());
+        use Statistic::{MarginExcess, MarginPatch, Transfer};
+        let cases: [(&[(Statistic, f64)], bool); 5] = [
+            (&[(MarginPatch, 0.5)], false),
+            (&[(MarginPatch, 0.5), (MarginExcess, 0.0)], false),
+            (&[(MarginPatch, 0.5), (Transfer, 0.5)], false),
+            (&[(MarginPatch, 0.5), (MarginExcess, 0.5)], true),
+            (&[], true),
+        ];
+        for (pairs, ok) in cases {
+            let cfg = DecisionConfig {
+                joint: pairs.iter().copied().collect(),
+                ..Default::default()
+            };
+            assert_eq!(cfg.validate().is_ok(), ok, "{pairs:?}");
+        }
     }
 
     #[test]
