@@ -957,40 +957,40 @@ pub fn decide_pool(
             }
         }
     }
-    if !cfg.joint.is_empty() {
-        for (t, class) in per_class.iter().enumerate() {
-            let mut least: Option<f64> = None;
-            let mut parts = Vec::with_capacity(cfg.joint.len());
-            for (&stat, &weight) in &cfg.joint {
-                match class
+    for (t, class) in per_class.iter().enumerate() {
+        // Every joint statistic's index at this class, or None when one was not measured.
+        let Some(found) = cfg
+            .joint
+            .iter()
+            .map(|(&stat, &weight)| {
+                class
                     .iter()
                     .find(|x| x.statistic == stat && x.value.is_finite())
-                {
-                    Some(ix) => {
-                        let v = weight * ix.anomaly_index;
-                        least = Some(least.map_or(v, |l: f64| l.min(v)));
-                        parts.push(format!("{} index {:.2}", stat.name(), ix.anomaly_index));
-                    }
-                    None => {
-                        least = None;
-                        break;
-                    }
-                }
+                    .map(|x| (stat, weight, x.anomaly_index))
+            })
+            .collect::<Option<Vec<_>>>()
+        else {
+            continue;
+        };
+        let Some(least) = found.iter().map(|&(_, w, ix)| w * ix).reduce(f64::min) else {
+            continue;
+        };
+        let raised = least.min(2.0 * threshold);
+        if raised > combined[t] {
+            if raised > threshold {
+                let parts: Vec<String> = found
+                    .iter()
+                    .map(|(stat, _, ix)| format!("{} index {ix:.2}", stat.name()))
+                    .collect();
+                notes.push(format!(
+                    "class {}: {} count together; combined index raised from {:.2} to \
+                     {raised:.2}",
+                    results[t].target,
+                    parts.join(", "),
+                    combined[t]
+                ));
             }
-            let Some(least) = least else { continue };
-            let raised = least.min(2.0 * threshold);
-            if raised > combined[t] {
-                if raised > threshold {
-                    notes.push(format!(
-                        "class {}: {} count together; combined index raised from {:.2} to \
-                         {raised:.2}",
-                        results[t].target,
-                        parts.join(", "),
-                        combined[t]
-                    ));
-                }
-                combined[t] = raised;
-            }
+            combined[t] = raised;
         }
     }
     let (best, score) =
