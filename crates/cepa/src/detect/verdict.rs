@@ -932,6 +932,22 @@ pub fn decide_pool(
             }
         }
     }
+    // A class raised by a statistic that counts on its own (or by statistics that count
+    // together) to `value`, at most twice the threshold; the note says why when that is over it.
+    let mut raise = |t: usize, value: f64, why: &dyn Fn() -> String| {
+        let raised = value.min(2.0 * threshold);
+        if raised > combined[t] {
+            if raised > threshold {
+                notes.push(format!(
+                    "class {}: {}; combined index raised from {:.2} to {raised:.2}",
+                    results[t].target,
+                    why(),
+                    combined[t]
+                ));
+            }
+            combined[t] = raised;
+        }
+    };
     for (&stat, &weight) in &cfg.standalone {
         for (t, class) in per_class.iter().enumerate() {
             let Some(ix) = class.iter().find(|x| x.statistic == stat) else {
@@ -940,21 +956,14 @@ pub fn decide_pool(
             if !ix.value.is_finite() {
                 continue;
             }
-            let raised = (weight * ix.anomaly_index).min(2.0 * threshold);
-            if raised > combined[t] {
-                if raised > threshold {
-                    notes.push(format!(
-                        "class {}: {} {:.3} has anomaly index {:.2}, which counts on its own \
-                         (x{weight:.3}); combined index raised from {:.2} to {raised:.2}",
-                        results[t].target,
-                        stat.name(),
-                        ix.value,
-                        ix.anomaly_index,
-                        combined[t]
-                    ));
-                }
-                combined[t] = raised;
-            }
+            raise(t, weight * ix.anomaly_index, &|| {
+                format!(
+                    "{} {:.3} has anomaly index {:.2}, which counts on its own (x{weight:.3})",
+                    stat.name(),
+                    ix.value,
+                    ix.anomaly_index
+                )
+            });
         }
     }
     for (t, class) in per_class.iter().enumerate() {
@@ -975,23 +984,13 @@ pub fn decide_pool(
         let Some(least) = found.iter().map(|&(_, w, ix)| w * ix).reduce(f64::min) else {
             continue;
         };
-        let raised = least.min(2.0 * threshold);
-        if raised > combined[t] {
-            if raised > threshold {
-                let parts: Vec<String> = found
-                    .iter()
-                    .map(|(stat, _, ix)| format!("{} index {ix:.2}", stat.name()))
-                    .collect();
-                notes.push(format!(
-                    "class {}: {} count together; combined index raised from {:.2} to \
-                     {raised:.2}",
-                    results[t].target,
-                    parts.join(", "),
-                    combined[t]
-                ));
-            }
-            combined[t] = raised;
-        }
+        raise(t, least, &|| {
+            let parts: Vec<String> = found
+                .iter()
+                .map(|(stat, _, ix)| format!("{} index {ix:.2}", stat.name()))
+                .collect();
+            format!("{} count together", parts.join(", "))
+        });
     }
     let (best, score) =
         combined
