@@ -514,6 +514,7 @@ pub fn stage1_targets(
     if layers.is_empty() {
         return Err(Error::Config("no layer to work at".into()));
     }
+    let start = std::time::Instant::now();
     let k = model.num_classes();
     let device = model.device().clone();
     let per = images.image_len();
@@ -573,16 +574,28 @@ pub fn stage1_targets(
         });
     }
 
+    // Where the time goes, with -v (on a GPU the first use of each kernel is compiled and tuned).
+    let phase = |what: &str, t: std::time::Instant| {
+        tracing::info!("{what}: {:.1} s", t.elapsed().as_secs_f64());
+        std::time::Instant::now()
+    };
+    let t = phase("stage 1: clean embeddings and set-up", start);
     // The problems are independent: split them over the cores, each share one batch.
-    crate::detect::run_shares(&mut problems, "stage-1", |part| {
+    crate::detect::run_shares(&mut problems, "stage-1", model.device(), |part| {
         optimise(model, part, layers, &d, cfg, progress)
     })?;
+    let t = phase(
+        &format!("stage 1: optimisation of {} targets", targets.len()),
+        t,
+    );
     let mut out = finish(model, problems, holdout, layers, dims)?;
+    let mut t = phase("stage 1: transfer and reach", t);
     if cfg.universal_steps > 0 {
         let found = crate::detect::universal::universal(model, images, targets, cfg)?;
         for (r, u) in out.iter_mut().zip(found) {
             r.universal_norm = Some(u.norm);
         }
+        t = phase("stage 1: universal patterns", t);
     }
     if cfg.margin_steps > 0 {
         let found = crate::detect::universal::max_margin_inputs(model, dims, targets, cfg)?;
@@ -619,12 +632,14 @@ pub fn stage1_targets(
                 }
             }
         }
+        t = phase("stage 1: largest-margin inputs", t);
     }
     if cfg.local_steps > 0 {
         let found = crate::detect::universal::local_margin(model, images, targets, cfg)?;
         for (r, m) in out.iter_mut().zip(found) {
             r.local_margin = Some(m);
         }
+        phase("stage 1: local margins", t);
     }
     Ok(out)
 }

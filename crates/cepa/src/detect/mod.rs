@@ -116,14 +116,22 @@ impl<const D: usize> Adam<D> {
 /// threads beside the pool oversubscribed the cores: 2 scan threads blocked while the pool's 2
 /// threads computed, and a 43-class Neural Cleanse run took 14 % more CPU time and 18 % more
 /// wall time; BENCHMARKS.md, "The allocator and the scan's threads".)
+/// On an accelerator (`device`, the model's) everything is one share: a GPU runs one queue, so
+/// shares from several threads would only split its batch into smaller launches that wait on
+/// each other.
 /// A panicking share is an error naming `what`, not a crash.
 pub(crate) fn run_shares<T: Send>(
     items: &mut [T],
     what: &str,
+    device: &burn::prelude::Device,
     work: impl Fn(&mut [T]) -> crate::Result<()> + Sync,
 ) -> crate::Result<()> {
     use rayon::prelude::*;
-    let threads = rayon::current_num_threads().clamp(1, items.len().max(1));
+    let threads = if crate::model::is_accelerator(device) {
+        1
+    } else {
+        rayon::current_num_threads().clamp(1, items.len().max(1))
+    };
     let chunk = items.len().div_ceil(threads).max(1);
     let outcome: Vec<crate::Result<()>> = items
         .par_chunks_mut(chunk)

@@ -660,7 +660,7 @@ fn run_all(
     progress: &(dyn Fn(usize) + Sync),
 ) -> Result<()> {
     let group = (cfg.max_batch / x.dims()[0].max(1)).max(1);
-    crate::detect::run_shares(problems, "Neural Cleanse", |part| {
+    crate::detect::run_shares(problems, "Neural Cleanse", model.device(), |part| {
         part.chunks_mut(group)
             .try_for_each(|g| optimise(model, x, g, dims, cfg, progress))
     })

@@ -108,7 +108,7 @@ pub fn universal(
             last: None,
         });
     }
-    crate::detect::run_shares(&mut problems, "universal-pattern", |part| {
+    crate::detect::run_shares(&mut problems, "universal-pattern", model.device(), |part| {
         grow(model, part, cfg)
     })?;
     Ok(problems
@@ -246,7 +246,7 @@ pub fn max_margin_inputs(
             }
         })
         .collect();
-    crate::detect::run_shares(&mut problems, "max-margin", |part| {
+    crate::detect::run_shares(&mut problems, "max-margin", model.device(), |part| {
         for step in 0..cfg.margin_steps.max(1) {
             crate::runtime::check_interrupt()?;
             let leaves: Vec<Tensor<4>> = part
@@ -539,7 +539,7 @@ pub fn local_margin(
             x,
         });
     }
-    crate::detect::run_shares(&mut problems, "local-margin", |part| {
+    crate::detect::run_shares(&mut problems, "local-margin", model.device(), |part| {
         // One step more than the updates: the margin after the last update is measured too.
         for step in 0..=steps {
             crate::runtime::check_interrupt()?;

@@ -84,6 +84,12 @@ pub fn device_label(d: &Device) -> String {
     }
 }
 
+/// Whether `d` is an accelerator (a CUDA GPU) rather than the CPU backend: there one batch
+/// beats several threads' smaller ones.
+pub fn is_accelerator(d: &Device) -> bool {
+    cuda_label(&format!("{d:?}")).is_some()
+}
+
 /// `cuda:N (CubeCL)` from burn's Debug form of a CUDA device,
 /// `Device<Autodiff { device: Cube(Cuda(Cuda(N))), .. }>`; `None` for any other device.
 fn cuda_label(debug: &str) -> Option<String> {
@@ -251,6 +257,8 @@ mod tests {
             Some("cuda:12 (CubeCL)")
         );
         assert_eq!(cuda_label("Device<Flex>"), None);
+        assert!(!is_accelerator(&Device::flex()));
+        assert!(!is_accelerator(&Device::flex().autodiff()));
     }
 
     #[test]

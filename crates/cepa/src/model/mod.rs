@@ -12,7 +12,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use serde::Serialize;
 
-pub use device::{DeviceChoice, cuda_built, device_label};
+pub use device::{DeviceChoice, cuda_built, device_label, is_accelerator};
 pub use spec::{Layout, ModelSpec, OutputKind, ResolvedSpec, parse_floats};
 
 use crate::data::ImageSet;

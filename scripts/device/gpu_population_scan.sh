@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Device run of issue 15 (session 30): the full-width population of gpu_torch_population.sh
+# (PyTorch, BackdoorBench's recipe, clean + BadNets, Blend, WaNet, SIG, seeds 600 and 601, all
+# ten trained side by side), then scanned in one warm process rather than ten
+# side by side (session 17's ten concurrent scans finished none in 225 s):
+#   1. one CEPA scan alone, in a fresh process: the cold time of one full-width scan;
+#   2. `eval --detector all` (CEPA and Neural Cleanse, which the default verdict `agree` needs)
+#      over every model into the same folder, in one process: the compiled kernels and the
+#      autotune choices are shared between models of one architecture.
+# Carried: `.dev` (scripts/device/prepare.sh: the CUDA build and the CIFAR-10 subset; session 30
+# also carried the first 3,500 records of data_batch_2, 13,500 training images in all, with
+# eval/ kept out of the transfer).
+# Everything finishes by DEADLINE seconds; the summary is $OUT/summary.txt, the details a tarball.
+set -u
+OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
+S="$OUT/summary.txt"; EPOCHS=${EPOCHS:-20}; DEADLINE=${DEADLINE:-570}
+t0=$(date +%s)
+left() { echo $((DEADLINE - ($(date +%s) - t0))); }
+. scripts/device/setup.sh
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$S"
+IDS=""
+for f in clean badnets blend wanet sig; do for s in 600 601; do IDS="$IDS torch-$f-s$s"; done; done
+echo "== PyTorch training, $EPOCHS epochs, side by side:$IDS" | tee -a "$S"
+mkdir -p /tmp/tz
+for id in $IDS; do
+  PYTHONUNBUFFERED=1 timeout $(( $(left) - 300 )) python3 scripts/device/torch_population.py \
+    --data .dev/data/cifar10 --out /tmp/tz --epochs "$EPOCHS" --model "$id" > "/tmp/train-$id.log" 2>&1 &
+done
+wait
+echo "trained at $(( $(date +%s) - t0 )) s" | tee -a "$S"
+python3 scripts/device/torch_population.py --out /tmp/tz --manifest 2>&1 | tee -a "$S"
+
+scan() { # $1 detector, $2 seconds, $3.. extra eval arguments
+  local det=$1 lim=$2; shift 2
+  local t=$(date +%s)
+  timeout "$lim" /tmp/cepa --device cuda -v eval /tmp/tz --detector "$det" --out /tmp/eval "$@" \
+    >> "/tmp/eval-$det.log" 2>&1
+  echo "eval --detector $det $*: exit $?, $(( $(date +%s) - t )) s" | tee -a "$S"
+}
+echo "== 1. one CEPA scan, cold process" | tee -a "$S"
+scan cepa $(( $(left) - 150 )) --only torch-badnets-s600
+grep -E "stage 1|layers" /tmp/eval-cepa.log | sed 's/\x1b\[[0-9;]*m//g' | tee -a "$S"
+echo "== 2. both detectors on every model, one warm process" | tee -a "$S"
+scan all $(( $(left) - 15 ))
+/tmp/cepa eval /tmp/tz --out /tmp/eval --tables-only -q > /tmp/eval-tables.log 2>&1
+cp /tmp/eval/evaluation.md "$OUT/" 2>/dev/null
+python3 - <<'PY' | tee -a "$S"
+import json
+for l in open("/tmp/eval/results.jsonl"):
+    r = json.loads(l)
+    print({k: r.get(k) for k in ("model", "detector", "attack", "truth_target", "flagged",
+                                 "target", "most_anomalous", "score", "seconds")})
+PY
+tar czf "$OUT/details.tgz" --exclude='*.onnx' -C /tmp tz eval $(cd /tmp && ls train-*.log eval-*.log) 2>/dev/null
+echo "total $(( $(date +%s) - t0 )) s" | tee -a "$S"
