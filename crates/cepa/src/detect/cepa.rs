@@ -354,6 +354,9 @@ struct Problem {
     plateau: usize,
     done: bool,
     best: Option<TargetResult>,
+    /// The perturbations of `best`, kept on the device: read back once, when the problem ends,
+    /// rather than at every step that improves on it (on a GPU each read waits for the queue).
+    best_delta: Option<Tensor<4>>,
     last: Option<TargetResult>,
 }
 
@@ -570,6 +573,7 @@ pub fn stage1_targets(
             plateau: 0,
             done: false,
             best: None,
+            best_delta: None,
             last: None,
         });
     }
@@ -791,9 +795,8 @@ fn optimise(
                 .as_ref()
                 .is_none_or(|b| current.mean_dispersion() < b.mean_dispersion());
             if current.feasible && better {
-                let mut best = current.clone();
-                best.deltas = before.try_into_vec_as::<f32>().unwrap_or_default();
-                p.best = Some(best);
+                p.best = Some(current.clone());
+                p.best_delta = Some(before);
             }
             p.last = Some(current);
             if p.steps.is_multiple_of(cfg.check_every) {
@@ -1025,12 +1028,14 @@ fn finish(
     };
     let mut out = Vec::with_capacity(problems.len());
     for p in problems {
-        let mut r = p.best.or(p.last).expect("at least one step ran");
+        // The best feasible iterate's perturbations, or else the last ones.
+        let (mut r, delta) = match (p.best, p.best_delta) {
+            (Some(best), Some(d)) => (best, d),
+            _ => (p.last.expect("at least one step ran"), p.delta.clone()),
+        };
         r.steps = p.steps;
         let n = p.sources.len();
-        if r.deltas.is_empty() {
-            r.deltas = p.delta.clone().try_into_vec_as::<f32>().unwrap_or_default();
-        }
+        r.deltas = delta.try_into_vec_as::<f32>().unwrap_or_default();
         r.coherence = coherence(&r.deltas, n);
         if let Some((h, x, _)) = &held
             && let Some(shift) = input_transfer(model, h, x, &r.deltas, n, r.target)?
