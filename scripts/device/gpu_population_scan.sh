@@ -7,9 +7,14 @@
 #   2. `eval --detector all` (CEPA and Neural Cleanse, which the default verdict `agree` needs)
 #      over every model into the same folder, in one process: the compiled kernels and the
 #      autotune choices are shared between models of one architecture.
-# Carried: `.dev` (scripts/device/prepare.sh: the CUDA build and the CIFAR-10 subset; session 30
-# also carried the first 3,500 records of data_batch_2, 13,500 training images in all, with
-# eval/ kept out of the transfer).
+# Carried: `.dev`: `bash scripts/device/build_cuda.sh` (the CUDA build, about 23 minutes cold
+# here), then `EXTRA_TRAIN=3500 bash scripts/device/prepare.sh` (the CIFAR-10 subset, 13,500
+# training images). The device tool carries the tracked tree too, and eval/ alone is 26 MB, so
+# keep it out for the call: `git rm -r -q --cached eval && echo /eval/ >> .git/info/exclude`
+# before, `git reset -q -- eval && sed -i '/^\/eval\/$/d' .git/info/exclude` after (nothing is
+# committed in between; untried: session 30's call was refused before any transfer). Then run
+# `bash scripts/device/gpu_population_scan.sh`, carry [".dev"],
+# timeout 600.
 # Everything finishes by DEADLINE seconds; the summary is $OUT/summary.txt, the details a tarball.
 set -u
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
