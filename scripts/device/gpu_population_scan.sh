@@ -23,17 +23,7 @@ t0=$(date +%s)
 left() { echo $((DEADLINE - ($(date +%s) - t0))); }
 . scripts/device/setup.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$S"
-IDS=""
-for f in clean badnets blend wanet sig; do for s in 600 601; do IDS="$IDS torch-$f-s$s"; done; done
-echo "== PyTorch training, $EPOCHS epochs, side by side:$IDS" | tee -a "$S"
-mkdir -p /tmp/tz
-for id in $IDS; do
-  PYTHONUNBUFFERED=1 timeout $(( $(left) - 300 )) python3 scripts/device/torch_population.py \
-    --data .dev/data/cifar10 --out /tmp/tz --epochs "$EPOCHS" --model "$id" > "/tmp/train-$id.log" 2>&1 &
-done
-wait
-echo "trained at $(( $(date +%s) - t0 )) s" | tee -a "$S"
-python3 scripts/device/torch_population.py --out /tmp/tz --manifest 2>&1 | tee -a "$S"
+RESERVE=300; . scripts/device/torch_train_all.sh
 
 scan() { # $1 detector, $2 seconds, $3.. extra eval arguments
   local det=$1 lim=$2; shift 2

@@ -11,17 +11,7 @@ S="$OUT/summary.txt"; EPOCHS=${EPOCHS:-20}; DEADLINE=${DEADLINE:-320}
 t0=$(date +%s)
 left() { echo $((DEADLINE - ($(date +%s) - t0))); }
 . scripts/device/setup.sh
-IDS=""
-for f in clean badnets blend wanet sig; do for s in 600 601; do IDS="$IDS torch-$f-s$s"; done; done
-echo "== PyTorch training, $EPOCHS epochs, side by side:$IDS" | tee -a "$S"
-mkdir -p /tmp/tz
-for id in $IDS; do
-  PYTHONUNBUFFERED=1 timeout $(( $(left) - 150 )) python3 scripts/device/torch_population.py \
-    --data .dev/data/cifar10 --out /tmp/tz --epochs "$EPOCHS" --model "$id" > "/tmp/train-$id.log" 2>&1 &
-done
-wait
-echo "trained at $(( $(date +%s) - t0 )) s" | tee -a "$S"
-python3 scripts/device/torch_population.py --out /tmp/tz --manifest 2>&1 | tee -a "$S"
+RESERVE=150; . scripts/device/torch_train_all.sh
 for id in $IDS; do tail -1 "/tmp/train-$id.log"; done | tee -a "$S"
 echo "== CEPA scans (cepa eval --device cuda --detector cepa), one per model side by side" | tee -a "$S"
 for id in $IDS; do
