@@ -33,7 +33,7 @@ scan() { # $1 detector, $2 seconds, $3.. extra eval arguments
   echo "eval --detector $det $*: exit $?, $(( $(date +%s) - t )) s" | tee -a "$S"
 }
 echo "== 1. one CEPA scan, cold process" | tee -a "$S"
-scan cepa $(( $(left) - 150 )) --only torch-badnets-s600
+scan cepa $(( $(left) - 150 )) --only torch-clean-s600  # a clean model: never left out by --min-asr
 grep -E "stage 1|layers" /tmp/eval-cepa.log | sed 's/\x1b\[[0-9;]*m//g' | tee -a "$S"
 echo "== 2. both detectors on every model, one warm process" | tee -a "$S"
 scan all $(( $(left) - 15 ))
