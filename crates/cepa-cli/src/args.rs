@@ -190,6 +190,12 @@ pub struct ScanArgs {
     /// A known trigger (JSON: `target`, `patch: {row, col, size}`) to compare the estimate with.
     #[arg(long)]
     pub truth: Option<PathBuf>,
+    /// The JSON report (`--format json`, or report.json of `--out`) of a scan of a clean model of
+    /// the same task and classes; repeat for several. Each class's CEPA index is shown beside
+    /// its mean over these references and the difference, with a note on the class the scan
+    /// singled out: a decision aid, the verdict does not use it. Read before anything runs.
+    #[arg(long = "reference", value_name = "REPORT")]
+    pub references: Vec<PathBuf>,
     /// Run a baseline detector on the same clean images beside CEPA. `nc`: Neural Cleanse,
     /// settings from the `[nc]` section of the settings file. A combined `--verdict` (the
     /// default) runs it anyway; with `--verdict cepa` it is reported beside CEPA's verdict

@@ -7,6 +7,7 @@ use anyhow::Context;
 use cepa::data::to_png_bytes;
 use cepa::detect::invert::Truth;
 use cepa::detect::nc::NcReport;
+use cepa::detect::reference::{self, ReferenceComparison};
 use cepa::detect::{ScanReport, ScreenRole};
 use cepa::eval::Combination;
 use cepa::model::{Classifier, DeviceChoice};
@@ -29,6 +30,7 @@ pub fn run(a: ScanArgs, quiet: bool, device: DeviceChoice) -> anyhow::Result<Exi
         Classifier::load(path, &spec, &device.device(true)?).context("cannot load model")?;
     let data = cepa::data::load(&a.data, a.split).context("cannot read images")?;
     let truth = a.truth.as_deref().map(Truth::from_file).transpose()?;
+    let references = reference::read_references(&a.references, model.num_classes())?;
     let settings = ScanOptions {
         sample: a.sample.options(),
         layers: ScanOptions::parse_layers(&a.layer),
@@ -81,8 +83,27 @@ pub fn run(a: ScanArgs, quiet: bool, device: DeviceChoice) -> anyhow::Result<Exi
     })
     .context("scan failed")?;
     bar.finish_and_clear();
-    let json = run.to_json()?;
+    let mut json = run.to_json()?;
     let combined = run.combined.as_ref();
+    let against = if references.is_empty() {
+        None
+    } else {
+        let r = &run.report;
+        let index: Vec<f64> = r.decision.classes.iter().map(|c| c.anomaly_index).collect();
+        // The class the verdict singled out, else CEPA's most anomalous.
+        let class = combined
+            .and_then(|c| c.outcome.target)
+            .or(r.target)
+            .unwrap_or(r.decision.most_anomalous);
+        let files = a
+            .references
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let c = reference::compare(&index, &references, files, class)?;
+        json["reference"] = serde_json::to_value(&c)?;
+        Some(c)
+    };
     if let Some(dir) = &a.out {
         write_out(dir, &run, &json, &model, path)
             .with_context(|| format!("cannot write {}", dir.display()))?;
@@ -92,6 +113,9 @@ pub fn run(a: ScanArgs, quiet: bool, device: DeviceChoice) -> anyhow::Result<Exi
         Format::Text => {
             let report = &run.report;
             let mut t = text(report, path, &run.device, combined.is_some())?;
+            if let Some(c) = &against {
+                t += &reference_text(c)?;
+            }
             if let Some((inv, _)) = &run.inversion {
                 t += &invert::text(inv, a.out.as_deref())?;
             }
@@ -199,6 +223,39 @@ fn text(r: &ScanReport, path: &Path, device: &str, combined: bool) -> anyhow::Re
             "{label}: clean (largest score {:.2} at class {}, threshold {:.2}, p = {:.2e}), {:.1} s",
             r.score, r.decision.most_anomalous, r.decision.threshold, r.p_value, r.seconds
         )?,
+    }
+    Ok(t)
+}
+
+/// This scan's CEPA indices against the reference clean scans (`--reference`).
+fn reference_text(c: &ReferenceComparison) -> anyhow::Result<String> {
+    let mut t = String::new();
+    writeln!(
+        t,
+        "\nreference: CEPA's combined index against {} clean scan(s) of the task ({}); a decision \
+         aid, the verdict does not use it",
+        c.files.len(),
+        c.files.join(", ")
+    )?;
+    writeln!(
+        t,
+        "{:>5} {:>9} {:>10} {:>9}",
+        "class", "here", "reference", "above"
+    )?;
+    for k in &c.classes {
+        let mark = if k.class == c.most_anomalous {
+            "  <- stands out most"
+        } else {
+            ""
+        };
+        writeln!(
+            t,
+            "{:>5} {:>9.2} {:>10.2} {:>9.2}{mark}",
+            k.class, k.index, k.reference_mean, k.adjusted
+        )?;
+    }
+    for n in &c.notes {
+        writeln!(t, "note: {n}")?;
     }
     Ok(t)
 }

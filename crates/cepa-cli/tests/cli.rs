@@ -413,6 +413,82 @@ fn scan_out_writes_report_and_perturbation_pictures() {
     assert_eq!(pics, 2 * 9 * 4);
 }
 
+/// `--reference`: each class's index beside the reference scans' mean and the difference, in
+/// the JSON and in report.json, with the verdict untouched; a reference of another class count
+/// is refused, naming it, before anything runs.
+#[test]
+fn a_reference_scan_is_set_beside_each_class_and_a_wrong_one_refused_first() {
+    let dir = tmp_dir("reference");
+    let classes = |v: &[f64]| -> serde_json::Value {
+        let c: Vec<serde_json::Value> = v
+            .iter()
+            .enumerate()
+            .map(|(k, x)| serde_json::json!({ "class": k, "anomaly_index": x }))
+            .collect();
+        serde_json::json!({ "decision": { "classes": c } })
+    };
+    // Two references: class 0 stands out in both (5 and 3), the rest sit at 0 and 1.
+    let (ra, rb) = (dir.join("ref-a.json"), dir.join("ref-b.json"));
+    let mut a = vec![0.0; 10];
+    let mut b = vec![1.0; 10];
+    (a[0], b[0]) = (5.0, 3.0);
+    std::fs::write(&ra, classes(&a).to_string()).unwrap();
+    std::fs::write(&rb, classes(&b).to_string()).unwrap();
+    let (ra, rb) = (ra.to_str().unwrap(), rb.to_str().unwrap());
+    let out_dir = dir.join("out");
+    let (_, plain) = quick_scan(&[]);
+    let (out, r) = quick_scan(&[
+        "--reference",
+        ra,
+        "--reference",
+        rb,
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        r["verdict"], plain["verdict"],
+        "the verdict does not use it"
+    );
+    assert_eq!(r["score"], plain["score"]);
+    let c = &r["reference"];
+    assert_eq!(c["files"], serde_json::json!([ra, rb]));
+    let rows = c["classes"].as_array().unwrap();
+    assert_eq!(rows.len(), 10);
+    for (k, row) in rows.iter().enumerate() {
+        let here = r["decision"]["classes"][k]["anomaly_index"]
+            .as_f64()
+            .unwrap();
+        let mean = if k == 0 { 4.0 } else { 0.5 };
+        assert_eq!(row["class"], k);
+        assert_eq!(row["index"].as_f64().unwrap(), here);
+        assert_eq!(row["reference_mean"].as_f64().unwrap(), mean);
+        assert!((row["adjusted"].as_f64().unwrap() - (here - mean)).abs() < 1e-12);
+    }
+    let singled = r["target"]
+        .as_u64()
+        .unwrap_or_else(|| r["decision"]["most_anomalous"].as_u64().unwrap());
+    let note = c["notes"][0].as_str().unwrap();
+    assert!(
+        note.starts_with(&format!("class {singled}: index")),
+        "{note}"
+    );
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(written["reference"], *c);
+    assert_eq!(out.status.code(), plain_code(&plain));
+
+    // Nine classes against a model of ten: refused before the scan, naming the file.
+    let nine = dir.join("nine.json");
+    std::fs::write(&nine, classes(&[0.0; 9]).to_string()).unwrap();
+    let out = quick_scan_output(&["--reference", nine.to_str().unwrap()]);
+    assert_error(&out, &["nine.json", "9 classes", "10"]);
+}
+
+fn plain_code(r: &serde_json::Value) -> Option<i32> {
+    Some(if r["verdict"] == "backdoored" { 1 } else { 0 })
+}
+
 #[test]
 fn a_settings_file_with_an_unknown_key_is_refused_naming_file_and_key() {
     let dir = tmp_dir("settings");

@@ -9,6 +9,7 @@
 pub mod cepa;
 pub mod invert;
 pub mod nc;
+pub mod reference;
 pub mod scan;
 pub mod stats;
 pub mod universal;
