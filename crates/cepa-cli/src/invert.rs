@@ -74,6 +74,7 @@ pub fn write_out(
         perturbations: None,
         baseline: None,
         combined: None,
+        reference: None,
         config: serde_json::json!({ "inversion": &inv.config }),
     };
     std::fs::write(dir.join("report.html"), crate::report::render(&page))?;

@@ -68,7 +68,7 @@ pub fn write_scan_report(
     path: &Path,
 ) -> anyhow::Result<()> {
     let json = run.to_json()?;
-    scan::write_out(dir, run, &json, model, path)
+    scan::write_out(dir, run, &json, None, model, path)
         .with_context(|| format!("cannot write {}", dir.display()))
 }
 

@@ -8,6 +8,7 @@ use std::path::Path;
 use cepa::data::to_png_bytes;
 use cepa::detect::invert::Inversion;
 use cepa::detect::nc::NcReport;
+use cepa::detect::reference::ReferenceComparison;
 use cepa::detect::{ScanReport, ScreenRole};
 use cepa::model::ResolvedSpec;
 
@@ -48,6 +49,8 @@ pub struct Page<'a> {
     /// The combined verdict of `scan --verdict either|agree`: whether backdoored, and its
     /// sentence. When present it is the page's verdict, shown first, and CEPA's is labelled.
     pub combined: Option<(bool, String)>,
+    /// CEPA's per-class indices against scans of clean reference models (`scan --reference`).
+    pub reference: Option<&'a ReferenceComparison>,
     /// The resolved configuration, shown as pretty JSON.
     pub config: serde_json::Value,
 }
@@ -126,6 +129,9 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
         }
         writeln!(h, "</div>")?;
     }
+    if let Some(c) = p.reference {
+        reference(h, c)?;
+    }
     if let Some(nc) = p.baseline {
         baseline(h, nc, p.scan.and_then(|s| s.target), p.combined.is_some())?;
     }
@@ -135,6 +141,39 @@ fn write_page(h: &mut String, p: &Page) -> std::fmt::Result {
         "<h2>Resolved configuration</h2>\n<pre>{}</pre>\n</body></html>",
         esc(&config)
     )
+}
+
+/// CEPA's per-class indices beside the reference clean scans' means, and the notes on them.
+fn reference(h: &mut String, c: &ReferenceComparison) -> std::fmt::Result {
+    writeln!(
+        h,
+        "<h2>Against {} reference clean scan(s)</h2>\n<p>{}. A decision aid: the verdict does not \
+         use it.</p>",
+        c.files.len(),
+        esc(&c.files.join(", "))
+    )?;
+    writeln!(
+        h,
+        "<div class=\"wide\"><table><tr><th>class</th><th>index here</th><th>reference mean</th>\
+         <th>above the references</th></tr>"
+    )?;
+    for k in &c.classes {
+        let row = if k.class == c.most_anomalous {
+            " class=\"target\""
+        } else {
+            ""
+        };
+        writeln!(
+            h,
+            "<tr{row}><td>{}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td></tr>",
+            k.class, k.index, k.reference_mean, k.adjusted
+        )?;
+    }
+    writeln!(h, "</table></div>")?;
+    for n in &c.notes {
+        writeln!(h, "<p>{}</p>", esc(n))?;
+    }
+    Ok(())
 }
 
 /// Neural Cleanse's verdict, anomaly indices, per-class table and its most anomalous class's

@@ -105,7 +105,7 @@ pub fn run(a: ScanArgs, quiet: bool, device: DeviceChoice) -> anyhow::Result<Exi
         Some(c)
     };
     if let Some(dir) = &a.out {
-        write_out(dir, &run, &json, &model, path)
+        write_out(dir, &run, &json, against.as_ref(), &model, path)
             .with_context(|| format!("cannot write {}", dir.display()))?;
     }
     match a.format {
@@ -364,6 +364,7 @@ pub fn write_out(
     dir: &Path,
     run: &ScanRun,
     json: &serde_json::Value,
+    reference: Option<&ReferenceComparison>,
     model: &Classifier,
     path: &Path,
 ) -> anyhow::Result<()> {
@@ -408,6 +409,7 @@ pub fn write_out(
         perturbations,
         baseline,
         combined: combined.map(|c| (c.outcome.flagged, combined_text(c).trim_end().to_string())),
+        reference,
         config,
     };
     std::fs::write(dir.join("report.html"), crate::report::render(&page))?;

@@ -476,6 +476,15 @@ fn a_reference_scan_is_set_beside_each_class_and_a_wrong_one_refused_first() {
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("report.json")).unwrap())
             .unwrap();
     assert_eq!(written["reference"], *c);
+    let html = std::fs::read_to_string(out_dir.join("report.html")).unwrap();
+    assert!(
+        html.contains("Against 2 reference clean scan(s)"),
+        "no reference section"
+    );
+    assert!(
+        html.contains("<td>4.00</td>"),
+        "class 0's reference mean is not shown"
+    );
     assert_eq!(out.status.code(), plain_code(&plain));
 
     // Nine classes against a model of ten: refused before the scan, naming the file.
