@@ -18,6 +18,8 @@ use cepa::model::Classifier;
 use cepa::pipeline::{InvertRun, ScanRun};
 use clap::Parser;
 
+pub use scan::{against_references as scan_against_references, report_json as scan_report_json};
+
 /// Exit codes: 0 clean / success, 1 backdoor suspected, 2 error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitStatus {
@@ -60,15 +62,17 @@ pub fn error_line(e: &anyhow::Error) -> String {
 }
 
 /// What `cepa scan --out DIR` writes for `run` (of `model`, read from `path`): report.json,
-/// report.html, the most anomalous class's perturbations and, after stage 2, the trigger.
+/// report.html, the most anomalous class's perturbations and, after stage 2, the trigger; with
+/// `reference`, the comparison with reference scans ([`scan_against_references`]) in both.
 pub fn write_scan_report(
     dir: &Path,
     run: &ScanRun,
+    reference: Option<&cepa::detect::reference::ReferenceComparison>,
     model: &Classifier,
     path: &Path,
 ) -> anyhow::Result<()> {
-    let json = run.to_json()?;
-    scan::write_out(dir, run, &json, None, model, path)
+    let json = scan::report_json(run, reference)?;
+    scan::write_out(dir, run, &json, reference, model, path)
         .with_context(|| format!("cannot write {}", dir.display()))
 }
 

@@ -83,27 +83,9 @@ pub fn run(a: ScanArgs, quiet: bool, device: DeviceChoice) -> anyhow::Result<Exi
     })
     .context("scan failed")?;
     bar.finish_and_clear();
-    let mut json = run.to_json()?;
     let combined = run.combined.as_ref();
-    let against = if references.is_empty() {
-        None
-    } else {
-        let r = &run.report;
-        let index: Vec<f64> = r.decision.classes.iter().map(|c| c.anomaly_index).collect();
-        // The class the verdict singled out, else CEPA's most anomalous.
-        let class = combined
-            .and_then(|c| c.outcome.target)
-            .or(r.target)
-            .unwrap_or(r.decision.most_anomalous);
-        let files = a
-            .references
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect();
-        let c = reference::compare(&index, &references, files, class)?;
-        json["reference"] = serde_json::to_value(&c)?;
-        Some(c)
-    };
+    let against = against_references(&run, &references, &a.references)?;
+    let json = report_json(&run, against.as_ref())?;
     if let Some(dir) = &a.out {
         write_out(dir, &run, &json, against.as_ref(), &model, path)
             .with_context(|| format!("cannot write {}", dir.display()))?;
@@ -225,6 +207,41 @@ fn text(r: &ScanReport, path: &Path, device: &str, combined: bool) -> anyhow::Re
         )?,
     }
     Ok(t)
+}
+
+/// `run`'s CEPA indices against the reference scans read from `files` (`--reference`), with
+/// notes on the class the verdict singled out (else CEPA's most anomalous); `None` without
+/// references.
+pub fn against_references(
+    run: &ScanRun,
+    references: &[Vec<f64>],
+    files: &[std::path::PathBuf],
+) -> anyhow::Result<Option<ReferenceComparison>> {
+    if references.is_empty() {
+        return Ok(None);
+    }
+    let r = &run.report;
+    let index: Vec<f64> = r.decision.classes.iter().map(|c| c.anomaly_index).collect();
+    let class = run
+        .combined
+        .as_ref()
+        .and_then(|c| c.outcome.target)
+        .or(r.target)
+        .unwrap_or(r.decision.most_anomalous);
+    let files = files.iter().map(|p| p.display().to_string()).collect();
+    Ok(Some(reference::compare(&index, references, files, class)?))
+}
+
+/// The scan's JSON report, with the comparison with reference scans under `reference`.
+pub fn report_json(
+    run: &ScanRun,
+    against: Option<&ReferenceComparison>,
+) -> anyhow::Result<serde_json::Value> {
+    let mut json = run.to_json()?;
+    if let Some(c) = against {
+        json["reference"] = serde_json::to_value(c)?;
+    }
+    Ok(json)
 }
 
 /// This scan's CEPA indices against the reference clean scans (`--reference`).

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cepa::data::{ImageSet, Split};
 use cepa::detect::invert::{KindChoice, Truth};
+use cepa::detect::reference::read_references;
 use cepa::eval::Combination;
 use cepa::model::{Classifier, DeviceChoice, ModelSpec};
 use cepa::pipeline::{
@@ -70,6 +71,8 @@ struct Options {
     invert: bool,
     out: Option<PathBuf>,
     truth: Option<PathBuf>,
+    /// Reports of scans of clean reference models (`cepa scan --reference`).
+    reference: Vec<PathBuf>,
     // Invert.
     target: Option<usize>,
     kind: Option<String>,
@@ -257,6 +260,7 @@ fn scan(
         let net = load_model(&model, &opts, true)?;
         let data = opts.images(pixels, &net)?;
         let truth = opts.truth()?;
+        let references = read_references(&opts.reference, net.num_classes())?;
         let settings = ScanOptions {
             sample: opts.sample(),
             layers: opts.layer.as_deref().and_then(ScanOptions::parse_layers),
@@ -274,14 +278,16 @@ fn scan(
             truth: truth.as_ref(),
         };
         let run = scan_model(&net, &data, &request, &|_| {}).context("scan failed")?;
+        let against = cepa_cli::scan_against_references(&run, &references, &opts.reference)?;
         if let Some(dir) = &opts.out {
-            cepa_cli::write_scan_report(dir, &run, &net, &model)?;
+            cepa_cli::write_scan_report(dir, &run, against.as_ref(), &net, &model)?;
         }
         let trigger = run
             .inversion
             .as_ref()
             .map(|(inv, _)| (inv.best.trigger.clone(), inv.best.mask.clone(), inv.shape));
-        Ok((serde_json::to_string(&run.to_json()?)?, trigger))
+        let json = cepa_cli::scan_report_json(&run, against.as_ref())?;
+        Ok((serde_json::to_string(&json)?, trigger))
     })
 }
 

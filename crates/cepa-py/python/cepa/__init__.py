@@ -211,7 +211,8 @@ def scan(model: Model, images: Images, labels: Optional[np.ndarray] = None, *,
          num_classes: Optional[int] = None, config: Optional[PathLike] = None,
          layer: str = "auto", steps: Optional[int] = None, threshold: Optional[float] = None,
          holdout_per_class: Optional[int] = None, screen: Optional[bool] = None,
-         split: str = "test", device: str = "cpu") -> Report:
+         split: str = "test", device: str = "cpu",
+         reference: Sequence[PathLike] = ()) -> Report:
     """Decide whether ``model`` is backdoored and which class the backdoor targets (``cepa scan``).
 
     Args:
@@ -240,10 +241,14 @@ def scan(model: Model, images: Images, labels: Optional[np.ndarray] = None, *,
             ``False`` runs the full scan of every class.
         split: which split of a dataset folder ``images`` names.
         device: ``"cpu"``, or ``"cuda"`` / ``"cuda:N"`` in a build with the ``cuda`` feature.
+        reference: JSON reports of scans of clean models of the same task (``report.json``, or
+            ``json.dumps(Report.to_dict())``): each class's CEPA index beside their mean, under
+            ``to_dict()["reference"]`` (``cepa scan --reference``); the verdict does not use it.
 
     Raises:
         CepaError: the model cannot be read, the images do not fit it, a label is beyond its
-            classes, ... (the command's one-line message).
+            classes, a reference is not a scan of as many classes, ... (the command's one-line
+            message).
     """
     opts: Dict[str, Any] = dict(
         per_class=_count("per_class", per_class), seed=_count("seed", seed),
@@ -251,6 +256,8 @@ def scan(model: Model, images: Images, labels: Optional[np.ndarray] = None, *,
         threshold=threshold, holdout_per_class=holdout_per_class, screen=screen,
         config=None if config is None else os.fspath(config),
         out=None if out is None else os.path.abspath(os.fspath(out)),
+        reference=[os.path.abspath(os.fspath(r)) for r in (
+            [reference] if isinstance(reference, (str, bytes, os.PathLike)) else reference)],
     )
     with _model_file(model, images, layout) as path:
         pixels = _images(opts, images, labels, split)

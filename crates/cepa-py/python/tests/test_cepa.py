@@ -87,6 +87,31 @@ def test_model_as_bytes_and_float_nchw_give_the_same_cepa_verdict(example):
     assert "baseline_nc" not in by_path.to_dict()
 
 
+def test_scan_against_a_reference_report(example, cli_report, tmp_path):
+    images, labels = example
+    ref = tmp_path / "ref.json"
+    ref.write_text(json.dumps(cli_report))  # the example's own report, as a reference
+    report = cepa.scan(str(MODEL), images, labels, verdict="cepa", invert=False, steps=40,
+                       reference=ref)
+    c = report.to_dict()["reference"]
+    assert c["files"] == [str(ref)]
+    assert len(c["classes"]) == 10
+    for k, row in enumerate(c["classes"]):
+        ref_index = cli_report["decision"]["classes"][k]["anomaly_index"]
+        assert row["class"] == k
+        assert row["reference_mean"] == pytest.approx(ref_index, rel=1e-12, abs=1e-12)
+        assert row["adjusted"] == pytest.approx(row["index"] - ref_index, abs=1e-12)
+    assert c["notes"][0].startswith("class ") and "reference clean scan" in c["notes"][0]
+    # A reference of another class count is refused before the scan, naming the file.
+    nine = tmp_path / "nine.json"
+    d = dict(cli_report)
+    d["decision"] = dict(d["decision"], classes=d["decision"]["classes"][:9])
+    nine.write_text(json.dumps(d))
+    with pytest.raises(cepa.CepaError) as e:
+        cepa.scan(str(MODEL), images, labels, verdict="cepa", reference=[nine])
+    assert "nine.json" in str(e.value) and "9 classes" in str(e.value)
+
+
 def test_inspect_and_invert(example):
     images, labels = example
     info = cepa.inspect(str(MODEL), images, labels)
