@@ -485,17 +485,22 @@ fn a_reference_scan_is_set_beside_each_class_and_a_wrong_one_refused_first() {
         html.contains("<td>4.00</td>"),
         "class 0's reference mean is not shown"
     );
-    assert_eq!(out.status.code(), plain_code(&plain));
+    let code = if plain["verdict"] == "backdoored" {
+        1
+    } else {
+        0
+    };
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "the exit status follows the verdict"
+    );
 
     // Nine classes against a model of ten: refused before the scan, naming the file.
     let nine = dir.join("nine.json");
     std::fs::write(&nine, classes(&[0.0; 9]).to_string()).unwrap();
     let out = quick_scan_output(&["--reference", nine.to_str().unwrap()]);
     assert_error(&out, &["nine.json", "9 classes", "10"]);
-}
-
-fn plain_code(r: &serde_json::Value) -> Option<i32> {
-    Some(if r["verdict"] == "backdoored" { 1 } else { 0 })
 }
 
 #[test]

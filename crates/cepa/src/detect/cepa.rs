@@ -584,7 +584,8 @@ pub fn stage1_targets(
         std::time::Instant::now()
     };
     let t = phase("stage 1: clean embeddings and set-up", start);
-    // The problems are independent: split them over the cores, each share one batch.
+    // The problems are independent: split them over the cores, each share one batch (one share
+    // on an accelerator).
     crate::detect::run_shares(&mut problems, "stage-1", model.device(), |part| {
         optimise(model, part, layers, &d, cfg, progress)
     })?;
