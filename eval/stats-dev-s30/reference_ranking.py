@@ -131,3 +131,23 @@ for rule in ['oracle','max*1.2','fixed0.912','fixed0.8']:
             if M[m]['t'] is None: C+=1; FP+=(fl if rule!='oracle' else 0)
             else: N+=1; TP+=(fl and k==M[m]['t'])
     print(f"{rule}: TPR {TP}/{N} = {TP/N:.2f}, FPR {FP}/{C} = {FP/C:.2f}")
+
+print("--- CEPA flags (index over 1.5): the rank of the flagged class among the references' means")
+from collections import Counter
+ranks = {"clean models (false alarms)": Counter(), "backdoors, right target": Counter(),
+         "backdoors, wrong class": Counter()}
+for g in ok:
+    clean = [c for c in groups[g] if M[c]['t'] is None]
+    for m in groups[g]:
+        v = M[m]; a = {k: min(x, 3.0) for k, x in v['a'].items()}
+        k = max(a, key=a.get)
+        if a[k] <= 1.5:
+            continue
+        R = [c for c in clean if c != m]
+        means = {j: st.mean(min(M[c]['a'][j], 3.0) for c in R) for j in a}
+        rank = 1 + sum(1 for j in means if means[j] > means[k])
+        key = ("clean models (false alarms)" if v['t'] is None else
+               "backdoors, right target" if v['t'] == k else "backdoors, wrong class")
+        ranks[key][rank] += 1
+for key, c in ranks.items():
+    print(f"{key}: " + ", ".join(f"rank {r}: {n}" for r, n in sorted(c.items())))
