@@ -13,7 +13,7 @@ use cepa::detect::scan;
 use cepa::detect::verdict::{SavedScan, redecide};
 use cepa::eval::{
     Combination, Outcome, agree, either, evaluate, leave_one_dataset_out, leave_one_out_markdown,
-    markdown, roc_svg,
+    markdown, per_model_markdown, roc_svg,
 };
 use cepa::model::{Classifier, Device, DeviceChoice, ModelSpec};
 use cepa::settings::Settings;
@@ -34,13 +34,15 @@ pub enum DetectorChoice {
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// A zoo folder with manifest.json (from `cepa zoo build`, or written by hand), or a
-    /// manifest file (enough for --tables-only and --rescore, which open no model).
+    /// manifest file, whose model files are read from its own folder (a subset of a zoo: a
+    /// second manifest beside the first; --tables-only and --rescore open no model).
     pub zoo: PathBuf,
     /// Which detector(s) to run.
     #[arg(long, value_enum, default_value = "all")]
     pub detector: DetectorChoice,
     /// Output folder: results.jsonl (one line per model and detector; a rerun skips those),
-    /// reports/, evaluation.json, evaluation.md and roc-DATASET.svg.
+    /// reports/, evaluation.json, evaluation.md (the tables, then every model's row),
+    /// combined.jsonl (the combined verdicts model by model) and roc-DATASET.svg.
     #[arg(long)]
     pub out: PathBuf,
     /// Folder holding the datasets by name (default: each model's data_dir in the manifest).
@@ -325,6 +327,14 @@ pub fn run(a: EvalArgs, quiet: bool, device: DeviceChoice) -> Result<ExitStatus>
         )?;
         md.push_str(&leave_one_out_markdown(&held_out));
     }
+    md.push_str(&per_model_markdown(&judged));
+    // The combined verdicts model by model (derived from results.jsonl, so written whole).
+    let combined_lines: String = judged
+        .iter()
+        .filter(|o| o.detector != "cepa" && o.detector != "nc")
+        .map(|o| serde_json::to_string(o).map(|l| l + "\n"))
+        .collect::<std::result::Result<_, _>>()?;
+    write_whole(&a.out.join("combined.jsonl"), &combined_lines)?;
     if !weak_listed.is_empty() {
         md.push_str(&format!(
             "Left out (attack success below {}, so not backdoored in fact):\n\n",
@@ -607,8 +617,14 @@ fn open<'d>(
             .with_context(|| format!("test images of {} ({})", m.id, dir.display()))?;
         data.insert(dir.clone(), set);
     }
-    let spec = ModelSpec::from_file(&a.zoo.join(&m.spec))?;
-    let model = Classifier::load(&a.zoo.join(&m.path), &spec, device)
+    // A manifest given as a file names its models relative to its own folder.
+    let zoo = if a.zoo.is_file() {
+        a.zoo.parent().unwrap_or(Path::new("."))
+    } else {
+        a.zoo.as_path()
+    };
+    let spec = ModelSpec::from_file(&zoo.join(&m.spec))?;
+    let model = Classifier::load(&zoo.join(&m.path), &spec, device)
         .with_context(|| format!("model {}", m.id))?;
     Ok((model, &data[&dir]))
 }

@@ -1207,6 +1207,7 @@ fn zoo_build_then_eval_both_detectors_resumably() {
     let lines = std::fs::read_to_string(out_dir.join("results.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 4, "2 models x 2 detectors");
     sharded_eval_equals_the_single_run(&zoo, &dir.join("eval-sharded"), &lines);
+    subset_manifest_equals_the_single_run(&zoo, &dir.join("eval-subset"), &lines);
     let ev: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out_dir.join("evaluation.json")).unwrap())
             .unwrap();
@@ -1273,6 +1274,31 @@ fn zoo_build_then_eval_both_detectors_resumably() {
             && md.contains("| badnets | cepa-or-nc |"),
         "{md}"
     );
+    // Every model's row, the combined verdicts beside each detector's, and those verdicts in
+    // combined.jsonl: as `agree` decides them from the two detectors' lines.
+    let per_model = md.split("### Per model").nth(1).expect("a per-model table");
+    for id in ["clean-s0", "badnets-s1"] {
+        assert_eq!(
+            per_model.matches(&format!("| mnist | {id} |")).count(),
+            1,
+            "{md}"
+        );
+    }
+    let combined = jsonl(&out_dir.join("combined.jsonl"));
+    assert_eq!(combined.len(), 4, "2 models x (agree, either)");
+    let singles: Vec<cepa::eval::Outcome> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let want = cepa::eval::agree(&singles, &cepa::settings::Settings::default().verdict);
+    for w in &want {
+        let got = combined
+            .iter()
+            .find(|c| c["model"] == w.model.as_str() && c["detector"] == "cepa-nc-agree")
+            .unwrap();
+        assert_eq!(got["flagged"], w.flagged, "{got}");
+        assert!((got["score"].as_f64().unwrap() - w.score).abs() < 1e-12, "{got}");
+    }
     let svg = std::fs::read_to_string(out_dir.join("roc-mnist.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("polyline"));
     // A rerun reuses every result.
@@ -1811,6 +1837,49 @@ fn sharded_eval_equals_the_single_run(zoo: &Path, out: &Path, lines: &str) {
     for m in &lost_models {
         assert!(md.contains(m.as_str()), "{m} named: {md}");
     }
+}
+
+/// A manifest file naming part of a zoo, written beside the zoo's own: its models are read
+/// from its folder, and the one it keeps is judged as in the run over the whole zoo.
+fn subset_manifest_equals_the_single_run(zoo: &Path, out: &Path, lines: &str) {
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(zoo.join("manifest.json")).unwrap()).unwrap();
+    manifest["models"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["id"] == "badnets-s1");
+    let subset = zoo.join("manifest-badnets.json");
+    std::fs::write(&subset, manifest.to_string()).unwrap();
+    let run = tiny_eval(&subset, out, &[], &[]);
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let rows = jsonl(&out.join("results.jsonl"));
+    assert_eq!(rows.len(), 2, "one model x 2 detectors");
+    for r in &rows {
+        assert_eq!(r["model"], "badnets-s1");
+        let whole: serde_json::Value = lines
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|w| w["model"] == r["model"] && w["detector"] == r["detector"])
+            .unwrap();
+        for key in ["flagged", "target", "most_anomalous", "threshold"] {
+            assert_eq!(r[key], whole[key], "{key} of {}", r["detector"]);
+        }
+        let (a, b) = (
+            r["score"].as_f64().unwrap(),
+            whole["score"].as_f64().unwrap(),
+        );
+        assert!(
+            (a - b).abs() < 1e-9,
+            "score of {}: {a} vs {b}",
+            r["detector"]
+        );
+    }
+    std::fs::remove_file(&subset).unwrap();
 }
 
 /// `cepa eval` of a tiny zoo with few steps (both detectors, every model kept), `extra` flags

@@ -704,6 +704,76 @@ pub fn markdown(ev: &Evaluation) -> String {
     s
 }
 
+/// Every model's outcome under each detector, one row a model (by dataset, then id), so that a
+/// run over a zoo can be read model by model, the combined verdicts included. A cell is the
+/// score and the most anomalous class, e.g. `1.11 @1`, followed for a flagged model by
+/// `flagged`, and for a flagged backdoored model by whether the class it names is the true
+/// target.
+pub fn per_model_markdown(outcomes: &[Outcome]) -> String {
+    const ORDER: [&str; 4] = ["cepa", "nc", "cepa-nc-agree", "cepa-or-nc"];
+    let mut dets: Vec<&str> = outcomes.iter().map(|o| o.detector.as_str()).collect();
+    dets.sort_by_key(|d| (ORDER.iter().position(|x| x == d).unwrap_or(ORDER.len()), *d));
+    dets.dedup();
+    let mut models: Vec<(&str, &str)> = outcomes
+        .iter()
+        .map(|o| (o.dataset.as_str(), o.model.as_str()))
+        .collect();
+    models.sort_unstable();
+    models.dedup();
+    if models.is_empty() {
+        return String::new();
+    }
+    let mut s = format!(
+        "### Per model\n\nEach cell: the score and the most anomalous class; `flagged` where it \
+         exceeds the detector's threshold, with (right) or (wrong target) for a backdoored \
+         model.\n\n| dataset | model | attack | true target | {} |\n|---|---|---|---|{}\n",
+        dets.join(" | "),
+        "---|".repeat(dets.len())
+    );
+    for (ds, id) in models {
+        let here: Vec<&Outcome> = outcomes
+            .iter()
+            .filter(|o| o.dataset == ds && o.model == id)
+            .collect();
+        let first = here[0];
+        let cells: Vec<String> = dets
+            .iter()
+            .map(|d| {
+                here.iter().find(|o| o.detector == *d).map_or_else(
+                    || "-".to_string(),
+                    |o| {
+                        let mut c = format!("{:.2}", o.score);
+                        if let Some(k) = o.most_anomalous {
+                            c.push_str(&format!(" @{k}"));
+                        }
+                        if o.flagged {
+                            c.push_str(" flagged");
+                            if let Some(t) = o.truth_target {
+                                c.push_str(if o.target == Some(t) {
+                                    " (right)"
+                                } else {
+                                    " (wrong target)"
+                                });
+                            }
+                        }
+                        c
+                    },
+                )
+            })
+            .collect();
+        s.push_str(&format!(
+            "| {ds} | {id} | {} | {} | {} |\n",
+            first.attack,
+            first
+                .truth_target
+                .map_or_else(|| "-".to_string(), |t| t.to_string()),
+            cells.join(" | ")
+        ));
+    }
+    s.push('\n');
+    s
+}
+
 /// An SVG picture of the ROC curve of every detector on `dataset` (all families pooled).
 pub fn roc_svg(outcomes: &[Outcome], dataset: &str) -> String {
     const SIZE: f64 = 320.0;
@@ -791,6 +861,40 @@ mod tests {
             threshold: 2.0,
             seconds: 1.0,
         }
+    }
+
+    #[test]
+    fn the_per_model_table_has_one_row_a_model_and_says_whether_a_flag_names_the_target() {
+        let v = vec![
+            o("bd-s0", "nc", "badnets", Some(3), true, Some(3), 2.5),
+            o("bd-s0", "cepa", "badnets", Some(3), true, Some(5), 1.7),
+            o("clean-s0", "cepa", "clean", None, false, None, 0.4),
+            o(
+                "clean-s0",
+                "cepa-nc-agree",
+                "clean",
+                None,
+                true,
+                Some(2),
+                1.2,
+            ),
+        ];
+        let md = per_model_markdown(&v);
+        let rows: Vec<&str> = md.lines().filter(|l| l.starts_with("| mnist |")).collect();
+        assert_eq!(rows.len(), 2, "{md}");
+        assert!(
+            md.contains("| dataset | model | attack | true target | cepa | nc | cepa-nc-agree |"),
+            "detectors in their fixed order: {md}"
+        );
+        assert_eq!(
+            rows[0],
+            "| mnist | bd-s0 | badnets | 3 | 1.70 @5 flagged (wrong target) | 2.50 @3 flagged (right) | - |"
+        );
+        assert_eq!(
+            rows[1],
+            "| mnist | clean-s0 | clean | - | 0.40 @0 | - | 1.20 @2 flagged |"
+        );
+        assert_eq!(per_model_markdown(&[]), "");
     }
 
     #[test]
