@@ -570,6 +570,21 @@ fn scan_rejects_an_unknown_layer_naming_it() {
 }
 
 #[test]
+fn scan_rejects_zero_images_per_class_naming_the_flag() {
+    let model = real("badnets-pytorch-mnist.onnx");
+    let data = shared().join("data/mnist");
+    let out = cepa(&[
+        "scan",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--per-class",
+        "0",
+    ]);
+    assert_error(&out, &["--per-class", "at least 1"]);
+}
+
+#[test]
 fn the_readme_example_is_found_backdoored_with_target_7_by_a_clear_margin() {
     // The README's command, with the default verdict (agree: CEPA and Neural Cleanse, which
     // runs without being asked for).
@@ -1297,7 +1312,10 @@ fn zoo_build_then_eval_both_detectors_resumably() {
             .find(|c| c["model"] == w.model.as_str() && c["detector"] == "cepa-nc-agree")
             .unwrap();
         assert_eq!(got["flagged"], w.flagged, "{got}");
-        assert!((got["score"].as_f64().unwrap() - w.score).abs() < 1e-12, "{got}");
+        assert!(
+            (got["score"].as_f64().unwrap() - w.score).abs() < 1e-12,
+            "{got}"
+        );
     }
     let svg = std::fs::read_to_string(out_dir.join("roc-mnist.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("polyline"));

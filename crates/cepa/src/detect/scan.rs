@@ -367,6 +367,13 @@ pub fn scan_with_progress(
 ) -> Result<ScanReport> {
     let start = Instant::now();
     model.check_images(data)?;
+    if cfg.per_class == 0 {
+        return Err(Error::Config(
+            "per_class (--per-class) must be at least 1: the scan optimises on that many clean \
+             images of each class"
+                .into(),
+        ));
+    }
     let mut data = data.clone();
     data.num_classes = model.num_classes();
     let mut notes = Vec::new();
