@@ -555,33 +555,25 @@ fn a_pair_consensus_from_the_settings_file_reaches_the_scan_and_a_misspelt_one_i
 }
 
 #[test]
-fn scan_rejects_an_unknown_layer_naming_it() {
+fn scan_rejects_a_bad_flag_with_one_line_naming_it() {
+    // An unknown layer, and zero images per class (which once read "no clean images outside
+    // class 0").
     let model = real("badnets-pytorch-mnist.onnx");
     let data = shared().join("data/mnist");
-    let out = cepa(&[
-        "scan",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--layer",
-        "fc9",
-    ]);
-    assert_error(&out, &["fc9"]);
-}
-
-#[test]
-fn scan_rejects_zero_images_per_class_naming_the_flag() {
-    let model = real("badnets-pytorch-mnist.onnx");
-    let data = shared().join("data/mnist");
-    let out = cepa(&[
-        "scan",
-        model.to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-        "--per-class",
-        "0",
-    ]);
-    assert_error(&out, &["--per-class", "at least 1"]);
+    for (flag, value, needles) in [
+        ("--layer", "fc9", &["fc9"][..]),
+        ("--per-class", "0", &["--per-class", "at least 1"][..]),
+    ] {
+        let out = cepa(&[
+            "scan",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            flag,
+            value,
+        ]);
+        assert_error(&out, needles);
+    }
 }
 
 #[test]
