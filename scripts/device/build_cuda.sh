@@ -13,6 +13,8 @@
 # is the ordinary build.
 #
 #   bash scripts/device/build_cuda.sh     # -> target/cepa-cuda (stripped) and .dev/cepa-cuda.xz
+#
+# Its CUDA backend multiplies in float32 unless CEPA_CUDA_TF32=1 is set when it runs (below).
 set -eu
 cd "$(dirname "$0")/../.."
 cargo fetch --locked
@@ -30,9 +32,42 @@ mkdir -p "$STUB"
     while read -r s; do echo "void $s(void) { missing(\"$s\"); }"; done
 } > "$STUB/llvm_stub.c"
 cc -O1 -fPIC -c -o "$STUB/llvm_stub.o" "$STUB/llvm_stub.c"
-export DOCS_RS=1 CARGO_TARGET_DIR=target/cuda
+# Float32 matrix products unless TF32 is asked for (issue 15: CUDA within 1e-4 of the CPU).
+# CubeCL 0.11.3 declares TF32 on every GPU of compute capability 8.0 or more, and its matmul and
+# convolution kernels then promote float32 operands to TF32 for the tensor cores (cubek-matmul's
+# `adjust_dtypes`), with no setting to refuse it. A copy of cubecl-cuda, patched so that it
+# declares TF32 only when CEPA_CUDA_TF32=1 at run time, replaces the registry's for this build
+# (a `[patch]` given on the command line; Cargo.lock is restored afterwards). Without TF32 the
+# kernels fall back to their float32 (unit) variants. The binary says which in every report's
+# `device` (CEPA_CUDA_TF32_SWITCH marks it).
+PATCHED=$PWD/target/cuda/patched/cubecl-cuda-0.11.3
+MARK="cepa, scripts/device/build_cuda.sh"
+# Made once and left alone after: a fresh copy would rebuild all of CubeCL and burn every time.
+if ! grep -q "$MARK" "$PATCHED/src/runtime.rs" 2>/dev/null; then
+rm -rf "$PATCHED" && mkdir -p "$(dirname "$PATCHED")"
+cp -r "$REG"cubecl-cuda-0.11.3 "$PATCHED" && chmod -R u+w "$PATCHED"
+python3 - "$PATCHED/src/runtime.rs" <<'PY'
+import sys
+path = sys.argv[1]
+text = open(path).read()
+old = """            device_props
+                .register_type_usage(ElemType::Float(FloatKind::TF32), TypeUsage::Conversion);"""
+new = """            // cepa, scripts/device/build_cuda.sh: TF32 only on request.
+            if std::env::var_os("CEPA_CUDA_TF32").is_some_and(|v| v == "1") {
+                device_props
+                    .register_type_usage(ElemType::Float(FloatKind::TF32), TypeUsage::Conversion);
+            }"""
+if text.count(old) != 1:
+    sys.exit(f"{path}: CubeCL's TF32 declaration was not found once; update build_cuda.sh")
+open(path, "w").write(text.replace(old, new))
+PY
+fi
+cp Cargo.lock target/cuda/Cargo.lock.orig
+trap 'cp target/cuda/Cargo.lock.orig Cargo.lock' EXIT
+export DOCS_RS=1 CARGO_TARGET_DIR=target/cuda CEPA_CUDA_TF32_SWITCH=1
 export RUSTFLAGS="-C link-arg=$STUB/llvm_stub.o"
-cargo build --release -p cepa-cli --features cuda --locked
+cargo build --release -p cepa-cli --features cuda \
+  --config "patch.crates-io.cubecl-cuda.path=\"$PATCHED\""
 strip -o target/cepa-cuda target/cuda/release/cepa
 mkdir -p .dev && xz -T0 -6 -c target/cepa-cuda > .dev/cepa-cuda.xz
 ls -la target/cepa-cuda .dev/cepa-cuda.xz

@@ -66,8 +66,9 @@ impl DeviceChoice {
     }
 }
 
-/// What a device is, for reports: `cpu (flex, N threads)` for the CPU backend, `cuda:N (CubeCL)`
-/// for a CUDA device, otherwise burn's own description of it.
+/// What a device is, for reports: `cpu (flex, N threads)` for the CPU backend, `cuda:N (CubeCL,
+/// float32 matrix products)` or `... TF32 ...` for a CUDA device ([`matmul_precision`]),
+/// otherwise burn's own description of it.
 pub fn device_label(d: &Device) -> String {
     let s = format!("{d:?}");
     if let Some(label) = cuda_label(&s) {
@@ -90,7 +91,7 @@ pub fn is_accelerator(d: &Device) -> bool {
     cuda_label(&format!("{d:?}")).is_some()
 }
 
-/// `cuda:N (CubeCL)` from burn's Debug form of a CUDA device,
+/// `cuda:N (CubeCL, PRECISION)` from burn's Debug form of a CUDA device,
 /// `Device<Autodiff { device: Cube(Cuda(Cuda(N))), .. }>`; `None` for any other device.
 fn cuda_label(debug: &str) -> Option<String> {
     let i = debug.find("Cuda(Cuda(")?;
@@ -98,7 +99,26 @@ fn cuda_label(debug: &str) -> Option<String> {
         .chars()
         .take_while(char::is_ascii_digit)
         .collect();
-    (!index.is_empty()).then(|| format!("cuda:{index} (CubeCL)"))
+    let precision = matmul_precision(
+        option_env!("CEPA_CUDA_TF32_SWITCH").is_some(),
+        std::env::var_os("CEPA_CUDA_TF32").as_deref(),
+    );
+    (!index.is_empty()).then(|| format!("cuda:{index} (CubeCL, {precision})"))
+}
+
+/// How the CUDA backend multiplies float32 matrices (matmul and the convolutions built on it).
+/// CubeCL 0.11.3 runs them on the tensor cores in TF32 (10-bit mantissa) wherever the GPU has
+/// them (compute capability 8.0 on), which puts the logits 1e-4 to 3e-3 from the CPU's
+/// (BENCHMARKS.md, "On a GPU"). `scripts/device/build_cuda.sh` builds CubeCL so that it
+/// declares TF32 only when `CEPA_CUDA_TF32=1` is set at run time (and marks the binary with
+/// `CEPA_CUDA_TF32_SWITCH`): float32 products by default, TF32 on request. A build without the
+/// switch (plain `cargo build --features cuda`) always uses TF32 where it can.
+fn matmul_precision(switch_built: bool, tf32_env: Option<&std::ffi::OsStr>) -> &'static str {
+    match (switch_built, tf32_env.is_some_and(|v| v == "1")) {
+        (false, _) => "TF32 matrix products where the GPU has them",
+        (true, true) => "TF32 matrix products, CEPA_CUDA_TF32=1",
+        (true, false) => "float32 matrix products",
+    }
 }
 
 fn device_error(choice: DeviceChoice, msg: impl Into<String>) -> Error {
@@ -251,14 +271,35 @@ mod tests {
     fn a_cuda_device_is_named_by_its_index() {
         // The Debug form burn 0.22.1 printed on an H200 (session 17).
         let seen = "Device<Autodiff { device: Cube(Cuda(Cuda(0))), checkpointing: Disabled }>";
-        assert_eq!(cuda_label(seen).as_deref(), Some("cuda:0 (CubeCL)"));
-        assert_eq!(
-            cuda_label("Device<Cube(Cuda(Cuda(12)))>").as_deref(),
-            Some("cuda:12 (CubeCL)")
+        let label = cuda_label(seen).unwrap();
+        assert!(label.starts_with("cuda:0 (CubeCL, "), "{label}");
+        assert!(
+            label.contains("matrix products") && label.ends_with(')'),
+            "{label}"
+        );
+        assert!(
+            cuda_label("Device<Cube(Cuda(Cuda(12)))>")
+                .unwrap()
+                .starts_with("cuda:12 (CubeCL, ")
         );
         assert_eq!(cuda_label("Device<Flex>"), None);
         assert!(!is_accelerator(&Device::flex()));
         assert!(!is_accelerator(&Device::flex().autodiff()));
+    }
+
+    #[test]
+    fn the_label_says_whether_cuda_multiplies_in_tf32() {
+        use std::ffi::OsStr;
+        // Without build_cuda.sh's switch CubeCL always may use TF32; with it, only on request.
+        for env in [None, Some(OsStr::new("1")), Some(OsStr::new("0"))] {
+            assert!(matmul_precision(false, env).starts_with("TF32"));
+        }
+        assert_eq!(matmul_precision(true, None), "float32 matrix products");
+        assert_eq!(
+            matmul_precision(true, Some(OsStr::new("0"))),
+            "float32 matrix products"
+        );
+        assert!(matmul_precision(true, Some(OsStr::new("1"))).starts_with("TF32"));
     }
 
     #[test]
