@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device run of issue 15 (session 30): the full-width population of gpu_torch_population.sh
+# Device run of issue 15 (sessions 30-31): the full-width population of gpu_torch_population.sh
 # (PyTorch, BackdoorBench's recipe, clean + BadNets, Blend, WaNet, SIG, seeds 600 and 601, all
 # ten trained side by side), then scanned in one warm process rather than ten
 # side by side (session 17's ten concurrent scans finished none in 225 s):
@@ -23,7 +23,20 @@ t0=$(date +%s)
 left() { echo $((DEADLINE - ($(date +%s) - t0))); }
 . scripts/device/setup.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$S"
+# 0. Precision, beside the training (the training's `wait` waits for it too): every interpreter
+#    fixture, CUDA against the CPU (1e-4 relative), with float32 products (build_cuda.sh's
+#    default), and two of them again with TF32 allowed (CEPA_CUDA_TF32=1), all at once.
+CEPA=/tmp/cepa; . scripts/device/fixture_check.sh
+for onnx in "$FX"/*.onnx; do
+  check_one "$onnx" 150 > "$OUT/fixtures/$(basename "$onnx" .onnx).line" 2>&1 &
+done
+for onnx in "$FX"/mobilenet-legacy-opset13.onnx "$FX"/opzoo-opset13.onnx; do
+  TAG=-tf32 CEPA_CUDA_TF32=1 check_one "$onnx" 150 \
+    > "$OUT/fixtures/$(basename "$onnx" .onnx)-tf32.line" 2>&1 &
+done
 RESERVE=300; . scripts/device/torch_train_all.sh
+echo "== 0. precision, CUDA against the CPU (float32 products; -tf32: CEPA_CUDA_TF32=1)" | tee -a "$S"
+cat "$OUT"/fixtures/*.line | tee -a "$S"
 
 scan() { # $1 detector, $2 seconds, $3.. extra eval arguments
   local det=$1 lim=$2; shift 2
