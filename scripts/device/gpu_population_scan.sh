@@ -45,7 +45,10 @@ scan() { # $1 detector, $2 seconds, $3.. extra eval arguments
     >> "/tmp/eval-$det.log" 2>&1
   echo "eval --detector $det $*: exit $?, $(( $(date +%s) - t )) s" | tee -a "$S"
 }
-echo "== 1. one CEPA scan, cold process" | tee -a "$S"
+# The scans run with TF32 allowed, the path session 17 ran and timed: the float32 one is new and
+# unmeasured, and a failure of it must not cost the population (step 0 measures both).
+export CEPA_CUDA_TF32=1
+echo "== 1. one CEPA scan, cold process (CEPA_CUDA_TF32=1)" | tee -a "$S"
 scan cepa $(( $(left) - 150 )) --only torch-clean-s600  # a clean model: never left out by --min-asr
 grep -E "stage 1|layers" /tmp/eval-cepa.log | sed 's/\x1b\[[0-9;]*m//g' | tee -a "$S"
 echo "== 2. both detectors on every model, one warm process" | tee -a "$S"
