@@ -288,6 +288,12 @@ pub fn run(a: EvalArgs, quiet: bool, device: DeviceChoice) -> Result<ExitStatus>
     ]
     .concat();
     let any_combined = !combined.is_empty();
+    // The combined verdicts model by model (derived from results.jsonl, so written whole).
+    let combined_lines: String = combined
+        .iter()
+        .map(|o| serde_json::to_string(o).map(|l| l + "\n"))
+        .collect::<std::result::Result<_, _>>()?;
+    write_whole(&a.out.join("combined.jsonl"), &combined_lines)?;
     let judged = [outcomes.clone(), combined].concat();
     let ev = evaluate(&judged, a.fpr);
     std::fs::write(
@@ -328,13 +334,6 @@ pub fn run(a: EvalArgs, quiet: bool, device: DeviceChoice) -> Result<ExitStatus>
         md.push_str(&leave_one_out_markdown(&held_out));
     }
     md.push_str(&per_model_markdown(&judged));
-    // The combined verdicts model by model (derived from results.jsonl, so written whole).
-    let combined_lines: String = judged
-        .iter()
-        .filter(|o| o.detector != "cepa" && o.detector != "nc")
-        .map(|o| serde_json::to_string(o).map(|l| l + "\n"))
-        .collect::<std::result::Result<_, _>>()?;
-    write_whole(&a.out.join("combined.jsonl"), &combined_lines)?;
     if !weak_listed.is_empty() {
         md.push_str(&format!(
             "Left out (attack success below {}, so not backdoored in fact):\n\n",

@@ -1822,14 +1822,7 @@ fn sharded_eval_equals_the_single_run(zoo: &Path, out: &Path, lines: &str) {
             .iter()
             .find(|r| r["model"] == s["model"] && r["detector"] == s["detector"])
             .unwrap();
-        for key in ["flagged", "target", "most_anomalous", "threshold"] {
-            assert_eq!(twin[key], s[key], "{key} of {}", s["model"]);
-        }
-        let (a, b) = (
-            twin["score"].as_f64().unwrap(),
-            s["score"].as_f64().unwrap(),
-        );
-        assert!((a - b).abs() < 1e-9, "score of {}: {a} vs {b}", s["model"]);
+        assert_same_judgement(twin, s);
     }
     // A merge without one shard names the models it lacks.
     let lost = (0..2)
@@ -1847,6 +1840,17 @@ fn sharded_eval_equals_the_single_run(zoo: &Path, out: &Path, lines: &str) {
     for m in &lost_models {
         assert!(md.contains(m.as_str()), "{m} named: {md}");
     }
+}
+
+/// Two results lines of the same model and detector judge it alike: the same verdict, classes
+/// and threshold, and the same score.
+fn assert_same_judgement(a: &serde_json::Value, b: &serde_json::Value) {
+    let at = format!("{} ({})", b["model"], b["detector"]);
+    for key in ["flagged", "target", "most_anomalous", "threshold"] {
+        assert_eq!(a[key], b[key], "{key} of {at}");
+    }
+    let (x, y) = (a["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
+    assert!((x - y).abs() < 1e-9, "score of {at}: {x} vs {y}");
 }
 
 /// A manifest file naming part of a zoo, written beside the zoo's own: its models are read
@@ -1876,18 +1880,7 @@ fn subset_manifest_equals_the_single_run(zoo: &Path, out: &Path, lines: &str) {
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
             .find(|w| w["model"] == r["model"] && w["detector"] == r["detector"])
             .unwrap();
-        for key in ["flagged", "target", "most_anomalous", "threshold"] {
-            assert_eq!(r[key], whole[key], "{key} of {}", r["detector"]);
-        }
-        let (a, b) = (
-            r["score"].as_f64().unwrap(),
-            whole["score"].as_f64().unwrap(),
-        );
-        assert!(
-            (a - b).abs() < 1e-9,
-            "score of {}: {a} vs {b}",
-            r["detector"]
-        );
+        assert_same_judgement(r, &whole);
     }
     std::fs::remove_file(&subset).unwrap();
 }
