@@ -230,6 +230,12 @@ pub enum Combine {
     /// That mean standardised again over the classes (median, MAD, scale floored at
     /// 1/sqrt(terms)): session 1's rule, kept for comparison.
     Restandardised,
+    /// Layer by layer [ours]: for each scanned layer, the mean of the chosen indices with the
+    /// per-layer statistics taken at that layer alone (the input-space ones count at every
+    /// layer); the class's combined index is the largest of these means. A backdoor that
+    /// stands out at one layer and not at the other is not averaged away. With one layer it
+    /// equals `mean`. Measured on development scans in session 32 (EVALUATION.md), not chosen.
+    LayerMax,
 }
 
 /// How the verdict is reached. Defaults chosen from measured results (EVALUATION.md).
@@ -704,6 +710,32 @@ pub fn decide(
     decide_pool(results, layers, cfg, None)
 }
 
+/// For each layer, the mean of the terms measured at it or once for all layers; per class, the
+/// largest of these means (`Combine::LayerMax`). A layer without a term of its own is skipped
+/// unless no layer has one (then every term is shared and this is their mean).
+fn layer_max(terms: &[(Option<usize>, Vec<f64>)], layers: usize, k: usize) -> Vec<f64> {
+    let own: Vec<usize> = (0..layers)
+        .filter(|&l| terms.iter().any(|(s, _)| *s == Some(l)))
+        .collect();
+    let means = |layer: Option<usize>| -> Vec<f64> {
+        let used: Vec<&Vec<f64>> = terms
+            .iter()
+            .filter(|(s, _)| s.is_none() || *s == layer)
+            .map(|(_, v)| v)
+            .collect();
+        (0..k)
+            .map(|t| used.iter().map(|v| v[t]).sum::<f64>() / used.len() as f64)
+            .collect()
+    };
+    if own.is_empty() {
+        return means(None);
+    }
+    own.iter()
+        .map(|&l| means(Some(l)))
+        .reduce(|a, b| a.iter().zip(&b).map(|(x, y)| x.max(*y)).collect())
+        .unwrap_or_else(|| vec![0.0; k])
+}
+
 /// [`decide`] for the results of some of the classes (`pool`; `None`: one per class, all of
 /// them): anomaly indices against weighted medians and MADs, the threshold scaled for the
 /// model's number of classes.
@@ -747,6 +779,9 @@ pub fn decide_pool(
     let mut per_class: Vec<Vec<Indexed>> = vec![Vec::new(); k];
     let mut combined = vec![0.0; k];
     let mut terms = 0usize;
+    // The chosen (capped) indices again, by layer (`None`: measured once, counts at every
+    // layer), for `Combine::LayerMax`.
+    let mut chosen_terms: Vec<(Option<usize>, Vec<f64>)> = Vec::new();
     let all = [
         Statistic::DeltaNorm,
         Statistic::MuNorm,
@@ -822,6 +857,7 @@ pub fn decide_pool(
                 vec![0.0; k]
             };
             let chosen = cfg.statistics.contains(&stat);
+            let mut term = vec![0.0; k];
             for t in 0..k {
                 per_class[t].push(Indexed {
                     statistic: stat,
@@ -831,15 +867,17 @@ pub fn decide_pool(
                 });
                 if chosen {
                     let floored = cfg.index_floor.map_or(idx[t], |f| idx[t].max(f));
-                    combined[t] += if cfg.index_cap > 0.0 {
+                    term[t] = if cfg.index_cap > 0.0 {
                         floored.min(cfg.index_cap)
                     } else {
                         floored
                     };
+                    combined[t] += term[t];
                 }
             }
             if chosen {
                 terms += 1;
+                chosen_terms.push((slot, term));
             }
         }
     }
@@ -861,6 +899,7 @@ pub fn decide_pool(
             let scale = spread.max(1.0 / (terms as f64).sqrt());
             mean_index.iter().map(|m| (m - centre) / scale).collect()
         }
+        Combine::LayerMax => layer_max(&chosen_terms, layers.len(), k),
     };
     let threshold = cfg.threshold_for(model_classes);
     let mut combined = combined;
@@ -1332,6 +1371,80 @@ mod tests {
         let old = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
         assert_eq!(old.score, without.score);
         assert_eq!(old.most_anomalous, 0);
+    }
+
+    #[test]
+    fn layer_max_takes_each_layer_on_its_own_and_keeps_the_largest() {
+        // Class 4's transfer stands out at the second layer only.
+        let two = vec!["a".to_string(), "b".to_string()];
+        let rs: Vec<TargetResult> = (0..6)
+            .map(|t| {
+                let mut r = result(t, 1.0 + 0.01 * t as f64, 0.5, 0.5 + 0.01 * t as f64, true);
+                let mut b = r.layers[0].clone();
+                b.transfer = Some(if t == 4 { 0.95 } else { 0.5 - 0.01 * t as f64 });
+                r.layers.push(b);
+                r
+            })
+            .collect();
+        // Only the combination: no sink check, lone-shortcut test or standalone statistic.
+        let base = DecisionConfig {
+            statistics: vec![Statistic::DeltaNorm, Statistic::Transfer],
+            suspect_rank: 0,
+            reach_gap: 0.0,
+            standalone: Default::default(),
+            ..Default::default()
+        };
+        let by_layer = DecisionConfig {
+            combine: Combine::LayerMax,
+            ..base.clone()
+        };
+        let mean = decide(&rs, &two, &base).unwrap();
+        let max = decide(&rs, &two, &by_layer).unwrap();
+        let idx = |d: &Decision, t: usize, layer: Option<&str>| {
+            d.classes[t]
+                .statistics
+                .iter()
+                .find(|s| {
+                    (s.statistic == Statistic::Transfer && s.layer.as_deref() == layer)
+                        || (s.statistic == Statistic::DeltaNorm && layer.is_none())
+                })
+                .unwrap()
+                .anomaly_index
+                .min(3.0)
+        };
+        for t in 0..6 {
+            let (d, a, b) = (
+                idx(&mean, t, None),
+                idx(&mean, t, Some("a")),
+                idx(&mean, t, Some("b")),
+            );
+            // The mean over the three terms; the larger of the two layers' two-term means.
+            assert!((mean.classes[t].anomaly_index - (d + a + b) / 3.0).abs() < 1e-9);
+            let want = ((d + a) / 2.0).max((d + b) / 2.0);
+            assert!(
+                (max.classes[t].anomaly_index - want).abs() < 1e-9,
+                "class {t}: {} against {want}",
+                max.classes[t].anomaly_index
+            );
+            // The mean index a report shows stays the mean.
+            assert_eq!(max.classes[t].mean_index, mean.classes[t].mean_index);
+        }
+        assert_eq!(max.most_anomalous, 4);
+        assert!(max.score > mean.score, "{} {}", max.score, mean.score);
+        // With one layer it is the mean.
+        let one: Vec<TargetResult> = rs
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                r.layers.truncate(1);
+                r
+            })
+            .collect();
+        let l = vec!["a".to_string()];
+        assert_eq!(
+            decide(&one, &l, &by_layer).unwrap().score,
+            decide(&one, &l, &base).unwrap().score
+        );
     }
 
     #[test]
