@@ -108,7 +108,27 @@ fn forward_outputs_match_reference() {
         }
     }
     eprintln!("forward: {}", report.join(", "));
-    assert!(report.len() >= 17, "every fixture model was checked");
+    assert!(report.len() >= 20, "every fixture model was checked");
+    // The exports reach the ops of ShuffleNet, ConvNeXt and ViT-style heads (the `modern`
+    // fixtures, session 32), in each form an exporter writes them.
+    let ops: std::collections::BTreeSet<String> = manifest()
+        .iter()
+        .flat_map(|e| e["ops"].as_array().cloned().unwrap_or_default())
+        .filter_map(|o| o.as_str().map(str::to_string))
+        .collect();
+    for op in [
+        "Split",
+        "LayerNormalization",
+        "InstanceNormalization",
+        "Expand",
+        "Equal",
+        "Where",
+        "ReduceL2",
+        "Gelu",
+        "Erf",
+    ] {
+        assert!(ops.contains(op), "no fixture exercises {op}: {ops:?}");
+    }
     assert!(failures.is_empty(), "forward mismatches: {failures:#?}");
 }
 

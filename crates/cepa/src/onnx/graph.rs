@@ -312,6 +312,9 @@ impl Graph {
                     | Op::Squeeze { .. }
                     | Op::Slice { .. }
                     | Op::Cast { .. }
+                    | Op::Expand
+                    | Op::Compare(_)
+                    | Op::Where
                     | Op::Identity
             );
             if !host_only {

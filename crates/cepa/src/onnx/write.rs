@@ -103,16 +103,28 @@ impl GraphBuilder {
         out: Option<&str>,
         attrs: &[(&str, AttrValue)],
     ) -> String {
-        self.counter += 1;
         let output = out.map_or_else(
-            || format!("{}_{}_out", op.to_lowercase(), self.counter),
+            || format!("{}_{}_out", op.to_lowercase(), self.counter + 1),
             str::to_string,
         );
+        self.node_outputs(op, inputs, &[&output], attrs);
+        output
+    }
+
+    /// Add a node with the named outputs (Split, LayerNormalization's statistics).
+    pub fn node_outputs(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        outputs: &[&str],
+        attrs: &[(&str, AttrValue)],
+    ) {
+        self.counter += 1;
         let mut n = NodeProto::new();
         n.name = format!("{}_{}", op.to_lowercase(), self.counter);
         n.op_type = op.to_string();
         n.input = inputs.iter().map(|s| (*s).to_string()).collect();
-        n.output = vec![output.clone()];
+        n.output = outputs.iter().map(|s| (*s).to_string()).collect();
         for (name, v) in attrs {
             let mut a = AttributeProto::new();
             a.name = (*name).to_string();
@@ -137,7 +149,6 @@ impl GraphBuilder {
             n.attribute.push(a);
         }
         self.graph.node.push(n);
-        output
     }
 
     /// The finished model at `opset`.

@@ -6,7 +6,7 @@ use super::Inputs;
 use crate::error::Result;
 use crate::map_rank;
 use crate::onnx::attrs::Attrs;
-use crate::onnx::host::{HostData, HostTensor};
+use crate::onnx::host::{HostData, HostTensor, strides};
 use crate::onnx::value::{FTensor, Value};
 
 /// One-input elementwise ops.
@@ -192,6 +192,25 @@ pub(super) fn variadic(max: bool, inputs: &Inputs) -> Result<FTensor> {
     Ok(acc)
 }
 
+/// Sum (or mean) of any number of broadcastable inputs.
+pub(super) fn sum(mean: bool, inputs: &Inputs) -> Result<FTensor> {
+    let mut acc = inputs.float(0)?;
+    for i in 1..inputs.len() {
+        let next = inputs.float(i)?;
+        let (da, db) = (acc.dims(), next.dims());
+        acc = acc.add_bc(next).ok_or_else(|| {
+            inputs
+                .ctx
+                .err(format!("shapes {da:?} and {db:?} do not broadcast"))
+        })?;
+    }
+    if mean && inputs.len() > 1 {
+        let n = inputs.len() as f32;
+        acc = map_rank!(acc, t => t / n);
+    }
+    Ok(acc)
+}
+
 pub(super) fn clip(min: Option<f32>, max: Option<f32>, inputs: &Inputs) -> Result<FTensor> {
     let scalar = |i: usize, default: f32| -> Result<f32> {
         match inputs.opt_host(i)? {
@@ -265,4 +284,163 @@ pub(super) fn batch_norm(epsilon: f32, inputs: &Inputs) -> Result<FTensor> {
         .sub_bc(mean.mul_bc(a.clone()).ok_or_else(err)?)
         .ok_or_else(err)?;
     x.mul_bc(a).ok_or_else(err)?.add_bc(b).ok_or_else(err)
+}
+
+/// A comparison of the shape arithmetic (Equal, Less, Greater, LessOrEqual, GreaterOrEqual).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Compare {
+    Equal,
+    Less,
+    Greater,
+    LessOrEqual,
+    GreaterOrEqual,
+}
+
+pub(super) fn parse_compare(op: &str) -> Option<Compare> {
+    Some(match op {
+        "Equal" => Compare::Equal,
+        "Less" => Compare::Less,
+        "Greater" => Compare::Greater,
+        "LessOrEqual" => Compare::LessOrEqual,
+        "GreaterOrEqual" => Compare::GreaterOrEqual,
+        _ => return None,
+    })
+}
+
+/// Numpy broadcasting of host shapes: the output shape and, per input, the flat index that
+/// each output element reads.
+fn host_broadcast(shapes: &[&[usize]]) -> Option<(Vec<usize>, Vec<Vec<usize>>)> {
+    let rank = shapes.iter().map(|s| s.len()).max().unwrap_or(0);
+    let padded: Vec<Vec<usize>> = shapes
+        .iter()
+        .map(|s| {
+            let mut p = vec![1; rank - s.len()];
+            p.extend_from_slice(s);
+            p
+        })
+        .collect();
+    let mut out = vec![1; rank];
+    for d in 0..rank {
+        for p in &padded {
+            if p[d] != 1 {
+                if out[d] != 1 && out[d] != p[d] {
+                    return None;
+                }
+                out[d] = p[d];
+            }
+        }
+    }
+    let n: usize = out.iter().product();
+    let dst = strides(&out);
+    let maps = padded
+        .iter()
+        .map(|p| {
+            let src = strides(p);
+            (0..n)
+                .map(|flat| {
+                    let mut rem = flat;
+                    let mut at = 0;
+                    for d in 0..rank {
+                        let k = rem / dst[d];
+                        rem %= dst[d];
+                        if p[d] != 1 {
+                            at += k * src[d];
+                        }
+                    }
+                    at
+                })
+                .collect()
+        })
+        .collect();
+    Some((out, maps))
+}
+
+/// The inputs as host tensors: these ops run on shape arithmetic only (what exporters emit for
+/// `expand(n, -1, -1)` and the like), never on values computed from the image.
+fn host_inputs(inputs: &Inputs) -> Result<Vec<HostTensor>> {
+    if !inputs.all_host() {
+        return Err(inputs
+            .ctx
+            .unsupported("on values computed from the image (only on shapes and constants)"));
+    }
+    (0..inputs.len()).map(|i| inputs.host(i)).collect()
+}
+
+/// A comparison, broadcast; the result is 0 or 1 (ONNX's bool), held as an integer.
+pub(super) fn compare(c: Compare, inputs: &Inputs) -> Result<Value> {
+    let t = host_inputs(inputs)?;
+    let (x, y) = (&t[0], &t[1]);
+    let (shape, maps) = host_broadcast(&[&x.shape, &y.shape]).ok_or_else(|| {
+        inputs.ctx.err(format!(
+            "shapes {:?} and {:?} do not broadcast",
+            x.shape, y.shape
+        ))
+    })?;
+    let test = |o: std::cmp::Ordering| match c {
+        Compare::Equal => o.is_eq(),
+        Compare::Less => o.is_lt(),
+        Compare::Greater => o.is_gt(),
+        Compare::LessOrEqual => o.is_le(),
+        Compare::GreaterOrEqual => o.is_ge(),
+    };
+    let out: Vec<i64> = match (&x.data, &y.data) {
+        (HostData::I64(a), HostData::I64(b)) => maps[0]
+            .iter()
+            .zip(&maps[1])
+            .map(|(&i, &j)| i64::from(test(a[i].cmp(&b[j]))))
+            .collect(),
+        _ => {
+            let (a, b) = (x.as_f32(), y.as_f32());
+            maps[0]
+                .iter()
+                .zip(&maps[1])
+                .map(|(&i, &j)| i64::from(a[i].partial_cmp(&b[j]).is_some_and(test)))
+                .collect()
+        }
+    };
+    Ok(Value::Host(HostTensor::i64(shape, out)))
+}
+
+/// Where(cond, x, y), broadcast: `x` where `cond` is non-zero, else `y`.
+pub(super) fn select(inputs: &Inputs) -> Result<Value> {
+    let t = host_inputs(inputs)?;
+    let (cond, x, y) = (&t[0], &t[1], &t[2]);
+    let (shape, maps) = host_broadcast(&[&cond.shape, &x.shape, &y.shape]).ok_or_else(|| {
+        inputs.ctx.err(format!(
+            "shapes {:?}, {:?} and {:?} do not broadcast",
+            cond.shape, x.shape, y.shape
+        ))
+    })?;
+    let take = cond.as_f32();
+    let pick = |k: usize| take[maps[0][k]] != 0.0;
+    let n = shape.iter().product::<usize>();
+    Ok(Value::Host(match (&x.data, &y.data) {
+        (HostData::I64(a), HostData::I64(b)) => HostTensor::i64(
+            shape,
+            (0..n)
+                .map(|k| {
+                    if pick(k) {
+                        a[maps[1][k]]
+                    } else {
+                        b[maps[2][k]]
+                    }
+                })
+                .collect(),
+        ),
+        _ => {
+            let (a, b) = (x.as_f32(), y.as_f32());
+            HostTensor::f32(
+                shape,
+                (0..n)
+                    .map(|k| {
+                        if pick(k) {
+                            a[maps[1][k]]
+                        } else {
+                            b[maps[2][k]]
+                        }
+                    })
+                    .collect(),
+            )
+        }
+    }))
 }

@@ -5,8 +5,11 @@
 mod conv;
 mod elementwise;
 mod linear;
+mod norm;
 mod reduce;
 mod shape;
+#[cfg(test)]
+mod tests;
 
 use burn::prelude::Device;
 
@@ -16,7 +19,7 @@ use crate::onnx::host::HostTensor;
 use crate::onnx::value::{FTensor, Value};
 
 pub(crate) use conv::{ConvSpec, PoolSpec};
-pub(crate) use elementwise::{Binary, Unary};
+pub(crate) use elementwise::{Binary, Compare, Unary};
 
 /// A parsed op with its checked attributes.
 #[derive(Clone, Debug)]
@@ -34,6 +37,19 @@ pub(crate) enum Op {
     /// Elementwise max/min over any number of inputs.
     Variadic {
         max: bool,
+    },
+    /// Elementwise sum (or mean) over any number of inputs, broadcast.
+    Sum {
+        mean: bool,
+    },
+    /// Normalisation over the axes from `axis` on, then scale and bias.
+    LayerNorm {
+        axis: i64,
+        epsilon: f32,
+    },
+    /// Per-sample, per-channel normalisation over the spatial axes, then scale and bias.
+    InstanceNorm {
+        epsilon: f32,
     },
     Clip {
         min: Option<f32>,
@@ -59,6 +75,19 @@ pub(crate) enum Op {
     Concat {
         axis: i64,
     },
+    /// Cut along `axis` into parts given by `split` (attribute, before opset 13), by the second
+    /// input, or into `num_outputs` (opset 18) or as many equal parts as the node has outputs.
+    Split {
+        axis: i64,
+        split: Option<Vec<i64>>,
+        num_outputs: Option<usize>,
+    },
+    /// Broadcast to a shape given as the second input (numpy rules, both ways).
+    Expand,
+    /// A comparison of shape arithmetic (host values only).
+    Compare(Compare),
+    /// `Where` of shape arithmetic (host values only).
+    Where,
     Softmax {
         axis: i64,
         log: bool,
@@ -144,6 +173,43 @@ pub(crate) fn parse(op_type: &str, a: &Attrs) -> Result<Op> {
             }
             Op::Binary(elementwise::parse_binary(op_type))
         }
+        "Sum" | "Mean" => Op::Sum {
+            mean: op_type == "Mean",
+        },
+        "LayerNormalization" => {
+            if a.int("stash_type", 1)? != 1 {
+                return Err(a.unsupported("stash_type other than 1 (float32)"));
+            }
+            Op::LayerNorm {
+                axis: a.int("axis", -1)?,
+                epsilon: a.float("epsilon", 1e-5)?,
+            }
+        }
+        "InstanceNormalization" => Op::InstanceNorm {
+            epsilon: a.float("epsilon", 1e-5)?,
+        },
+        "Split" => {
+            let num_outputs = if a.has("num_outputs") {
+                let n = a.int("num_outputs", 0)?;
+                if n < 1 {
+                    return Err(a.unsupported(format!("num_outputs={n}")));
+                }
+                Some(n as usize)
+            } else {
+                None
+            };
+            Op::Split {
+                axis: a.int("axis", 0)?,
+                split: a.ints("split")?,
+                num_outputs,
+            }
+        }
+        "Expand" => Op::Expand,
+        "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" => Op::Compare(
+            elementwise::parse_compare(op_type)
+                .ok_or_else(|| Error::Mismatch(format!("{op_type} is not a comparison")))?,
+        ),
+        "Where" => Op::Where,
         "Max" | "Min" => Op::Variadic {
             max: op_type == "Max",
         },
@@ -185,7 +251,9 @@ pub(crate) fn parse(op_type: &str, a: &Attrs) -> Result<Op> {
             log: op_type == "LogSoftmax",
             legacy: opset < 13,
         },
-        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" => reduce::parse(op_type, a)?,
+        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceL2" | "ReduceSumSquare" => {
+            reduce::parse(op_type, a)?
+        }
         "Identity" => Op::Identity,
         "Dropout" => {
             a.ignore(&["ratio", "seed", "is_test"]);
@@ -342,7 +410,8 @@ pub(crate) fn norm_axis(axis: i64, rank: usize, ctx: &Ctx) -> Result<usize> {
 /// Evaluate a parsed op.
 pub(crate) fn eval(op: &Op, inputs: &Inputs, n_outputs: usize) -> Result<Vec<Value>> {
     let ctx = inputs.ctx;
-    if n_outputs > 1 && !matches!(op, Op::Dropout) {
+    let multi = matches!(op, Op::Dropout | Op::Split { .. } | Op::LayerNorm { .. });
+    if n_outputs > 1 && !multi {
         return Err(ctx.unsupported(format!(
             "{n_outputs} outputs (only the first is implemented)"
         )));
@@ -357,6 +426,19 @@ pub(crate) fn eval(op: &Op, inputs: &Inputs, n_outputs: usize) -> Result<Vec<Val
         Op::Unary(u) => Value::Float(elementwise::unary(u, inputs.float(0)?)),
         Op::Binary(b) => elementwise::binary(*b, inputs)?,
         Op::Variadic { max } => Value::Float(elementwise::variadic(*max, inputs)?),
+        Op::Sum { mean } => Value::Float(elementwise::sum(*mean, inputs)?),
+        Op::InstanceNorm { epsilon } => Value::Float(norm::instance_norm(*epsilon, inputs)?),
+        Op::Split {
+            axis,
+            split,
+            num_outputs,
+        } => return shape::split(*axis, split.as_deref(), *num_outputs, n_outputs, inputs),
+        Op::LayerNorm { axis, epsilon } => {
+            return norm::layer_norm(*axis, *epsilon, n_outputs, inputs);
+        }
+        Op::Expand => shape::expand(inputs)?,
+        Op::Compare(c) => elementwise::compare(*c, inputs)?,
+        Op::Where => elementwise::select(inputs)?,
         Op::Clip { min, max } => Value::Float(elementwise::clip(*min, *max, inputs)?),
         Op::PRelu => Value::Float(elementwise::prelu(inputs)?),
         Op::MatMul => Value::Float(linear::matmul(inputs)?),

@@ -1,4 +1,4 @@
-//! Softmax, LogSoftmax and the Reduce* ops.
+//! Softmax, LogSoftmax and the Reduce* ops (Mean, Sum, Max, Min, L2, SumSquare).
 
 use burn::tensor::activation;
 
@@ -15,6 +15,10 @@ pub(crate) enum ReduceKind {
     Sum,
     Max,
     Min,
+    /// `sqrt(sum(x^2))`.
+    L2,
+    /// `sum(x^2)`.
+    SumSquare,
 }
 
 pub(super) fn parse(op: &str, a: &Attrs) -> Result<Op> {
@@ -22,6 +26,8 @@ pub(super) fn parse(op: &str, a: &Attrs) -> Result<Op> {
         "ReduceMean" => ReduceKind::Mean,
         "ReduceSum" => ReduceKind::Sum,
         "ReduceMax" => ReduceKind::Max,
+        "ReduceL2" => ReduceKind::L2,
+        "ReduceSumSquare" => ReduceKind::SumSquare,
         _ => ReduceKind::Min,
     };
     // ReduceSum takes axes as an input from opset 13, the others from opset 18.
@@ -69,6 +75,8 @@ pub(super) fn reduce(
         ReduceKind::Sum => map_rank!(x, t => t.sum_dims(&axes)),
         ReduceKind::Max => map_rank!(x, t => t.max_dims(&axes)),
         ReduceKind::Min => map_rank!(x, t => t.min_dims(&axes)),
+        ReduceKind::L2 => map_rank!(x, t => t.powi_scalar(2).sum_dims(&axes).sqrt()),
+        ReduceKind::SumSquare => map_rank!(x, t => t.powi_scalar(2).sum_dims(&axes)),
     };
     if keep_dims {
         return Ok(Value::Float(y));

@@ -1,5 +1,5 @@
 //! Shape and layout ops: Flatten, Reshape, Transpose, Concat, Shape, Gather, (Un)Squeeze, Slice,
-//! Cast, Constant, ConstantOfShape and Pad. Each works on host values (shape arithmetic and
+//! Cast, Constant, ConstantOfShape, Pad, Split and Expand. Each works on host values (shape arithmetic and
 //! constants) and on device tensors.
 
 use burn::prelude::{Int, Tensor};
@@ -531,4 +531,159 @@ pub(super) fn pad(
     Ok(Value::Float(
         crate::map_rank!(x, t => t.pad(pairs.clone(), mode)),
     ))
+}
+
+/// `len` entries from `start` along `axis`, of a host or device value.
+fn narrow_value(v: &Value, axis: usize, start: usize, len: usize) -> Value {
+    match v {
+        Value::Float(t) => {
+            Value::Float(crate::map_rank!(t.clone(), x => x.narrow(axis, start, len)))
+        }
+        Value::Host(h) => {
+            let src = h.strides();
+            let mut shape = h.shape.clone();
+            shape[axis] = len;
+            let dst = strides(&shape);
+            let n: usize = shape.iter().product();
+            let order: Vec<usize> = (0..n)
+                .map(|flat| {
+                    let mut rem = flat;
+                    let mut at = 0;
+                    for d in 0..shape.len() {
+                        let k = rem / dst[d];
+                        rem %= dst[d];
+                        at += (k + if d == axis { start } else { 0 }) * src[d];
+                    }
+                    at
+                })
+                .collect();
+            Value::Host(h.take(shape, &order))
+        }
+    }
+}
+
+/// Split: the part sizes from the second input, the `split` attribute (before opset 13), or
+/// equal parts, one per output (`num_outputs` at opset 18, where the last part may be smaller).
+pub(super) fn split(
+    axis: i64,
+    split_attr: Option<&[i64]>,
+    num_outputs: Option<usize>,
+    n_outputs: usize,
+    inputs: &Inputs,
+) -> Result<Vec<Value>> {
+    let v = inputs.value(0)?;
+    let dims = v.dims();
+    let axis = norm_axis(axis, dims.len(), inputs.ctx)?;
+    let n = dims[axis];
+    let given = match inputs.opt_host(1)? {
+        Some(h) => Some(h.as_i64()),
+        None => split_attr.map(<[i64]>::to_vec),
+    };
+    let sizes: Vec<usize> = match given {
+        Some(s) => {
+            if s.iter().any(|&x| x < 0) || s.iter().sum::<i64>() != n as i64 {
+                return Err(inputs.ctx.err(format!(
+                    "split sizes {s:?} do not add up to dimension {axis} of {dims:?}"
+                )));
+            }
+            s.iter().map(|&x| x as usize).collect()
+        }
+        None => {
+            let parts = num_outputs.unwrap_or(n_outputs);
+            if parts == 0 {
+                return Err(inputs.ctx.err("no outputs to split into"));
+            }
+            let each = if num_outputs.is_some() {
+                n.div_ceil(parts)
+            } else if n.is_multiple_of(parts) {
+                n / parts
+            } else {
+                return Err(inputs.ctx.err(format!(
+                    "dimension {axis} of {dims:?} does not split into {parts} equal parts"
+                )));
+            };
+            (0..parts)
+                .map(|i| each.min(n.saturating_sub(i * each)))
+                .collect()
+        }
+    };
+    if sizes.len() != n_outputs {
+        return Err(inputs
+            .ctx
+            .err(format!("{} parts for {n_outputs} outputs", sizes.len())));
+    }
+    if sizes.contains(&0) && matches!(v, Value::Float(_)) {
+        return Err(inputs.ctx.unsupported("an empty part of a float tensor"));
+    }
+    let mut start = 0;
+    Ok(sizes
+        .iter()
+        .map(|&len| {
+            let part = narrow_value(&v, axis, start, len);
+            start += len;
+            part
+        })
+        .collect())
+}
+
+/// Expand: broadcast the input to the shape of the second input, numpy style (a 1 in the shape
+/// keeps the input's dimension; the ranks are aligned on the right).
+pub(super) fn expand(inputs: &Inputs) -> Result<Value> {
+    let v = inputs.value(0)?;
+    let dims = v.dims();
+    let spec = inputs.host(1)?.as_i64();
+    let rank = dims.len().max(spec.len());
+    if rank > MAX_RANK {
+        return Err(inputs
+            .ctx
+            .unsupported(format!("rank {rank} (at most {MAX_RANK})")));
+    }
+    let pad = |d: Vec<usize>| {
+        let mut p = vec![1; rank - d.len()];
+        p.extend(d);
+        p
+    };
+    let from = pad(dims.clone());
+    let to_spec = pad(spec
+        .iter()
+        .map(|&s| usize::try_from(s).unwrap_or(usize::MAX))
+        .collect());
+    let mut target = Vec::with_capacity(rank);
+    for (&a, &b) in from.iter().zip(&to_spec) {
+        target.push(match (a, b) {
+            (a, b) if a == b || b == 1 => a,
+            (1, b) if b != usize::MAX => b,
+            _ => {
+                return Err(inputs
+                    .ctx
+                    .err(format!("cannot expand shape {dims:?} to {spec:?}")));
+            }
+        });
+    }
+    Ok(match v {
+        Value::Float(t) => Value::Float(crate::onnx::value::expand_to(
+            t.unsqueeze_front(rank),
+            &target,
+        )),
+        Value::Host(h) => {
+            let src = strides(&from);
+            let dst = strides(&target);
+            let n: usize = target.iter().product();
+            let order: Vec<usize> = (0..n)
+                .map(|flat| {
+                    let mut rem = flat;
+                    let mut at = 0;
+                    for d in 0..rank {
+                        let k = rem / dst[d];
+                        rem %= dst[d];
+                        if from[d] != 1 {
+                            at += k * src[d];
+                        }
+                    }
+                    at
+                })
+                .collect();
+            Value::Host(h.take(target, &order))
+        }
+    })
 }

@@ -1,0 +1,231 @@
+//! The ops that the fixture exports do not reach (or reach in one form only), on small graphs
+//! with hand-computed answers. The fixtures (`tests/interpreter.rs`) check the rest against
+//! onnxruntime and PyTorch.
+
+use std::sync::Arc;
+
+use crate::error::Error;
+use crate::model::cpu_device;
+use crate::onnx::write::{AttrValue, GraphBuilder, save_model};
+use crate::onnx::{FTensor, Graph, Interpreter};
+
+/// Run `g` (input `x`, output `y`) at `opset` on `x`; the output's shape and values.
+fn run(
+    g: GraphBuilder,
+    opset: i64,
+    dims: &[usize],
+    x: &[f32],
+) -> crate::error::Result<(Vec<usize>, Vec<f32>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.onnx");
+    save_model(&g.build(opset), &path).unwrap();
+    let graph = Graph::load(&path)?;
+    let device = cpu_device(false);
+    let interp = Interpreter::new(Arc::new(graph), &device);
+    let out = interp.forward(FTensor::from_host(x.to_vec(), dims, &device))?;
+    Ok((out.dims(), out.to_vec()))
+}
+
+fn graph(in_dims: &[Option<usize>]) -> GraphBuilder {
+    let mut g = GraphBuilder::new("ops");
+    g.input("x", in_dims);
+    g
+}
+
+fn close(got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{got:?} against {want:?}");
+    for (a, b) in got.iter().zip(want) {
+        assert!((a - b).abs() < 1e-5, "{got:?} against {want:?}");
+    }
+}
+
+const X6: [f32; 6] = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0];
+
+#[test]
+fn sum_and_mean_broadcast_over_any_number_of_inputs() {
+    let mut g = graph(&[None, Some(3)]);
+    g.init_f32("c", &[1, 3], &[10.0, 20.0, 30.0]);
+    let s = g.node("Sum", &["x", "c", "x"], None, &[]);
+    let m = g.node("Mean", &["x", "c"], None, &[]);
+    g.node(
+        "Concat",
+        &[&s, &m],
+        Some("y"),
+        &[("axis", AttrValue::Int(1))],
+    );
+    g.output("y", &[None, Some(6)]);
+    let (dims, y) = run(g, 13, &[2, 3], &X6).unwrap();
+    assert_eq!(dims, [2, 6]);
+    close(
+        &y,
+        &[
+            10.0, 22.0, 34.0, 5.0, 10.5, 16.0, //
+            16.0, 28.0, 40.0, 6.5, 12.0, 17.5,
+        ],
+    );
+}
+
+/// Split `x` ([1, n]) into `outs`, concatenated back in reverse order.
+fn split_reversed(
+    opset: i64,
+    n: usize,
+    outs: usize,
+    attrs: &[(&str, AttrValue)],
+    sizes_input: Option<&[i64]>,
+) -> crate::error::Result<(Vec<usize>, Vec<f32>)> {
+    let mut g = graph(&[None, Some(n)]);
+    let names: Vec<String> = (0..outs).map(|i| format!("part{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut inputs = vec!["x"];
+    if let Some(s) = sizes_input {
+        g.init_i64("sizes", &[s.len()], s);
+        inputs.push("sizes");
+    }
+    let mut all = attrs.to_vec();
+    all.push(("axis", AttrValue::Int(1)));
+    g.node_outputs("Split", &inputs, &refs, &all);
+    let rev: Vec<&str> = refs.iter().rev().copied().collect();
+    g.node("Concat", &rev, Some("y"), &[("axis", AttrValue::Int(1))]);
+    g.output("y", &[None, Some(n)]);
+    let x: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    run(g, opset, &[1, n], &x)
+}
+
+#[test]
+fn split_takes_its_sizes_from_the_attribute_the_input_or_the_outputs() {
+    // Before opset 13 the sizes are an attribute.
+    let split = [("split", AttrValue::Ints(vec![2, 4]))];
+    let (_, y) = split_reversed(11, 6, 2, &split, None).unwrap();
+    close(&y, &[2.0, 3.0, 4.0, 5.0, 0.0, 1.0]);
+    // From opset 13 an input.
+    let (_, y) = split_reversed(13, 6, 2, &[], Some(&[5, 1])).unwrap();
+    close(&y, &[5.0, 0.0, 1.0, 2.0, 3.0, 4.0]);
+    // Neither: equal parts, one per output.
+    let (_, y) = split_reversed(13, 6, 3, &[], None).unwrap();
+    close(&y, &[4.0, 5.0, 2.0, 3.0, 0.0, 1.0]);
+    // Opset 18's num_outputs: the last part smaller (3, 3, 1).
+    let n3 = [("num_outputs", AttrValue::Int(3))];
+    let (dims, y) = split_reversed(18, 7, 3, &n3, None).unwrap();
+    assert_eq!(dims, [1, 7]);
+    close(&y, &[6.0, 3.0, 4.0, 5.0, 0.0, 1.0, 2.0]);
+    // Unequal parts without sizes, and sizes that do not add up, are errors naming the node.
+    let e = split_reversed(13, 7, 3, &[], None).unwrap_err().to_string();
+    assert!(e.contains("equal parts") && e.contains("split_1"), "{e}");
+    let e = split_reversed(13, 6, 2, &[], Some(&[2, 2]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("do not add up"), "{e}");
+}
+
+#[test]
+fn reduce_l2_and_sum_square() {
+    let mut g = graph(&[None, Some(3)]);
+    let keep = [
+        ("axes", AttrValue::Ints(vec![1])),
+        ("keepdims", AttrValue::Int(1)),
+    ];
+    let l2 = g.node("ReduceL2", &["x"], None, &keep);
+    let sq = g.node("ReduceSumSquare", &["x"], None, &keep);
+    g.node(
+        "Concat",
+        &[&l2, &sq],
+        Some("y"),
+        &[("axis", AttrValue::Int(1))],
+    );
+    g.output("y", &[None, Some(2)]);
+    let (dims, y) = run(g, 13, &[2, 3], &X6).unwrap();
+    assert_eq!(dims, [2, 2]);
+    close(&y, &[5f32.sqrt(), 5.0, 50f32.sqrt(), 50.0]);
+}
+
+#[test]
+fn layer_norm_gives_its_statistics_when_asked() {
+    let mut g = graph(&[None, Some(3)]);
+    g.init_f32("scale", &[3], &[1.0, 2.0, 3.0]);
+    g.init_f32("bias", &[3], &[0.5, 0.0, -0.5]);
+    g.node_outputs(
+        "LayerNormalization",
+        &["x", "scale", "bias"],
+        &["ln", "mean", "inv_std"],
+        &[("epsilon", AttrValue::Float(0.0))],
+    );
+    g.node(
+        "Concat",
+        &["ln", "mean", "inv_std"],
+        Some("y"),
+        &[("axis", AttrValue::Int(1))],
+    );
+    g.output("y", &[None, Some(5)]);
+    let (_, y) = run(g, 17, &[2, 3], &X6).unwrap();
+    // Each row is m - 1, m, m + 1: variance 2/3, so 1 / std = sqrt(3/2) and the normalised
+    // row is -r, 0, r.
+    let r = 1.5f32.sqrt();
+    let row = [0.5 - r, 0.0, 3.0 * r - 0.5];
+    let mut want = row.to_vec();
+    want.extend([1.0, r]);
+    want.extend(row);
+    want.extend([4.0, r]);
+    close(&y, &want);
+}
+
+#[test]
+fn instance_norm_normalises_each_channel_of_each_image() {
+    let mut g = graph(&[None, Some(2), Some(1), Some(2)]);
+    g.init_f32("scale", &[2], &[1.0, 2.0]);
+    g.init_f32("bias", &[2], &[0.0, 1.0]);
+    g.node(
+        "InstanceNormalization",
+        &["x", "scale", "bias"],
+        Some("y"),
+        &[("epsilon", AttrValue::Float(0.0))],
+    );
+    g.output("y", &[None, Some(2), Some(1), Some(2)]);
+    let (_, y) = run(g, 13, &[1, 2, 1, 2], &[1.0, 3.0, 10.0, 20.0]).unwrap();
+    close(&y, &[-1.0, 1.0, -1.0, 3.0]);
+}
+
+#[test]
+fn expand_where_and_equal_build_a_class_token_from_the_batch_size() {
+    // What exporters emit for `cls.expand(x.shape[0], -1, -1)`: the target shape is computed on
+    // the host from the input's shape, with -1 replaced through Equal and Where.
+    let mut g = graph(&[None, Some(3)]);
+    g.init_f32("cls", &[1, 1, 3], &[1.0, 2.0, 3.0]);
+    g.init_i64("spec", &[2], &[-1, 3]);
+    g.init_i64("minus1", &[1], &[-1]);
+    g.init_i64("ones", &[2], &[1, 1]);
+    g.init_i64("s0", &[1], &[0]);
+    g.init_i64("s1", &[1], &[1]);
+    let eq = g.node("Equal", &["spec", "minus1"], None, &[]);
+    let fixed = g.node("Where", &[&eq, "ones", "spec"], None, &[]);
+    let shape = g.node("Shape", &["x"], None, &[]);
+    let n = g.node("Slice", &[&shape, "s0", "s1"], None, &[]);
+    let full = g.node(
+        "Concat",
+        &[&n, &fixed],
+        None,
+        &[("axis", AttrValue::Int(0))],
+    );
+    let tok = g.node("Expand", &["cls", &full], None, &[]);
+    let flat = g.node("Flatten", &[&tok], None, &[("axis", AttrValue::Int(1))]);
+    g.node("Add", &["x", &flat], Some("y"), &[]);
+    g.output("y", &[None, Some(3)]);
+    let (dims, y) = run(g, 13, &[2, 3], &X6).unwrap();
+    assert_eq!(dims, [2, 3]);
+    close(&y, &[1.0, 3.0, 5.0, 4.0, 6.0, 8.0]);
+}
+
+#[test]
+fn where_on_values_of_the_image_fails_naming_the_node() {
+    let mut g = graph(&[None, Some(3)]);
+    g.init_f32("zero", &[1], &[0.0]);
+    let c = g.node("Greater", &["x", "zero"], None, &[]);
+    g.node("Where", &[&c, "x", "zero"], Some("y"), &[]);
+    g.output("y", &[None, Some(3)]);
+    let e = run(g, 13, &[2, 3], &X6).unwrap_err();
+    assert!(matches!(e, Error::UnsupportedOp { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("Greater") && msg.contains("greater_1"),
+        "{msg}"
+    );
+}
