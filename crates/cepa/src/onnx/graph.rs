@@ -315,6 +315,7 @@ impl Graph {
                     | Op::Expand
                     | Op::Compare(_)
                     | Op::Where
+                    | Op::Mod { .. }
                     | Op::Identity
             );
             if !host_only {

@@ -444,3 +444,50 @@ pub(super) fn select(inputs: &Inputs) -> Result<Value> {
         }
     }))
 }
+
+/// Mod of shape arithmetic, broadcast: the sign of the divisor (`fmod = 0`, integers), or of
+/// the dividend (`fmod = 1`, C's fmod).
+pub(super) fn modulo(fmod: bool, inputs: &Inputs) -> Result<Value> {
+    let t = host_inputs(inputs)?;
+    let (x, y) = (&t[0], &t[1]);
+    let (shape, maps) = host_broadcast(&[&x.shape, &y.shape]).ok_or_else(|| {
+        inputs.ctx.err(format!(
+            "shapes {:?} and {:?} do not broadcast",
+            x.shape, y.shape
+        ))
+    })?;
+    let pairs = maps[0].iter().zip(&maps[1]);
+    Ok(Value::Host(match (&x.data, &y.data) {
+        (HostData::I64(a), HostData::I64(b)) => {
+            let mut out = Vec::with_capacity(maps[0].len());
+            for (&i, &j) in pairs {
+                if b[j] == 0 {
+                    return Err(inputs.ctx.err("integer Mod by zero"));
+                }
+                let r = a[i] % b[j];
+                out.push(if !fmod && r != 0 && (r < 0) != (b[j] < 0) {
+                    r + b[j]
+                } else {
+                    r
+                });
+            }
+            HostTensor::i64(shape, out)
+        }
+        _ => {
+            let (a, b) = (x.as_f32(), y.as_f32());
+            HostTensor::f32(
+                shape,
+                pairs
+                    .map(|(&i, &j)| {
+                        let r = a[i] % b[j];
+                        if !fmod && r != 0.0 && (r < 0.0) != (b[j] < 0.0) {
+                            r + b[j]
+                        } else {
+                            r
+                        }
+                    })
+                    .collect(),
+            )
+        }
+    }))
+}

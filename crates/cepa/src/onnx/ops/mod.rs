@@ -88,6 +88,10 @@ pub(crate) enum Op {
     Compare(Compare),
     /// `Where` of shape arithmetic (host values only).
     Where,
+    /// `Mod` of shape arithmetic (host values only).
+    Mod {
+        fmod: bool,
+    },
     Softmax {
         axis: i64,
         log: bool,
@@ -210,6 +214,9 @@ pub(crate) fn parse(op_type: &str, a: &Attrs) -> Result<Op> {
                 .ok_or_else(|| Error::Mismatch(format!("{op_type} is not a comparison")))?,
         ),
         "Where" => Op::Where,
+        "Mod" => Op::Mod {
+            fmod: a.int("fmod", 0)? != 0,
+        },
         "Max" | "Min" => Op::Variadic {
             max: op_type == "Max",
         },
@@ -439,6 +446,7 @@ pub(crate) fn eval(op: &Op, inputs: &Inputs, n_outputs: usize) -> Result<Vec<Val
         Op::Expand => shape::expand(inputs)?,
         Op::Compare(c) => elementwise::compare(*c, inputs)?,
         Op::Where => elementwise::select(inputs)?,
+        Op::Mod { fmod } => elementwise::modulo(*fmod, inputs)?,
         Op::Clip { min, max } => Value::Float(elementwise::clip(*min, *max, inputs)?),
         Op::PRelu => Value::Float(elementwise::prelu(inputs)?),
         Op::MatMul => Value::Float(linear::matmul(inputs)?),

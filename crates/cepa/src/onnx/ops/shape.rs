@@ -216,10 +216,13 @@ pub(super) fn gather(axis: i64, inputs: &Inputs) -> Result<Value> {
     match data {
         Value::Host(h) => Ok(Value::Host(h.gather(axis, &indices, &idx.shape))),
         Value::Float(t) => {
-            if idx.shape.len() > 1 {
+            // Any shape of indices: select the flattened list, then put the index shape in
+            // place of the axis.
+            let rank = dims.len() - 1 + idx.shape.len();
+            if rank > MAX_RANK {
                 return Err(inputs
                     .ctx
-                    .unsupported("multi-dimensional indices on a float tensor"));
+                    .unsupported(format!("an output of rank {rank} (at most {MAX_RANK})")));
             }
             let ids: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
             let ids = Tensor::<1, Int>::from_data(
@@ -386,12 +389,16 @@ pub(super) fn slice(attrs: Option<&SliceAttrs>, inputs: &Inputs) -> Result<Value
                 if count == dims[d] && step == 1 {
                     continue;
                 }
-                if step != 1 {
-                    return Err(inputs
-                        .ctx
-                        .unsupported(format!("step {step} on a float tensor")));
+                if step == 1 {
+                    t = crate::map_rank!(t, x => x.narrow(d, s, count));
+                    continue;
                 }
-                t = crate::map_rank!(t, x => x.narrow(d, s, count));
+                // Strided (Swin's patch merging, `x[..., 0::2, :]`) or reversed: pick the
+                // entries by index.
+                let ids: Vec<i64> = (0..count as i64).map(|k| s as i64 + k * step).collect();
+                let ids =
+                    Tensor::<1, Int>::from_data(TensorData::new(ids, [count]), inputs.ctx.device);
+                t = crate::map_rank!(t, x => x.select(d, ids.clone()));
             }
             Ok(Value::Float(t))
         }

@@ -215,6 +215,23 @@ fn expand_where_and_equal_build_a_class_token_from_the_batch_size() {
 }
 
 #[test]
+fn integer_mod_takes_the_sign_of_the_divisor_unless_fmod() {
+    // (-7 mod 3, 7 mod -3, 7 mod 3) in both conventions, added to the input.
+    let run_mod = |fmod: i64| {
+        let mut g = graph(&[None, Some(3)]);
+        g.init_i64("a", &[3], &[-7, 7, 7]);
+        g.init_i64("b", &[3], &[3, -3, 3]);
+        let m = g.node("Mod", &["a", "b"], None, &[("fmod", AttrValue::Int(fmod))]);
+        let f = g.node("Cast", &[&m], None, &[("to", AttrValue::Int(1))]);
+        g.node("Add", &["x", &f], Some("y"), &[]);
+        g.output("y", &[None, Some(3)]);
+        run(g, 13, &[1, 3], &[0.0; 3]).unwrap().1
+    };
+    close(&run_mod(0), &[2.0, -2.0, 1.0]);
+    close(&run_mod(1), &[-1.0, 1.0, 1.0]);
+}
+
+#[test]
 fn where_on_values_of_the_image_fails_naming_the_node() {
     let mut g = graph(&[None, Some(3)]);
     g.init_f32("zero", &[1], &[0.0]);
@@ -228,4 +245,41 @@ fn where_on_values_of_the_image_fails_naming_the_node() {
         msg.contains("Greater") && msg.contains("greater_1"),
         "{msg}"
     );
+}
+
+#[test]
+fn strided_and_reversed_slices_and_gathers_of_image_values() {
+    // x[:, 0::2] ++ x[:, ::-2] ++ Gather(x, [[5, 0], [1, 1]], axis 1) flattened.
+    let mut g = graph(&[None, Some(6)]);
+    for (name, v) in [
+        ("st", 0i64),
+        ("en", i64::MAX),
+        ("ax", 1),
+        ("s2", 2),
+        ("rs", -1),
+        ("re", i64::MIN),
+        ("m2", -2),
+    ] {
+        g.init_i64(name, &[1], &[v]);
+    }
+    g.init_i64("idx", &[2, 2], &[5, 0, 1, 1]);
+    let even = g.node("Slice", &["x", "st", "en", "ax", "s2"], None, &[]);
+    let back = g.node("Slice", &["x", "rs", "re", "ax", "m2"], None, &[]);
+    let picked = g.node(
+        "Gather",
+        &["x", "idx"],
+        None,
+        &[("axis", AttrValue::Int(1))],
+    );
+    let flat = g.node("Flatten", &[&picked], None, &[("axis", AttrValue::Int(1))]);
+    g.node(
+        "Concat",
+        &[&even, &back, &flat],
+        Some("y"),
+        &[("axis", AttrValue::Int(1))],
+    );
+    g.output("y", &[None, Some(10)]);
+    let (dims, y) = run(g, 13, &[1, 6], &X6).unwrap();
+    assert_eq!(dims, [1, 10]);
+    close(&y, &[0.0, 2.0, 4.0, 5.0, 3.0, 1.0, 5.0, 0.0, 1.0, 1.0]);
 }
