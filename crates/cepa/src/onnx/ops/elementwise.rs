@@ -401,8 +401,13 @@ pub(super) fn compare(c: Compare, inputs: &Inputs) -> Result<Value> {
     Ok(Value::Host(HostTensor::i64(shape, out)))
 }
 
-/// Where(cond, x, y), broadcast: `x` where `cond` is non-zero, else `y`.
+/// Where(cond, x, y), broadcast: `x` where `cond` is non-zero, else `y`. The condition must be
+/// known without the image (a constant mask, as the dynamo exporter writes for an adaptive
+/// pooling); `x` and `y` may come from it.
 pub(super) fn select(inputs: &Inputs) -> Result<Value> {
+    if !inputs.all_host() {
+        return select_float(inputs);
+    }
     let t = host_inputs(inputs)?;
     let (cond, x, y) = (&t[0], &t[1], &t[2]);
     let (shape, maps) = host_broadcast(&[&cond.shape, &x.shape, &y.shape]).ok_or_else(|| {
@@ -489,5 +494,54 @@ pub(super) fn modulo(fmod: bool, inputs: &Inputs) -> Result<Value> {
                     .collect(),
             )
         }
+    }))
+}
+
+/// [`select`] with `x` or `y` computed from the image: a constant condition picks between them,
+/// so the gradient flows to whichever is picked.
+fn select_float(inputs: &Inputs) -> Result<Value> {
+    let cond = inputs.host(0).map_err(|_| {
+        inputs
+            .ctx
+            .unsupported("a condition computed from the image (only a constant one)")
+    })?;
+    let (x, y) = (inputs.float(1)?, inputs.float(2)?);
+    let (dx, dy) = (x.dims(), y.dims());
+    let (shape, maps) = host_broadcast(&[&cond.shape, &dx, &dy]).ok_or_else(|| {
+        inputs.ctx.err(format!(
+            "shapes {:?}, {dx:?} and {dy:?} do not broadcast",
+            cond.shape
+        ))
+    })?;
+    if shape.len() > crate::onnx::value::MAX_RANK {
+        return Err(inputs.ctx.unsupported(format!("rank {}", shape.len())));
+    }
+    let c = cond.as_f32();
+    let bits: Vec<bool> = maps[0].iter().map(|&i| c[i] != 0.0).collect();
+    let rank = shape.len().max(1);
+    let dims = if shape.is_empty() { vec![1] } else { shape };
+    let x = crate::onnx::value::expand_to(x.unsqueeze_front(rank), &dims);
+    let y = crate::onnx::value::expand_to(y.unsqueeze_front(rank), &dims);
+    let n = bits.len();
+    let mask = burn::tensor::Tensor::<1, burn::tensor::Bool>::from_data(
+        burn::tensor::TensorData::new(bits, [n]),
+        inputs.ctx.device,
+    );
+    macro_rules! pick {
+        ($v:ident, $r:literal) => {{
+            let (FTensor::$v(a), FTensor::$v(b)) = (x, y) else {
+                unreachable!("both expanded to rank {}", $r)
+            };
+            let m = mask.reshape::<$r, _>(a.dims());
+            FTensor::$v(b.mask_where(m, a))
+        }};
+    }
+    Ok(Value::Float(match rank {
+        1 => pick!(R1, 1),
+        2 => pick!(R2, 2),
+        3 => pick!(R3, 3),
+        4 => pick!(R4, 4),
+        5 => pick!(R5, 5),
+        _ => pick!(R6, 6),
     }))
 }

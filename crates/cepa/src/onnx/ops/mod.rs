@@ -119,6 +119,9 @@ pub(crate) enum Op {
     Gather {
         axis: i64,
     },
+    GatherNd {
+        batch_dims: i64,
+    },
     Unsqueeze {
         axes: Option<Vec<i64>>,
     },
@@ -278,6 +281,9 @@ pub(crate) fn parse(op_type: &str, a: &Attrs) -> Result<Op> {
         },
         "Gather" => Op::Gather {
             axis: a.int("axis", 0)?,
+        },
+        "GatherND" => Op::GatherNd {
+            batch_dims: a.int("batch_dims", 0)?,
         },
         "Unsqueeze" => Op::Unsqueeze {
             axes: a.ints("axes")?,
@@ -486,6 +492,7 @@ pub(crate) fn eval(op: &Op, inputs: &Inputs, n_outputs: usize) -> Result<Vec<Val
         Op::Pad { mode, pads, value } => shape::pad(*mode, pads.as_deref(), *value, inputs)?,
         Op::Shape { start, end } => shape::shape(*start, *end, inputs)?,
         Op::Gather { axis } => shape::gather(*axis, inputs)?,
+        Op::GatherNd { batch_dims } => shape::gather_nd(*batch_dims, inputs)?,
         Op::Unsqueeze { axes } => shape::unsqueeze(axes.as_deref(), inputs)?,
         Op::Squeeze { axes } => shape::squeeze(axes.as_deref(), inputs)?,
         Op::Slice { attrs } => shape::slice(attrs.as_ref(), inputs)?,

@@ -1,5 +1,5 @@
 //! Shape and layout ops: Flatten, Reshape, Transpose, Concat, Shape, Gather, (Un)Squeeze, Slice,
-//! Cast, Constant, ConstantOfShape, Pad, Split and Expand. Each works on host values (shape arithmetic and
+//! Cast, Constant, ConstantOfShape, Pad, Split, Expand and GatherND. Each works on host values (shape arithmetic and
 //! constants) and on device tensors.
 
 use burn::prelude::{Int, Tensor};
@@ -693,4 +693,75 @@ pub(super) fn expand(inputs: &Inputs) -> Result<Value> {
             Value::Host(h.take(target, &order))
         }
     })
+}
+
+/// GatherND with `batch_dims = 0` (what the dynamo exporter writes for an adaptive pooling whose
+/// output size does not divide its input, e.g. torchvision's VGG on 32x32 or 64x64 images): each
+/// index tuple of the last axis picks a slice of the data.
+pub(super) fn gather_nd(batch_dims: i64, inputs: &Inputs) -> Result<Value> {
+    if batch_dims != 0 {
+        return Err(inputs.ctx.unsupported(format!("batch_dims={batch_dims}")));
+    }
+    let data = inputs.value(0)?;
+    let idx = inputs.host(1)?;
+    let dims = data.dims();
+    let k = idx.shape.last().copied().unwrap_or(0);
+    if k == 0 || k > dims.len() {
+        return Err(inputs.ctx.err(format!(
+            "index tuples of length {k} for data of shape {dims:?}"
+        )));
+    }
+    let (lead, rest) = dims.split_at(k);
+    let lead_strides = strides(lead);
+    let flat: Vec<usize> = idx
+        .as_i64()
+        .chunks(k)
+        .map(|tuple| {
+            tuple
+                .iter()
+                .zip(lead)
+                .zip(&lead_strides)
+                .try_fold(0, |acc, ((&i, &n), &s)| {
+                    let j = if i < 0 { i + n as i64 } else { i };
+                    if j < 0 || j >= n as i64 {
+                        Err(inputs
+                            .ctx
+                            .err(format!("index {i} out of range for an axis of size {n}")))
+                    } else {
+                        Ok(acc + j as usize * s)
+                    }
+                })
+        })
+        .collect::<Result<_>>()?;
+    let mut out_shape = idx.shape[..idx.shape.len() - 1].to_vec();
+    out_shape.extend_from_slice(rest);
+    if out_shape.len() > MAX_RANK {
+        return Err(inputs.ctx.unsupported(format!(
+            "an output of rank {} (at most {MAX_RANK})",
+            out_shape.len()
+        )));
+    }
+    let mut rows = vec![lead.iter().product::<usize>()];
+    rows.extend_from_slice(rest);
+    let picked = match data {
+        Value::Host(h) => {
+            let h = HostTensor {
+                shape: rows,
+                data: h.data,
+            };
+            Value::Host(h.gather(0, &flat, &[flat.len()]))
+        }
+        Value::Float(t) => {
+            let ids: Vec<i64> = flat.iter().map(|&i| i as i64).collect();
+            let ids =
+                Tensor::<1, Int>::from_data(TensorData::new(ids, [flat.len()]), inputs.ctx.device);
+            Value::Float(crate::map_rank!(t.reshape(&rows), x => x.select(0, ids.clone())))
+        }
+    };
+    let out_shape = if out_shape.is_empty() {
+        vec![1]
+    } else {
+        out_shape
+    };
+    reshape_value(picked, out_shape, inputs)
 }

@@ -232,7 +232,18 @@ fn integer_mod_takes_the_sign_of_the_divisor_unless_fmod() {
 }
 
 #[test]
-fn where_on_values_of_the_image_fails_naming_the_node() {
+fn where_picks_image_values_by_a_constant_mask_but_not_by_an_image_one() {
+    // A constant mask over image values (an exported masked_fill): x where the mask is set,
+    // else 10, broadcast.
+    let mut g = graph(&[None, Some(3)]);
+    g.init_i64("mask", &[3], &[1, 0, 1]);
+    g.init_f32("ten", &[1], &[10.0]);
+    g.node("Where", &["mask", "x", "ten"], Some("y"), &[]);
+    g.output("y", &[None, Some(3)]);
+    let (dims, y) = run(g, 13, &[2, 3], &X6).unwrap();
+    assert_eq!(dims, [2, 3]);
+    close(&y, &[0.0, 10.0, 2.0, 3.0, 10.0, 5.0]);
+    // A condition computed from the image: an error naming the node.
     let mut g = graph(&[None, Some(3)]);
     g.init_f32("zero", &[1], &[0.0]);
     let c = g.node("Greater", &["x", "zero"], None, &[]);
@@ -282,4 +293,63 @@ fn strided_and_reversed_slices_and_gathers_of_image_values() {
     let (dims, y) = run(g, 13, &[1, 6], &X6).unwrap();
     assert_eq!(dims, [1, 10]);
     close(&y, &[0.0, 2.0, 4.0, 5.0, 3.0, 1.0, 5.0, 0.0, 1.0, 1.0]);
+}
+
+#[test]
+fn gather_nd_picks_elements_and_rows_by_index_tuples() {
+    // Elements (1, 2) and (0, 0) of x viewed as [2, 3], then row -1 (= 1).
+    let mut g = graph(&[None, Some(3)]);
+    g.init_i64("pairs", &[2, 2], &[1, 2, 0, 0]);
+    g.init_i64("row", &[1, 1], &[-1]);
+    let e = g.node("GatherND", &["x", "pairs"], None, &[]);
+    let r = g.node("GatherND", &["x", "row"], None, &[]);
+    let r = g.node("Flatten", &[&r], None, &[("axis", AttrValue::Int(0))]);
+    let e = g.node("Unsqueeze", &[&e, "zero"], None, &[]);
+    g.init_i64("zero", &[1], &[0]);
+    g.node(
+        "Concat",
+        &[&e, &r],
+        Some("y"),
+        &[("axis", AttrValue::Int(1))],
+    );
+    g.output("y", &[Some(1), Some(5)]);
+    let (dims, y) = run(g, 13, &[2, 3], &X6).unwrap();
+    assert_eq!(dims, [1, 5]);
+    close(&y, &[5.0, 0.0, 3.0, 4.0, 5.0]);
+}
+
+/// The input gradient of the sum of `g`'s output.
+fn grad_of_sum(g: GraphBuilder, opset: i64, dims: &[usize], x: &[f32]) -> Vec<f32> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.onnx");
+    save_model(&g.build(opset), &path).unwrap();
+    let device = cpu_device(true);
+    let interp = Interpreter::new(Arc::new(Graph::load(&path).unwrap()), &device);
+    let input = FTensor::from_host(x.to_vec(), dims, &device).require_grad();
+    let out = interp.forward(input.clone()).unwrap();
+    let grads = out.flatten2().sum().backward();
+    input.grad(&grads).unwrap().to_vec()
+}
+
+#[test]
+fn gradients_add_up_over_repeated_indices_and_follow_the_mask() {
+    // GatherND and Gather picking x0 three times and x1 once; Where keeping x2 only.
+    let mut g = graph(&[Some(1), Some(3)]);
+    g.init_i64("nd", &[3, 2], &[0, 0, 0, 0, 0, 1]);
+    g.init_i64("ids", &[2], &[0, 2]);
+    g.init_i64("mask", &[3], &[0, 0, 1]);
+    g.init_f32("zero", &[1], &[0.0]);
+    let a = g.node("GatherND", &["x", "nd"], None, &[]);
+    let b = g.node("Gather", &["x", "ids"], None, &[("axis", AttrValue::Int(1))]);
+    let b = g.node("Flatten", &[&b], None, &[("axis", AttrValue::Int(0))]);
+    let b = g.node("Squeeze", &[&b, "s0"], None, &[]);
+    g.init_i64("s0", &[1], &[0]);
+    let c = g.node("Where", &["mask", "x", "zero"], None, &[]);
+    let c = g.node("Flatten", &[&c], None, &[("axis", AttrValue::Int(0))]);
+    let c = g.node("Squeeze", &[&c, "s0"], None, &[]);
+    g.node("Concat", &[&a, &b, &c], Some("y"), &[("axis", AttrValue::Int(0))]);
+    g.output("y", &[Some(8)]);
+    let gx = grad_of_sum(g, 13, &[1, 3], &[1.0, 2.0, 3.0]);
+    // x0: 2 (GatherND) + 1 (Gather); x1: 1 (GatherND); x2: 1 (Gather) + 1 (Where).
+    close(&gx, &[3.0, 1.0, 2.0]);
 }
