@@ -340,14 +340,24 @@ fn gradients_add_up_over_repeated_indices_and_follow_the_mask() {
     g.init_i64("mask", &[3], &[0, 0, 1]);
     g.init_f32("zero", &[1], &[0.0]);
     let a = g.node("GatherND", &["x", "nd"], None, &[]);
-    let b = g.node("Gather", &["x", "ids"], None, &[("axis", AttrValue::Int(1))]);
+    let b = g.node(
+        "Gather",
+        &["x", "ids"],
+        None,
+        &[("axis", AttrValue::Int(1))],
+    );
     let b = g.node("Flatten", &[&b], None, &[("axis", AttrValue::Int(0))]);
     let b = g.node("Squeeze", &[&b, "s0"], None, &[]);
     g.init_i64("s0", &[1], &[0]);
     let c = g.node("Where", &["mask", "x", "zero"], None, &[]);
     let c = g.node("Flatten", &[&c], None, &[("axis", AttrValue::Int(0))]);
     let c = g.node("Squeeze", &[&c, "s0"], None, &[]);
-    g.node("Concat", &[&a, &b, &c], Some("y"), &[("axis", AttrValue::Int(0))]);
+    g.node(
+        "Concat",
+        &[&a, &b, &c],
+        Some("y"),
+        &[("axis", AttrValue::Int(0))],
+    );
     g.output("y", &[Some(8)]);
     let gx = grad_of_sum(g, 13, &[1, 3], &[1.0, 2.0, 3.0]);
     // x0: 2 (GatherND) + 1 (Gather); x1: 1 (GatherND); x2: 1 (Gather) + 1 (Where).
