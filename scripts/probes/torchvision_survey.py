@@ -4,11 +4,11 @@ onnxruntime computes? For each architecture (random weights, 10 classes, a batch
 64x64; the transformers at reduced depth and width), export with torch's legacy exporter (opset
 17) and its dynamo exporter, run onnxruntime, then cepa's `onnx_check` example: the forward
 error relative to onnxruntime's largest output, and the input-gradient error relative to
-PyTorch's float64 autograd on the module itself, beside PyTorch's own float32 gradient's error. Writes the table to scripts/probes/torchvision_survey.md.
+PyTorch's float64 autograd on the module itself, beside PyTorch's own float32 gradient's error. Writes the table to scripts/probes/SUITE_survey.md (`--suite timm`: timm families).
 
 Needs torch, torchvision, onnx, onnxruntime, onnxscript (PyPI) and the example built:
     cargo build --release -p cepa --example onnx_check
-    python3 scripts/probes/torchvision_survey.py [NAME...]
+    python3 scripts/probes/torchvision_survey.py [--suite torchvision|timm] [NAME...]
 Everything is seeded; the models and arrays go to a temporary folder and are deleted.
 """
 import json
@@ -59,6 +59,44 @@ ARCHS = {
                                                num_heads=[2, 2], window_size=[4, 4], num_classes=10),
 }
 SIZE = {"inception_v3": 96, "alexnet": 224}
+
+
+def timm_model(name, **kw):
+    import timm
+    return lambda: timm.create_model(name, pretrained=False, num_classes=10, **kw)
+
+
+# `--suite timm`: families of timm (PyTorch Image Models) with ops torchvision's do not reach:
+# split attention, Res2Net's splits, selective kernels, deep aggregation, multi-resolution
+# fusion (upsampling), ghost modules, weight standardisation, MLP-Mixer, LeViT's attention
+# biases, PoolFormer's GroupNorm, MobileViT's unfolding, XCiT's Fourier positions.
+TIMM = {
+    "resnest14d": timm_model("resnest14d"),
+    "res2net50_14w_8s": timm_model("res2net50_14w_8s"),
+    "skresnet18": timm_model("skresnet18"),
+    "dla34": timm_model("dla34"),
+    "dpn68": timm_model("dpn68"),
+    "hrnet_w18_small": timm_model("hrnet_w18_small"),
+    "ghostnet_100": timm_model("ghostnet_100"),
+    "lcnet_050": timm_model("lcnet_050"),
+    "rexnet_100": timm_model("rexnet_100"),
+    "repvgg_a0": timm_model("repvgg_a0"),
+    "nf_resnet26": timm_model("nf_resnet26"),
+    "cs3darknet_s": timm_model("cs3darknet_s"),
+    "xception41": timm_model("xception41"),
+    "efficientnetv2_rw_t": timm_model("efficientnetv2_rw_t"),
+    "convnext_atto": timm_model("convnext_atto"),
+    "poolformer_s12": timm_model("poolformer_s12"),
+    "mobilevit_xxs": timm_model("mobilevit_xxs"),
+    "edgenext_xx_small": timm_model("edgenext_xx_small"),
+    "deit_tiny_patch16_224": timm_model("deit_tiny_patch16_224", img_size=64),
+    "mixer_s16_224": timm_model("mixer_s16_224", img_size=64),
+    "levit_128s": timm_model("levit_128s", img_size=64),
+    "xcit_nano_12_p16_224": timm_model("xcit_nano_12_p16_224", img_size=64),
+    "pit_ti_224": timm_model("pit_ti_224", img_size=64),
+    "resmlp_12_224": timm_model("resmlp_12_224", img_size=64),
+}
+SUITES = {"torchvision": ARCHS, "timm": TIMM}
 
 
 def export(model, x, path, dynamo):
@@ -132,16 +170,25 @@ def one(name, ctor, tmp):
 
 
 def main():
-    names = sys.argv[1:] or list(ARCHS)
+    args = sys.argv[1:]
+    suite = "torchvision"
+    if args[:1] == ["--suite"]:
+        suite, args = args[1], args[2:]
+    archs = SUITES[suite]
+    names = args or list(archs)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in names:
-            rows += one(n, ARCHS[n], tmp)
+            rows += one(n, archs[n], tmp)
+    version = torchvision.__version__
+    if suite == "timm":
+        import timm
+        version = f"{torchvision.__version__}, timm {timm.__version__}"
     lines = [
-        "# torchvision's classifiers through cepa's interpreter",
+        f"# {suite}'s classifiers through cepa's interpreter",
         "",
-        f"Made by `python3 scripts/probes/torchvision_survey.py` (torch {torch.__version__}, torchvision "
-        f"{torchvision.__version__}, onnxruntime {ort.__version__}): random weights, 10 classes, 4 images at "
+        f"Made by `python3 scripts/probes/torchvision_survey.py --suite {suite}` (torch {torch.__version__}, "
+        f"torchvision {version}, onnxruntime {ort.__version__}): random weights, 10 classes, 4 images at "
         "64x64 (inception_v3 at 96x96, alexnet at 224x224). Forward: the largest difference from onnxruntime's output over its "
         "largest magnitude. Gradient: the input gradient of the batch-mean cross-entropy toward class 0 against "
         "PyTorch's float64 autograd on the module, relative to its largest magnitude, beside PyTorch's own "
@@ -172,7 +219,7 @@ def main():
             show = lambda v: "n/a" if v is None else f"{v:.1e}"
             lines.append(f"| {r['model']} | {r['exporter']} | {show(fwd)} | {show(grad)} | {show(t32)} | "
                          f"{'ok' if ok else '**differs**'} |")
-    with open(os.path.join(REPO, "scripts/probes/torchvision_survey.md"), "w") as f:
+    with open(os.path.join(REPO, f"scripts/probes/{suite}_survey.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
 

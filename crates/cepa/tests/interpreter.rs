@@ -108,9 +108,9 @@ fn forward_outputs_match_reference() {
         }
     }
     eprintln!("forward: {}", report.join(", "));
-    assert!(report.len() >= 20, "every fixture model was checked");
+    assert!(report.len() >= 23, "every fixture model was checked");
     // The exports reach the ops of ShuffleNet, ConvNeXt and ViT-style heads (the `modern`
-    // fixtures, session 32), in each form an exporter writes them.
+    // fixtures, session 32) and Resize (`upsample`), in each form an exporter writes them.
     let ops: std::collections::BTreeSet<String> = manifest()
         .iter()
         .flat_map(|e| e["ops"].as_array().cloned().unwrap_or_default())
@@ -126,6 +126,7 @@ fn forward_outputs_match_reference() {
         "ReduceL2",
         "Gelu",
         "Erf",
+        "Resize",
     ] {
         assert!(ops.contains(op), "no fixture exercises {op}: {ops:?}");
     }

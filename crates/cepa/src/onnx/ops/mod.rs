@@ -7,6 +7,7 @@ mod elementwise;
 mod linear;
 mod norm;
 mod reduce;
+mod resize;
 mod shape;
 #[cfg(test)]
 mod tests;
@@ -84,6 +85,8 @@ pub(crate) enum Op {
     },
     /// Broadcast to a shape given as the second input (numpy rules, both ways).
     Expand,
+    /// Resize / Upsample, nearest or linear.
+    Resize(resize::ResizeSpec),
     /// A comparison of shape arithmetic (host values only).
     Compare(Compare),
     /// `Where` of shape arithmetic (host values only).
@@ -212,6 +215,7 @@ pub(crate) fn parse(op_type: &str, a: &Attrs) -> Result<Op> {
             }
         }
         "Expand" => Op::Expand,
+        "Resize" | "Upsample" => resize::parse(op_type, a)?,
         "Equal" | "Less" | "Greater" | "LessOrEqual" | "GreaterOrEqual" => Op::Compare(
             elementwise::parse_compare(op_type)
                 .ok_or_else(|| Error::Mismatch(format!("{op_type} is not a comparison")))?,
@@ -450,6 +454,7 @@ pub(crate) fn eval(op: &Op, inputs: &Inputs, n_outputs: usize) -> Result<Vec<Val
             return norm::layer_norm(*axis, *epsilon, n_outputs, inputs);
         }
         Op::Expand => shape::expand(inputs)?,
+        Op::Resize(spec) => resize::resize(spec, inputs)?,
         Op::Compare(c) => elementwise::compare(*c, inputs)?,
         Op::Where => elementwise::select(inputs)?,
         Op::Mod { fmod } => elementwise::modulo(*fmod, inputs)?,

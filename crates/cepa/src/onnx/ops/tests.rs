@@ -363,3 +363,30 @@ fn gradients_add_up_over_repeated_indices_and_follow_the_mask() {
     // x0: 2 (GatherND) + 1 (Gather); x1: 1 (GatherND); x2: 1 (Gather) + 1 (Where).
     close(&gx, &[3.0, 1.0, 2.0]);
 }
+
+#[test]
+fn resize_rounds_as_the_attributes_say_and_refuses_cubic() {
+    // [1, 1, 1, 4] -> width 6 by sizes, nearest, half_pixel: sources -0.17, 0.5, 1.17, 1.83,
+    // 2.5, 3.17 round (ties down) to 0, 0, 1, 2, 2, 3.
+    let resize = |attrs: &[(&str, AttrValue)], opset: i64| {
+        let mut g = graph(&[None, Some(1), Some(1), Some(4)]);
+        g.init_i64("sizes", &[4], &[1, 1, 1, 6]);
+        g.node("Resize", &["x", "", "", "sizes"], Some("y"), attrs);
+        g.output("y", &[None, Some(1), Some(1), Some(6)]);
+        run(g, opset, &[1, 1, 1, 4], &[0.0, 1.0, 2.0, 3.0])
+    };
+    let (_, y) = resize(&[], 13).unwrap();
+    close(&y, &[0.0, 0.0, 1.0, 2.0, 2.0, 3.0]);
+    let ceil = [("nearest_mode", AttrValue::Str("round_prefer_ceil".into()))];
+    let (_, y) = resize(&ceil, 13).unwrap();
+    close(&y, &[0.0, 1.0, 1.0, 2.0, 3.0, 3.0]);
+    let e = resize(&[("mode", AttrValue::Str("cubic".into()))], 13).unwrap_err();
+    assert!(e.to_string().contains("mode=cubic"), "{e}");
+    // Upsample (opset 9): scales as the second input, x / scale rounded down.
+    let mut g = graph(&[None, Some(1), Some(1), Some(2)]);
+    g.init_f32("scales", &[4], &[1.0, 1.0, 1.0, 2.0]);
+    g.node("Upsample", &["x", "scales"], Some("y"), &[]);
+    g.output("y", &[None, Some(1), Some(1), Some(4)]);
+    let (_, y) = run(g, 9, &[1, 1, 1, 2], &[5.0, 7.0]).unwrap();
+    close(&y, &[5.0, 5.0, 7.0, 7.0]);
+}
