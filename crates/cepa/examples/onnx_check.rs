@@ -20,6 +20,23 @@ fn loss(out: FTensor) -> Tensor<1> {
     -log_softmax(z, 1).narrow(1, 0, 1).mean()
 }
 
+/// The largest difference over the reference's largest magnitude.
+fn rel_err(got: &[f32], want: &[f32], what: &str) -> Result<f32, String> {
+    if got.len() != want.len() {
+        return Err(format!(
+            "{what} has {} values, the reference {}",
+            got.len(),
+            want.len()
+        ));
+    }
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    Ok(diff / scale)
+}
+
 fn check(model: &Path, x: &Path, reference: &Path, gx: &Path) -> Result<serde_json::Value, String> {
     let e = |e: cepa::error::Error| e.to_string();
     let graph = Graph::load(model).map_err(e)?;
@@ -30,40 +47,13 @@ fn check(model: &Path, x: &Path, reference: &Path, gx: &Path) -> Result<serde_js
     let want = read_npy(reference).map_err(e)?.to_f32();
     let input = FTensor::from_host(xs.to_f32(), &xs.shape, &device).require_grad();
     let out = interp.forward(input.clone()).map_err(e)?;
-    let got = out.to_vec();
-    if got.len() != want.len() {
-        return Err(format!(
-            "output has {} values, the reference {}",
-            got.len(),
-            want.len()
-        ));
-    }
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-    let fwd = got
-        .iter()
-        .zip(&want)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-        / scale;
+    let fwd = rel_err(&out.to_vec(), &want, "output")?;
     let grads = loss(out).backward();
     let g = input.grad(&grads).ok_or("no input gradient")?.to_vec();
-    let want_g = read_npy(gx).map_err(e)?.to_f32();
-    if g.len() != want_g.len() {
-        return Err(format!(
-            "gradient has {} values, the reference {}",
-            g.len(),
-            want_g.len()
-        ));
-    }
-    let gscale = want_g.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
-    let gerr = g
-        .iter()
-        .zip(&want_g)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
-        / gscale;
+    let gerr = rel_err(&g, &read_npy(gx).map_err(e)?.to_f32(), "gradient")?;
     Ok(serde_json::json!({
         "forward_rel_err": fwd,
         "grad_rel_err": gerr,
-        "grad_max_abs": gscale,
         "ops": ops,
     }))
 }

@@ -142,6 +142,31 @@ pub fn strides(shape: &[usize]) -> Vec<usize> {
     s
 }
 
+/// For each element of a row-major tensor of shape `out`, the sum over its axes of
+/// `offset(axis, index along the axis)`: the flat source position of a strided view (a slice, a
+/// broadcast, a narrowing), for [`HostTensor::take`].
+pub fn index_map(out: &[usize], offset: impl Fn(usize, usize) -> usize) -> Vec<usize> {
+    let dst = strides(out);
+    let n: usize = out.iter().product();
+    (0..n)
+        .map(|flat| {
+            let mut rem = flat;
+            let mut at = 0;
+            for (d, &s) in dst.iter().enumerate() {
+                at += offset(d, rem / s);
+                rem %= s;
+            }
+            at
+        })
+        .collect()
+}
+
+/// [`index_map`] of broadcasting `from` (same rank, unit axes repeat) to `out`.
+pub fn broadcast_map(from: &[usize], out: &[usize]) -> Vec<usize> {
+    let src = strides(from);
+    index_map(out, |d, k| if from[d] == 1 { 0 } else { k * src[d] })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

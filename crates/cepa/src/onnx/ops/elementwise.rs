@@ -6,7 +6,7 @@ use super::Inputs;
 use crate::error::Result;
 use crate::map_rank;
 use crate::onnx::attrs::Attrs;
-use crate::onnx::host::{HostData, HostTensor, strides};
+use crate::onnx::host::{HostData, HostTensor, broadcast_map};
 use crate::onnx::value::{FTensor, Value};
 
 /// One-input elementwise ops.
@@ -255,6 +255,22 @@ pub(super) fn prelu(inputs: &Inputs) -> Result<FTensor> {
         .ok_or_else(|| inputs.ctx.err("PRelu broadcast"))
 }
 
+/// Input `i`, one value per channel of an input of shape `dims` (N x C x ...), shaped to
+/// broadcast against it.
+pub(super) fn channel_param(inputs: &Inputs, i: usize, dims: &[usize]) -> Result<FTensor> {
+    let c = dims[1];
+    let p = inputs.float(i)?;
+    if p.num_elements() != c {
+        return Err(inputs.ctx.err(format!(
+            "parameter {i} has {} values, the input has {c} channels",
+            p.num_elements()
+        )));
+    }
+    let mut shape = vec![1; dims.len()];
+    shape[1] = c;
+    Ok(p.reshape(&shape))
+}
+
 pub(super) fn batch_norm(epsilon: f32, inputs: &Inputs) -> Result<FTensor> {
     let x = inputs.float(0)?;
     let dims = x.dims();
@@ -263,19 +279,7 @@ pub(super) fn batch_norm(epsilon: f32, inputs: &Inputs) -> Result<FTensor> {
             .ctx
             .err(format!("input of shape {dims:?}, expected N x C x ...")));
     }
-    let c = dims[1];
-    let mut shape = vec![1; dims.len()];
-    shape[1] = c;
-    let param = |i: usize| -> Result<FTensor> {
-        let p = inputs.float(i)?;
-        if p.num_elements() != c {
-            return Err(inputs.ctx.err(format!(
-                "parameter {i} has {} values, the input has {c} channels",
-                p.num_elements()
-            )));
-        }
-        Ok(p.reshape(&shape))
-    };
+    let param = |i: usize| channel_param(inputs, i, &dims);
     let (scale, bias, mean, var) = (param(1)?, param(2)?, param(3)?, param(4)?);
     let inv_std = map_rank!(var, t => (t + epsilon).sqrt().recip());
     let err = || inputs.ctx.err("BatchNormalization broadcast");
@@ -330,28 +334,7 @@ fn host_broadcast(shapes: &[&[usize]]) -> Option<(Vec<usize>, Vec<Vec<usize>>)> 
             }
         }
     }
-    let n: usize = out.iter().product();
-    let dst = strides(&out);
-    let maps = padded
-        .iter()
-        .map(|p| {
-            let src = strides(p);
-            (0..n)
-                .map(|flat| {
-                    let mut rem = flat;
-                    let mut at = 0;
-                    for d in 0..rank {
-                        let k = rem / dst[d];
-                        rem %= dst[d];
-                        if p[d] != 1 {
-                            at += k * src[d];
-                        }
-                    }
-                    at
-                })
-                .collect()
-        })
-        .collect();
+    let maps = padded.iter().map(|p| broadcast_map(p, &out)).collect();
     Some((out, maps))
 }
 
@@ -366,16 +349,24 @@ fn host_inputs(inputs: &Inputs) -> Result<Vec<HostTensor>> {
     (0..inputs.len()).map(|i| inputs.host(i)).collect()
 }
 
-/// A comparison, broadcast; the result is 0 or 1 (ONNX's bool), held as an integer.
-pub(super) fn compare(c: Compare, inputs: &Inputs) -> Result<Value> {
+/// The two inputs of a binary op of shape arithmetic, their broadcast shape and index maps.
+type HostPair = (Vec<HostTensor>, Vec<usize>, Vec<Vec<usize>>);
+
+fn host_pair(inputs: &Inputs) -> Result<HostPair> {
     let t = host_inputs(inputs)?;
-    let (x, y) = (&t[0], &t[1]);
-    let (shape, maps) = host_broadcast(&[&x.shape, &y.shape]).ok_or_else(|| {
+    let (shape, maps) = host_broadcast(&[&t[0].shape, &t[1].shape]).ok_or_else(|| {
         inputs.ctx.err(format!(
             "shapes {:?} and {:?} do not broadcast",
-            x.shape, y.shape
+            t[0].shape, t[1].shape
         ))
     })?;
+    Ok((t, shape, maps))
+}
+
+/// A comparison, broadcast; the result is 0 or 1 (ONNX's bool), held as an integer.
+pub(super) fn compare(c: Compare, inputs: &Inputs) -> Result<Value> {
+    let (t, shape, maps) = host_pair(inputs)?;
+    let (x, y) = (&t[0], &t[1]);
     let test = |o: std::cmp::Ordering| match c {
         Compare::Equal => o.is_eq(),
         Compare::Less => o.is_lt(),
@@ -417,50 +408,28 @@ pub(super) fn select(inputs: &Inputs) -> Result<Value> {
         ))
     })?;
     let take = cond.as_f32();
-    let pick = |k: usize| take[maps[0][k]] != 0.0;
-    let n = shape.iter().product::<usize>();
+    fn choose<T: Copy>(take: &[f32], maps: &[Vec<usize>], a: &[T], b: &[T]) -> Vec<T> {
+        (0..maps[0].len())
+            .map(|k| {
+                if take[maps[0][k]] != 0.0 {
+                    a[maps[1][k]]
+                } else {
+                    b[maps[2][k]]
+                }
+            })
+            .collect()
+    }
     Ok(Value::Host(match (&x.data, &y.data) {
-        (HostData::I64(a), HostData::I64(b)) => HostTensor::i64(
-            shape,
-            (0..n)
-                .map(|k| {
-                    if pick(k) {
-                        a[maps[1][k]]
-                    } else {
-                        b[maps[2][k]]
-                    }
-                })
-                .collect(),
-        ),
-        _ => {
-            let (a, b) = (x.as_f32(), y.as_f32());
-            HostTensor::f32(
-                shape,
-                (0..n)
-                    .map(|k| {
-                        if pick(k) {
-                            a[maps[1][k]]
-                        } else {
-                            b[maps[2][k]]
-                        }
-                    })
-                    .collect(),
-            )
-        }
+        (HostData::I64(a), HostData::I64(b)) => HostTensor::i64(shape, choose(&take, &maps, a, b)),
+        _ => HostTensor::f32(shape, choose(&take, &maps, &x.as_f32(), &y.as_f32())),
     }))
 }
 
 /// Mod of shape arithmetic, broadcast: the sign of the divisor (`fmod = 0`, integers), or of
 /// the dividend (`fmod = 1`, C's fmod).
 pub(super) fn modulo(fmod: bool, inputs: &Inputs) -> Result<Value> {
-    let t = host_inputs(inputs)?;
+    let (t, shape, maps) = host_pair(inputs)?;
     let (x, y) = (&t[0], &t[1]);
-    let (shape, maps) = host_broadcast(&[&x.shape, &y.shape]).ok_or_else(|| {
-        inputs.ctx.err(format!(
-            "shapes {:?} and {:?} do not broadcast",
-            x.shape, y.shape
-        ))
-    })?;
     let pairs = maps[0].iter().zip(&maps[1]);
     Ok(Value::Host(match (&x.data, &y.data) {
         (HostData::I64(a), HostData::I64(b)) => {

@@ -89,18 +89,7 @@ pub(super) fn instance_norm(epsilon: f32, inputs: &Inputs) -> Result<FTensor> {
     let rows = dims[0] * c;
     let cols: usize = dims[2..].iter().product();
     let (y, _, _) = normalise_rows(x, rows, cols, epsilon);
-    let mut shape = vec![1; dims.len()];
-    shape[1] = c;
-    let param = |i: usize| -> Result<FTensor> {
-        let p = inputs.float(i)?;
-        if p.num_elements() != c {
-            return Err(inputs.ctx.err(format!(
-                "parameter {i} has {} values, the input has {c} channels",
-                p.num_elements()
-            )));
-        }
-        Ok(p.reshape(&shape))
-    };
+    let param = |i: usize| super::elementwise::channel_param(inputs, i, &dims);
     let err = || inputs.ctx.err("InstanceNormalization broadcast");
     let y = y.reshape(&dims).mul_bc(param(1)?).ok_or_else(err)?;
     y.add_bc(param(2)?).ok_or_else(err)

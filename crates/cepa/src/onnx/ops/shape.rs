@@ -9,7 +9,7 @@ use burn::tensor::ops::PadMode as BurnPad;
 use super::{Inputs, Op, norm_axis};
 use crate::error::Result;
 use crate::onnx::attrs::Attrs;
-use crate::onnx::host::{HostData, HostTensor, strides};
+use crate::onnx::host::{HostData, HostTensor, broadcast_map, index_map, strides};
 use crate::onnx::proto::dtype;
 use crate::onnx::value::{FTensor, MAX_RANK, Value};
 
@@ -550,20 +550,9 @@ fn narrow_value(v: &Value, axis: usize, start: usize, len: usize) -> Value {
             let src = h.strides();
             let mut shape = h.shape.clone();
             shape[axis] = len;
-            let dst = strides(&shape);
-            let n: usize = shape.iter().product();
-            let order: Vec<usize> = (0..n)
-                .map(|flat| {
-                    let mut rem = flat;
-                    let mut at = 0;
-                    for d in 0..shape.len() {
-                        let k = rem / dst[d];
-                        rem %= dst[d];
-                        at += (k + if d == axis { start } else { 0 }) * src[d];
-                    }
-                    at
-                })
-                .collect();
+            let order = index_map(&shape, |d, k| {
+                (k + if d == axis { start } else { 0 }) * src[d]
+            });
             Value::Host(h.take(shape, &order))
         }
     }
@@ -673,23 +662,7 @@ pub(super) fn expand(inputs: &Inputs) -> Result<Value> {
             &target,
         )),
         Value::Host(h) => {
-            let src = strides(&from);
-            let dst = strides(&target);
-            let n: usize = target.iter().product();
-            let order: Vec<usize> = (0..n)
-                .map(|flat| {
-                    let mut rem = flat;
-                    let mut at = 0;
-                    for d in 0..rank {
-                        let k = rem / dst[d];
-                        rem %= dst[d];
-                        if from[d] != 1 {
-                            at += k * src[d];
-                        }
-                    }
-                    at
-                })
-                .collect();
+            let order = broadcast_map(&from, &target);
             Value::Host(h.take(target, &order))
         }
     })
