@@ -316,6 +316,10 @@ impl Graph {
                     | Op::Compare(_)
                     | Op::Where
                     | Op::Mod { .. }
+                    | Op::Logic(_)
+                    | Op::Range
+                    | Op::Tile
+                    | Op::CumSum { .. }
                     | Op::Identity
             );
             if !host_only {

@@ -26,6 +26,8 @@ pub(crate) enum Unary {
     Reciprocal,
     Floor,
     Ceil,
+    Sin,
+    Cos,
     LeakyRelu(f32),
     Elu(f32),
     HardSigmoid(f32, f32),
@@ -49,6 +51,8 @@ pub(super) fn parse_unary(op: &str, a: &Attrs) -> Result<Unary> {
         "Reciprocal" => Unary::Reciprocal,
         "Floor" => Unary::Floor,
         "Ceil" => Unary::Ceil,
+        "Sin" => Unary::Sin,
+        "Cos" => Unary::Cos,
         other => return Err(a.unsupported(format!("unary op '{other}'"))),
     })
 }
@@ -72,6 +76,8 @@ pub(super) fn unary(u: &Unary, x: FTensor) -> FTensor {
         Unary::Reciprocal => map_rank!(x, t => t.recip()),
         Unary::Floor => map_rank!(x, t => t.floor()),
         Unary::Ceil => map_rank!(x, t => t.ceil()),
+        Unary::Sin => map_rank!(x, t => t.sin()),
+        Unary::Cos => map_rank!(x, t => t.cos()),
         Unary::LeakyRelu(alpha) => map_rank!(x, t => activation::leaky_relu(t, f64::from(alpha))),
         Unary::Elu(alpha) => map_rank!(x, t => activation::elu(t, f64::from(alpha))),
         Unary::HardSigmoid(alpha, beta) => {
@@ -512,5 +518,62 @@ fn select_float(inputs: &Inputs) -> Result<Value> {
         4 => pick!(R4, 4),
         5 => pick!(R5, 5),
         _ => pick!(R6, 6),
+    }))
+}
+
+/// Not, And, Or, Xor of shape arithmetic (ONNX's bools held as 0 and 1).
+pub(super) fn logic(op: Logic, inputs: &Inputs) -> Result<Value> {
+    let truth = |h: &HostTensor| -> Vec<bool> { h.as_f32().iter().map(|&v| v != 0.0).collect() };
+    if op == Logic::Not {
+        let t = host_inputs(inputs)?;
+        let out = truth(&t[0]).iter().map(|&b| i64::from(!b)).collect();
+        return Ok(Value::Host(HostTensor::i64(t[0].shape.clone(), out)));
+    }
+    let (t, shape, maps) = host_pair(inputs)?;
+    let (a, b) = (truth(&t[0]), truth(&t[1]));
+    let out = maps[0]
+        .iter()
+        .zip(&maps[1])
+        .map(|(&i, &j)| {
+            i64::from(match op {
+                Logic::And => a[i] && b[j],
+                Logic::Or => a[i] || b[j],
+                _ => a[i] != b[j],
+            })
+        })
+        .collect();
+    Ok(Value::Host(HostTensor::i64(shape, out)))
+}
+
+/// Which logical op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Logic {
+    Not,
+    And,
+    Or,
+    Xor,
+}
+
+/// Range(start, limit, delta) of shape arithmetic: integers when all three are, else floats.
+pub(super) fn range(inputs: &Inputs) -> Result<Value> {
+    let t = host_inputs(inputs)?;
+    let scalar = |h: &HostTensor| h.as_f32().first().copied().unwrap_or(0.0) as f64;
+    let (start, limit, delta) = (scalar(&t[0]), scalar(&t[1]), scalar(&t[2]));
+    if delta == 0.0 || !delta.is_finite() {
+        return Err(inputs.ctx.err(format!("delta {delta}")));
+    }
+    let n = ((limit - start) / delta).ceil().max(0.0) as usize;
+    if n > 1 << 24 {
+        return Err(inputs.ctx.err(format!("{n} elements")));
+    }
+    let ints = t.iter().all(|h| matches!(h.data, HostData::I64(_)));
+    Ok(Value::Host(if ints {
+        let (s, d) = (t[0].as_i64()[0], t[2].as_i64()[0]);
+        HostTensor::i64(vec![n], (0..n as i64).map(|k| s + k * d).collect())
+    } else {
+        HostTensor::f32(
+            vec![n],
+            (0..n).map(|k| (start + k as f64 * delta) as f32).collect(),
+        )
     }))
 }

@@ -95,6 +95,17 @@ pub(crate) enum Op {
     Mod {
         fmod: bool,
     },
+    /// Not, And, Or, Xor of shape arithmetic (host values only).
+    Logic(elementwise::Logic),
+    /// `Range` of shape arithmetic (host values only).
+    Range,
+    /// Repeat along every axis.
+    Tile,
+    /// `CumSum` of shape arithmetic (host values only).
+    CumSum {
+        exclusive: bool,
+        reverse: bool,
+    },
     Softmax {
         axis: i64,
         log: bool,
@@ -164,7 +175,7 @@ pub(crate) fn parse(op_type: &str, a: &Attrs) -> Result<Op> {
             }
         }
         "Relu" | "Sigmoid" | "Tanh" | "Exp" | "Log" | "Sqrt" | "Neg" | "Abs" | "Erf"
-        | "Softplus" | "HardSwish" | "Reciprocal" | "Floor" | "Ceil" => {
+        | "Softplus" | "HardSwish" | "Reciprocal" | "Floor" | "Ceil" | "Sin" | "Cos" => {
             Op::Unary(elementwise::parse_unary(op_type, a)?)
         }
         "LeakyRelu" => Op::Unary(Unary::LeakyRelu(a.float("alpha", 0.01)?)),
@@ -221,6 +232,16 @@ pub(crate) fn parse(op_type: &str, a: &Attrs) -> Result<Op> {
                 .ok_or_else(|| Error::Mismatch(format!("{op_type} is not a comparison")))?,
         ),
         "Where" => Op::Where,
+        "Not" => Op::Logic(elementwise::Logic::Not),
+        "And" => Op::Logic(elementwise::Logic::And),
+        "Or" => Op::Logic(elementwise::Logic::Or),
+        "Xor" => Op::Logic(elementwise::Logic::Xor),
+        "Range" => Op::Range,
+        "Tile" => Op::Tile,
+        "CumSum" => Op::CumSum {
+            exclusive: a.int("exclusive", 0)? != 0,
+            reverse: a.int("reverse", 0)? != 0,
+        },
         "Mod" => Op::Mod {
             fmod: a.int("fmod", 0)? != 0,
         },
@@ -458,6 +479,10 @@ pub(crate) fn eval(op: &Op, inputs: &Inputs, n_outputs: usize) -> Result<Vec<Val
         Op::Compare(c) => elementwise::compare(*c, inputs)?,
         Op::Where => elementwise::select(inputs)?,
         Op::Mod { fmod } => elementwise::modulo(*fmod, inputs)?,
+        Op::Logic(l) => elementwise::logic(*l, inputs)?,
+        Op::Range => elementwise::range(inputs)?,
+        Op::Tile => shape::tile(inputs)?,
+        Op::CumSum { exclusive, reverse } => shape::cumsum(*exclusive, *reverse, inputs)?,
         Op::Clip { min, max } => Value::Float(elementwise::clip(*min, *max, inputs)?),
         Op::PRelu => Value::Float(elementwise::prelu(inputs)?),
         Op::MatMul => Value::Float(linear::matmul(inputs)?),

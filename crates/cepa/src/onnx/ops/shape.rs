@@ -1,5 +1,5 @@
 //! Shape and layout ops: Flatten, Reshape, Transpose, Concat, Shape, Gather, (Un)Squeeze, Slice,
-//! Cast, Constant, ConstantOfShape, Pad, Split, Expand and GatherND. Each works on host values (shape arithmetic and
+//! Cast, Constant, ConstantOfShape, Pad, Split, Expand, GatherND, Tile and CumSum. Each works on host values (shape arithmetic and
 //! constants) and on device tensors.
 
 use burn::prelude::{Int, Tensor};
@@ -737,4 +737,79 @@ pub(super) fn gather_nd(batch_dims: i64, inputs: &Inputs) -> Result<Value> {
         out_shape
     };
     reshape_value(picked, out_shape, inputs)
+}
+
+/// Tile: repeat the input `repeats[d]` times along each axis.
+pub(super) fn tile(inputs: &Inputs) -> Result<Value> {
+    let v = inputs.value(0)?;
+    let dims = v.dims();
+    let reps: Vec<usize> = inputs
+        .host(1)?
+        .as_i64()
+        .iter()
+        .map(|&r| usize::try_from(r).ok().filter(|&r| r > 0))
+        .collect::<Option<_>>()
+        .ok_or_else(|| inputs.ctx.err("repeats must be positive"))?;
+    if reps.len() != dims.len() {
+        return Err(inputs.ctx.err(format!(
+            "{} repeats for an input of rank {}",
+            reps.len(),
+            dims.len()
+        )));
+    }
+    Ok(match v {
+        Value::Float(t) => Value::Float(crate::map_rank!(t, x => x.repeat(&reps))),
+        Value::Host(h) => {
+            let out: Vec<usize> = dims.iter().zip(&reps).map(|(d, r)| d * r).collect();
+            let src = h.strides();
+            let order = index_map(&out, |d, k| (k % dims[d]) * src[d]);
+            Value::Host(h.take(out, &order))
+        }
+    })
+}
+
+/// CumSum of shape arithmetic (a positional encoding's running count of a mask): along the
+/// axis given as the second input, inclusive unless `exclusive`, backwards if `reverse`.
+pub(super) fn cumsum(exclusive: bool, reverse: bool, inputs: &Inputs) -> Result<Value> {
+    if !inputs.all_host() {
+        return Err(inputs
+            .ctx
+            .unsupported("on values computed from the image (only on shapes and constants)"));
+    }
+    let h = inputs.host(0)?;
+    let axis = inputs.host(1)?.as_i64().first().copied().unwrap_or(0);
+    let axis = norm_axis(axis, h.shape.len(), inputs.ctx)?;
+    let n = h.shape[axis];
+    let stride = h.strides()[axis];
+    let total = h.data.len();
+    // Every line along the axis: its start and then n entries `stride` apart.
+    let starts: Vec<usize> = (0..total).filter(|i| (i / stride) % n == 0).collect();
+    let run = |vals: &mut [f64]| {
+        for &s0 in &starts {
+            let mut acc = 0.0;
+            let order: Vec<usize> = if reverse {
+                (0..n).rev().collect()
+            } else {
+                (0..n).collect()
+            };
+            for k in order {
+                let i = s0 + k * stride;
+                let v = vals[i];
+                vals[i] = if exclusive { acc } else { acc + v };
+                acc += v;
+            }
+        }
+    };
+    Ok(Value::Host(match &h.data {
+        HostData::I64(v) => {
+            let mut f: Vec<f64> = v.iter().map(|&x| x as f64).collect();
+            run(&mut f);
+            HostTensor::i64(h.shape.clone(), f.iter().map(|&x| x as i64).collect())
+        }
+        HostData::F32(v) => {
+            let mut f: Vec<f64> = v.iter().map(|&x| f64::from(x)).collect();
+            run(&mut f);
+            HostTensor::f32(h.shape.clone(), f.iter().map(|&x| x as f32).collect())
+        }
+    }))
 }

@@ -390,3 +390,53 @@ fn resize_rounds_as_the_attributes_say_and_refuses_cubic() {
     let (_, y) = run(g, 9, &[1, 1, 1, 2], &[5.0, 7.0]).unwrap();
     close(&y, &[5.0, 5.0, 7.0, 7.0]);
 }
+
+#[test]
+fn positional_encodings_from_shapes_range_cumsum_tile_logic_and_sines() {
+    // What XCiT and EdgeNeXt export for their positional encodings, on a [1, 3] input:
+    // Range(0, 3, 1) = [0, 1, 2]; CumSum of Not([1, 0, 0]) = [0, 1, 2]; Tile([1, 2], 2)[:3] and
+    // And/Or/Xor of [1, 0, 1], [1, 1, 0]; then sin and cos of the range, all added to the input.
+    let mut g = graph(&[Some(1), Some(3)]);
+    for (name, v) in [("zero", 0i64), ("three", 3), ("one", 1), ("two", 2)] {
+        g.init_i64(name, &[], &[v]);
+    }
+    g.init_i64("mask", &[3], &[1, 0, 0]);
+    g.init_i64("p", &[3], &[1, 0, 1]);
+    g.init_i64("q", &[3], &[1, 1, 0]);
+    g.init_i64("pair", &[2], &[1, 2]);
+    g.init_i64("reps", &[1], &[2]);
+    g.init_i64("s0", &[1], &[0]);
+    g.init_i64("s3", &[1], &[3]);
+    let r = g.node("Range", &["zero", "three", "one"], None, &[]);
+    let not = g.node("Not", &["mask"], None, &[]);
+    let cs = g.node("CumSum", &[&not, "zero"], None, &[]);
+    let tiled = g.node("Tile", &["pair", "reps"], None, &[]);
+    let t3 = g.node("Slice", &[&tiled, "s0", "s3"], None, &[]);
+    let and = g.node("And", &["p", "q"], None, &[]);
+    let or = g.node("Or", &["p", "q"], None, &[]);
+    let xor = g.node("Xor", &["p", "q"], None, &[]);
+    let mut acc = "x".to_string();
+    for v in [&r, &cs, &t3, &and, &or, &xor] {
+        let f = g.node("Cast", &[v], None, &[("to", AttrValue::Int(1))]);
+        acc = g.node("Add", &[&acc, &f], None, &[]);
+    }
+    let rf = g.node("Cast", &[&r], None, &[("to", AttrValue::Int(1))]);
+    let sin = g.node("Sin", &[&rf], None, &[]);
+    let cos = g.node("Cos", &[&rf], None, &[]);
+    let acc = g.node("Add", &[&acc, &sin], None, &[]);
+    g.node("Add", &[&acc, &cos], Some("y"), &[]);
+    g.output("y", &[Some(1), Some(3)]);
+    let (_, y) = run(g, 13, &[1, 3], &[0.0; 3]).unwrap();
+    // range + cumsum + tile + and + or + xor, then sin and cos of 0, 1, 2.
+    let ints = [
+        0.0 + 0.0 + 1.0 + 1.0 + 1.0 + 0.0,
+        1.0 + 1.0 + 2.0 + 0.0 + 1.0 + 1.0,
+        2.0 + 2.0 + 1.0 + 0.0 + 1.0 + 1.0,
+    ];
+    let want: Vec<f32> = ints
+        .iter()
+        .enumerate()
+        .map(|(k, v)| v + (k as f32).sin() + (k as f32).cos())
+        .collect();
+    close(&y, &want);
+}
