@@ -196,8 +196,8 @@ def main():
         "moves the gradient by per cents). ok: forward under 1e-4, gradient under 1e-3 or within twice "
         "PyTorch's own float32 error.",
         "",
-        "Reading: every family is read by both exporters except where torch itself cannot export (the legacy "
-        "exporter refuses an adaptive pooling whose output size does not divide its input). A gradient that "
+        "Reading: \"not read\" names the op or setting the interpreter refused (it never skips one); \"export "
+        "failed\" is torch refusing to export. A gradient that "
         "differs from PyTorch's by per cents while the forward pass agrees is a max-pooling window whose two "
         "largest inputs lie within float32 rounding of each other: the two computations pick different "
         "winners, and each gradient is right for its own pick (session 32 traced one such window in VGG-11: "
