@@ -44,14 +44,24 @@ pub struct RunResult {
 }
 
 impl Interpreter {
-    /// Upload the graph's constants to `device`.
+    /// Upload the graph's constants to `device` (all but scalars and the parameters a Resize
+    /// reads on the host: its scales and sizes, which would otherwise be read back every pass).
     pub fn new(graph: Arc<Graph>, device: &Device) -> Self {
+        let mut host_only = vec![false; graph.consts.len()];
+        for node in &graph.nodes {
+            if matches!(node.op, ops::Op::Resize(_)) {
+                for &s in node.inputs.iter().skip(1).flatten() {
+                    host_only[s] = true;
+                }
+            }
+        }
         let consts = graph
             .consts
             .iter()
-            .map(|c| {
+            .zip(&host_only)
+            .map(|(c, &host)| {
                 c.as_ref().map(|h| match &h.data {
-                    HostData::F32(v) if !h.shape.is_empty() && v.len() > 1 => {
+                    HostData::F32(v) if !host && !h.shape.is_empty() && v.len() > 1 => {
                         Value::Float(FTensor::from_host(v.clone(), &h.shape, device))
                     }
                     _ => Value::Host(h.clone()),

@@ -138,8 +138,8 @@ pub(super) fn resize(spec: &ResizeSpec, inputs: &Inputs) -> Result<Value> {
             .filter(|s| !s.is_empty()),
         None => None,
     };
-    // The scales are a float initializer, which the interpreter keeps on the device: read back
-    // (a handful of values).
+    // The interpreter keeps a Resize's constant scales on the host; scales computed on the
+    // device (from constants the graph did not fold) are read back.
     let scales = match &spec.scales_attr {
         Some(s) => Some(s.clone()),
         None if inputs.present(spec.scales_input) => match inputs.value(spec.scales_input)? {
