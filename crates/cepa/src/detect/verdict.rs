@@ -710,30 +710,40 @@ pub fn decide(
     decide_pool(results, layers, cfg, None)
 }
 
+/// Per class, the mean of `terms` (summed in order from 0, as the verdict always has).
+fn term_mean<'a>(terms: impl Iterator<Item = &'a Vec<f64>> + Clone, k: usize) -> Vec<f64> {
+    let n = terms.clone().count() as f64;
+    (0..k)
+        .map(|t| terms.clone().fold(0.0, |acc, v| acc + v[t]) / n)
+        .collect()
+}
+
 /// For each layer, the mean of the terms measured at it or once for all layers; per class, the
 /// largest of these means (`Combine::LayerMax`). A layer without a term of its own is skipped
 /// unless no layer has one (then every term is shared and this is their mean).
 fn layer_max(terms: &[(Option<usize>, Vec<f64>)], layers: usize, k: usize) -> Vec<f64> {
+    let at = |layer: Option<usize>| {
+        term_mean(
+            terms
+                .iter()
+                .filter(move |(s, _)| s.is_none() || *s == layer)
+                .map(|(_, v)| v),
+            k,
+        )
+    };
     let own: Vec<usize> = (0..layers)
         .filter(|&l| terms.iter().any(|(s, _)| *s == Some(l)))
         .collect();
-    let means = |layer: Option<usize>| -> Vec<f64> {
-        let used: Vec<&Vec<f64>> = terms
-            .iter()
-            .filter(|(s, _)| s.is_none() || *s == layer)
-            .map(|(_, v)| v)
-            .collect();
-        (0..k)
-            .map(|t| used.iter().map(|v| v[t]).sum::<f64>() / used.len() as f64)
-            .collect()
-    };
     if own.is_empty() {
-        return means(None);
+        return at(None);
     }
-    own.iter()
-        .map(|&l| means(Some(l)))
-        .reduce(|a, b| a.iter().zip(&b).map(|(x, y)| x.max(*y)).collect())
-        .unwrap_or_else(|| vec![0.0; k])
+    let mut best = vec![f64::NEG_INFINITY; k];
+    for l in own {
+        for (b, v) in best.iter_mut().zip(at(Some(l))) {
+            *b = b.max(v);
+        }
+    }
+    best
 }
 
 /// [`decide`] for the results of some of the classes (`pool`; `None`: one per class, all of
@@ -777,10 +787,8 @@ pub fn decide_pool(
         ));
     }
     let mut per_class: Vec<Vec<Indexed>> = vec![Vec::new(); k];
-    let mut combined = vec![0.0; k];
-    let mut terms = 0usize;
-    // The chosen (capped) indices again, by layer (`None`: measured once, counts at every
-    // layer), for `Combine::LayerMax`.
+    // The chosen (floored, capped) indices, each with its layer (`None`: measured once, counts
+    // at every layer).
     let mut chosen_terms: Vec<(Option<usize>, Vec<f64>)> = Vec::new();
     let all = [
         Statistic::DeltaNorm,
@@ -872,22 +880,18 @@ pub fn decide_pool(
                     } else {
                         floored
                     };
-                    combined[t] += term[t];
                 }
             }
             if chosen {
-                terms += 1;
                 chosen_terms.push((slot, term));
             }
         }
     }
-    if terms == 0 {
+    if chosen_terms.is_empty() {
         return Err(Error::Config("no chosen statistic was measured".into()));
     }
-    for c in &mut combined {
-        *c /= terms as f64;
-    }
-    let mean_index = combined;
+    let terms = chosen_terms.len();
+    let mean_index = term_mean(chosen_terms.iter().map(|(_, v)| v), k);
     let combined: Vec<f64> = match cfg.combine {
         Combine::Mean => mean_index.clone(),
         // Session 1's rule: standardise the mean again, by its own median and MAD over the
