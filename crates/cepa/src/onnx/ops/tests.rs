@@ -9,19 +9,30 @@ use crate::model::cpu_device;
 use crate::onnx::write::{AttrValue, GraphBuilder, save_model};
 use crate::onnx::{FTensor, Graph, Interpreter};
 
-/// Run `g` (input `x`, output `y`) at `opset` on `x`; the output's shape and values.
+/// `g` (input `x`, output `y`) at `opset`, written and read back as a file, on the CPU.
+fn load(
+    g: GraphBuilder,
+    opset: i64,
+    autodiff: bool,
+) -> crate::error::Result<(Interpreter, burn::prelude::Device)> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.onnx");
+    save_model(&g.build(opset), &path).unwrap();
+    let device = cpu_device(autodiff);
+    Ok((
+        Interpreter::new(Arc::new(Graph::load(&path)?), &device),
+        device,
+    ))
+}
+
+/// Run `g` at `opset` on `x`; the output's shape and values.
 fn run(
     g: GraphBuilder,
     opset: i64,
     dims: &[usize],
     x: &[f32],
 ) -> crate::error::Result<(Vec<usize>, Vec<f32>)> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("g.onnx");
-    save_model(&g.build(opset), &path).unwrap();
-    let graph = Graph::load(&path)?;
-    let device = cpu_device(false);
-    let interp = Interpreter::new(Arc::new(graph), &device);
+    let (interp, device) = load(g, opset, false)?;
     let out = interp.forward(FTensor::from_host(x.to_vec(), dims, &device))?;
     Ok((out.dims(), out.to_vec()))
 }
@@ -320,11 +331,7 @@ fn gather_nd_picks_elements_and_rows_by_index_tuples() {
 
 /// The input gradient of the sum of `g`'s output.
 fn grad_of_sum(g: GraphBuilder, opset: i64, dims: &[usize], x: &[f32]) -> Vec<f32> {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("g.onnx");
-    save_model(&g.build(opset), &path).unwrap();
-    let device = cpu_device(true);
-    let interp = Interpreter::new(Arc::new(Graph::load(&path).unwrap()), &device);
+    let (interp, device) = load(g, opset, true).unwrap();
     let input = FTensor::from_host(x.to_vec(), dims, &device).require_grad();
     let out = interp.forward(input.clone()).unwrap();
     let grads = out.flatten2().sum().backward();
