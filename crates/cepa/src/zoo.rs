@@ -23,8 +23,8 @@ use crate::data::{ImageSet, Split, load};
 use crate::error::{Error, Result};
 use crate::onnx::write::save_model;
 use crate::train::{
-    ARCH_NAMES, AllConvArch, Architecture, CnnArch, LateTrigger, NetArch, Network, PreActArch,
-    ResNetArch, Shapes, TrainConfig, Trainer, TrainerState, VggArch, predict,
+    ARCH_NAMES, AllConvArch, Architecture, CnnArch, LateTrigger, MlpArch, NetArch, Network,
+    PreActArch, ResNetArch, Shapes, TrainConfig, Trainer, TrainerState, VggArch, predict,
 };
 use burn::prelude::Device;
 
@@ -52,7 +52,8 @@ fn default_data_root() -> PathBuf {
 pub struct Recipe {
     /// Network architecture: `"cnn"` (the small CNN of [`crate::train::cnn`]), `"resnet"`
     /// ([`crate::train::resnet`]), `"vgg"` ([`crate::train::vgg`]), `"preact-resnet"`
-    /// ([`crate::train::preact`], with BatchNorm) or `"allconv"` ([`crate::train::allconv`]).
+    /// ([`crate::train::preact`], with BatchNorm), `"allconv"` ([`crate::train::allconv`]) or
+    /// `"mlp"` ([`crate::train::mlp`], fully connected).
     /// Default `"cnn"`.
     #[serde(default = "default_arch")]
     pub arch: String,
@@ -73,6 +74,9 @@ pub struct Recipe {
     /// data).
     #[serde(default)]
     pub allconv: AllConvArch,
+    /// The fully connected net's shape when `arch = "mlp"` (input and classes from the data).
+    #[serde(default)]
+    pub mlp: MlpArch,
     /// Optimisation.
     #[serde(default)]
     pub train: TrainConfig,
@@ -90,6 +94,7 @@ impl Recipe {
             vgg: &self.vgg,
             preact: &self.preact,
             allconv: &self.allconv,
+            mlp: &self.mlp,
         }
     }
 }

@@ -18,6 +18,7 @@
 
 pub mod allconv;
 pub mod cnn;
+pub mod mlp;
 pub mod net;
 pub mod preact;
 pub mod resnet;
@@ -34,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 pub use allconv::{AllConvArch, AllConvWeights};
 pub use cnn::{Cnn, CnnArch, CnnWeights};
+pub use mlp::{MlpArch, MlpWeights};
 pub use net::{ARCH_NAMES, Architecture, FlatArch, FlatWeights, Net, NetArch, Network, Shapes};
 pub use preact::{PreActArch, PreActWeights};
 pub use resnet::{ResNetArch, ResNetWeights};

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::allconv::{AllConvArch, AllConvWeights};
 use super::cnn::{CnnArch, CnnWeights};
+use super::mlp::{MlpArch, MlpWeights};
 use super::preact::{PreActArch, PreActWeights};
 use super::resnet::{ResNetArch, ResNetWeights};
 use super::vgg::{VggArch, VggWeights};
@@ -734,10 +735,10 @@ pub(crate) fn onnx_linear(g: &mut GraphBuilder, x: &str, name: &str, out: &str) 
 }
 
 /// Names [`NetArch::select`] accepts.
-pub const ARCH_NAMES: [&str; 5] = ["cnn", "resnet", "vgg", "preact-resnet", "allconv"];
+pub const ARCH_NAMES: [&str; 6] = ["cnn", "resnet", "vgg", "preact-resnet", "allconv", "mlp"];
 
 /// The shapes a run-time choice of network picks from (a zoo recipe's `cnn`, `resnet`, `vgg`,
-/// `preact` and `allconv` tables).
+/// `preact`, `allconv` and `mlp` tables).
 #[derive(Clone, Copy, Debug)]
 pub struct Shapes<'a> {
     pub cnn: &'a CnnArch,
@@ -745,6 +746,7 @@ pub struct Shapes<'a> {
     pub vgg: &'a VggArch,
     pub preact: &'a PreActArch,
     pub allconv: &'a AllConvArch,
+    pub mlp: &'a MlpArch,
 }
 
 /// One of the project's networks, chosen at run time. Serialises as the chosen network's own
@@ -757,6 +759,7 @@ pub enum NetArch {
     Vgg(VggArch),
     PreAct(PreActArch),
     AllConv(AllConvArch),
+    Mlp(MlpArch),
 }
 
 impl NetArch {
@@ -768,6 +771,7 @@ impl NetArch {
             "vgg" => Ok(NetArch::Vgg(shapes.vgg.clone())),
             "preact-resnet" => Ok(NetArch::PreAct(shapes.preact.clone())),
             "allconv" => Ok(NetArch::AllConv(shapes.allconv.clone())),
+            "mlp" => Ok(NetArch::Mlp(shapes.mlp.clone())),
             _ => Err(Error::Config(format!(
                 "unknown arch '{name}' (one of {})",
                 ARCH_NAMES.map(|n| format!("\"{n}\"")).join(", ")
@@ -775,7 +779,7 @@ impl NetArch {
         }
     }
 
-    /// `"cnn"`, `"resnet"`, `"vgg"`, `"preact-resnet"` or `"allconv"`.
+    /// `"cnn"`, `"resnet"`, `"vgg"`, `"preact-resnet"`, `"allconv"` or `"mlp"`.
     pub fn name(&self) -> &'static str {
         match self {
             NetArch::Cnn(_) => "cnn",
@@ -783,6 +787,7 @@ impl NetArch {
             NetArch::Vgg(_) => "vgg",
             NetArch::PreAct(_) => "preact-resnet",
             NetArch::AllConv(_) => "allconv",
+            NetArch::Mlp(_) => "mlp",
         }
     }
 
@@ -824,6 +829,13 @@ impl NetArch {
                 num_classes,
                 ..a
             }),
+            NetArch::Mlp(a) => NetArch::Mlp(MlpArch {
+                channels,
+                height,
+                width,
+                num_classes,
+                ..a
+            }),
         }
     }
 }
@@ -838,6 +850,7 @@ pub enum Net {
     #[serde(rename = "preact-resnet")]
     PreAct(PreActWeights),
     AllConv(AllConvWeights),
+    Mlp(MlpWeights),
 }
 
 /// `$body` with `$a` bound to the architecture inside any variant of `$arch`.
@@ -849,6 +862,7 @@ macro_rules! each_arch {
             NetArch::Vgg($a) => $body,
             NetArch::PreAct($a) => $body,
             NetArch::AllConv($a) => $body,
+            NetArch::Mlp($a) => $body,
         }
     };
 }
@@ -879,6 +893,7 @@ impl Architecture for NetArch {
             NetArch::Vgg(a) => Net::Vgg(a.init(seed)?),
             NetArch::PreAct(a) => Net::PreAct(a.init(seed)?),
             NetArch::AllConv(a) => Net::AllConv(a.init(seed)?),
+            NetArch::Mlp(a) => Net::Mlp(a.init(seed)?),
         })
     }
 
@@ -889,6 +904,7 @@ impl Architecture for NetArch {
             NetArch::Vgg(a) => Net::Vgg(a.unflatten(flat)?),
             NetArch::PreAct(a) => Net::PreAct(a.unflatten(flat)?),
             NetArch::AllConv(a) => Net::AllConv(a.unflatten(flat)?),
+            NetArch::Mlp(a) => Net::Mlp(a.unflatten(flat)?),
         })
     }
 
@@ -923,6 +939,7 @@ impl Network for Net {
             Net::Vgg(w) => NetArch::Vgg(w.arch.clone()),
             Net::PreAct(w) => NetArch::PreAct(w.arch.clone()),
             Net::AllConv(w) => NetArch::AllConv(w.arch.clone()),
+            Net::Mlp(w) => NetArch::Mlp(w.arch.clone()),
         }
     }
 
@@ -933,6 +950,7 @@ impl Network for Net {
             Net::Vgg(w) => w.validate(),
             Net::PreAct(w) => w.validate(),
             Net::AllConv(w) => w.validate(),
+            Net::Mlp(w) => w.validate(),
         }
     }
 
@@ -943,6 +961,7 @@ impl Network for Net {
             Net::Vgg(w) => w.to_flat(),
             Net::PreAct(w) => w.to_flat(),
             Net::AllConv(w) => w.to_flat(),
+            Net::Mlp(w) => w.to_flat(),
         }
     }
 
@@ -953,6 +972,7 @@ impl Network for Net {
             Net::Vgg(w) => w.to_onnx(),
             Net::PreAct(w) => w.to_onnx(),
             Net::AllConv(w) => w.to_onnx(),
+            Net::Mlp(w) => w.to_onnx(),
         }
     }
 }

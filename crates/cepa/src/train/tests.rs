@@ -214,6 +214,43 @@ fn allconv_export_matches_the_training_forward() {
     }
 }
 
+/// The fully connected net's export (its course-network shape with three hidden layers, a wide
+/// one on colour images, and a plain linear classifier) computes the training forward.
+#[test]
+fn mlp_export_matches_the_training_forward() {
+    for (arch, layer) in [
+        (
+            MlpArch {
+                hidden: vec![10, 10, 10],
+                ..MlpArch::default()
+            },
+            "fc3.relu",
+        ),
+        (
+            MlpArch {
+                channels: 3,
+                height: 9,
+                width: 7,
+                num_classes: 4,
+                hidden: vec![32],
+            },
+            "fc1.relu",
+        ),
+        (
+            MlpArch {
+                hidden: vec![],
+                ..MlpArch::default()
+            },
+            "flatten",
+        ),
+    ] {
+        let mut w = arch.init(1).unwrap();
+        perturb_zeros(&arch.layout(), &mut w.params, 2);
+        assert!(w.values("head.bias").unwrap()[0] != 0.0);
+        check_export(&w, layer);
+    }
+}
+
 /// Two classes on 16x16 images: a bright blob top-left or bottom-right, plus noise.
 fn blobs(n: usize, seed: u64) -> ImageSet {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -289,10 +326,11 @@ fn training_learns_a_toy_task_deterministically() {
     );
 }
 
-/// The ResNet, the VGG net and the all-convolutional net learn the stripes task; chosen at run
-/// time through [`NetArch`] they train exactly as when named statically.
+/// The ResNet, the VGG net, the all-convolutional net and the fully connected net learn the
+/// stripes task; chosen at run time through [`NetArch`] they train exactly as when named
+/// statically.
 #[test]
-fn resnet_vgg_and_allconv_learn_a_toy_task() {
+fn every_flat_network_learns_a_toy_task() {
     let resnet = ResNetArch {
         channels: 1,
         height: 16,
@@ -316,6 +354,13 @@ fn resnet_vgg_and_allconv_learn_a_toy_task() {
         num_classes: 2,
         stages: vec![vec![8], vec![16]],
     };
+    let mlp = MlpArch {
+        channels: 1,
+        height: 16,
+        width: 16,
+        num_classes: 2,
+        hidden: vec![16, 16],
+    };
     let cfg = TrainConfig {
         epochs: 4,
         batch_size: 8,
@@ -330,6 +375,7 @@ fn resnet_vgg_and_allconv_learn_a_toy_task() {
         NetArch::ResNet(resnet.clone()),
         NetArch::Vgg(vgg),
         NetArch::AllConv(allconv.clone()),
+        NetArch::Mlp(mlp.clone()),
     ] {
         let trained = train(&set, arch.clone(), &cfg, &device).unwrap();
         let first = trained.history.first().unwrap().loss;
@@ -347,11 +393,13 @@ fn resnet_vgg_and_allconv_learn_a_toy_task() {
     assert_eq!(dynamic[0], Net::ResNet(direct));
     let direct = train(&set, allconv, &cfg, &device).unwrap().weights;
     assert_eq!(dynamic[2], Net::AllConv(direct));
+    let direct = train(&set, mlp, &cfg, &device).unwrap().weights;
+    assert_eq!(dynamic[3], Net::Mlp(direct));
 }
 
 #[test]
 fn arch_names_select_their_network() {
-    let (cnn, resnet, vgg, preact, allconv) = (
+    let (cnn, resnet, vgg, preact, allconv, mlp) = (
         CnnArch::default(),
         ResNetArch::default(),
         VggArch::default(),
@@ -360,6 +408,7 @@ fn arch_names_select_their_network() {
             ..PreActArch::default()
         },
         AllConvArch::default(),
+        MlpArch::default(),
     );
     let shapes = Shapes {
         cnn: &cnn,
@@ -367,6 +416,7 @@ fn arch_names_select_their_network() {
         vgg: &vgg,
         preact: &preact,
         allconv: &allconv,
+        mlp: &mlp,
     };
     for name in ARCH_NAMES {
         let a = NetArch::select(name, shapes)
@@ -383,6 +433,7 @@ fn arch_names_select_their_network() {
     assert!(matches!(err, Error::Config(_)), "{err}");
     assert!(err.to_string().contains("\"preact-resnet\""), "{err}");
     assert!(err.to_string().contains("\"allconv\""), "{err}");
+    assert!(err.to_string().contains("\"mlp\""), "{err}");
     // The manifest records the chosen network's own config.
     assert_eq!(
         serde_json::to_value(NetArch::ResNet(resnet.clone())).unwrap(),
