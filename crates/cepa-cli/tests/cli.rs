@@ -1120,6 +1120,76 @@ seeds = [1]
 attack = { kind = "badnets", patch = 4, rate = 0.3, target = 3 }
 "#;
 
+/// A fully connected BadNets victim, trained by `cepa zoo build` (`arch = "mlp"`) and exported,
+/// is read by `cepa scan` and flagged at its target by the default verdict (exit code 1).
+#[test]
+fn a_fully_connected_badnets_victim_is_flagged_at_its_target() {
+    let dir = tmp_dir("mlp");
+    let config = dir.join("mlp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_root = {:?}\n{}",
+            shared().join("data").display().to_string(),
+            r#"
+[recipes.mnist]
+arch = "mlp"
+mlp = { hidden = [32] }
+train_images = 3000
+train = { epochs = 6, lr = 2e-3, batch_size = 32, shift = 0 }
+[[models]]
+name = "mlp-badnets"
+dataset = "mnist"
+seeds = [2]
+attack = { kind = "badnets", patch = 3, rate = 0.1, target = 4 }
+"#
+        ),
+    )
+    .unwrap();
+    let zoo = dir.join("zoo");
+    let out = cepa(&[
+        "zoo",
+        "build",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        zoo.to_str().unwrap(),
+        "-q",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(zoo.join("manifest.json")).unwrap()).unwrap();
+    let m = &manifest["models"][0];
+    assert_eq!(m["arch"], "mlp", "{m}");
+    assert_eq!(m["params"]["mlp"]["hidden"], serde_json::json!([32]), "{m}");
+    assert!(m["attack_success_rate"].as_f64().unwrap() >= 0.9, "{m}");
+    let model = zoo.join("mlp-badnets-s2.onnx");
+    let data = shared().join("data/mnist");
+    let out = cepa(&[
+        "scan",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--format",
+        "json",
+        "-q",
+    ]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(r["verdict"], "backdoored", "{}", r["combined"]);
+    assert_eq!(r["target"], 4, "{}", r["combined"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        r["layer"], "fc1.relu, flatten",
+        "the inputs of the two Gemm layers"
+    );
+}
+
 #[test]
 fn zoo_build_then_eval_both_detectors_resumably() {
     let dir = tmp_dir("zoo");
