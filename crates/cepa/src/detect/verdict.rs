@@ -349,6 +349,18 @@ pub struct DecisionConfig {
     /// statistics when on. Measured in session 29 (EVALUATION.md), not chosen.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub joint: std::collections::BTreeMap<Statistic, f64>,
+    /// Whether `standalone` and `joint` may raise a class the sink check has capped [ours]. True
+    /// (the default, the rule frozen in 8711592): they are applied after the sink check and may
+    /// raise any class. False: a sink stays capped, since a trigger's target is cheap to reach
+    /// from the hardest source class too, whatever margin an input reaches there. Measured on
+    /// development scans in session 33 (EVALUATION.md), not chosen.
+    #[serde(skip_serializing_if = "is_true")]
+    pub raise_sinks: bool,
+}
+
+/// Whether `b` is true: `raise_sinks` is written only where it differs from the default.
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl DecisionConfig {
@@ -467,6 +479,7 @@ impl Default for DecisionConfig {
             margin_gate: 0.0,
             standalone: [(Statistic::MaxMargin, 1.5 / 2.81)].into_iter().collect(),
             joint: Default::default(),
+            raise_sinks: true,
         }
     }
 }
@@ -978,6 +991,9 @@ pub fn decide_pool(
     // A class raised by a statistic that counts on its own (or by statistics that count
     // together) to `value`, at most twice the threshold; the note says why when that is over it.
     let mut raise = |t: usize, value: f64, why: &dyn Fn() -> String| {
+        if !cfg.raise_sinks && sinks.contains(&t) {
+            return;
+        }
         let raised = value.min(2.0 * threshold);
         if raised > combined[t] {
             if raised > threshold {
@@ -1375,6 +1391,36 @@ mod tests {
         let old = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
         assert_eq!(old.score, without.score);
         assert_eq!(old.most_anomalous, 0);
+    }
+
+    /// `raise_sinks = false`: a class the sink check caps (here class 4, the most expensive to
+    /// reach from its hardest source) is not raised by its margin; the default raises it.
+    #[test]
+    fn a_sink_s_margin_raises_it_only_where_sinks_may_be_raised() {
+        let layers = vec!["l".to_string()];
+        let rs: Vec<TargetResult> = (0..5)
+            .map(|t| {
+                let mut r = result(t, 1.0 + 0.01 * t as f64, 0.5, 0.5, true);
+                r.max_margin = Some([10.0, 11.0, 9.0, 10.5, 60.0][t]);
+                r.input_reach_sources = vec![f64::NAN, [3.0, 2.0, 4.0, 5.0, 9.0][t]];
+                r
+            })
+            .collect();
+        assert_eq!(sink_classes(&rs, 2), [2, 3, 4]);
+        let raised = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
+        assert!(raised.backdoored && raised.most_anomalous == 4);
+        let kept = DecisionConfig {
+            raise_sinks: false,
+            ..Default::default()
+        };
+        let d = decide(&rs, &layers, &kept).unwrap();
+        assert!(!d.backdoored, "score {} at {}", d.score, d.most_anomalous);
+        assert!(d.classes[4].anomaly_index <= 0.0);
+        assert!(
+            !d.notes.iter().any(|n| n.contains("max_margin")),
+            "{:?}",
+            d.notes
+        );
     }
 
     #[test]
