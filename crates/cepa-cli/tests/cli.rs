@@ -1120,18 +1120,37 @@ seeds = [1]
 attack = { kind = "badnets", patch = 4, rate = 0.3, target = 3 }
 "#;
 
+/// Write a zoo config `body` to `dir/name`, reading the datasets of ../shared/data.
+fn zoo_config(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let config = dir.join(name);
+    let data_root = shared().join("data").display().to_string();
+    std::fs::write(&config, format!("data_root = {data_root:?}\n{body}")).unwrap();
+    config
+}
+
+/// `cepa zoo build --config CONFIG --out OUT` with `extra` arguments.
+fn zoo_build(config: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "zoo",
+        "build",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    cepa(&args)
+}
+
 /// A fully connected BadNets victim, trained by `cepa zoo build` (`arch = "mlp"`) and exported,
 /// is read by `cepa scan` and flagged at its target by the default verdict (exit code 1).
 #[test]
 fn a_fully_connected_badnets_victim_is_flagged_at_its_target() {
     let dir = tmp_dir("mlp");
-    let config = dir.join("mlp.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_root = {:?}\n{}",
-            shared().join("data").display().to_string(),
-            r#"
+    let config = zoo_config(
+        &dir,
+        "mlp.toml",
+        r#"
 [recipes.mnist]
 arch = "mlp"
 mlp = { hidden = [32] }
@@ -1142,20 +1161,10 @@ name = "mlp-badnets"
 dataset = "mnist"
 seeds = [2]
 attack = { kind = "badnets", patch = 3, rate = 0.1, target = 4 }
-"#
-        ),
-    )
-    .unwrap();
+"#,
+    );
     let zoo = dir.join("zoo");
-    let out = cepa(&[
-        "zoo",
-        "build",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        zoo.to_str().unwrap(),
-        "-q",
-    ]);
+    let out = zoo_build(&config, &zoo, &["-q"]);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -1193,28 +1202,9 @@ attack = { kind = "badnets", patch = 3, rate = 0.1, target = 4 }
 #[test]
 fn zoo_build_then_eval_both_detectors_resumably() {
     let dir = tmp_dir("zoo");
-    let config = dir.join("tiny.toml");
-    let data_root = shared().join("data");
-    std::fs::write(
-        &config,
-        format!(
-            "data_root = {:?}\n{TINY_ZOO}",
-            data_root.display().to_string()
-        ),
-    )
-    .unwrap();
+    let config = zoo_config(&dir, "tiny.toml", TINY_ZOO);
     let zoo = dir.join("zoo");
-    let build = |_: ()| {
-        let args = [
-            "zoo",
-            "build",
-            "--config",
-            config.to_str().unwrap(),
-            "--out",
-            zoo.to_str().unwrap(),
-        ];
-        cepa(&args)
-    };
+    let build = |_: ()| zoo_build(&config, &zoo, &[]);
     let out = build(());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
@@ -1227,15 +1217,7 @@ fn zoo_build_then_eval_both_detectors_resumably() {
     }
     // `-q` keeps them out: only errors on stderr.
     let quiet_zoo = dir.join("zoo-quiet");
-    let quiet = cepa(&[
-        "zoo",
-        "build",
-        "--config",
-        config.to_str().unwrap(),
-        "--out",
-        quiet_zoo.to_str().unwrap(),
-        "-q",
-    ]);
+    let quiet = zoo_build(&config, &quiet_zoo, &["-q"]);
     let quiet_err = String::from_utf8_lossy(&quiet.stderr);
     assert_eq!(quiet.status.code(), Some(0), "{quiet_err}");
     assert!(!quiet_err.contains(": epoch "), "{quiet_err}");
