@@ -130,13 +130,26 @@ impl Classifier {
                 ))),
             }
         };
-        let mean = per_channel(&declared.mean, 0.0, "--mean")?;
-        let std = per_channel(&declared.std, 1.0, "--std")?;
+        let mut mean = per_channel(&declared.mean, 0.0, "--mean")?;
+        let mut std = per_channel(&declared.std, 1.0, "--std")?;
         if let Some(s) = std.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
             return Err(Error::Config(format!("--std {s} must be positive")));
         }
         if declared.mean.is_none() && declared.std.is_none() {
-            notes.push("input scaling assumed x/255 (no --mean/--std, no sidecar)".to_string());
+            match graph.divides_input_by_255() {
+                Some(node) => {
+                    notes.push(format!(
+                        "input taken as pixels 0-255: the model divides its input by 255 itself \
+                         (node '{node}'), as --mean 0 --std {:.8} declares; give --mean/--std to \
+                         override",
+                        1.0 / 255.0
+                    ));
+                    mean = vec![0.0; c];
+                    std = vec![1.0 / 255.0; c];
+                }
+                None => notes
+                    .push("input scaling assumed x/255 (no --mean/--std, no sidecar)".to_string()),
+            }
         }
 
         let graph = Arc::new(graph);
@@ -506,5 +519,97 @@ impl Classifier {
             .filter(|(p, l)| p == l)
             .count();
         Ok(right as f64 / set.len().max(1) as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::onnx::write::{AttrValue, GraphBuilder, save_model};
+
+    /// A two-class linear model on NHWC 4x4x3 images: Transpose to NCHW, then `scale` (an op
+    /// and its constant, or none), Flatten and Gemm; read with the spec `declared`.
+    fn linear_model(scale: Option<(&str, f32)>, declared: &ModelSpec) -> Classifier {
+        let mut g = GraphBuilder::new("scaled");
+        g.input("x", &[None, Some(4), Some(4), Some(3)]);
+        let w: Vec<f32> = (0..96)
+            .map(|i| ((i * 7) % 11) as f32 / 11.0 - 0.5)
+            .collect();
+        g.init_f32("w", &[2, 48], &w);
+        g.init_f32("b", &[2], &[0.1, -0.2]);
+        let t = g.node(
+            "Transpose",
+            &["x"],
+            Some("t"),
+            &[("perm", AttrValue::Ints(vec![0, 3, 1, 2]))],
+        );
+        let scaled = match scale {
+            Some((op, v)) => {
+                g.init_f32("k", &[1], &[v]);
+                g.node(op, &[&t, "k"], Some("scaled"), &[])
+            }
+            None => t,
+        };
+        let f = g.node("Flatten", &[&scaled], Some("f"), &[]);
+        g.node(
+            "Gemm",
+            &[&f, "w", "b"],
+            Some("y"),
+            &[("transB", AttrValue::Int(1))],
+        );
+        g.output("y", &[None, Some(2)]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.onnx");
+        save_model(&g.build(13), &path).unwrap();
+        let graph = Graph::load(&path).unwrap();
+        Classifier::new(graph, declared, None, &cpu_device(false)).unwrap()
+    }
+
+    /// A model that divides its own input by 255 takes pixels 0-255: the spec says so and feeds
+    /// them, so its logits equal those of the same model without the division fed x/255; a
+    /// declared scaling, or any other constant, is left alone.
+    #[test]
+    fn a_model_that_divides_its_input_by_255_is_fed_pixels_0_to_255() {
+        let plain = linear_model(None, &ModelSpec::default());
+        assert_eq!(plain.spec().std, [1.0; 3]);
+        let pixels: Vec<f32> = (0..2 * 48).map(|i| ((i * 13) % 17) as f32 / 16.0).collect();
+        let want = plain
+            .logits(plain.images_tensor(&pixels, 2))
+            .unwrap()
+            .try_into_vec_as::<f32>()
+            .unwrap();
+        for (op, v) in [("Mul", 1.0 / 255.0), ("Div", 255.0)] {
+            let m = linear_model(Some((op, v)), &ModelSpec::default());
+            let s = m.spec();
+            assert_eq!(
+                (s.mean.clone(), s.std.clone()),
+                (vec![0.0; 3], vec![1.0 / 255.0; 3])
+            );
+            assert!(
+                s.notes
+                    .iter()
+                    .any(|n| n.contains("pixels 0-255") && n.contains(&op.to_lowercase())),
+                "{:?}",
+                s.notes
+            );
+            let got = m
+                .logits(m.images_tensor(&pixels, 2))
+                .unwrap()
+                .try_into_vec_as::<f32>()
+                .unwrap();
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "{op}: {got:?} against {want:?}");
+            }
+        }
+        // Another constant is not a 0-255 input; a declared scaling wins.
+        let half = linear_model(Some(("Mul", 0.5)), &ModelSpec::default());
+        assert_eq!(half.spec().std, [1.0; 3]);
+        let declared = ModelSpec {
+            std: Some(vec![0.5]),
+            ..Default::default()
+        };
+        let m = linear_model(Some(("Mul", 1.0 / 255.0)), &declared);
+        assert_eq!(m.spec().std, [0.5; 3]);
+        assert!(!m.spec().notes.iter().any(|n| n.contains("0-255")));
     }
 }

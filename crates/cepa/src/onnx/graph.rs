@@ -376,4 +376,45 @@ impl Graph {
     pub(crate) fn producer_of(&self, slot: usize) -> Option<&Node> {
         self.producer[slot].map(|p| &self.nodes[p])
     }
+
+    /// The node that divides the model's input by 255 itself, if the graph opens with one: from
+    /// the input through ops that keep its values (Transpose, Cast, Identity), the one node
+    /// reading it is a Mul by a constant 1/255 or a Div by a constant 255 (Keras'
+    /// `Rescaling(1/255)`, a PyTorch `x / 255` in `forward`). Such a model takes pixels 0-255.
+    pub(crate) fn divides_input_by_255(&self) -> Option<&str> {
+        let constant = |slot: Option<usize>| -> Option<f32> {
+            let t = self.consts[slot?].as_ref()?;
+            let v = t.as_f32();
+            let first = *v.first()?;
+            v.iter().all(|&x| x == first).then_some(first)
+        };
+        let near = |v: f32, want: f32| (v - want).abs() <= 1e-3 * want;
+        let mut slot = self.input_slot;
+        loop {
+            let mut readers = self.nodes.iter().filter(|n| n.inputs.contains(&Some(slot)));
+            let node = readers.next()?;
+            if readers.next().is_some() {
+                return None;
+            }
+            let other = node
+                .inputs
+                .iter()
+                .copied()
+                .find(|&i| i != Some(slot))
+                .flatten();
+            match node.op_type.as_str() {
+                "Transpose" | "Cast" | "Identity" => slot = *node.outputs.first()?,
+                "Mul" if constant(Some(other?)).is_some_and(|v| near(v, 1.0 / 255.0)) => {
+                    return Some(&node.name);
+                }
+                "Div"
+                    if node.inputs.first() == Some(&Some(slot))
+                        && constant(Some(other?)).is_some_and(|v| near(v, 255.0)) =>
+                {
+                    return Some(&node.name);
+                }
+                _ => return None,
+            }
+        }
+    }
 }
