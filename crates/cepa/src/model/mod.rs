@@ -139,9 +139,9 @@ impl Classifier {
             match graph.divides_input_by_255() {
                 Some(node) => {
                     notes.push(format!(
-                        "input taken as pixels 0-255: the model divides its input by 255 itself \
-                         (node '{node}'), as --mean 0 --std {:.8} declares; give --mean/--std to \
-                         override",
+                        "input taken as pixels 0-255: the model scales its input down itself \
+                         (node '{node}', by 1/255 or 1/127.5), as --mean 0 --std {:.8} declares; \
+                         give --mean/--std to override",
                         1.0 / 255.0
                     ));
                     mean = vec![0.0; c];
@@ -565,7 +565,7 @@ mod tests {
         Classifier::new(graph, declared, None, &cpu_device(false)).unwrap()
     }
 
-    /// A model that divides its own input by 255 takes pixels 0-255: the spec says so and feeds
+    /// A model that divides its own input by 255 (or 127.5) takes pixels 0-255: the spec says so and feeds
     /// them, so its logits equal those of the same model without the division fed x/255; a
     /// declared scaling, or any other constant, is left alone.
     #[test]
@@ -601,6 +601,9 @@ mod tests {
                 assert!((a - b).abs() < 1e-5, "{op}: {got:?} against {want:?}");
             }
         }
+        // Keras' Rescaling(1/127.5, offset=-1) takes pixels 0-255 too.
+        let half_range = linear_model(Some(("Mul", 1.0 / 127.5)), &ModelSpec::default());
+        assert_eq!(half_range.spec().std, [1.0 / 255.0; 3]);
         // Another constant is not a 0-255 input; a declared scaling wins.
         let half = linear_model(Some(("Mul", 0.5)), &ModelSpec::default());
         assert_eq!(half.spec().std, [1.0; 3]);

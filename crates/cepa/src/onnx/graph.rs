@@ -377,10 +377,11 @@ impl Graph {
         self.producer[slot].map(|p| &self.nodes[p])
     }
 
-    /// The node that divides the model's input by 255 itself, if the graph opens with one: from
-    /// the input through ops that keep its values (Transpose, Cast, Identity), the one node
-    /// reading it is a Mul by a constant 1/255 or a Div by a constant 255 (Keras'
-    /// `Rescaling(1/255)`, a PyTorch `x / 255` in `forward`). Such a model takes pixels 0-255.
+    /// The node that divides the model's input by 255 (or 127.5) itself, if the graph opens with
+    /// one: from the input through ops that keep its values (Transpose, Cast, Identity), the one
+    /// node reading it is a Mul by a constant 1/255 or 1/127.5, or a Div by a constant 255 or
+    /// 127.5 (Keras' `Rescaling(1/255)` and `Rescaling(1/127.5, offset=-1)`, a PyTorch `x / 255`
+    /// in `forward`). Such a model takes pixels 0-255.
     pub(crate) fn divides_input_by_255(&self) -> Option<&str> {
         let constant = |slot: Option<usize>| -> Option<f32> {
             let t = self.consts[slot?].as_ref()?;
@@ -389,6 +390,7 @@ impl Graph {
             v.iter().all(|&x| x == first).then_some(first)
         };
         let near = |v: f32, want: f32| (v - want).abs() <= 1e-3 * want;
+        let divisor = |v: f32| near(v, 255.0) || near(v, 127.5);
         let mut slot = self.input_slot;
         loop {
             let mut readers = self.nodes.iter().filter(|n| n.inputs.contains(&Some(slot)));
@@ -404,12 +406,12 @@ impl Graph {
                 .flatten();
             match node.op_type.as_str() {
                 "Transpose" | "Cast" | "Identity" => slot = *node.outputs.first()?,
-                "Mul" if constant(Some(other?)).is_some_and(|v| near(v, 1.0 / 255.0)) => {
+                "Mul" if constant(Some(other?)).is_some_and(|v| v > 0.0 && divisor(1.0 / v)) => {
                     return Some(&node.name);
                 }
                 "Div"
                     if node.inputs.first() == Some(&Some(slot))
-                        && constant(Some(other?)).is_some_and(|v| near(v, 255.0)) =>
+                        && constant(Some(other?)).is_some_and(divisor) =>
                 {
                     return Some(&node.name);
                 }
