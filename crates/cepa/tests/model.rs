@@ -93,3 +93,54 @@ fn device_check_agrees_with_itself_and_catches_a_difference() {
     let plain = Classifier::load(&path, &spec, &cpu_device(false)).unwrap();
     assert!(compare_devices(&plain, &b, &set, 4).is_err());
 }
+
+/// A Keras CNN exported by tf2onnx (NHWC input, `Rescaling(1/255)` inside; made by
+/// `fixtures/make_keras_fixture.py`), read with no preprocessing declared: `cepa` finds the
+/// rescaling, feeds it pixels 0-255, and its logits are TensorFlow's.
+#[test]
+fn a_keras_export_that_rescales_its_input_gives_tensorflow_s_logits_undeclared() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let model = Classifier::load(
+        &dir.join("keras-rescale.onnx"),
+        &ModelSpec::default(),
+        &cpu_device(false),
+    )
+    .unwrap();
+    let spec = model.spec();
+    assert_eq!((spec.channels, spec.height, spec.width), (3, 12, 12));
+    assert!(
+        spec.notes
+            .iter()
+            .any(|n| n.contains("pixels 0-255") && n.contains("rescaling")),
+        "{:?}",
+        spec.notes
+    );
+    // The fixture's images are NHWC pixels 0-255; the classifier takes NCHW images in [0, 1].
+    let x = cepa::data::read_npy(&dir.join("keras-rescale.x.npy")).unwrap();
+    assert_eq!(x.shape, [4, 12, 12, 3]);
+    let nhwc = x.to_f32();
+    let mut nchw = vec![0f32; nhwc.len()];
+    for n in 0..4 {
+        for h in 0..12 {
+            for w in 0..12 {
+                for c in 0..3 {
+                    nchw[((n * 3 + c) * 12 + h) * 12 + w] =
+                        nhwc[((n * 12 + h) * 12 + w) * 3 + c] / 255.0;
+                }
+            }
+        }
+    }
+    let got: Vec<f32> = model
+        .logits(model.images_tensor(&nchw, 4))
+        .unwrap()
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    let want = cepa::data::read_npy(&dir.join("keras-rescale.y.npy"))
+        .unwrap()
+        .to_f32();
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-4 * scale, "{got:?} against {want:?}");
+    }
+}
