@@ -383,8 +383,8 @@ impl Graph {
     /// 127.5 (Keras' `Rescaling(1/255)` and `Rescaling(1/127.5, offset=-1)`, a PyTorch `x / 255`
     /// in `forward`). Such a model takes pixels 0-255.
     pub(crate) fn divides_input_by_255(&self) -> Option<&str> {
-        let constant = |slot: Option<usize>| -> Option<f32> {
-            let t = self.consts[slot?].as_ref()?;
+        let constant = |slot: usize| -> Option<f32> {
+            let t = self.consts[slot].as_ref()?;
             let v = t.as_f32();
             let first = *v.first()?;
             v.iter().all(|&x| x == first).then_some(first)
@@ -406,12 +406,12 @@ impl Graph {
                 .flatten();
             match node.op_type.as_str() {
                 "Transpose" | "Cast" | "Identity" => slot = *node.outputs.first()?,
-                "Mul" if constant(Some(other?)).is_some_and(|v| v > 0.0 && divisor(1.0 / v)) => {
+                "Mul" if constant(other?).is_some_and(|v| v > 0.0 && divisor(1.0 / v)) => {
                     return Some(&node.name);
                 }
                 "Div"
                     if node.inputs.first() == Some(&Some(slot))
-                        && constant(Some(other?)).is_some_and(divisor) =>
+                        && constant(other?).is_some_and(divisor) =>
                 {
                     return Some(&node.name);
                 }
