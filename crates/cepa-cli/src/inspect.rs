@@ -12,21 +12,22 @@ use crate::{ExitStatus, out};
 pub fn run(a: InspectArgs, device: DeviceChoice) -> anyhow::Result<ExitStatus> {
     let spec = a.model.spec()?;
     let path = &a.model.model;
-    let model =
-        Classifier::load(path, &spec, &device.device(false)?).context("cannot load model")?;
     let data = match &a.data.data {
         Some(dir) => Some(cepa::data::load(dir, a.data.split).context("cannot read images")?),
         None => None,
     };
+    let size = data.as_ref().map(cepa::data::ImageSet::size);
+    let model = Classifier::load_for_images(path, &spec, &device.device(false)?, size)
+        .context("cannot load model")?;
     let inspection = inspect_model(&model, data.as_ref(), Some(a.data.split), a.limit)
         .context("images do not fit the model")?;
     let check = match (a.compare_cpu, &data) {
         (false, _) => None,
         (true, None) => anyhow::bail!("--compare-cpu needs --data: the images to compare on"),
         (true, Some(set)) => {
-            let here = Classifier::load(path, &spec, &device.device(true)?)
+            let here = Classifier::load_for_images(path, &spec, &device.device(true)?, size)
                 .context("cannot load model")?;
-            let cpu = Classifier::load(path, &spec, &cpu_device(true))
+            let cpu = Classifier::load_for_images(path, &spec, &cpu_device(true), size)
                 .context("cannot load model on the CPU")?;
             Some(compare_devices(&here, &cpu, set, 16).context("cannot compare devices")?)
         }

@@ -20,9 +20,9 @@ const EXAMPLES: usize = 9;
 pub fn run(a: InvertArgs, device: DeviceChoice) -> anyhow::Result<ExitStatus> {
     let spec = a.model.spec()?;
     let path = &a.model.model;
-    let model =
-        Classifier::load(path, &spec, &device.device(true)?).context("cannot load model")?;
     let data = cepa::data::load(&a.data, a.split).context("cannot read images")?;
+    let model = Classifier::load_for_images(path, &spec, &device.device(true)?, Some(data.size()))
+        .context("cannot load model")?;
     let truth = a.truth.as_deref().map(Truth::from_file).transpose()?;
     let opts = InvertOptions {
         sample: a.sample.options(),

@@ -26,9 +26,9 @@ pub fn run(a: ScanArgs, quiet: bool, device: DeviceChoice) -> anyhow::Result<Exi
     };
     let spec = a.model.spec()?;
     let path = &a.model.model;
-    let model =
-        Classifier::load(path, &spec, &device.device(true)?).context("cannot load model")?;
     let data = cepa::data::load(&a.data, a.split).context("cannot read images")?;
+    let model = Classifier::load_for_images(path, &spec, &device.device(true)?, Some(data.size()))
+        .context("cannot load model")?;
     let truth = a.truth.as_deref().map(Truth::from_file).transpose()?;
     let references = reference::read_references(&a.references, model.num_classes())?;
     let settings = ScanOptions {

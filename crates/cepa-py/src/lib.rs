@@ -114,6 +114,22 @@ impl Options {
         Ok(self.truth.as_deref().map(Truth::from_file).transpose()?)
     }
 
+    /// The images of `data` read before the model is (a model whose input size is dynamic
+    /// takes theirs), and the size of the images given, from `data` or the array's shape.
+    fn preload(
+        &self,
+        pixels: &Option<Vec<f32>>,
+    ) -> anyhow::Result<(Option<ImageSet>, Option<[usize; 3]>)> {
+        match (&self.data, pixels) {
+            (Some(path), None) => {
+                let set = cepa::data::load(path, self.split()?).context("cannot read images")?;
+                let size = set.size();
+                Ok((Some(set), Some(size)))
+            }
+            _ => Ok((None, self.shape.map(|[_, c, h, w]| [c, h, w]))),
+        }
+    }
+
     /// The images: read from `data`, or the array's pixels (labelled by the model when no
     /// labels came with them).
     fn images(&self, pixels: Option<Vec<f32>>, model: &Classifier) -> anyhow::Result<ImageSet> {
@@ -174,12 +190,18 @@ fn pixels_of(
     ))
 }
 
-fn load_model(path: &Path, opts: &Options, autodiff: bool) -> anyhow::Result<Classifier> {
+fn load_model(
+    path: &Path,
+    opts: &Options,
+    autodiff: bool,
+    image: Option<[usize; 3]>,
+) -> anyhow::Result<Classifier> {
     let device = match &opts.device {
         Some(d) => d.parse::<DeviceChoice>()?,
         None => DeviceChoice::Cpu,
     };
-    Classifier::load(path, &opts.spec()?, &device.device(autodiff)?).context("cannot load model")
+    Classifier::load_for_images(path, &opts.spec()?, &device.device(autodiff)?, image)
+        .context("cannot load model")
 }
 
 /// Run `f` on a worker thread with the GIL released, checking for Python signals (Ctrl-C) every
@@ -257,8 +279,12 @@ fn scan(
             Some("nc") => true,
             Some(b) => anyhow::bail!("baseline must be 'nc' or None, not '{b}'"),
         };
-        let net = load_model(&model, &opts, true)?;
-        let data = opts.images(pixels, &net)?;
+        let (preloaded, size) = opts.preload(&pixels)?;
+        let net = load_model(&model, &opts, true, size)?;
+        let data = match preloaded {
+            Some(set) => set,
+            None => opts.images(pixels, &net)?,
+        };
         let truth = opts.truth()?;
         let references = read_references(&opts.reference, net.num_classes())?;
         let settings = ScanOptions {
@@ -313,8 +339,12 @@ fn invert(
                 anyhow::bail!("kind must be 'auto', 'additive' or 'mask-pattern', not '{k}'")
             }
         };
-        let net = load_model(&model, &opts, true)?;
-        let data = opts.images(pixels, &net)?;
+        let (preloaded, size) = opts.preload(&pixels)?;
+        let net = load_model(&model, &opts, true, size)?;
+        let data = match preloaded {
+            Some(set) => set,
+            None => opts.images(pixels, &net)?,
+        };
         let truth = opts.truth()?;
         let invert_opts = InvertOptions {
             sample: opts.sample(),
@@ -346,9 +376,11 @@ fn inspect(
     let opts = Options::parse(options).map_err(|e| CepaError::new_err(cepa_cli::error_line(&e)))?;
     let pixels = pixels_of(pixels, opts.shape)?;
     compute(py, move || {
-        let net = load_model(&model, &opts, false)?;
+        let (preloaded, size) = opts.preload(&pixels)?;
+        let net = load_model(&model, &opts, false, size)?;
         // Accuracy needs true labels: an array without them is not measured.
         let data = match (&opts.data, &pixels) {
+            _ if preloaded.is_some() => preloaded,
             (None, None) => None,
             (None, Some(_)) if opts.labels.is_none() => None,
             _ => Some(opts.images(pixels.clone(), &net)?),

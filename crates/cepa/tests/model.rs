@@ -144,3 +144,73 @@ fn a_keras_export_that_rescales_its_input_gives_tensorflow_s_logits_undeclared()
         assert!((a - b).abs() <= 1e-4 * scale, "{got:?} against {want:?}");
     }
 }
+
+/// A PyTorch CNN exported with a dynamic height and width (`fixtures/make_dynamic_fixture.py`;
+/// `x.view(x.size(0), -1)` makes a Shape/Gather/Concat/Reshape chain): refused without images,
+/// with a message that says what to give; read for images of 3 x 20 x 24, its logits are
+/// onnxruntime's and its input gradients PyTorch's, and the spec says where the size came from.
+#[test]
+fn a_model_with_a_dynamic_height_and_width_takes_its_size_from_the_images() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let path = dir.join("dynamic-hw.onnx");
+    let err = Classifier::load(&path, &ModelSpec::default(), &cpu_device(true))
+        .err()
+        .expect("no size to read the images at")
+        .to_string();
+    assert!(
+        err.contains("dynamic-hw.onnx") && err.contains("dynamic") && err.contains("--data"),
+        "{err}"
+    );
+    let model = Classifier::load_for_images(
+        &path,
+        &ModelSpec::default(),
+        &cpu_device(true),
+        Some([3, 20, 24]),
+    )
+    .unwrap();
+    let spec = model.spec();
+    assert_eq!((spec.channels, spec.height, spec.width), (3, 20, 24));
+    assert!(
+        spec.notes
+            .iter()
+            .any(|n| n.contains("dynamic size") && n.contains("3 x 20 x 24 from the images")),
+        "{:?}",
+        spec.notes
+    );
+    let x = cepa::data::read_npy(&dir.join("dynamic-hw.x.npy")).unwrap();
+    assert_eq!(x.shape, [3, 3, 20, 24]);
+    let images = model.images_tensor(&x.to_f32(), 3).require_grad();
+    let logits = model.logits(images.clone()).unwrap();
+    let got: Vec<f32> = logits.clone().try_into_vec_as::<f32>().unwrap();
+    let want = cepa::data::read_npy(&dir.join("dynamic-hw.y.npy"))
+        .unwrap()
+        .to_f32();
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-4 * scale, "{got:?} against {want:?}");
+    }
+    // d/dx of the sum of each image's logit of class n mod 5.
+    let mut pick = vec![0f32; 15];
+    for n in 0..3 {
+        pick[n * 5 + n % 5] = 1.0;
+    }
+    let pick = Tensor::<2>::from_data(TensorData::new(pick, [3, 5]), model.device());
+    let grads = (logits * pick).sum().backward();
+    let gx: Vec<f32> = images
+        .grad(&grads)
+        .expect("input gradient")
+        .try_into_vec_as::<f32>()
+        .unwrap();
+    let want = cepa::data::read_npy(&dir.join("dynamic-hw.gx.npy"))
+        .unwrap()
+        .to_f32();
+    assert_eq!(gx.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (a, b) in gx.iter().zip(&want) {
+        assert!(
+            (a - b).abs() <= 1e-4 * scale,
+            "gradient {a} against PyTorch's {b}"
+        );
+    }
+}

@@ -84,6 +84,11 @@ pub struct ImageSet {
 }
 
 impl ImageSet {
+    /// `[channels, height, width]` of every image.
+    pub fn size(&self) -> [usize; 3] {
+        [self.channels, self.height, self.width]
+    }
+
     /// A set made in memory (tests, synthetic data): CHW `pixels` of `labels.len()` images of
     /// `[c, h, w]`, `num_classes` classes, no class names, `source` naming it in messages.
     pub fn synthetic(

@@ -66,9 +66,22 @@ const CANDIDATE_DEPTH: usize = 3;
 impl Classifier {
     /// Read an ONNX file and resolve its spec: `flags` over the sidecar over defaults.
     pub fn load(path: &Path, flags: &ModelSpec, device: &Device) -> Result<Classifier> {
+        Self::load_for_images(path, flags, device, None)
+    }
+
+    /// As [`Classifier::load`], for images of `image` = `[channels, height, width]`: a model
+    /// whose input leaves its channel or spatial size dynamic (exported with `dynamic_axes` on
+    /// H and W, as fully convolutional networks often are) takes it from the images, and its
+    /// spec's notes say so. Without images such a model is refused.
+    pub fn load_for_images(
+        path: &Path,
+        flags: &ModelSpec,
+        device: &Device,
+        image: Option<[usize; 3]>,
+    ) -> Result<Classifier> {
         let graph = Graph::load(path)?;
         let (spec, sidecar) = ModelSpec::resolve_for(path, flags)?;
-        Self::new(graph, &spec, sidecar, device)
+        Self::new_for_images(graph, &spec, sidecar, device, image)
     }
 
     /// Bind a parsed graph to a device with the given (unresolved) spec.
@@ -77,6 +90,18 @@ impl Classifier {
         declared: &ModelSpec,
         sidecar: Option<std::path::PathBuf>,
         device: &Device,
+    ) -> Result<Classifier> {
+        Self::new_for_images(graph, declared, sidecar, device, None)
+    }
+
+    /// As [`Classifier::new`], with the size of the images it will read for an input whose
+    /// size is dynamic ([`Classifier::load_for_images`]).
+    pub fn new_for_images(
+        graph: Graph,
+        declared: &ModelSpec,
+        sidecar: Option<std::path::PathBuf>,
+        device: &Device,
+        image: Option<[usize; 3]>,
     ) -> Result<Classifier> {
         let path = graph.path().to_path_buf();
         let mut notes = Vec::new();
@@ -110,14 +135,26 @@ impl Classifier {
             Layout::Nchw => (dims[1], dims[2], dims[3]),
             Layout::Nhwc => (dims[3], dims[1], dims[2]),
         };
-        let (Some(c), Some(h), Some(w)) = (c, h, w) else {
-            return Err(Error::format(
-                &path,
-                format!(
-                    "input '{}' has dynamic channel or spatial size {dims:?}; only the batch may be dynamic",
+        let (c, h, w) = match (c, h, w, image) {
+            (Some(c), Some(h), Some(w), _) => (c, h, w),
+            (c, h, w, Some([ic, ih, iw])) => {
+                let (c, h, w) = (c.unwrap_or(ic), h.unwrap_or(ih), w.unwrap_or(iw));
+                notes.push(format!(
+                    "input '{}' has a dynamic size {dims:?}: taken as {c} x {h} x {w} from the images",
                     graph.input.name
-                ),
-            ));
+                ));
+                (c, h, w)
+            }
+            _ => {
+                return Err(Error::format(
+                    &path,
+                    format!(
+                        "input '{}' has dynamic channel or spatial size {dims:?}; give images \
+                         (--data) to take the size from, or export the model with a fixed size",
+                        graph.input.name
+                    ),
+                ));
+            }
         };
         let per_channel = |v: &Option<Vec<f32>>, default: f32, what: &str| -> Result<Vec<f32>> {
             match v {
