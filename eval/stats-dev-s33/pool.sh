@@ -3,10 +3,10 @@
 # build of the standard zoo stands for its two CIFAR-10 rebuilds), pooled into one folder so that
 # `cepa eval --rescore` sets each threshold leaving one dataset out, under the default rule and
 # under each rule of this folder. Outputs (without the reports) in pool-RULE/.
-#   bash eval/stats-dev-s33/pool.sh
+#   bash eval/stats-dev-s33/pool.sh [FOLDER]   (a later session's folder with its own groups.txt)
 set -euo pipefail
-here=eval/stats-dev-s33
-out=target/s33/pool
+here=${1:-eval/stats-dev-s33}
+out=target/$(basename "$here" | sed "s/^stats-dev-//")/pool
 rm -rf "$out"
 mkdir -p "$out/reports/cepa"
 : >"$out/results.jsonl"
@@ -29,7 +29,7 @@ for rule in default "$here"/*.toml; do
   config=()
   [ "$rule" = default ] || config=(--config "$rule")
   target/release/cepa eval "$out/manifest.json" --rescore --from "$out" "${config[@]}" \
-    --out "target/s33/pool-$name" >/dev/null
+    --out "$out-$name" >/dev/null
   mkdir -p "$here/pool-$name"
-  cp "target/s33/pool-$name"/{evaluation.md,evaluation.json} "$here/pool-$name/"
+  cp "$out-$name"/{evaluation.md,evaluation.json} "$here/pool-$name/"
 done
