@@ -5,6 +5,7 @@
 # under each rule of this folder. Outputs (without the reports) in pool-RULE/.
 #   bash eval/stats-dev-s33/pool.sh [FOLDER]   (a later session's folder with its own groups.txt)
 set -euo pipefail
+shopt -s nullglob
 here=${1:-eval/stats-dev-s33}
 out=target/$(basename "$here" | sed "s/^stats-dev-//")/pool
 rm -rf "$out"
