@@ -94,6 +94,22 @@ fn device_check_agrees_with_itself_and_catches_a_difference() {
     assert!(compare_devices(&plain, &b, &set, 4).is_err());
 }
 
+/// The fixture `name` (an `.npy` under `tests/fixtures`) as f32 values.
+fn fixture(name: &str) -> Vec<f32> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    cepa::data::read_npy(&dir.join(name)).unwrap().to_f32()
+}
+
+/// `got` equals the fixture `name` within 1e-4 of the fixture's largest magnitude.
+fn assert_matches_fixture(got: &[f32], name: &str) {
+    let want = fixture(name);
+    assert_eq!(got.len(), want.len(), "{name}");
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-4 * scale, "{name}: {a} against {b}");
+    }
+}
+
 /// A Keras CNN exported by tf2onnx (NHWC input, `Rescaling(1/255)` inside; made by
 /// `fixtures/make_keras_fixture.py`), read with no preprocessing declared: `cepa` finds the
 /// rescaling, feeds it pixels 0-255, and its logits are TensorFlow's.
@@ -135,14 +151,7 @@ fn a_keras_export_that_rescales_its_input_gives_tensorflow_s_logits_undeclared()
         .unwrap()
         .try_into_vec_as::<f32>()
         .unwrap();
-    let want = cepa::data::read_npy(&dir.join("keras-rescale.y.npy"))
-        .unwrap()
-        .to_f32();
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    for (a, b) in got.iter().zip(&want) {
-        assert!((a - b).abs() <= 1e-4 * scale, "{got:?} against {want:?}");
-    }
+    assert_matches_fixture(&got, "keras-rescale.y.npy");
 }
 
 /// A PyTorch CNN exported with a dynamic height and width (`fixtures/make_dynamic_fixture.py`;
@@ -177,19 +186,12 @@ fn a_model_with_a_dynamic_height_and_width_takes_its_size_from_the_images() {
         "{:?}",
         spec.notes
     );
-    let x = cepa::data::read_npy(&dir.join("dynamic-hw.x.npy")).unwrap();
-    assert_eq!(x.shape, [3, 3, 20, 24]);
-    let images = model.images_tensor(&x.to_f32(), 3).require_grad();
+    let images = model
+        .images_tensor(&fixture("dynamic-hw.x.npy"), 3)
+        .require_grad();
     let logits = model.logits(images.clone()).unwrap();
     let got: Vec<f32> = logits.clone().try_into_vec_as::<f32>().unwrap();
-    let want = cepa::data::read_npy(&dir.join("dynamic-hw.y.npy"))
-        .unwrap()
-        .to_f32();
-    assert_eq!(got.len(), want.len());
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    for (a, b) in got.iter().zip(&want) {
-        assert!((a - b).abs() <= 1e-4 * scale, "{got:?} against {want:?}");
-    }
+    assert_matches_fixture(&got, "dynamic-hw.y.npy");
     // d/dx of the sum of each image's logit of class n mod 5.
     let mut pick = vec![0f32; 15];
     for n in 0..3 {
@@ -202,15 +204,5 @@ fn a_model_with_a_dynamic_height_and_width_takes_its_size_from_the_images() {
         .expect("input gradient")
         .try_into_vec_as::<f32>()
         .unwrap();
-    let want = cepa::data::read_npy(&dir.join("dynamic-hw.gx.npy"))
-        .unwrap()
-        .to_f32();
-    assert_eq!(gx.len(), want.len());
-    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    for (a, b) in gx.iter().zip(&want) {
-        assert!(
-            (a - b).abs() <= 1e-4 * scale,
-            "gradient {a} against PyTorch's {b}"
-        );
-    }
+    assert_matches_fixture(&gx, "dynamic-hw.gx.npy");
 }
