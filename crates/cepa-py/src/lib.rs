@@ -130,14 +130,17 @@ impl Options {
         }
     }
 
-    /// The images: read from `data`, or the array's pixels (labelled by the model when no
-    /// labels came with them).
-    fn images(&self, pixels: Option<Vec<f32>>, model: &Classifier) -> anyhow::Result<ImageSet> {
-        match (&self.data, pixels, self.shape) {
-            (Some(path), None, _) => {
-                Ok(cepa::data::load(path, self.split()?).context("cannot read images")?)
-            }
-            (None, Some(pixels), Some([n, c, h, w])) => {
+    /// The images: those [`Options::preload`] read from `data`, or the array's pixels
+    /// (labelled by the model when no labels came with them).
+    fn images(
+        &self,
+        preloaded: Option<ImageSet>,
+        pixels: Option<Vec<f32>>,
+        model: &Classifier,
+    ) -> anyhow::Result<ImageSet> {
+        match (preloaded, pixels, self.shape) {
+            (Some(set), _, _) => Ok(set),
+            (None, Some(pixels), Some([n, c, h, w])) if self.data.is_none() => {
                 let given = self.labels.is_some();
                 let labels = self.labels.clone().unwrap_or_else(|| vec![0; n]);
                 anyhow::ensure!(
@@ -281,10 +284,7 @@ fn scan(
         };
         let (preloaded, size) = opts.preload(&pixels)?;
         let net = load_model(&model, &opts, true, size)?;
-        let data = match preloaded {
-            Some(set) => set,
-            None => opts.images(pixels, &net)?,
-        };
+        let data = opts.images(preloaded, pixels, &net)?;
         let truth = opts.truth()?;
         let references = read_references(&opts.reference, net.num_classes())?;
         let settings = ScanOptions {
@@ -341,10 +341,7 @@ fn invert(
         };
         let (preloaded, size) = opts.preload(&pixels)?;
         let net = load_model(&model, &opts, true, size)?;
-        let data = match preloaded {
-            Some(set) => set,
-            None => opts.images(pixels, &net)?,
-        };
+        let data = opts.images(preloaded, pixels, &net)?;
         let truth = opts.truth()?;
         let invert_opts = InvertOptions {
             sample: opts.sample(),
@@ -379,11 +376,10 @@ fn inspect(
         let (preloaded, size) = opts.preload(&pixels)?;
         let net = load_model(&model, &opts, false, size)?;
         // Accuracy needs true labels: an array without them is not measured.
-        let data = match (&opts.data, &pixels) {
-            _ if preloaded.is_some() => preloaded,
+        let data = match (&preloaded, &pixels) {
             (None, None) => None,
             (None, Some(_)) if opts.labels.is_none() => None,
-            _ => Some(opts.images(pixels.clone(), &net)?),
+            _ => Some(opts.images(preloaded, pixels.clone(), &net)?),
         };
         let split = opts.data.as_ref().map(|_| opts.split()).transpose()?;
         let inspection = inspect_model(&net, data.as_ref(), split, opts.limit)
