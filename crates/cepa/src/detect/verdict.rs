@@ -2090,6 +2090,19 @@ mod tests {
             note.contains("the 4 of 10 classes it reached, weak evidence"),
             "{note}"
         );
+        // Exactly half unreached: the warning already applies.
+        let mut rs = ten();
+        for t in [0, 1, 3, 4, 5] {
+            rs[t].feasible = false;
+        }
+        let d = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
+        assert!(
+            d.notes
+                .iter()
+                .any(|n| n.contains("the 5 of 10 classes it reached, weak evidence")),
+            "{:?}",
+            d.notes
+        );
         // Four of ten unreached: the indices still rest on most classes, no warning.
         let mut rs = ten();
         for t in [0, 1, 3, 4] {
