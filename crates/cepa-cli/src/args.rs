@@ -206,7 +206,7 @@ pub struct ScanArgs {
     /// inverts. `agree` (the default, and the frozen rule of EVALUATION.md): CEPA and Neural
     /// Cleanse combined, each score over its own threshold: the mean of the two when they
     /// single out the same class, or the larger divided by 1.5 (one detector alone) where that
-    /// is more; backdoored when it exceeds 0.912 (`[verdict]` of the settings file). `either`:
+    /// is more; backdoored when it exceeds 0.978 (`[verdict]` of the settings file). `either`:
     /// the larger of the two, undivided. `cepa`:
     /// CEPA alone, about half the time, but its threshold does not carry across datasets as
     /// well (EVALUATION.md, "A decision not re-fit on its own test data").

@@ -386,9 +386,15 @@ fn rescore(a: &EvalArgs) -> Result<(Settings, Vec<Outcome>)> {
     let rule = Settings::load(a.config.as_deref())?;
     settings.scan.decision = rule.scan.decision;
     settings.nc.threshold = rule.nc.threshold;
+    settings.nc.reference_classes = rule.nc.reference_classes;
     settings.verdict = rule.verdict;
     let mut outcomes: Vec<Outcome> = read_all(from, "results")?;
-    for o in &mut outcomes {
+    // CEPA's first: Neural Cleanse's threshold takes the model's class count from its scan.
+    let mut order: Vec<usize> = (0..outcomes.len()).collect();
+    order.sort_by_key(|&i| outcomes[i].detector != "cepa");
+    let mut classes: BTreeMap<String, usize> = BTreeMap::new();
+    for i in order {
+        let o = &mut outcomes[i];
         match o.detector.as_str() {
             "cepa" => {
                 let path = from
@@ -402,6 +408,7 @@ fn rescore(a: &EvalArgs) -> Result<(Settings, Vec<Outcome>)> {
                     .with_context(|| format!("{}: not a saved scan", path.display()))?;
                 let saved = SavedScan::deserialize(&report)
                     .with_context(|| format!("{}: not a saved scan", path.display()))?;
+                classes.insert(o.model.clone(), saved.classes());
                 let d = redecide(&saved, &settings.scan.decision)
                     .with_context(|| format!("{}", path.display()))?;
                 o.flagged = d.backdoored;
@@ -416,7 +423,18 @@ fn rescore(a: &EvalArgs) -> Result<(Settings, Vec<Outcome>)> {
                 write_whole(&rdir.join(format!("{}.json", o.model)), &report)?;
             }
             "nc" => {
-                o.threshold = settings.nc.threshold;
+                let k = match classes.get(&o.model) {
+                    Some(&k) => k,
+                    None if settings.nc.reference_classes < 2 => 0,
+                    None => bail!(
+                        "{}: Neural Cleanse's result for {} has no CEPA scan beside it to say its \
+                         class count, which [nc] reference_classes = {} needs",
+                        from.display(),
+                        o.model,
+                        settings.nc.reference_classes
+                    ),
+                };
+                o.threshold = settings.nc.threshold_for(k);
                 o.flagged = o.score > o.threshold;
                 o.target = if o.flagged { o.most_anomalous } else { None };
             }
@@ -691,7 +709,7 @@ fn run_nc(
         target: r.target,
         most_anomalous: Some(r.most_anomalous),
         score: r.score,
-        threshold: cfg.threshold,
+        threshold: r.threshold,
         seconds: r.seconds,
     };
     Ok((o, report_json(&r, model)?))

@@ -184,7 +184,7 @@ fn baseline(
     cepa_target: Option<usize>,
     combined: bool,
 ) -> std::fmt::Result {
-    let threshold = nc.config.threshold;
+    let threshold = nc.threshold;
     writeln!(
         h,
         "<h2>Baseline: Neural Cleanse on {} of the images CEPA optimised</h2>",

@@ -345,7 +345,20 @@ fn nc_text(nc: &NcReport, cepa_target: Option<usize>, combined: bool) -> anyhow:
     if let Some(sr) = &nc.screen {
         writeln!(t, "{}", screen_line(sr, "Neural Cleanse"))?;
     }
-    let threshold = nc.config.threshold;
+    let threshold = nc.threshold;
+    if threshold != nc.config.threshold {
+        writeln!(
+            t,
+            "baseline threshold {:.2} raised to {threshold:.2} for {} classes (x{:.3}; [nc] \
+             reference_classes = {})",
+            nc.config.threshold,
+            nc.screen
+                .as_ref()
+                .map_or(nc.classes.len(), |s| s.classes.len()),
+            threshold / nc.config.threshold,
+            nc.config.reference_classes
+        )?;
+    }
     match nc.target {
         Some(target) => writeln!(
             t,

@@ -1438,7 +1438,7 @@ fn zoo_build_then_eval_both_detectors_resumably() {
 }
 
 /// The combined verdict's default threshold (`[verdict] threshold`).
-const COMBINED_THRESHOLD: f64 = 0.912;
+const COMBINED_THRESHOLD: f64 = 0.978;
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

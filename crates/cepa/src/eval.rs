@@ -177,11 +177,14 @@ pub const AGREE: &str = "cepa-nc-agree";
 #[serde(default, deny_unknown_fields)]
 pub struct VerdictConfig {
     /// Backdoored when the combined score (each detector's score over its own threshold, put
-    /// together as [`Combination`] says) exceeds this. Default 0.912: what the
+    /// together as [`Combination`] says) exceeds this. Default 0.978: what the
     /// leave-one-dataset-out procedure ([`leave_one_dataset_out`]: at most 5 % of the clean
-    /// models above it) chooses for `agree` with [`AgreeScore::Mean`] on the 63 clean models of
-    /// the development scans (MNIST, CIFAR-10, Fashion-MNIST, GTSRB-32; EVALUATION.md, "Session
-    /// 20"; frozen 2026-12-05). It was 0.973 with [`AgreeScore::Larger`] (frozen 2026-12-02).
+    /// models above it) chooses for `agree` with [`AgreeScore::Mean`], on the 104 clean models
+    /// of the 254 development scans (MNIST, CIFAR-10, Fashion-MNIST, GTSRB-32; every earlier
+    /// held-out population among them) with Neural Cleanse's threshold scaled with the class
+    /// count (EVALUATION.md, "Session 35"; frozen 2026-12-07). It was 0.912 on the 63 clean
+    /// models of session 20 (frozen 2026-12-05), 0.973 with [`AgreeScore::Larger`] (frozen
+    /// 2026-12-02).
     pub threshold: f64,
     /// How much surer than its own threshold a detector must be to flag a model alone under
     /// [`Combination::Agree`], when the other detector's most anomalous class is another one.
@@ -233,7 +236,7 @@ impl VerdictConfig {
 impl Default for VerdictConfig {
     fn default() -> Self {
         Self {
-            threshold: 0.912,
+            threshold: 0.978,
             lone_factor: 1.5,
             agree_score: AgreeScore::Mean,
         }
@@ -1006,7 +1009,7 @@ mod tests {
         };
         let v = vec![
             // m1: CEPA 1.2 x its threshold at class 8, NC 0.55 x at class 8 too: the mean 0.875
-            // (over 1.2 / 1.5 = 0.8) is under 0.912; `larger` would say 1.2.
+            // (over 1.2 / 1.5 = 0.8) is under 0.978; `larger` would say 1.2.
             cepa("m1", 1.8, 8),
             nc("m1", 1.1, 8),
             // m2: both over their thresholds at class 3: the mean (1.3 + 1.1) / 2 = 1.2.
@@ -1082,7 +1085,7 @@ mod tests {
         assert!(words("m4", Combination::Either, &cfg).ends_with(": the larger 1.20"));
         assert!(cfg.validate().is_ok());
         let rule = Combination::Agree.rule(&cfg);
-        assert!(rule.contains("mean") && rule.contains("0.912"), "{rule}");
+        assert!(rule.contains("mean") && rule.contains("0.978"), "{rule}");
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! [nc]              # the Neural Cleanse baseline
 //! steps = 300
 //! [verdict]         # CEPA and Neural Cleanse combined (scan --verdict agree|either)
-//! threshold = 0.912
+//! threshold = 0.978
 //! agree_score = "mean"  # or "larger"
 //! ```
 //!

@@ -80,8 +80,18 @@ pub struct NcConfig {
     pub early_stop_threshold: f64,
     /// See `early_stop` [reference example: 5 x patience]. Default 25.
     pub early_stop_patience: usize,
-    /// A model is flagged when the largest anomaly index exceeds this [paper]. Default 2.
+    /// A model is flagged when the largest anomaly index exceeds this [paper], raised for a
+    /// model with more than `reference_classes` classes (see there). Default 2.
     pub threshold: f64,
+    /// The number of classes `threshold` holds at: a model with K more classes has its
+    /// threshold raised by `sqrt(ln K / ln reference_classes)`, as CEPA's
+    /// ([`crate::detect::verdict::class_factor`]): the largest of K anomaly indices grows with
+    /// K whether a class is backdoored or not [ours]. 0 turns the scaling off. Default 10
+    /// (2.56 for 43 classes): on the 254 development scans, with each dataset left out in turn,
+    /// the combined `agree` verdict found 6 more backdoors at their targets and flagged one
+    /// clean model fewer than with 2.0 at every class count (EVALUATION.md, "Session 35";
+    /// frozen 2026-12-07).
+    pub reference_classes: usize,
     /// At most this many stamped images in one forward pass; the targets of a core are run in
     /// groups that fit [ours]. Default 2048.
     pub max_batch: usize,
@@ -146,6 +156,7 @@ impl Default for NcConfig {
             early_stop_threshold: 0.999,
             early_stop_patience: 25,
             threshold: 2.0,
+            reference_classes: 10,
             max_batch: 2048,
             max_images: 100,
             seed: 0,
@@ -159,6 +170,11 @@ impl Default for NcConfig {
 }
 
 impl NcConfig {
+    /// The threshold that applies to a model with `classes` classes (see `reference_classes`).
+    pub fn threshold_for(&self, classes: usize) -> f64 {
+        self.threshold * crate::detect::verdict::class_factor(classes, self.reference_classes)
+    }
+
     /// Reject values that would make the optimisation meaningless, before any compute.
     pub fn validate(&self) -> Result<()> {
         let unit = |v: f64| v > 0.0 && v <= 1.0;
@@ -394,6 +410,9 @@ pub struct NcReport {
     pub target: Option<usize>,
     /// The largest anomaly index.
     pub score: f64,
+    /// The threshold `score` was judged against: `config.threshold` raised for the model's
+    /// class count ([`NcConfig::threshold_for`]).
+    pub threshold: f64,
     /// The class with the largest anomaly index, flagged or not.
     pub most_anomalous: usize,
     /// Per target class, in class order (a screened run: the classes optimised fully, most
@@ -588,7 +607,8 @@ pub fn neural_cleanse(
             (most_anomalous, score, most_l1) = (c.target, a, c.l1);
         }
     }
-    let verdict_backdoored = score > cfg.threshold;
+    let threshold = cfg.threshold_for(k);
+    let verdict_backdoored = score > threshold;
     tracing::info!(
         "neural cleanse: max anomaly index {score:.3} at class {most_anomalous} (l1 {most_l1:.3})"
     );
@@ -596,6 +616,7 @@ pub fn neural_cleanse(
         verdict_backdoored,
         target: verdict_backdoored.then_some(most_anomalous),
         score,
+        threshold,
         most_anomalous,
         classes,
         screen,

@@ -1130,6 +1130,17 @@ pub struct SavedScan {
     pub decision: SavedDecision,
 }
 
+impl SavedScan {
+    /// The model's number of classes: a screened scan's pool says it, a full scan has one
+    /// class each.
+    pub fn classes(&self) -> usize {
+        self.decision
+            .pool
+            .as_ref()
+            .map_or(self.decision.classes.len(), |p| p.classes)
+    }
+}
+
 /// The `decision` of a saved report: its classes (the verdict itself is decided again).
 #[derive(Clone, Debug, Deserialize)]
 pub struct SavedDecision {

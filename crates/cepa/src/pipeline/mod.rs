@@ -280,7 +280,7 @@ pub fn combined_outcome(
             nc.target,
             nc.most_anomalous,
             nc.score,
-            nc.config.threshold,
+            nc.threshold,
             nc.seconds,
         ),
     ];
