@@ -821,6 +821,22 @@ mod tests {
         assert!(toml::from_str::<super::NcConfig>("[screen]\nnul = 3\n").is_err());
     }
 
+    #[test]
+    fn the_threshold_rises_with_the_class_count_past_ten_and_not_below() {
+        let cfg = super::NcConfig::default();
+        assert_eq!(cfg.threshold, 2.0);
+        assert_eq!(cfg.threshold_for(4), 2.0);
+        assert_eq!(cfg.threshold_for(10), 2.0);
+        let at43 = 2.0 * (43f64.ln() / 10f64.ln()).sqrt();
+        assert!((cfg.threshold_for(43) - at43).abs() < 1e-12);
+        assert!((at43 - 2.556).abs() < 1e-3, "{at43}");
+        let off = super::NcConfig {
+            reference_classes: 0,
+            ..cfg
+        };
+        assert_eq!(off.threshold_for(43), 2.0);
+    }
+
     use std::path::Path;
 
     use super::*;
