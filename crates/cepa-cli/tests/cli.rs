@@ -1619,6 +1619,13 @@ fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
             Some(s22),
             None,
         ),
+        // The judge of the rule frozen in session 35, under the default rule.
+        (
+            "eval/zoo-judge-s35-manifest.json",
+            "eval/judge-s35",
+            None,
+            None,
+        ),
         // The same scans under the session-21 rule (a table without saved scans of its own).
         (
             "eval/zoo-judge-s22-manifest.json",
