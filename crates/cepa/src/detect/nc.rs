@@ -83,7 +83,7 @@ pub struct NcConfig {
     /// A model is flagged when the largest anomaly index exceeds this [paper], raised for a
     /// model with more than `reference_classes` classes (see there). Default 2.
     pub threshold: f64,
-    /// The number of classes `threshold` holds at: a model with K more classes has its
+    /// The number of classes `threshold` holds at: a model with K > `reference_classes` has its
     /// threshold raised by `sqrt(ln K / ln reference_classes)`, as CEPA's
     /// ([`crate::detect::verdict::class_factor`]): the largest of K anomaly indices grows with
     /// K whether a class is backdoored or not [ours]. 0 turns the scaling off. Default 10
