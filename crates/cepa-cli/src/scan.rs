@@ -477,3 +477,61 @@ fn perturbation_pictures(r: &ScanReport) -> anyhow::Result<Option<Perturbations>
     }
     Ok(Some(Perturbations { class, items }))
 }
+
+#[cfg(test)]
+mod tests {
+    use cepa::detect::nc::{NcClassResult, NcConfig, NcReport};
+
+    /// A Neural Cleanse report over `k` classes whose largest index, 2.3 at class 1, is judged
+    /// against the threshold the config gives for `k` classes.
+    fn report(k: usize) -> NcReport {
+        let config = NcConfig::default();
+        let threshold = config.threshold_for(k);
+        let classes = (0..k)
+            .map(|target| NcClassResult {
+                target,
+                l1: 10.0,
+                feasible: true,
+                asr: 1.0,
+                steps: 1,
+                cost: 0.0,
+                anomaly_index: if target == 1 { 2.3 } else { 0.0 },
+                mask: Vec::new(),
+                pattern: Vec::new(),
+            })
+            .collect();
+        NcReport {
+            verdict_backdoored: 2.3 > threshold,
+            target: (2.3 > threshold).then_some(1),
+            score: 2.3,
+            threshold,
+            most_anomalous: 1,
+            classes,
+            screen: None,
+            images: 10 * k,
+            dims: [1, 8, 8],
+            config,
+            version: String::new(),
+            seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_text_says_when_neural_cleanses_threshold_was_raised_for_the_class_count() {
+        let ten = super::nc_text(&report(10), None, false).unwrap();
+        assert!(!ten.contains("raised"), "{ten}");
+        assert!(
+            ten.contains("BACKDOORED, target class 1 (index 2.30 > 2.00)"),
+            "{ten}"
+        );
+        let many = super::nc_text(&report(43), None, false).unwrap();
+        assert!(
+            many.contains("baseline threshold 2.00 raised to 2.56 for 43 classes (x1.278"),
+            "{many}"
+        );
+        assert!(
+            many.contains("clean (largest index 2.30 at class 1, threshold 2.56)"),
+            "{many}"
+        );
+    }
+}
