@@ -106,6 +106,22 @@ fn planted_backdoor_target_wins_and_clean_twin_is_clean() {
         "{} vs {others}",
         r[TARGET].delta_norm
     );
+    // The planted unit is off on every clean image: the target's consensus points away from
+    // the way to its clean images, where every other class is reached by becoming more like it.
+    let align: Vec<f64> = r
+        .iter()
+        .map(|t| {
+            t.layers[0]
+                .class_alignment
+                .expect("held-out images of every class")
+        })
+        .collect();
+    assert!(align.iter().all(|a| (-1.0..=1.0).contains(a)), "{align:?}");
+    // (Measured: 0.09 at the target, 0.99 at the others.)
+    assert!(align[TARGET] < 0.5, "{align:?}");
+    for c in (0..CLASSES).filter(|&c| c != TARGET) {
+        assert!(align[c] > 0.5, "{align:?}");
+    }
     // Its consensus mu lives on the planted unit.
     let mu = &r[TARGET].layers[0].mu;
     let top = mu

@@ -261,6 +261,13 @@ pub struct LayerStats {
     /// same way, near `1/S` over `S` sources when each takes its own route; a trigger is one
     /// route from every class. `None` with fewer than two source classes.
     pub pair_agreement: Option<f64>,
+    /// The cosine between `mu_t` and the direction from the other classes' held-out clean
+    /// embeddings to class `t`'s, `mean_{y=t} g(x) - mean_{y!=t} g(x)` [ours, after the
+    /// orthogonalisation of CSO (Yang, Miller and Kesidis)]: a class that is merely easy to
+    /// reach is reached by becoming more like it, along that direction; a trigger adds a feature
+    /// the class's clean images lack, so small is suspicious. `None` without held-out images of
+    /// `t` and of another class.
+    pub class_alignment: Option<f64>,
     /// `mu_t` (length d).
     #[serde(skip)]
     pub mu: Vec<f32>,
@@ -465,6 +472,42 @@ pub fn pair_agreement(delta_emb: &[f32], sources: &[usize]) -> Option<f64> {
     }
     let num: f64 = overall.iter().map(|o| o * o).sum();
     (sq > 0.0).then(|| num / sq)
+}
+
+/// [`LayerStats::class_alignment`]: the cosine between `mu` (length `d`) and
+/// `mean_{labels = target} clean - mean_{labels != target} clean` over the rows of `clean`
+/// (`labels.len()` rows of `d`, row-major). `None` when either side has no row or either
+/// vector is zero.
+pub fn class_alignment(mu: &[f32], clean: &[f32], labels: &[usize], target: usize) -> Option<f64> {
+    let d = mu.len();
+    if d == 0 || clean.len() != labels.len() * d {
+        return None;
+    }
+    let (mut inside, mut outside) = (vec![0.0f64; d], vec![0.0f64; d]);
+    let (mut n_in, mut n_out) = (0usize, 0usize);
+    for (row, &y) in clean.chunks_exact(d).zip(labels) {
+        let (sum, count) = if y == target {
+            (&mut inside, &mut n_in)
+        } else {
+            (&mut outside, &mut n_out)
+        };
+        *count += 1;
+        for (a, &v) in sum.iter_mut().zip(row) {
+            *a += f64::from(v);
+        }
+    }
+    if n_in == 0 || n_out == 0 {
+        return None;
+    }
+    let (mut dot, mut mm, mut cc) = (0.0f64, 0.0f64, 0.0f64);
+    for ((&m, a), b) in mu.iter().zip(&inside).zip(&outside) {
+        let c = a / n_in as f64 - b / n_out as f64;
+        let m = f64::from(m);
+        dot += m * c;
+        mm += m * m;
+        cc += c * c;
+    }
+    (mm > 0.0 && cc > 0.0).then(|| dot / (mm * cc).sqrt())
 }
 
 /// Per-sample consensus penalty `||Delta_n - mu||^2` (`[n, 1]`).
@@ -757,6 +800,7 @@ fn optimise(
                         transfer: None,
                         reach: None,
                         pair_agreement: None,
+                        class_alignment: None,
                         mu: Vec::new(),
                     }
                 })
@@ -1019,11 +1063,12 @@ fn finish(
             model.check_images(h)?;
             let x = model.images_tensor(&h.pixels, h.len());
             let (_, embs) = model.logits_and_layers(x.clone(), layers)?;
-            Some((
-                h,
-                x,
-                embs.into_iter().map(Tensor::detach).collect::<Vec<_>>(),
-            ))
+            let embs: Vec<Tensor<2>> = embs.into_iter().map(Tensor::detach).collect();
+            let on_host: Vec<Vec<f32>> = embs
+                .iter()
+                .map(|e| e.clone().try_into_vec_as::<f32>().unwrap_or_default())
+                .collect();
+            Some((h, x, embs, on_host))
         }
         None => None,
     };
@@ -1038,7 +1083,7 @@ fn finish(
         let n = p.sources.len();
         r.deltas = delta.try_into_vec_as::<f32>().unwrap_or_default();
         r.coherence = coherence(&r.deltas, n);
-        if let Some((h, x, _)) = &held
+        if let Some((h, x, _, _)) = &held
             && let Some(shift) = input_transfer(model, h, x, &r.deltas, n, r.target)?
         {
             r.input_transfer = Some(shift.share);
@@ -1057,7 +1102,10 @@ fn finish(
                 &p.sources,
             );
             let mu = consensus(moved);
-            if let Some((h, x, clean)) = &held {
+            r.layers[l].mu = host(mu.clone().flatten(0, 1));
+            if let Some((h, x, clean, on_host)) = &held {
+                r.layers[l].class_alignment =
+                    class_alignment(&r.layers[l].mu, &on_host[l], &h.labels, r.target);
                 let idx: Vec<usize> = (0..h.len()).filter(|&i| h.labels[i] != r.target).collect();
                 if !idx.is_empty() {
                     let m = idx.len();
@@ -1081,7 +1129,6 @@ fn finish(
                     r.layers[l].reach = Some(found.median * norm);
                 }
             }
-            r.layers[l].mu = host(mu.flatten(0, 1));
         }
         out.push(r);
     }
@@ -1187,6 +1234,33 @@ mod tests {
         for (got, want) in means.iter().zip(want) {
             assert!((got - want).abs() < 1e-5, "{means:?}");
         }
+    }
+
+    #[test]
+    fn class_alignment_is_the_cosine_with_the_way_to_the_class_s_clean_images() {
+        use super::class_alignment;
+        // Class 1's clean rows sit at (2, 0, 0), the others' at (0, 0, 0) and (0, 2, 0): the way
+        // to class 1 is (2, -1, 0).
+        let clean = [2.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0];
+        let labels = [1, 0, 2];
+        let way = [2.0f32, -1.0, 0.0];
+        assert!((class_alignment(&way, &clean, &labels, 1).unwrap() - 1.0).abs() < 1e-9);
+        let scaled = [0.2f32, -0.1, 0.0];
+        assert!((class_alignment(&scaled, &clean, &labels, 1).unwrap() - 1.0).abs() < 1e-9);
+        // A feature no clean image has: orthogonal to the way.
+        assert!(
+            class_alignment(&[0.0, 0.0, 3.0], &clean, &labels, 1)
+                .unwrap()
+                .abs()
+                < 1e-12
+        );
+        // Away from the class.
+        let away = class_alignment(&[-2.0, 1.0, 0.0], &clean, &labels, 1).unwrap();
+        assert!((away + 1.0).abs() < 1e-9);
+        // No clean row of the class, a zero mu, rows that do not fit d.
+        assert!(class_alignment(&way, &clean, &labels, 3).is_none());
+        assert!(class_alignment(&[0.0; 3], &clean, &labels, 1).is_none());
+        assert!(class_alignment(&way, &clean[..8], &labels, 1).is_none());
     }
 
     #[test]

@@ -79,6 +79,11 @@ pub enum Statistic {
     /// every source class's embeddings the same way, where a natural class is reached by each
     /// source along its own route.
     PairAgreement,
+    /// The cosine between `mu_t` and the direction from the other classes' held-out clean
+    /// embeddings to class `t`'s, small is suspicious [ours, after CSO's orthogonalisation]:
+    /// a naturally easy class is reached by becoming more like it, a trigger by a feature the
+    /// class's clean images lack. Reported only.
+    ClassAlignment,
 }
 
 impl Statistic {
@@ -100,7 +105,8 @@ impl Statistic {
             | Statistic::InputReachMax
             | Statistic::UniversalNorm
             | Statistic::MarginBlend
-            | Statistic::MarginPatch => Tail::Small,
+            | Statistic::MarginPatch
+            | Statistic::ClassAlignment => Tail::Small,
             Statistic::EmbedNorm => Tail::Both,
         }
     }
@@ -125,6 +131,7 @@ impl Statistic {
             Statistic::MarginBlend => "margin_blend",
             Statistic::MarginPatch => "margin_patch",
             Statistic::PairAgreement => "pair_agreement",
+            Statistic::ClassAlignment => "class_alignment",
         }
     }
 
@@ -201,6 +208,7 @@ impl Statistic {
             Statistic::Transfer => r.layers[layer].transfer.unwrap_or(f64::NAN),
             Statistic::EmbedNorm => r.layers[layer].embed_norm,
             Statistic::PairAgreement => r.layers[layer].pair_agreement.unwrap_or(f64::NAN),
+            Statistic::ClassAlignment => r.layers[layer].class_alignment.unwrap_or(f64::NAN),
         }
     }
 }
@@ -833,6 +841,7 @@ pub fn decide_pool(
         Statistic::MarginBlend,
         Statistic::MarginPatch,
         Statistic::PairAgreement,
+        Statistic::ClassAlignment,
     ];
     let pair = pair_values(results);
     for stat in all {
@@ -1212,6 +1221,7 @@ impl SavedClass {
                     transfer: self.value(Statistic::Transfer, at),
                     reach: self.value(Statistic::Reach, at),
                     pair_agreement: self.value(Statistic::PairAgreement, at),
+                    class_alignment: self.value(Statistic::ClassAlignment, at),
                     mu: Vec::new(),
                 })
             })
@@ -1634,6 +1644,7 @@ mod tests {
                 transfer: Some(transfer),
                 reach: Some(1.0),
                 pair_agreement: None,
+                class_alignment: None,
                 mu: vec![],
             }],
             coherence: 0.2 + 0.01 * target as f64,
