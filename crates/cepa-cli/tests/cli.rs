@@ -1619,10 +1619,17 @@ fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
             Some(s22),
             None,
         ),
-        // The judge of the rule frozen in session 35, under the default rule.
+        // The judges of the rule frozen in session 35 (sessions 35 and 36), under the default
+        // rule.
         (
             "eval/zoo-judge-s35-manifest.json",
             "eval/judge-s35",
+            None,
+            None,
+        ),
+        (
+            "eval/zoo-judge-s36-manifest.json",
+            "eval/judge-s36",
             None,
             None,
         ),
