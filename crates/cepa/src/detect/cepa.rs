@@ -476,38 +476,60 @@ pub fn pair_agreement(delta_emb: &[f32], sources: &[usize]) -> Option<f64> {
 
 /// [`LayerStats::class_alignment`]: the cosine between `mu` (length `d`) and
 /// `mean_{labels = target} clean - mean_{labels != target} clean` over the rows of `clean`
-/// (`labels.len()` rows of `d`, row-major). `None` when either side has no row or either
-/// vector is zero.
+/// (`labels.len()` rows of `d`, row-major). `None` when either side has no row, either vector
+/// is zero, or the rows do not fit `d`.
 pub fn class_alignment(mu: &[f32], clean: &[f32], labels: &[usize], target: usize) -> Option<f64> {
-    let d = mu.len();
-    if d == 0 || clean.len() != labels.len() * d {
-        return None;
-    }
-    let (mut inside, mut outside) = (vec![0.0f64; d], vec![0.0f64; d]);
-    let (mut n_in, mut n_out) = (0usize, 0usize);
-    for (row, &y) in clean.chunks_exact(d).zip(labels) {
-        let (sum, count) = if y == target {
-            (&mut inside, &mut n_in)
-        } else {
-            (&mut outside, &mut n_out)
-        };
-        *count += 1;
-        for (a, &v) in sum.iter_mut().zip(row) {
-            *a += f64::from(v);
+    ClassSums::new(clean, labels, mu.len())?.alignment(mu, target)
+}
+
+/// Per-class sums of clean embeddings, summed once per layer for every target's
+/// [`class_alignment`].
+pub struct ClassSums {
+    sums: Vec<Vec<f64>>,
+    counts: Vec<usize>,
+    total: Vec<f64>,
+}
+
+impl ClassSums {
+    /// From `labels.len()` rows of `d` (row-major); `None` unless they fit.
+    pub fn new(clean: &[f32], labels: &[usize], d: usize) -> Option<Self> {
+        if d == 0 || clean.len() != labels.len() * d {
+            return None;
         }
+        let k = labels.iter().max().map_or(0, |&m| m + 1);
+        let (mut sums, mut counts, mut total) =
+            (vec![vec![0.0f64; d]; k], vec![0; k], vec![0.0; d]);
+        for (row, &y) in clean.chunks_exact(d).zip(labels) {
+            counts[y] += 1;
+            for ((a, t), &v) in sums[y].iter_mut().zip(total.iter_mut()).zip(row) {
+                *a += f64::from(v);
+                *t += f64::from(v);
+            }
+        }
+        Some(Self {
+            sums,
+            counts,
+            total,
+        })
     }
-    if n_in == 0 || n_out == 0 {
-        return None;
+
+    /// The cosine between `mu` and the way from the other classes' mean row to `target`'s.
+    pub fn alignment(&self, mu: &[f32], target: usize) -> Option<f64> {
+        let n_in = self.counts.get(target).copied().unwrap_or(0);
+        let n_out = self.counts.iter().sum::<usize>() - n_in;
+        if n_in == 0 || n_out == 0 || mu.len() != self.total.len() {
+            return None;
+        }
+        let (mut dot, mut mm, mut cc) = (0.0f64, 0.0f64, 0.0f64);
+        for ((&m, a), t) in mu.iter().zip(&self.sums[target]).zip(&self.total) {
+            let c = a / n_in as f64 - (t - a) / n_out as f64;
+            let m = f64::from(m);
+            dot += m * c;
+            mm += m * m;
+            cc += c * c;
+        }
+        (mm > 0.0 && cc > 0.0).then(|| dot / (mm * cc).sqrt())
     }
-    let (mut dot, mut mm, mut cc) = (0.0f64, 0.0f64, 0.0f64);
-    for ((&m, a), b) in mu.iter().zip(&inside).zip(&outside) {
-        let c = a / n_in as f64 - b / n_out as f64;
-        let m = f64::from(m);
-        dot += m * c;
-        mm += m * m;
-        cc += c * c;
-    }
-    (mm > 0.0 && cc > 0.0).then(|| dot / (mm * cc).sqrt())
 }
 
 /// Per-sample consensus penalty `||Delta_n - mu||^2` (`[n, 1]`).
@@ -1064,11 +1086,15 @@ fn finish(
             let x = model.images_tensor(&h.pixels, h.len());
             let (_, embs) = model.logits_and_layers(x.clone(), layers)?;
             let embs: Vec<Tensor<2>> = embs.into_iter().map(Tensor::detach).collect();
-            let on_host: Vec<Vec<f32>> = embs
+            let sums: Vec<Option<ClassSums>> = embs
                 .iter()
-                .map(|e| e.clone().try_into_vec_as::<f32>().unwrap_or_default())
+                .map(|e| {
+                    let d = e.dims()[1];
+                    let rows = e.clone().try_into_vec_as::<f32>().unwrap_or_default();
+                    ClassSums::new(&rows, &h.labels, d)
+                })
                 .collect();
-            Some((h, x, embs, on_host))
+            Some((h, x, embs, sums))
         }
         None => None,
     };
@@ -1103,9 +1129,10 @@ fn finish(
             );
             let mu = consensus(moved);
             r.layers[l].mu = host(mu.clone().flatten(0, 1));
-            if let Some((h, x, clean, on_host)) = &held {
-                r.layers[l].class_alignment =
-                    class_alignment(&r.layers[l].mu, &on_host[l], &h.labels, r.target);
+            if let Some((h, x, clean, sums)) = &held {
+                r.layers[l].class_alignment = sums[l]
+                    .as_ref()
+                    .and_then(|s| s.alignment(&r.layers[l].mu, r.target));
                 let idx: Vec<usize> = (0..h.len()).filter(|&i| h.labels[i] != r.target).collect();
                 if !idx.is_empty() {
                     let m = idx.len();
