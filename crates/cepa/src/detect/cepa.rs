@@ -474,16 +474,8 @@ pub fn pair_agreement(delta_emb: &[f32], sources: &[usize]) -> Option<f64> {
     (sq > 0.0).then(|| num / sq)
 }
 
-/// [`LayerStats::class_alignment`]: the cosine between `mu` (length `d`) and
-/// `mean_{labels = target} clean - mean_{labels != target} clean` over the rows of `clean`
-/// (`labels.len()` rows of `d`, row-major). `None` when either side has no row, either vector
-/// is zero, or the rows do not fit `d`.
-pub fn class_alignment(mu: &[f32], clean: &[f32], labels: &[usize], target: usize) -> Option<f64> {
-    ClassSums::new(clean, labels, mu.len())?.alignment(mu, target)
-}
-
-/// Per-class sums of clean embeddings, summed once per layer for every target's
-/// [`class_alignment`].
+/// Per-class sums of clean embeddings (held-out images), summed once per layer for every
+/// target's [`LayerStats::class_alignment`].
 pub struct ClassSums {
     sums: Vec<Vec<f64>>,
     counts: Vec<usize>,
@@ -513,7 +505,9 @@ impl ClassSums {
         })
     }
 
-    /// The cosine between `mu` and the way from the other classes' mean row to `target`'s.
+    /// [`LayerStats::class_alignment`]: the cosine between `mu` and the way from the other
+    /// classes' mean row to `target`'s, `mean_{y=target} - mean_{y!=target}`. `None` when
+    /// either side has no row, either vector is zero, or `mu` does not fit.
     pub fn alignment(&self, mu: &[f32], target: usize) -> Option<f64> {
         let n_in = self.counts.get(target).copied().unwrap_or(0);
         let n_out = self.counts.iter().sum::<usize>() - n_in;
@@ -1265,29 +1259,27 @@ mod tests {
 
     #[test]
     fn class_alignment_is_the_cosine_with_the_way_to_the_class_s_clean_images() {
-        use super::class_alignment;
+        use super::ClassSums;
         // Class 1's clean rows sit at (2, 0, 0), the others' at (0, 0, 0) and (0, 2, 0): the way
         // to class 1 is (2, -1, 0).
         let clean = [2.0f32, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0];
         let labels = [1, 0, 2];
+        let sums = ClassSums::new(&clean, &labels, 3).unwrap();
+        let class_alignment = |mu: &[f32], target| sums.alignment(mu, target);
         let way = [2.0f32, -1.0, 0.0];
-        assert!((class_alignment(&way, &clean, &labels, 1).unwrap() - 1.0).abs() < 1e-9);
+        assert!((class_alignment(&way, 1).unwrap() - 1.0).abs() < 1e-9);
         let scaled = [0.2f32, -0.1, 0.0];
-        assert!((class_alignment(&scaled, &clean, &labels, 1).unwrap() - 1.0).abs() < 1e-9);
+        assert!((class_alignment(&scaled, 1).unwrap() - 1.0).abs() < 1e-9);
         // A feature no clean image has: orthogonal to the way.
-        assert!(
-            class_alignment(&[0.0, 0.0, 3.0], &clean, &labels, 1)
-                .unwrap()
-                .abs()
-                < 1e-12
-        );
+        assert!(class_alignment(&[0.0, 0.0, 3.0], 1).unwrap().abs() < 1e-12);
         // Away from the class.
-        let away = class_alignment(&[-2.0, 1.0, 0.0], &clean, &labels, 1).unwrap();
+        let away = class_alignment(&[-2.0, 1.0, 0.0], 1).unwrap();
         assert!((away + 1.0).abs() < 1e-9);
-        // No clean row of the class, a zero mu, rows that do not fit d.
-        assert!(class_alignment(&way, &clean, &labels, 3).is_none());
-        assert!(class_alignment(&[0.0; 3], &clean, &labels, 1).is_none());
-        assert!(class_alignment(&way, &clean[..8], &labels, 1).is_none());
+        // No clean row of the class, a zero mu, a mu or rows that do not fit d.
+        assert!(class_alignment(&way, 3).is_none());
+        assert!(class_alignment(&[0.0; 3], 1).is_none());
+        assert!(class_alignment(&[1.0, 0.0], 1).is_none());
+        assert!(ClassSums::new(&clean[..8], &labels, 3).is_none());
     }
 
     #[test]
