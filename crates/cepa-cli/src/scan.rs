@@ -47,9 +47,12 @@ pub fn run(a: ScanArgs, quiet: bool, device: DeviceChoice) -> anyhow::Result<Exi
     let k = model.num_classes();
     let screen = &settings.scan.screen;
     let total = if screen.applies(k) {
-        k * screen.steps + (screen.candidates + screen.null) * settings.scan.cepa.steps
+        k * screen.steps
+            + (screen.candidates + screen.null)
+                * settings.scan.cepa.steps
+                * settings.scan.cepa.restarts
     } else {
-        k * settings.scan.cepa.steps
+        k * settings.scan.cepa.steps * settings.scan.cepa.restarts
     } as u64;
     let bar = if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden())

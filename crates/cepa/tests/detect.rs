@@ -450,3 +450,76 @@ fn with_a_consensus_per_pair_the_planted_target_s_pairs_still_share_one_route() 
         }
     }
 }
+
+#[test]
+fn restarts_are_the_mean_of_the_runs_from_each_seed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fit = images(4, 0);
+    let held = images(4, 1);
+    let layers = vec!["embedding".to_string()];
+    let planted = model(true, dir.path());
+    let cfg = |seed, restarts| CepaConfig {
+        steps: 60,
+        lr: 0.02,
+        seed,
+        restarts,
+        ..Default::default()
+    };
+    let run = |c: CepaConfig| stage1(&planted, &fit, Some(&held), &layers, &c).unwrap();
+    let (a, b, both) = (run(cfg(0, 1)), run(cfg(1, 1)), run(cfg(0, 2)));
+    assert_eq!(both.len(), CLASSES);
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-3 * x.abs().max(y.abs()).max(1e-3);
+    for t in 0..CLASSES {
+        let (a, b, m) = (&a[t], &b[t], &both[t]);
+        assert_eq!(m.target, t);
+        assert_eq!(m.steps, a.steps + b.steps, "class {t}");
+        if a.feasible && b.feasible {
+            let mean = (a.delta_norm + b.delta_norm) / 2.0;
+            assert!(
+                close(m.delta_norm, mean),
+                "class {t}: {} vs {mean}",
+                m.delta_norm
+            );
+            let mean = (a.layers[0].embed_norm + b.layers[0].embed_norm) / 2.0;
+            assert!(close(m.layers[0].embed_norm, mean), "class {t}");
+        }
+    }
+    // The two seeds start from other perturbations, so they end apart somewhere.
+    assert!((0..CLASSES).any(|t| a[t].delta_norm != b[t].delta_norm));
+    let d = decide(&both, &layers, &DecisionConfig::default()).unwrap();
+    assert_eq!(d.most_anomalous, TARGET, "{:#?}", d.classes);
+}
+
+#[test]
+fn the_class_subspace_penalty_makes_natural_classes_dearer_and_leaves_the_trigger_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let fit = images(6, 0);
+    let layers = vec!["embedding".to_string()];
+    let planted = model(true, dir.path());
+    let run = |orthogonal| {
+        let cfg = CepaConfig {
+            steps: 150,
+            lr: 0.02,
+            orthogonal,
+            ..Default::default()
+        };
+        stage1(&planted, &fit, None, &layers, &cfg).unwrap()
+    };
+    let (plain, cso) = (run(0.0), run(5.0));
+    // A natural class is reached by raising its own units, which its clean images span; the
+    // planted unit is constant over the clean images, outside every class's subspace.
+    let cost = |r: &cepa::detect::cepa::TargetResult| {
+        if r.feasible {
+            r.delta_norm
+        } else {
+            f64::INFINITY
+        }
+    };
+    let rise: Vec<f64> = (0..CLASSES)
+        .map(|t| cost(&cso[t]) / cost(&plain[t]))
+        .collect();
+    for t in (0..CLASSES).filter(|&t| t != TARGET) {
+        assert!(rise[t] > rise[TARGET] * 1.1, "{rise:?}");
+    }
+    assert!(cso[TARGET].feasible && rise[TARGET] < 1.2, "{rise:?}");
+}

@@ -64,7 +64,9 @@ pub struct CepaConfig {
     pub plateau_tol: f64,
     /// Steps before a target may stop on a plateau. Default 40.
     pub min_steps: usize,
-    /// Seed of the initial perturbations. Default 0.
+    /// Seed of the initial perturbations. Default 0. In a scan it is added to the scan's seed
+    /// (which also draws the clean images), so `[scan.cepa] seed = 1, 2, ...` restarts the
+    /// optimisation from other initial perturbations on the same images.
     pub seed: u64,
     /// Step budget of the one additive pattern per target ([`crate::detect::universal`],
     /// statistic `universal_norm`); 0 skips it [ours]. Default 0 (off: on the development scans
@@ -110,6 +112,18 @@ pub struct CepaConfig {
     /// `target` (EVALUATION.md, "Session 24": `pair` helped CEPA alone on every dataset left
     /// out, but not the default verdict).
     pub consensus: Consensus,
+    /// Weight of the class-subspace penalty [ours, after CSO, arXiv 2512.08129, by CEPA's
+    /// authors]: the mean over samples and layers of the share of `||Delta_n||^2` that lies in
+    /// the span of the target class's own clean embeddings (each less the mean clean embedding
+    /// of all classes), so a target is reached by what is not its intrinsic class features, a
+    /// trigger, rather than by them. 0 turns it off. Default 0 (EVALUATION.md, "Session 37").
+    pub orthogonal: f64,
+    /// Runs of every target's problem, each from other initial perturbations (seeds `seed`,
+    /// `seed + 1`, ...) on the same images, optimised together; each statistic is the mean over
+    /// the runs that reached `pi`, and the perturbations kept are those of the run with the
+    /// smallest mean dispersion ([`merge_restarts`]) [ours]. Default 1 (EVALUATION.md, "Session
+    /// 37").
+    pub restarts: usize,
 }
 
 /// What the embedded perturbations of a target's problem must agree on.
@@ -155,6 +169,8 @@ impl Default for CepaConfig {
             margin_blend_samples: 30,
             margin_patch_samples: 30,
             consensus: Consensus::Target,
+            orthogonal: 0.0,
+            restarts: 1,
         }
     }
 }
@@ -167,9 +183,11 @@ impl CepaConfig {
             || self.check_every == 0
             || self.infeasible_factor == 0
             || self.max_samples == 0
+            || self.restarts == 0
         {
             return bad(
-                "steps, check_every, infeasible_factor and max_samples must be at least 1".into(),
+                "steps, check_every, infeasible_factor, max_samples and restarts must be at least 1"
+                    .into(),
             );
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
@@ -198,6 +216,9 @@ impl CepaConfig {
                 "local_radius {} must be positive and local_samples at least 1",
                 self.local_radius
             ));
+        }
+        if !(self.orthogonal >= 0.0 && self.orthogonal.is_finite()) {
+            return bad(format!("orthogonal {} must be >= 0", self.orthogonal));
         }
         if self.beta < 0.0 || !(0.0..=1.0).contains(&self.init_max) {
             return bad("beta must be >= 0 and init_max in [0, 1]".into());
@@ -350,6 +371,9 @@ struct Problem {
     /// With `consensus = "pair"`: the `[n, n]` matrix that replaces each sample's row by the
     /// mean of its source class's rows ([`pair_means`]).
     pairs: Option<Tensor<2>>,
+    /// With `orthogonal > 0`: per layer, an orthonormal basis `[r, d]` of the target class's
+    /// centred clean embeddings ([`class_basis`]); `None` where it has none.
+    basis: Vec<Option<Tensor<2>>>,
     delta: Tensor<4>,
     adam: crate::detect::Adam<4>,
     schedule: LambdaSchedule,
@@ -526,6 +550,54 @@ impl ClassSums {
     }
 }
 
+/// An orthonormal basis of `class`'s rows of `clean` (`labels.len()` rows of `d`), each less
+/// the mean of all the rows, by Gram-Schmidt (twice, for stability): `(basis row-major, rank)`.
+/// Rows whose remainder is below 1e-6 of their length add nothing. `None` when the class has no
+/// row, or none stands out.
+pub fn class_basis(
+    clean: &[f32],
+    labels: &[usize],
+    d: usize,
+    class: usize,
+) -> Option<(Vec<f32>, usize)> {
+    if d == 0 || clean.len() != labels.len() * d {
+        return None;
+    }
+    let mut mean = vec![0.0f64; d];
+    for row in clean.chunks_exact(d) {
+        for (m, &v) in mean.iter_mut().zip(row) {
+            *m += f64::from(v);
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= labels.len() as f64);
+    let mut basis: Vec<Vec<f64>> = Vec::new();
+    for (row, _) in clean
+        .chunks_exact(d)
+        .zip(labels)
+        .filter(|&(_, &y)| y == class)
+    {
+        let mut v: Vec<f64> = row
+            .iter()
+            .zip(&mean)
+            .map(|(&x, m)| f64::from(x) - m)
+            .collect();
+        let len = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        for _ in 0..2 {
+            for b in &basis {
+                let dot: f64 = v.iter().zip(b).map(|(x, y)| x * y).sum();
+                v.iter_mut().zip(b).for_each(|(x, y)| *x -= dot * y);
+            }
+        }
+        let rest = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        if len > 0.0 && rest > 1e-6 * len {
+            v.iter_mut().for_each(|x| *x /= rest);
+            basis.push(v);
+        }
+    }
+    let r = basis.len();
+    (r > 0).then(|| (basis.into_iter().flatten().map(|x| x as f32).collect(), r))
+}
+
 /// Per-sample consensus penalty `||Delta_n - mu||^2` (`[n, 1]`).
 pub fn penalty(delta_emb: Tensor<2>, mu: Tensor<2>) -> Tensor<2> {
     (delta_emb - mu).powi_scalar(2).sum_dim(1)
@@ -585,8 +657,28 @@ pub fn stage1_targets(
     let (_, clean_all) = model.logits_and_layers(x_all.clone(), layers)?;
     let clean_all: Vec<Tensor<2>> = clean_all.into_iter().map(Tensor::detach).collect();
     let d: Vec<f64> = clean_all.iter().map(|c| c.dims()[1] as f64).collect();
-    let mut problems: Vec<Problem> = Vec::with_capacity(targets.len());
-    for &target in targets {
+    // The class subspaces of the CSO penalty, per layer and class, from the clean rows read
+    // back once.
+    let bases: Vec<Vec<Option<Tensor<2>>>> = if cfg.orthogonal > 0.0 {
+        clean_all
+            .iter()
+            .map(|c| {
+                let dim = c.dims()[1];
+                let rows = c.clone().reshape([c.dims()[0] * dim]);
+                let rows = host(rows);
+                (0..k)
+                    .map(|class| {
+                        class_basis(&rows, &images.labels, dim, class)
+                            .map(|(b, r)| Tensor::from_data(TensorData::new(b, [r, dim]), &device))
+                    })
+                    .collect()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut problems: Vec<Problem> = Vec::with_capacity(targets.len() * cfg.restarts);
+    for (run, &target) in (0..cfg.restarts).flat_map(|r| targets.iter().map(move |t| (r, t))) {
         if target >= k {
             return Err(Error::Mismatch(format!(
                 "class {target} is not a class of the model (0..{})",
@@ -606,7 +698,7 @@ pub fn stage1_targets(
             .collect();
         let n = idx.len();
         let hi = cfg.init_max.max(1e-12);
-        let mut rng = crate::detect::class_rng(cfg.seed, target);
+        let mut rng = crate::detect::class_rng(cfg.seed.wrapping_add(run as u64), target);
         let init: Vec<f32> = (0..n * per)
             .map(|_| rng.random_range(0.0..hi) as f32)
             .collect();
@@ -621,6 +713,7 @@ pub fn stage1_targets(
             x,
             clean,
             pairs: (cfg.consensus == Consensus::Pair).then(|| pair_means(&sources, &device)),
+            basis: bases.iter().map(|b| b[target].clone()).collect(),
             sources,
             adam: crate::detect::Adam::new(&delta),
             delta,
@@ -652,7 +745,10 @@ pub fn stage1_targets(
         &format!("stage 1: optimisation of {} targets", targets.len()),
         t,
     );
-    let mut out = finish(model, problems, holdout, layers, dims)?;
+    let mut out = merge_restarts(
+        finish(model, problems, holdout, layers, dims)?,
+        cfg.restarts,
+    );
     let mut t = phase("stage 1: transfer and reach", t);
     if cfg.universal_steps > 0 {
         let found = crate::detect::universal::universal(model, images, targets, cfg)?;
@@ -760,6 +856,16 @@ fn optimise(
             let mut j = ce.mean() + size.mean() * cfg.beta;
             for (l, emb) in embs.iter().enumerate() {
                 let delta_emb = emb.clone().narrow(0, row, n) - p.clean[l].clone();
+                if let Some(Some(b)) = p.basis.get(l) {
+                    // The share of each sample's embedded change inside the class subspace.
+                    let inside = delta_emb
+                        .clone()
+                        .matmul(b.clone().transpose())
+                        .powi_scalar(2)
+                        .sum_dim(1);
+                    let all = delta_emb.clone().powi_scalar(2).sum_dim(1) + 1e-12;
+                    j = j + (inside / all).mean() * (cfg.orthogonal / layers.len() as f64);
+                }
                 // mu at its exact minimiser for the current delta, held fixed for this step: one
                 // row for the target, or each sample's pair's consensus.
                 let mu = consensus(delta_emb.clone()).detach();
@@ -1066,6 +1172,70 @@ fn input_transfer(
 }
 
 /// At each target's reported iterate: `mu_t` per layer and, with held-out images, the transfer.
+/// One result per target from `restarts` runs of each (`results` run-major: every target of
+/// the first run, then of the second, ...). The runs that reached `pi` are averaged (all of them
+/// when none did): every statistic is their mean (an optional one only where every run has it),
+/// `steps` their sum, and the perturbations, consensuses and per-sample sizes are those of the
+/// run with the smallest mean dispersion, whose `lambda` is kept too.
+pub fn merge_restarts(results: Vec<TargetResult>, restarts: usize) -> Vec<TargetResult> {
+    if restarts <= 1 || results.is_empty() || !results.len().is_multiple_of(restarts) {
+        return results;
+    }
+    let t = results.len() / restarts;
+    let mut runs: Vec<Vec<TargetResult>> = (0..t).map(|_| Vec::new()).collect();
+    for (i, r) in results.into_iter().enumerate() {
+        runs[i % t].push(r);
+    }
+    runs.into_iter()
+        .map(|all| {
+            let steps = all.iter().map(|r| r.steps).sum();
+            let feasible = all.iter().any(|r| r.feasible);
+            let used: Vec<TargetResult> = all
+                .into_iter()
+                .filter(|r| r.feasible || !feasible)
+                .collect();
+            let n = used.len() as f64;
+            let mean = |f: &dyn Fn(&TargetResult) -> f64| used.iter().map(f).sum::<f64>() / n;
+            let mean_opt = |f: &dyn Fn(&TargetResult) -> Option<f64>| {
+                used.iter()
+                    .map(f)
+                    .collect::<Option<Vec<f64>>>()
+                    .map(|v| v.iter().sum::<f64>() / n)
+            };
+            let best = used
+                .iter()
+                .min_by(|a, b| a.mean_dispersion().total_cmp(&b.mean_dispersion()))
+                .expect("at least one run");
+            let mut out = best.clone();
+            out.steps = steps;
+            out.feasible = feasible;
+            out.rho = mean(&|r| r.rho);
+            out.delta_norm = mean(&|r| r.delta_norm);
+            out.coherence = mean(&|r| r.coherence);
+            out.input_transfer = mean_opt(&|r| r.input_transfer);
+            out.input_reach = mean_opt(&|r| r.input_reach);
+            out.input_reach_sources = (0..out.input_reach_sources.len())
+                .map(|c| mean(&|r| r.input_reach_sources.get(c).copied().unwrap_or(f64::NAN)))
+                .collect();
+            for (l, layer) in out.layers.iter_mut().enumerate() {
+                layer.mu_norm = mean(&|r| layer_at(r, l).map_or(f64::NAN, |x| x.mu_norm));
+                layer.dispersion = mean(&|r| layer_at(r, l).map_or(f64::NAN, |x| x.dispersion));
+                layer.embed_norm = mean(&|r| layer_at(r, l).map_or(f64::NAN, |x| x.embed_norm));
+                layer.transfer = mean_opt(&|r| layer_at(r, l).and_then(|x| x.transfer));
+                layer.reach = mean_opt(&|r| layer_at(r, l).and_then(|x| x.reach));
+                layer.pair_agreement = mean_opt(&|r| layer_at(r, l).and_then(|x| x.pair_agreement));
+                layer.class_alignment =
+                    mean_opt(&|r| layer_at(r, l).and_then(|x| x.class_alignment));
+            }
+            out
+        })
+        .collect()
+}
+
+fn layer_at(r: &TargetResult, l: usize) -> Option<&LayerStats> {
+    r.layers.get(l)
+}
+
 fn finish(
     model: &Classifier,
     problems: Vec<Problem>,
@@ -1257,6 +1427,116 @@ mod tests {
         }
     }
 
+    fn run(
+        target: usize,
+        delta: f64,
+        disp: f64,
+        transfer: Option<f64>,
+        feasible: bool,
+    ) -> TargetResult {
+        TargetResult {
+            target,
+            feasible,
+            steps: 10,
+            rho: if feasible { 0.9 } else { 0.5 },
+            lambda: disp,
+            delta_norm: delta,
+            layers: vec![LayerStats {
+                mu_norm: delta,
+                dispersion: disp,
+                embed_norm: delta,
+                transfer,
+                reach: Some(delta),
+                pair_agreement: None,
+                class_alignment: None,
+                mu: vec![disp as f32],
+            }],
+            coherence: 0.5,
+            input_transfer: None,
+            input_reach: Some(delta),
+            input_reach_sources: vec![f64::NAN, delta],
+            universal_norm: None,
+            max_margin: None,
+            margin_excess: None,
+            local_margin: None,
+            margin_blend: None,
+            margin_patch: None,
+            sources: vec![1],
+            sample_delta_norms: vec![delta],
+            deltas: vec![disp as f32],
+        }
+    }
+
+    #[test]
+    fn restarts_average_the_feasible_runs_and_keep_the_tightest_one_s_perturbations() {
+        // Run-major: targets 0 and 1 of the first run, then of the second, then of the third.
+        let results = vec![
+            run(0, 2.0, 0.5, Some(0.2), true),
+            run(1, 9.0, 0.1, Some(1.0), false),
+            run(0, 4.0, 0.3, Some(0.4), true),
+            run(1, 7.0, 0.2, Some(1.0), false),
+            run(0, 100.0, 0.01, Some(1.0), false),
+            run(1, 5.0, 0.4, None, false),
+        ];
+        let merged = merge_restarts(results, 3);
+        assert_eq!(merged.len(), 2);
+        let (a, b) = (&merged[0], &merged[1]);
+        // Target 0: the infeasible third run is left out, the other two averaged.
+        assert_eq!(a.target, 0);
+        assert!(a.feasible);
+        assert_eq!(a.steps, 30);
+        assert!((a.delta_norm - 3.0).abs() < 1e-12);
+        assert!((a.layers[0].mu_norm - 3.0).abs() < 1e-12);
+        assert!((a.layers[0].dispersion - 0.4).abs() < 1e-12);
+        assert!((a.layers[0].transfer.unwrap() - 0.3).abs() < 1e-12);
+        assert!(
+            (a.input_reach_sources[1] - 3.0).abs() < 1e-12 && a.input_reach_sources[0].is_nan()
+        );
+        // Its perturbations and lambda are the second run's, the tighter of the two averaged.
+        assert_eq!(a.deltas, vec![0.3f32]);
+        assert_eq!(a.layers[0].mu, vec![0.3f32]);
+        assert!((a.lambda - 0.3).abs() < 1e-12);
+        // Target 1 never reached pi: every run counts, and a statistic one run lacks is absent.
+        assert_eq!(b.target, 1);
+        assert!(!b.feasible);
+        assert!((b.delta_norm - 7.0).abs() < 1e-12);
+        assert!(b.layers[0].transfer.is_none());
+        assert_eq!(b.deltas, vec![0.1f32]);
+        // One run, or results that are not whole runs, pass through.
+        let one = vec![run(0, 2.0, 0.5, None, true)];
+        assert_eq!(merge_restarts(one.clone(), 1)[0].delta_norm, 2.0);
+        assert_eq!(merge_restarts(one, 2).len(), 1);
+    }
+
+    #[test]
+    fn class_basis_spans_the_class_s_centred_rows_and_nothing_else() {
+        use super::class_basis;
+        // Four rows in 4-d, mean (1, 1, 0, 0): class 0's two rows less the mean are (1, -1, 1,
+        // 0) and (1, -1, -1, 0); class 1's (-1, 1, 0, 0) twice, one direction.
+        let clean = [
+            2.0f32, 0.0, 1.0, 0.0, //
+            2.0, 0.0, -1.0, 0.0, //
+            0.0, 2.0, 0.0, 0.0, //
+            0.0, 2.0, 0.0, 0.0,
+        ];
+        let labels = [0, 0, 1, 1];
+        let (b, r) = class_basis(&clean, &labels, 4, 0).unwrap();
+        assert_eq!(r, 2);
+        let dot = |u: &[f32], v: &[f32]| u.iter().zip(v).map(|(a, b)| a * b).sum::<f32>();
+        let (b0, b1) = (&b[..4], &b[4..]);
+        assert!((dot(b0, b0) - 1.0).abs() < 1e-6 && (dot(b1, b1) - 1.0).abs() < 1e-6);
+        assert!(dot(b0, b1).abs() < 1e-6);
+        // The share of a vector inside the span: all of (1, -1, 0, 0), none of (0, 0, 0, 1).
+        let inside = |v: &[f32]| (dot(b0, v).powi(2) + dot(b1, v).powi(2)) / dot(v, v);
+        assert!((inside(&[1.0, -1.0, 0.0, 0.0]) - 1.0).abs() < 1e-6);
+        assert!(inside(&[0.0, 0.0, 0.0, 1.0]).abs() < 1e-12);
+        assert!((inside(&[1.0, 1.0, 0.0, 0.0])).abs() < 1e-6);
+        // A repeated row adds no dimension; no row, or rows that do not fit d, no basis.
+        assert_eq!(class_basis(&clean, &labels, 4, 1).unwrap().1, 1);
+        assert!(class_basis(&clean, &labels, 4, 2).is_none());
+        assert!(class_basis(&clean[..15], &labels, 4, 0).is_none());
+    }
+
     #[test]
     fn class_alignment_is_the_cosine_with_the_way_to_the_class_s_clean_images() {
         use super::ClassSums;
@@ -1362,6 +1642,18 @@ mod tests {
             },
             CepaConfig {
                 lambda_factor: 1.0,
+                ..Default::default()
+            },
+            CepaConfig {
+                restarts: 0,
+                ..Default::default()
+            },
+            CepaConfig {
+                orthogonal: -1.0,
+                ..Default::default()
+            },
+            CepaConfig {
+                orthogonal: f64::NAN,
                 ..Default::default()
             },
         ];

@@ -381,7 +381,7 @@ pub fn scan_with_progress(
     let (layers, layer_rule) = choose_layers(model, cfg)?;
     tracing::info!("layers: {}", layers.join(", "));
     let cepa = CepaConfig {
-        seed: cfg.seed,
+        seed: cfg.seed.wrapping_add(cfg.cepa.seed),
         ..cfg.cepa.clone()
     };
     cfg.screen.validate()?;
@@ -405,6 +405,7 @@ pub fn scan_with_progress(
             steps: cfg.screen.steps,
             max_samples: cfg.screen.max_samples,
             infeasible_factor: 1,
+            restarts: 1,
             ..cepa.clone()
         };
         let first = run(&quick, &all)?;
