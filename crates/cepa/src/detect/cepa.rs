@@ -259,7 +259,7 @@ impl LambdaSchedule {
 }
 
 /// Statistics of one target at one layer.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct LayerStats {
     /// `||mu_t||_2`.
     pub mu_norm: f64,
@@ -295,7 +295,7 @@ pub struct LayerStats {
 }
 
 /// The outcome of one target's problem, at its best feasible iterate (or its last one).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct TargetResult {
     pub target: usize,
     /// Whether `rho >= pi` was ever reached.
@@ -1447,23 +1447,16 @@ mod tests {
                 embed_norm: delta,
                 transfer,
                 reach: Some(delta),
-                pair_agreement: None,
-                class_alignment: None,
                 mu: vec![disp as f32],
+                ..Default::default()
             }],
             coherence: 0.5,
-            input_transfer: None,
             input_reach: Some(delta),
             input_reach_sources: vec![f64::NAN, delta],
-            universal_norm: None,
-            max_margin: None,
-            margin_excess: None,
-            local_margin: None,
-            margin_blend: None,
-            margin_patch: None,
             sources: vec![1],
             sample_delta_norms: vec![delta],
             deltas: vec![disp as f32],
+            ..Default::default()
         }
     }
 

@@ -1643,23 +1643,14 @@ mod tests {
                 embed_norm: (1.0 + disp).sqrt(),
                 transfer: Some(transfer),
                 reach: Some(1.0),
-                pair_agreement: None,
-                class_alignment: None,
-                mu: vec![],
+                ..Default::default()
             }],
             coherence: 0.2 + 0.01 * target as f64,
             input_transfer: Some(0.1),
             input_reach: Some(1.0),
-            input_reach_sources: Vec::new(),
-            universal_norm: None,
-            max_margin: None,
-            margin_excess: None,
-            local_margin: None,
-            margin_blend: None,
-            margin_patch: None,
             sources: vec![(target + 1) % 5, (target + 2) % 5],
             sample_delta_norms: vec![delta, delta],
-            deltas: vec![],
+            ..Default::default()
         }
     }
 
