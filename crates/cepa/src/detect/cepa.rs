@@ -1171,7 +1171,6 @@ fn input_transfer(
     }))
 }
 
-/// At each target's reported iterate: `mu_t` per layer and, with held-out images, the transfer.
 /// One result per target from `restarts` runs of each (`results` run-major: every target of
 /// the first run, then of the second, ...). The runs that reached `pi` are averaged (all of them
 /// when none did): every statistic is their mean (an optional one only where every run has it),
@@ -1236,6 +1235,7 @@ fn layer_at(r: &TargetResult, l: usize) -> Option<&LayerStats> {
     r.layers.get(l)
 }
 
+/// At each target's reported iterate: `mu_t` per layer and, with held-out images, the transfer.
 fn finish(
     model: &Classifier,
     problems: Vec<Problem>,
