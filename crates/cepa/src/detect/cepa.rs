@@ -372,7 +372,7 @@ struct Problem {
     /// mean of its source class's rows ([`pair_means`]).
     pairs: Option<Tensor<2>>,
     /// With `orthogonal > 0`: per layer, an orthonormal basis `[r, d]` of the target class's
-    /// centred clean embeddings ([`class_basis`]); `None` where it has none.
+    /// centred clean embeddings ([`class_bases`]); `None` where it has none.
     basis: Vec<Option<Tensor<2>>>,
     delta: Tensor<4>,
     adam: crate::detect::Adam<4>,
@@ -550,18 +550,18 @@ impl ClassSums {
     }
 }
 
-/// An orthonormal basis of `class`'s rows of `clean` (`labels.len()` rows of `d`), each less
-/// the mean of all the rows, by Gram-Schmidt (twice, for stability): `(basis row-major, rank)`.
-/// Rows whose remainder is below 1e-6 of their length add nothing. `None` when the class has no
-/// row, or none stands out.
-pub fn class_basis(
+/// Per class `0..k`, an orthonormal basis of its rows of `clean` (`labels.len()` rows of `d`),
+/// each less the mean of all the rows, by Gram-Schmidt (twice, for stability): `(basis
+/// row-major, rank)`. Rows whose remainder is below 1e-6 of their length add nothing; a class
+/// with no row, or none that stands out, gets `None`. Empty when the rows do not fit `d`.
+pub fn class_bases(
     clean: &[f32],
     labels: &[usize],
     d: usize,
-    class: usize,
-) -> Option<(Vec<f32>, usize)> {
+    k: usize,
+) -> Vec<Option<(Vec<f32>, usize)>> {
     if d == 0 || clean.len() != labels.len() * d {
-        return None;
+        return Vec::new();
     }
     let mut mean = vec![0.0f64; d];
     for row in clean.chunks_exact(d) {
@@ -570,12 +570,11 @@ pub fn class_basis(
         }
     }
     mean.iter_mut().for_each(|m| *m /= labels.len() as f64);
-    let mut basis: Vec<Vec<f64>> = Vec::new();
-    for (row, _) in clean
-        .chunks_exact(d)
-        .zip(labels)
-        .filter(|&(_, &y)| y == class)
-    {
+    let mut bases: Vec<Vec<Vec<f64>>> = vec![Vec::new(); k];
+    for (row, &y) in clean.chunks_exact(d).zip(labels) {
+        let Some(basis) = bases.get_mut(y) else {
+            continue;
+        };
         let mut v: Vec<f64> = row
             .iter()
             .zip(&mean)
@@ -583,7 +582,7 @@ pub fn class_basis(
             .collect();
         let len = v.iter().map(|x| x * x).sum::<f64>().sqrt();
         for _ in 0..2 {
-            for b in &basis {
+            for b in basis.iter() {
                 let dot: f64 = v.iter().zip(b).map(|(x, y)| x * y).sum();
                 v.iter_mut().zip(b).for_each(|(x, y)| *x -= dot * y);
             }
@@ -594,8 +593,13 @@ pub fn class_basis(
             basis.push(v);
         }
     }
-    let r = basis.len();
-    (r > 0).then(|| (basis.into_iter().flatten().map(|x| x as f32).collect(), r))
+    bases
+        .into_iter()
+        .map(|basis| {
+            let r = basis.len();
+            (r > 0).then(|| (basis.into_iter().flatten().map(|x| x as f32).collect(), r))
+        })
+        .collect()
 }
 
 /// Per-sample consensus penalty `||Delta_n - mu||^2` (`[n, 1]`).
@@ -666,10 +670,10 @@ pub fn stage1_targets(
                 let dim = c.dims()[1];
                 let rows = c.clone().reshape([c.dims()[0] * dim]);
                 let rows = host(rows);
-                (0..k)
-                    .map(|class| {
-                        class_basis(&rows, &images.labels, dim, class)
-                            .map(|(b, r)| Tensor::from_data(TensorData::new(b, [r, dim]), &device))
+                class_bases(&rows, &images.labels, dim, k)
+                    .into_iter()
+                    .map(|b| {
+                        b.map(|(b, r)| Tensor::from_data(TensorData::new(b, [r, dim]), &device))
                     })
                     .collect()
             })
@@ -713,7 +717,10 @@ pub fn stage1_targets(
             x,
             clean,
             pairs: (cfg.consensus == Consensus::Pair).then(|| pair_means(&sources, &device)),
-            basis: bases.iter().map(|b| b[target].clone()).collect(),
+            basis: bases
+                .iter()
+                .map(|b| b.get(target).cloned().flatten())
+                .collect(),
             sources,
             adam: crate::detect::Adam::new(&delta),
             delta,
@@ -1503,7 +1510,7 @@ mod tests {
 
     #[test]
     fn class_basis_spans_the_class_s_centred_rows_and_nothing_else() {
-        use super::class_basis;
+        use super::class_bases;
         // Four rows in 4-d, mean (1, 1, 0, 0): class 0's two rows less the mean are (1, -1, 1,
         // 0) and (1, -1, -1, 0); class 1's (-1, 1, 0, 0) twice, one direction.
         let clean = [
@@ -1513,7 +1520,9 @@ mod tests {
             0.0, 2.0, 0.0, 0.0,
         ];
         let labels = [0, 0, 1, 1];
-        let (b, r) = class_basis(&clean, &labels, 4, 0).unwrap();
+        let bases = class_bases(&clean, &labels, 4, 3);
+        assert_eq!(bases.len(), 3);
+        let (b, r) = bases[0].clone().unwrap();
         assert_eq!(r, 2);
         let dot = |u: &[f32], v: &[f32]| u.iter().zip(v).map(|(a, b)| a * b).sum::<f32>();
         let (b0, b1) = (&b[..4], &b[4..]);
@@ -1525,9 +1534,9 @@ mod tests {
         assert!(inside(&[0.0, 0.0, 0.0, 1.0]).abs() < 1e-12);
         assert!((inside(&[1.0, 1.0, 0.0, 0.0])).abs() < 1e-6);
         // A repeated row adds no dimension; no row, or rows that do not fit d, no basis.
-        assert_eq!(class_basis(&clean, &labels, 4, 1).unwrap().1, 1);
-        assert!(class_basis(&clean, &labels, 4, 2).is_none());
-        assert!(class_basis(&clean[..15], &labels, 4, 0).is_none());
+        assert_eq!(bases[1].as_ref().unwrap().1, 1);
+        assert!(bases[2].is_none());
+        assert!(class_bases(&clean[..15], &labels, 4, 3).is_empty());
     }
 
     #[test]
