@@ -195,6 +195,9 @@ fn text(r: &ScanReport, path: &Path, device: &str, combined: bool) -> anyhow::Re
     if let Some(sr) = &r.screen {
         writeln!(t, "{}", screen_line(sr, "CEPA"))?;
     }
+    if let Some(s) = &r.stimulation {
+        writeln!(t, "{}", stimulation_line(s))?;
+    }
     writeln!(t)?;
     let label = if combined { "CEPA verdict" } else { "verdict" };
     match r.target {
@@ -210,6 +213,25 @@ fn text(r: &ScanReport, path: &Path, device: &str, combined: bool) -> anyhow::Re
         )?,
     }
     Ok(t)
+}
+
+/// One line on channel stimulation: the class that stands out, how, and that it is not part of
+/// the verdict.
+pub fn stimulation_line(s: &cepa::detect::stimulate::StimulationReport) -> String {
+    format!(
+        "stimulation (reported only, not in the verdict): class {} stands out, index {:.2}; channel {} of {} \
+         at {:.0}% of its clean maximum sends {:.0}% of the other classes' {} images to it ({} channels x {} levels, {:.1} s)",
+        s.class,
+        s.index,
+        s.channel,
+        s.layer,
+        100.0 * s.level,
+        100.0 * s.carried,
+        s.images,
+        s.channels,
+        s.levels,
+        s.seconds
+    )
 }
 
 /// `run`'s CEPA indices against the reference scans read from `files` (`--reference`), with

@@ -610,6 +610,11 @@ fn the_readme_example_is_found_backdoored_with_target_7_by_a_clear_margin() {
             && l.contains(" x at class 7: the same class, their mean ")),
         "{text}"
     );
+    // Channel stimulation, reported beside the verdict, points at the same class.
+    assert!(
+        text.contains("stimulation (reported only, not in the verdict): class 7 stands out"),
+        "{text}"
+    );
     // The showcase is not one seed from a wrong answer: at least 1.5 times the threshold.
     let score: f64 = line
         .split("(score ")

@@ -523,3 +523,103 @@ fn the_class_subspace_penalty_makes_natural_classes_dearer_and_leaves_the_trigge
     }
     assert!(cso[TARGET].feasible && rise[TARGET] < 1.2, "{rise:?}");
 }
+
+/// A convolutional twin of [`model`]: a 1x1 convolution writes five channels, four copies of the
+/// image and a fifth `relu(x - 0.5)`, bright on each image's own quadrant; class c sums channel c
+/// over quadrant c. With `planted`, the fifth channel at the trigger pixel (6,6), black in clean
+/// images, votes for the target with weight 30.
+fn conv_model(planted: bool, dir: &std::path::Path) -> Classifier {
+    use cepa::model::{ModelSpec, cpu_device};
+    use cepa::onnx::Graph;
+    use cepa::onnx::write::{AttrValue, GraphBuilder, save_model};
+    let ch = CLASSES + 1;
+    let d = SIDE * SIDE;
+    let mut g = GraphBuilder::new("conv");
+    g.input("x", &[None, Some(1), Some(SIDE), Some(SIDE)]);
+    g.init_f32("wc", &[ch, 1, 1, 1], &[1.0, 1.0, 1.0, 1.0, 1.0]);
+    g.init_f32("bc", &[ch], &[0.0, 0.0, 0.0, 0.0, -0.5]);
+    let c = g.node("Conv", &["x", "wc", "bc"], Some("conv"), &[]);
+    let r = g.node("Relu", &[&c], Some("features"), &[]);
+    let f = g.node("Flatten", &[&r], Some("flat"), &[]);
+    let mut w = vec![0.0f32; CLASSES * ch * d];
+    for k in 0..CLASSES {
+        let (r0, c0) = ((k / 2) * 3, (k % 2) * 3);
+        for y in r0..r0 + 3 {
+            for q in c0..c0 + 3 {
+                w[k * ch * d + k * d + y * SIDE + q] = 4.0 / 9.0;
+            }
+        }
+    }
+    if planted {
+        w[TARGET * ch * d + CLASSES * d + d - 1] = 30.0;
+    }
+    g.init_f32("w", &[CLASSES, ch * d], &w);
+    g.node(
+        "Gemm",
+        &[&f, "w"],
+        Some("logits"),
+        &[("transB", AttrValue::Int(1))],
+    );
+    g.output("logits", &[None, Some(CLASSES)]);
+    let name = if planted {
+        "conv-planted"
+    } else {
+        "conv-clean"
+    };
+    let path = dir.join(format!("{name}.onnx"));
+    save_model(&g.build(13), &path).unwrap();
+    Classifier::new(
+        Graph::load(&path).unwrap(),
+        &ModelSpec::default(),
+        None,
+        &cpu_device(false),
+    )
+    .unwrap()
+}
+
+#[test]
+fn stimulating_one_channel_finds_the_class_it_was_wired_to_and_not_in_the_clean_twin() {
+    use cepa::detect::stimulate::{StimulationConfig, stimulate, stimulation_layer};
+    let dir = tempfile::tempdir().unwrap();
+    let set = images(8, 3);
+    let cfg = StimulationConfig::default();
+    let planted = conv_model(true, dir.path());
+    let clean = conv_model(false, dir.path());
+    assert!(planted.accuracy(&set, 64).unwrap() > 0.95);
+    assert!(clean.accuracy(&set, 64).unwrap() > 0.95);
+    let (layer, shape, axis) = stimulation_layer(&planted).unwrap();
+    assert_eq!(
+        (layer.as_str(), shape, axis),
+        ("features", vec![5, 7, 7], 0)
+    );
+    let p = stimulate(&planted, &[&set], &cfg).unwrap().unwrap();
+    // The fifth channel reaches at most 0.4 on clean images (0.9 - 0.5); set everywhere to that,
+    // it adds about 30 x 0.4 = 12 to the target's logit, where a class's own quadrant gives
+    // about 4 x 0.8 = 3.2.
+    assert_eq!((p.class, p.channel), (TARGET, CLASSES), "{p:?}");
+    assert!(p.carried > 0.99, "{p:?}");
+    for k in (0..CLASSES).filter(|&k| k != TARGET) {
+        assert!(p.margins[TARGET] > p.margins[k] + 5.0, "{:?}", p.margins);
+    }
+    // In the clean twin every class is stimulated alike (its own copy of the image, raised
+    // everywhere): no class stands 5 above another.
+    let c = stimulate(&clean, &[&set], &cfg).unwrap().unwrap();
+    let (lo, hi) = c
+        .margins
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &m| {
+            (l.min(m), h.max(m))
+        });
+    assert!(hi - lo < 1.0, "{:?}", c.margins);
+    // Same images, same numbers.
+    assert_eq!(
+        stimulate(&planted, &[&set], &cfg).unwrap().unwrap().margins,
+        p.margins
+    );
+    // A fully connected network has no feature map to stimulate.
+    assert!(
+        stimulate(&model(true, dir.path()), &[&set], &cfg)
+            .unwrap()
+            .is_none()
+    );
+}

@@ -5,6 +5,7 @@
 //! - `verdict.rs`: statistics -> combined index -> verdict, target, sources.
 //! - `invert.rs`: stage 2, one shared trigger for the detected target (additive or mask + pattern).
 //! - `scan.rs`: a whole scan (sampling, layer choice, stage 1, decision, report).
+//! - `stimulate.rs`: channel stimulation (after ABS), reported beside the verdict.
 
 pub mod cepa;
 pub mod invert;
@@ -12,6 +13,7 @@ pub mod nc;
 pub mod reference;
 pub mod scan;
 pub mod stats;
+pub mod stimulate;
 pub mod universal;
 pub mod verdict;
 

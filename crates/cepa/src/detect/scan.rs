@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::ImageSet;
 use crate::detect::cepa::{CepaConfig, Progress, TargetResult, stage1_targets};
+use crate::detect::stimulate::{StimulationConfig, StimulationReport, stimulate};
 use crate::detect::verdict::{Decision, DecisionConfig, Pool, decide, decide_pool};
 use crate::error::{Error, Result};
 use crate::model::{Classifier, ResolvedSpec};
@@ -38,6 +39,7 @@ pub struct ScanConfig {
     pub cepa: CepaConfig,
     pub decision: DecisionConfig,
     pub screen: ScreenConfig,
+    pub stimulation: StimulationConfig,
 }
 
 /// Screening [ours]: for a model of many classes, a short first pass over every class ranks the
@@ -227,6 +229,7 @@ impl Default for ScanConfig {
             cepa: CepaConfig::default(),
             decision: DecisionConfig::default(),
             screen: ScreenConfig::default(),
+            stimulation: StimulationConfig::default(),
         }
     }
 }
@@ -254,6 +257,10 @@ pub struct ScanReport {
     /// The screening pass, when the model was screened ([`ScreenConfig`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub screen: Option<ScreenReport>,
+    /// Channel stimulation ([`crate::detect::stimulate`]), reported beside the verdict and not
+    /// part of it; absent when turned off or when the model has no spatial layer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stimulation: Option<StimulationReport>,
     /// Stage-1 results of the classes optimised fully, in the decision's order (every class in
     /// class order, or a screened scan's pool; per-sample perturbations are not serialised).
     #[serde(skip)]
@@ -386,6 +393,7 @@ pub fn scan_with_progress(
     };
     cfg.screen.validate()?;
     cfg.decision.validate()?;
+    cfg.stimulation.validate()?;
     let k = model.num_classes();
     let all: Vec<usize> = (0..k).collect();
     let run = |cepa: &CepaConfig, targets: &[usize]| {
@@ -466,6 +474,21 @@ pub fn scan_with_progress(
         decision.notes.push(note);
     }
     decision.notes.extend(notes);
+    let stimulation = if cfg.stimulation.enabled {
+        let mut sets = vec![&fit];
+        sets.extend(holdout.as_ref());
+        let s = stimulate(model, &sets, &cfg.stimulation)?;
+        if s.is_none() {
+            decision.notes.push(
+                "channel stimulation: no spatial feature map that cuts the graph (a fully \
+                 connected network); not computed"
+                    .into(),
+            );
+        }
+        s
+    } else {
+        None
+    };
     Ok(ScanReport {
         verdict: verdict_word(decision.backdoored).to_string(),
         target: decision.target,
@@ -492,6 +515,7 @@ pub fn scan_with_progress(
         version: env!("CARGO_PKG_VERSION").to_string(),
         seconds: start.elapsed().as_secs_f64(),
         screen,
+        stimulation,
         results,
         fit_images: Some(fit),
     })

@@ -1,0 +1,341 @@
+//! Channel stimulation [ours, after ABS, Liu et al., CCS 2019]: which class can one internal
+//! channel, set to a value the clean images themselves reach, force on every other class's images?
+//!
+//! A backdoor is carried by a few internal features that, when the trigger fires them, send any
+//! image to the target. ABS finds such features by stimulation: set one neuron to a range of
+//! values and watch the output. Here the stimulated unit is a whole channel of the deepest
+//! spatial feature map that cuts the graph (every position of the channel set to the same value,
+//! as a trigger spread over the image would), at `levels` values up to that channel's largest
+//! activation on the clean images, and the rest of the network runs unchanged. For each class
+//! `t` the statistic is the best such stimulation's margin toward `t` on the images of the other
+//! classes: `max over (channel, level) of the q-quantile over those images of
+//! logit_t - max_{j != t} logit_j`. A one-sided MAD index over the classes then says how far the
+//! most stimulable class stands out.
+//!
+//! Forward passes only (no optimisation): `channels x levels` runs of the network's tail on the
+//! sampled images, batched.
+
+use std::time::Instant;
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use serde::{Deserialize, Serialize};
+
+use crate::data::ImageSet;
+use crate::detect::stats::{Tail, anomaly_indices};
+use crate::error::{Error, Result};
+use crate::model::Classifier;
+
+/// Settings of the stimulation statistic (`[scan.stimulation]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StimulationConfig {
+    /// Compute it in every scan. Default true (forward passes only: about a second on the
+    /// project's CIFAR-10 networks).
+    pub enabled: bool,
+    /// Values per channel, evenly spaced in `(0, reach x max]` of the channel's clean
+    /// activations. Default 8.
+    pub levels: usize,
+    /// How far past the channel's largest clean activation the levels go, as a multiple of it.
+    /// Default 1: only values the clean images themselves reach.
+    pub reach: f64,
+    /// The quantile over the other classes' images of the margin toward the class. Default 0.1:
+    /// the stimulation must carry nine in ten images, not the average one.
+    pub quantile: f64,
+    /// At most this many images (evenly over the classes, from the optimisation's and the
+    /// held-out clean images). Default 400.
+    pub max_images: usize,
+}
+
+impl Default for StimulationConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            levels: 8,
+            reach: 1.0,
+            quantile: 0.1,
+            max_images: 400,
+        }
+    }
+}
+
+impl StimulationConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.enabled
+            && (self.levels == 0
+                || self.max_images == 0
+                || !(self.reach > 0.0 && self.reach.is_finite())
+                || !(0.0..=1.0).contains(&self.quantile))
+        {
+            return Err(Error::Config(
+                "[scan.stimulation]: levels and max_images must be at least 1, reach positive and \
+                 quantile in [0, 1]"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What channel stimulation found.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StimulationReport {
+    /// The stimulated tensor (ONNX name) and its shape for one image.
+    pub layer: String,
+    pub shape: Vec<usize>,
+    /// Which axis of `shape` was taken as the channels.
+    pub channel_axis: usize,
+    /// Channels stimulated (those with a positive clean maximum).
+    pub channels: usize,
+    pub levels: usize,
+    pub quantile: f64,
+    pub images: usize,
+    /// Per class: the best stimulated margin toward it (see the module's doc).
+    pub margins: Vec<f64>,
+    /// Per class: the one-sided MAD anomaly index of `margins`.
+    pub indices: Vec<f64>,
+    /// The class of the largest index, and that index.
+    pub class: usize,
+    pub index: f64,
+    /// The channel and the level (a fraction of its clean maximum) of that class's margin.
+    pub channel: usize,
+    pub level: f64,
+    /// Share of the other classes' images that stimulation sends to that class.
+    pub carried: f64,
+    pub seconds: f64,
+}
+
+/// Which axis of a per-image shape of rank 3 holds the channels: ONNX convolutions write
+/// `[C, H, W]`, so the first, unless the first two are equal and the last is not (`[H, W, C]`,
+/// a graph kept channels-last between its own transposes).
+pub fn channel_axis(shape: &[usize]) -> usize {
+    if shape.len() == 3 && shape[0] == shape[1] && shape[1] != shape[2] {
+        2
+    } else {
+        0
+    }
+}
+
+/// The tensor stimulation works at: the deepest image-dependent tensor of rank 3 per image with
+/// more than one spatial position that cuts the graph and that a weighted layer (Conv, Gemm,
+/// MatMul) still reads on the way to the output (not a map per class that is only pooled, as
+/// an all-convolutional network's last convolution writes), and its channel axis; `None` for a
+/// model without one (a fully connected network).
+pub fn stimulation_layer(model: &Classifier) -> Option<(String, Vec<usize>, usize)> {
+    model
+        .layers()
+        .iter()
+        .rev()
+        .find(|l| {
+            l.cut
+                && l.depth >= 1
+                && l.shape.len() == 3
+                && l.shape.iter().product::<usize>() > l.shape[channel_axis(&l.shape)]
+        })
+        .map(|l| (l.name.clone(), l.shape.clone(), channel_axis(&l.shape)))
+}
+
+/// The `q`-quantile of `v` (linear between order statistics, as numpy's default); NaN if empty.
+fn quantile(v: &mut [f32], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f32::total_cmp);
+    let pos = q * (v.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    let frac = pos - lo as f64;
+    v[lo] as f64 * (1.0 - frac) + v[hi] as f64 * frac
+}
+
+/// Up to `max` images of `sets`, evenly over the classes (the first of each class in order).
+fn take_evenly(sets: &[&ImageSet], k: usize, max: usize) -> (Vec<f32>, Vec<usize>) {
+    let per = (max / k.max(1)).max(1);
+    let mut count = vec![0usize; k];
+    let mut pixels = Vec::new();
+    let mut labels = Vec::new();
+    for s in sets {
+        for i in 0..s.len() {
+            let c = s.labels[i];
+            if c < k && count[c] < per {
+                count[c] += 1;
+                pixels.extend_from_slice(s.image(i));
+                labels.push(c);
+            }
+        }
+    }
+    (pixels, labels)
+}
+
+/// Channel stimulation of `model` on clean images from `sets` (the optimisation's and the
+/// held-out images); `Ok(None)` when the model has no spatial layer to stimulate.
+pub fn stimulate(
+    model: &Classifier,
+    sets: &[&ImageSet],
+    cfg: &StimulationConfig,
+) -> Result<Option<StimulationReport>> {
+    cfg.validate()?;
+    let start = Instant::now();
+    let Some((layer, shape, axis)) = stimulation_layer(model) else {
+        return Ok(None);
+    };
+    let k = model.num_classes();
+    let (pixels, labels) = take_evenly(sets, k, cfg.max_images);
+    let n = labels.len();
+    if n == 0 {
+        return Err(Error::Mismatch(
+            "channel stimulation: no clean images to stimulate".into(),
+        ));
+    }
+    let x = model.images_tensor(&pixels, n);
+    let base = model
+        .embed(x, &layer)?
+        .try_into_vec_as::<f32>()
+        .map_err(|e| Error::Mismatch(format!("cannot read {layer} back: {e:?}")))?;
+    let d: usize = shape.iter().product();
+    let channels = shape[axis];
+    // Position of value j of one image in channel terms: NCHW has the channel outermost, NHWC
+    // innermost.
+    let inner: usize = shape[axis + 1..].iter().product();
+    let channel_of = |j: usize| (j / inner) % channels;
+    let mut cmax = vec![f32::NEG_INFINITY; channels];
+    for img in base.chunks(d) {
+        for (j, &v) in img.iter().enumerate() {
+            let c = channel_of(j);
+            if v > cmax[c] {
+                cmax[c] = v;
+            }
+        }
+    }
+    if cmax.iter().any(|v| !v.is_finite()) {
+        return Err(Error::Mismatch(format!(
+            "channel stimulation: tensor {layer} holds a non-finite value on clean images"
+        )));
+    }
+    // Every (channel, level) with a positive maximum, run in chunks of whole settings.
+    let settings: Vec<(usize, f32)> = (0..channels)
+        .filter(|&c| cmax[c] > 0.0)
+        .flat_map(|c| {
+            (1..=cfg.levels).map(move |l| (c, (cfg.reach * l as f64 / cfg.levels as f64) as f32))
+        })
+        .collect();
+    let per_chunk = ((1usize << 24) / (n * d).max(1)).clamp(1, 64);
+    let mut best = vec![f64::NEG_INFINITY; k];
+    let mut best_at = vec![(0usize, 0.0f32, 0.0f64); k];
+    let device = model.device().clone();
+    let mut margins: Vec<f32> = Vec::with_capacity(n);
+    for chunk in settings.chunks(per_chunk) {
+        let mut rows = Vec::with_capacity(chunk.len() * n * d);
+        for &(c, level) in chunk {
+            let v = level * cmax[c];
+            for img in base.chunks(d) {
+                let start = rows.len();
+                rows.extend_from_slice(img);
+                for (j, r) in rows[start..].iter_mut().enumerate() {
+                    if channel_of(j) == c {
+                        *r = v;
+                    }
+                }
+            }
+        }
+        let value = Tensor::<2>::from_data(TensorData::new(rows, [chunk.len() * n, d]), &device);
+        let logits = model
+            .logits_from_layer(&layer, value, None)?
+            .try_into_vec_as::<f32>()
+            .map_err(|e| Error::Mismatch(format!("cannot read logits back: {e:?}")))?;
+        for (s, &(c, level)) in chunk.iter().enumerate() {
+            let block = &logits[s * n * k..(s + 1) * n * k];
+            for t in 0..k {
+                margins.clear();
+                for (i, row) in block.chunks(k).enumerate() {
+                    if labels[i] == t {
+                        continue;
+                    }
+                    let other = row
+                        .iter()
+                        .enumerate()
+                        .filter(|&(j, _)| j != t)
+                        .map(|(_, &v)| v)
+                        .fold(f32::NEG_INFINITY, f32::max);
+                    margins.push(row[t] - other);
+                }
+                let carried = margins.iter().filter(|&&m| m > 0.0).count() as f64
+                    / margins.len().max(1) as f64;
+                let m = quantile(&mut margins, cfg.quantile);
+                if m > best[t] {
+                    best[t] = m;
+                    best_at[t] = (c, level, carried);
+                }
+            }
+        }
+    }
+    let indices = anomaly_indices(&best, Tail::Large);
+    let class = (0..k)
+        .max_by(|&a, &b| indices[a].total_cmp(&indices[b]).then(b.cmp(&a)))
+        .unwrap_or(0);
+    let (channel, level, carried) = best_at[class];
+    Ok(Some(StimulationReport {
+        layer,
+        shape,
+        channel_axis: axis,
+        channels: settings.len() / cfg.levels,
+        levels: cfg.levels,
+        quantile: cfg.quantile,
+        images: n,
+        margins: best,
+        index: indices[class],
+        indices,
+        class,
+        channel,
+        level: level as f64,
+        carried,
+        seconds: start.elapsed().as_secs_f64(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantile_interpolates_like_numpy() {
+        let mut v = vec![4.0f32, 1.0, 3.0, 2.0, 5.0];
+        assert!((quantile(&mut v, 0.1) - 1.4).abs() < 1e-6);
+        assert!((quantile(&mut v, 0.5) - 3.0).abs() < 1e-6);
+        assert!((quantile(&mut v, 1.0) - 5.0).abs() < 1e-6);
+        assert!(quantile(&mut [], 0.1).is_nan());
+    }
+
+    #[test]
+    fn images_are_taken_evenly_over_the_classes() {
+        let labels = vec![0, 0, 0, 1, 1, 2, 0, 2, 2, 2];
+        let pixels: Vec<f32> = (0..labels.len()).map(|i| i as f32).collect();
+        let set = ImageSet::synthetic(pixels, labels, [1, 1, 1], 3, "toy");
+        let (p, l) = take_evenly(&[&set, &set], 3, 6);
+        assert_eq!(l, vec![0, 0, 1, 1, 2, 2]);
+        assert_eq!(p, vec![0.0, 1.0, 3.0, 4.0, 5.0, 7.0]);
+    }
+
+    #[test]
+    fn the_channel_axis_is_the_first_unless_the_map_is_channels_last() {
+        assert_eq!(channel_axis(&[32, 5, 5]), 0);
+        assert_eq!(channel_axis(&[8, 8, 64]), 2);
+        assert_eq!(channel_axis(&[16, 16, 16]), 0);
+        assert_eq!(channel_axis(&[3, 28, 20]), 0);
+    }
+
+    #[test]
+    fn a_bad_setting_is_refused() {
+        let bad = StimulationConfig {
+            levels: 0,
+            ..Default::default()
+        };
+        assert!(bad.validate().is_err());
+        let off = StimulationConfig {
+            levels: 0,
+            enabled: false,
+            ..Default::default()
+        };
+        assert!(off.validate().is_ok());
+    }
+}
