@@ -10,10 +10,11 @@ use cepa::data::{ImageSet, Split};
 use cepa::detect::invert::{Truth, TruthPatch, invert, measure_split};
 use cepa::detect::nc::neural_cleanse;
 use cepa::detect::scan;
+use cepa::detect::stimulate::StimulationReport;
 use cepa::detect::verdict::{SavedScan, redecide};
 use cepa::eval::{
-    Combination, Outcome, agree, either, evaluate, leave_one_dataset_out, leave_one_out_markdown,
-    markdown, per_model_markdown, roc_svg,
+    Combination, Outcome, VerdictConfig, agree, either, evaluate, leave_one_dataset_out,
+    leave_one_out_markdown, markdown, per_model_markdown, roc_svg, stimulation_outcome,
 };
 use cepa::model::{Classifier, Device, DeviceChoice, ModelSpec};
 use cepa::settings::Settings;
@@ -280,6 +281,8 @@ pub fn run(a: EvalArgs, quiet: bool, device: DeviceChoice) -> Result<ExitStatus>
             unfinished.join(", ")
         );
     }
+    // Channel stimulation, from CEPA's saved scans: a row of its own and a voice of `agree`.
+    outcomes.extend(stimulation_outcomes(&a.out, &outcomes, &settings.verdict)?);
     // Where both detectors judged a model, the tables also show them combined, both ways
     // ("cepa-or-nc", "cepa-nc-agree").
     let combined = [
@@ -365,6 +368,38 @@ pub fn run(a: EvalArgs, quiet: bool, device: DeviceChoice) -> Result<ExitStatus>
     }
     crate::out(&md);
     Ok(ExitStatus::Success)
+}
+
+/// Channel stimulation's outcome ([`cepa::eval::stimulation_outcome`]) of every model whose
+/// CEPA scan, saved in `out`/reports/cepa, has one (scans saved before stimulation existed, and
+/// fully connected networks, have none); none when `[verdict] stimulation_threshold` is 0.
+fn stimulation_outcomes(
+    out: &Path,
+    outcomes: &[Outcome],
+    cfg: &VerdictConfig,
+) -> Result<Vec<Outcome>> {
+    if cfg.stimulation_threshold <= 0.0 {
+        return Ok(Vec::new());
+    }
+    let mut v = Vec::new();
+    for o in outcomes.iter().filter(|o| o.detector == "cepa") {
+        let path = out
+            .join("reports")
+            .join("cepa")
+            .join(format!("{}.json", o.model));
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let report: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a saved scan", path.display()))?;
+        let Some(s) = report.get("stimulation") else {
+            continue;
+        };
+        let s = StimulationReport::deserialize(s)
+            .with_context(|| format!("{}: not a stimulation report", path.display()))?;
+        v.extend(stimulation_outcome(o, &s, cfg));
+    }
+    Ok(v)
 }
 
 /// The folder results and saved scans are read from: `--from`, or OUT.

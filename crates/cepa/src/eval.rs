@@ -196,6 +196,16 @@ pub struct VerdictConfig {
     /// What `agree` scores when the two detectors single out the same class. Default
     /// [`AgreeScore::Mean`] (session 20).
     pub agree_score: AgreeScore,
+    /// Channel stimulation ([`crate::detect::stimulate`]) as a third voice of `agree`: its
+    /// anomaly index over this threshold (raised with the class count as the other two,
+    /// [`crate::detect::verdict::class_factor`] over 10 classes) is its relative score, paired
+    /// with CEPA's or Neural Cleanse's where they single out the same class, or alone over
+    /// `lone_factor`. 0 leaves it out (`agree` of CEPA and Neural Cleanse only). Not a voice of
+    /// `either`. Default 8 (EVALUATION.md, "Session 38": on 29 development models every
+    /// threshold from 5 to 10 found 12 of 16 backdoors at their targets against 8 without it,
+    /// with the same one clean model flagged; the largest clean index seen was 6.24; frozen
+    /// 2026-12-07 in b55636e, before its judge was built).
+    pub stimulation_threshold: f64,
 }
 
 /// How [`Combination::Agree`] scores a model whose two detectors single out the same class.
@@ -229,8 +239,52 @@ impl VerdictConfig {
                 self.lone_factor
             )));
         }
+        if !(self.stimulation_threshold.is_finite() && self.stimulation_threshold >= 0.0) {
+            return Err(crate::error::Error::Config(format!(
+                "[verdict] stimulation_threshold = {}: must be 0 (off) or a positive anomaly index",
+                self.stimulation_threshold
+            )));
+        }
         Ok(())
     }
+
+    /// Stimulation's threshold for a model of `classes` classes; `None` when it is no voice.
+    pub fn stimulation_threshold_for(&self, classes: usize) -> Option<f64> {
+        (self.stimulation_threshold > 0.0).then(|| {
+            self.stimulation_threshold
+                * crate::detect::verdict::class_factor(classes, STIMULATION_REFERENCE_CLASSES)
+        })
+    }
+}
+
+/// The class count at which [`VerdictConfig::stimulation_threshold`] holds, as Neural
+/// Cleanse's `reference_classes`.
+pub const STIMULATION_REFERENCE_CLASSES: usize = 10;
+
+/// The detector name of channel stimulation's rows.
+pub const STIM: &str = "stim";
+
+/// Channel stimulation's outcome on the model CEPA's outcome `cepa` is about (its rows are
+/// derived from CEPA's scan, which computes it): its score is the index, its threshold
+/// [`VerdictConfig::stimulation_threshold_for`] the model's class count; `None` when it is no
+/// voice.
+pub fn stimulation_outcome(
+    cepa: &Outcome,
+    s: &crate::detect::stimulate::StimulationReport,
+    cfg: &VerdictConfig,
+) -> Option<Outcome> {
+    let threshold = cfg.stimulation_threshold_for(s.margins.len())?;
+    let flagged = s.index > threshold;
+    Some(Outcome {
+        detector: STIM.into(),
+        flagged,
+        target: flagged.then_some(s.class),
+        most_anomalous: Some(s.class),
+        score: s.index,
+        threshold,
+        seconds: s.seconds,
+        ..cepa.clone()
+    })
 }
 
 impl Default for VerdictConfig {
@@ -239,6 +293,7 @@ impl Default for VerdictConfig {
             threshold: 0.978,
             lone_factor: 1.5,
             agree_score: AgreeScore::Mean,
+            stimulation_threshold: 8.0,
         }
     }
 }
@@ -269,6 +324,19 @@ impl Combination {
 
     /// One sentence on how it decides, for reports.
     pub fn rule(self, cfg: &VerdictConfig) -> String {
+        let mut r = self.two_detector_rule(cfg);
+        if self == Combination::Agree && cfg.stimulation_threshold > 0.0 {
+            r += &format!(
+                "; channel stimulation is a third voice, its index over {} (at 10 classes, raised \
+                 with the class count): any two voices at the same class are put together so, \
+                 and one alone is divided by {}",
+                cfg.stimulation_threshold, cfg.lone_factor
+            );
+        }
+        r
+    }
+
+    fn two_detector_rule(self, cfg: &VerdictConfig) -> String {
         let t = cfg.threshold;
         match self {
             Combination::Either => format!(
@@ -298,73 +366,146 @@ impl Combination {
 /// Which term of [`combine`]'s score decided it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Term {
-    /// The larger of the two relative scores.
+    /// The larger of the relative scores.
     Larger,
-    /// The larger over `lone_factor`: one detector alone.
+    /// The larger over `lone_factor`: one voice alone.
     Alone,
-    /// The mean of the two.
+    /// The mean of two voices that single out the same class.
     Mean,
 }
 
-/// Whether the two detectors single out the same class (a detector with none shares nothing).
+/// Whether two voices single out the same class (a voice with none shares nothing).
 fn same_class(c: &Outcome, n: &Outcome) -> bool {
     c.most_anomalous.is_some() && c.most_anomalous == n.most_anomalous
 }
 
-/// [`combine`]'s score of CEPA's outcome `c` and Neural Cleanse's `n` on one model, and the term
-/// that set it.
-fn score_of(c: &Outcome, n: &Outcome, how: Combination, cfg: &VerdictConfig) -> (f64, Term) {
-    let (rc, rn) = (relative(c), relative(n));
-    let larger = rc.max(rn);
-    let same = same_class(c, n);
-    let alone = (larger / cfg.lone_factor, Term::Alone);
-    match how {
-        Combination::Either => (larger, Term::Larger),
-        Combination::Agree => match (same, cfg.agree_score) {
-            (false, _) => alone,
-            (true, AgreeScore::Larger) => (larger, Term::Larger),
-            (true, AgreeScore::Mean) => {
-                let mean = (rc + rn) / 2.0;
-                if mean >= alone.0 {
-                    (mean, Term::Mean)
-                } else {
-                    alone
-                }
-            }
-        },
-    }
+/// How [`combine`] scored one model: the score, the term that set it, the class it names and
+/// the voices behind it (indices into CEPA, Neural Cleanse, stimulation).
+#[derive(Clone, Copy, Debug)]
+struct Scored {
+    score: f64,
+    term: Term,
+    class: Option<usize>,
+    voices: (usize, Option<usize>),
 }
 
-/// Where [`combine`]'s score of one model comes from, in words: each detector's score over its
+/// [`combine`]'s score of CEPA's outcome `c`, Neural Cleanse's `n` and, under
+/// [`Combination::Agree`], channel stimulation's `s` on one model. Ties go to the earlier voice
+/// (CEPA, then Neural Cleanse) and, between a pair and one voice alone, to the pair.
+fn score_of(
+    c: &Outcome,
+    n: &Outcome,
+    s: Option<&Outcome>,
+    how: Combination,
+    cfg: &VerdictConfig,
+) -> Scored {
+    let mut voices = vec![c, n];
+    if how == Combination::Agree {
+        voices.extend(s);
+    }
+    let rel: Vec<f64> = voices.iter().map(|o| relative(o)).collect();
+    let mut lead = 0;
+    for (i, r) in rel.iter().enumerate() {
+        if *r > rel[lead] {
+            lead = i;
+        }
+    }
+    let one = |score, term| Scored {
+        score,
+        term,
+        class: voices[lead].most_anomalous.or(voices[lead].target),
+        voices: (lead, None),
+    };
+    if how == Combination::Either {
+        return one(rel[lead], Term::Larger);
+    }
+    let mut best = one(rel[lead] / cfg.lone_factor, Term::Alone);
+    for i in 0..voices.len() {
+        for j in i + 1..voices.len() {
+            if !same_class(voices[i], voices[j]) {
+                continue;
+            }
+            let (score, term) = match cfg.agree_score {
+                AgreeScore::Mean => ((rel[i] + rel[j]) / 2.0, Term::Mean),
+                AgreeScore::Larger => (rel[i].max(rel[j]), Term::Larger),
+            };
+            let better = score > best.score || (score == best.score && best.term == Term::Alone);
+            if better {
+                best = Scored {
+                    score,
+                    term,
+                    class: voices[i].most_anomalous,
+                    voices: (i, Some(j)),
+                };
+            }
+        }
+    }
+    best
+}
+
+/// Where [`combine`]'s score of one model comes from, in words: each voice's score over its
 /// own threshold, its class, and which term decided, e.g. "CEPA 1.93 x its threshold at class
-/// 7, Neural Cleanse 1.68 x at class 7: the same class, their mean 1.81".
-pub fn explain(c: &Outcome, n: &Outcome, how: Combination, cfg: &VerdictConfig) -> String {
+/// 7, Neural Cleanse 1.68 x at class 7: the same class, their mean 1.81". With channel
+/// stimulation (`s`, under [`Combination::Agree`]) the pair that decided is named.
+pub fn explain(
+    c: &Outcome,
+    n: &Outcome,
+    s: Option<&Outcome>,
+    how: Combination,
+    cfg: &VerdictConfig,
+) -> String {
     let class = |o: &Outcome| {
         o.most_anomalous
             .map_or_else(|| "no class".to_string(), |k| format!("class {k}"))
     };
-    let same = same_class(c, n);
-    let (score, term) = score_of(c, n, how, cfg);
-    let why = match term {
-        Term::Larger if same => "the same class, the larger".to_string(),
-        Term::Larger => "the larger".to_string(),
-        Term::Mean => "the same class, their mean".to_string(),
-        Term::Alone if same => format!(
-            "the same class, but the larger divided by {} (one detector alone) is more than their \
-             mean",
-            cfg.lone_factor
-        ),
-        Term::Alone => format!(
-            "different classes, the larger divided by {} (one detector alone)",
-            cfg.lone_factor
-        ),
-    };
-    format!(
-        "CEPA {:.2} x its threshold at {}, Neural Cleanse {:.2} x at {}: {why} {score:.2}",
+    let s = s.filter(|_| how == Combination::Agree && cfg.stimulation_threshold > 0.0);
+    let d = score_of(c, n, s, how, cfg);
+    let score = d.score;
+    let names = ["CEPA", "Neural Cleanse", "stimulation"];
+    let head = format!(
+        "CEPA {:.2} x its threshold at {}, Neural Cleanse {:.2} x at {}",
         relative(c),
         class(c),
         relative(n),
         class(n),
+    );
+    let Some(s) = s else {
+        let same = same_class(c, n);
+        let why = match d.term {
+            Term::Larger if same => "the same class, the larger".to_string(),
+            Term::Larger => "the larger".to_string(),
+            Term::Mean => "the same class, their mean".to_string(),
+            Term::Alone if same => format!(
+                "the same class, but the larger divided by {} (one detector alone) is more than \
+                 their mean",
+                cfg.lone_factor
+            ),
+            Term::Alone => format!(
+                "different classes, the larger divided by {} (one detector alone)",
+                cfg.lone_factor
+            ),
+        };
+        return format!("{head}: {why} {score:.2}");
+    };
+    let why = match (d.term, d.voices) {
+        (Term::Alone, (i, _)) => format!(
+            "{} alone, the largest divided by {} (no two at one class say more)",
+            names[i], cfg.lone_factor
+        ),
+        (Term::Mean, (i, Some(j))) => format!(
+            "{} and {} at the same class, their mean",
+            names[i], names[j]
+        ),
+        (_, (i, Some(j))) => format!(
+            "{} and {} at the same class, the larger",
+            names[i], names[j]
+        ),
+        (_, (i, None)) => format!("{}, the larger", names[i]),
+    };
+    format!(
+        "{head}, stimulation {:.2} x at {}: {why} {score:.2}",
+        relative(s),
+        class(s)
     )
 }
 
@@ -381,36 +522,39 @@ pub fn agree(outcomes: &[Outcome], cfg: &VerdictConfig) -> Vec<Outcome> {
 
 /// One combined outcome (detector `how.name()`) for every model that both CEPA and Neural
 /// Cleanse judged. Its score is the larger of the two scores each divided by its own threshold;
-/// for [`Combination::Agree`] that divided again by `cfg.lone_factor`, or, when the two most
-/// anomalous classes are the same, as [`VerdictConfig::agree_score`] says; its threshold is
-/// `cfg.threshold` and `flagged == score > threshold`. Its
-/// target and most anomalous class are those of the detector with the larger ratio. Its time is
-/// the sum of the two.
+/// for [`Combination::Agree`] that divided again by `cfg.lone_factor`, or, when two voices
+/// single out the same class, as [`VerdictConfig::agree_score`] says, where that is more;
+/// channel stimulation's row ([`STIM`]), when the model has one, is a third voice of `agree`
+/// (unless `cfg.stimulation_threshold` is 0).
+/// Its threshold is `cfg.threshold` and `flagged == score > threshold`. Its target and most
+/// anomalous class are those of the term that decided. Its time is the sum of CEPA's and
+/// Neural Cleanse's (stimulation runs inside CEPA's scan).
 pub fn combine(outcomes: &[Outcome], how: Combination, cfg: &VerdictConfig) -> Vec<Outcome> {
-    let nc: BTreeMap<&str, &Outcome> = outcomes
-        .iter()
-        .filter(|o| o.detector == "nc")
-        .map(|o| (o.model.as_str(), o))
-        .collect();
-    let ratio = relative;
+    let of = |detector: &str| -> BTreeMap<&str, &Outcome> {
+        outcomes
+            .iter()
+            .filter(|o| o.detector == detector)
+            .map(|o| (o.model.as_str(), o))
+            .collect()
+    };
+    let (nc, stim) = (of("nc"), of(STIM));
     outcomes
         .iter()
         .filter(|o| o.detector == "cepa")
         .filter_map(|c| nc.get(c.model.as_str()).map(|n| (c, *n)))
         .map(|(c, n)| {
-            let lead = if ratio(n) > ratio(c) { n } else { c };
-            let (score, _) = score_of(c, n, how, cfg);
-            let flagged = score > cfg.threshold;
+            let s = stim
+                .get(c.model.as_str())
+                .copied()
+                .filter(|_| cfg.stimulation_threshold > 0.0);
+            let d = score_of(c, n, s, how, cfg);
+            let flagged = d.score > cfg.threshold;
             Outcome {
                 detector: how.name().into(),
                 flagged,
-                target: if flagged {
-                    lead.most_anomalous.or(lead.target)
-                } else {
-                    None
-                },
-                most_anomalous: lead.most_anomalous,
-                score,
+                target: if flagged { d.class } else { None },
+                most_anomalous: d.class,
+                score: d.score,
                 threshold: cfg.threshold,
                 seconds: c.seconds + n.seconds,
                 ..c.clone()
@@ -1061,7 +1205,7 @@ mod tests {
                     .find(|x| x.model == m && x.detector == det)
                     .unwrap()
             };
-            explain(of("cepa"), of("nc"), how, cfg)
+            explain(of("cepa"), of("nc"), None, how, cfg)
         };
         assert_eq!(
             words("m1", Combination::Agree, &cfg),
@@ -1086,6 +1230,133 @@ mod tests {
         assert!(cfg.validate().is_ok());
         let rule = Combination::Agree.rule(&cfg);
         assert!(rule.contains("mean") && rule.contains("0.978"), "{rule}");
+    }
+
+    #[test]
+    fn stimulation_is_a_third_voice_of_agree_only() {
+        use crate::detect::stimulate::StimulationReport;
+        let voice = |m: &str, det: &str, rel: f64, class: usize| Outcome {
+            most_anomalous: Some(class),
+            ..o(m, det, "clean", None, false, None, 2.0 * rel)
+        };
+        let stim = |m: &str, index: f64, class: usize, classes: usize| {
+            let mut margins = vec![0.0; classes];
+            margins[class] = 1.0;
+            let report = StimulationReport {
+                layer: "pool2".into(),
+                shape: vec![32, 5, 5],
+                channel_axis: 0,
+                channels: 32,
+                levels: 8,
+                quantile: 0.1,
+                images: 200,
+                margins,
+                indices: vec![0.0; classes],
+                class,
+                index,
+                channel: 3,
+                level: 1.0,
+                carried: 1.0,
+                seconds: 0.2,
+            };
+            stimulation_outcome(
+                &voice(m, "cepa", 0.0, 0),
+                &report,
+                &VerdictConfig::default(),
+            )
+            .unwrap()
+        };
+        let v = vec![
+            // m1: CEPA 1.03 x at class 9, NC 0.62 x at 9, stimulation 14.32 / 8 = 1.79 x at 9:
+            // the best pair is CEPA and stimulation, (1.03 + 1.79) / 2 = 1.41.
+            voice("m1", "cepa", 1.03, 9),
+            voice("m1", "nc", 0.62, 9),
+            stim("m1", 14.32, 9, 10),
+            // m2: three classes, each low: the largest alone, stimulation's 0.78 / 1.5.
+            voice("m2", "cepa", 0.6, 1),
+            voice("m2", "nc", 0.5, 9),
+            stim("m2", 6.24, 7, 10),
+            // m3: stimulation alone, sure: 12.8 / 8 / 1.5 = 1.07 at its class 4.
+            voice("m3", "cepa", 0.5, 1),
+            voice("m3", "nc", 0.9, 2),
+            stim("m3", 12.8, 4, 10),
+            // m4: no stimulation (a fully connected network): the two detectors' rule.
+            voice("m4", "cepa", 1.2, 3),
+            voice("m4", "nc", 1.0, 3),
+        ];
+        let cfg = VerdictConfig::default();
+        let a = agree(&v, &cfg);
+        let get = |m: &str| a.iter().find(|x| x.model == m).unwrap().clone();
+        let close = |x: f64, y: f64| (x - y).abs() < 1e-9;
+        let m1 = get("m1");
+        assert!(close(m1.score, (1.03 + 14.32 / 8.0) / 2.0), "{}", m1.score);
+        assert_eq!((m1.flagged, m1.target), (true, Some(9)));
+        let m2 = get("m2");
+        assert!(close(m2.score, 6.24 / 8.0 / 1.5), "{}", m2.score);
+        assert_eq!((m2.flagged, m2.most_anomalous), (false, Some(7)));
+        let m3 = get("m3");
+        assert!(close(m3.score, 12.8 / 8.0 / 1.5), "{}", m3.score);
+        assert_eq!((m3.flagged, m3.target), (true, Some(4)));
+        assert!(close(get("m4").score, 1.1) && get("m4").target == Some(3));
+        // Off, stimulation changes nothing: m1 is the two detectors' mean.
+        let off = VerdictConfig {
+            stimulation_threshold: 0.0,
+            ..VerdictConfig::default()
+        };
+        let a0 = agree(&v, &off);
+        let m1 = a0.iter().find(|x| x.model == "m1").unwrap();
+        assert!(close(m1.score, (1.03 + 0.62) / 2.0) && !m1.flagged);
+        // Not a voice of `either`: the larger of CEPA's and NC's.
+        let e = either(&v, &cfg);
+        assert!(close(
+            e.iter().find(|x| x.model == "m3").unwrap().score,
+            0.9
+        ));
+        // Its threshold grows with the class count as the others' do.
+        assert!(close(
+            stim("m5", 1.0, 0, 43).threshold,
+            8.0 * (43f64.ln() / 10f64.ln()).sqrt()
+        ));
+        assert_eq!(cfg.stimulation_threshold_for(10), Some(8.0));
+        assert_eq!(off.stimulation_threshold_for(10), None);
+        // In words, the pair that decided.
+        let of = |m: &str, det: &str| {
+            v.iter()
+                .find(|x| x.model == m && x.detector == det)
+                .unwrap()
+        };
+        let words = explain(
+            of("m1", "cepa"),
+            of("m1", "nc"),
+            Some(of("m1", STIM)),
+            Combination::Agree,
+            &cfg,
+        );
+        assert_eq!(
+            words,
+            "CEPA 1.03 x its threshold at class 9, Neural Cleanse 0.62 x at class 9, stimulation \
+             1.79 x at class 9: CEPA and stimulation at the same class, their mean 1.41"
+        );
+        let words = explain(
+            of("m3", "cepa"),
+            of("m3", "nc"),
+            Some(of("m3", STIM)),
+            Combination::Agree,
+            &cfg,
+        );
+        assert!(
+            words.ends_with(
+                "stimulation alone, the largest divided by 1.5 (no two at one class say more) 1.07"
+            ),
+            "{words}"
+        );
+        let bad = VerdictConfig {
+            stimulation_threshold: -1.0,
+            ..VerdictConfig::default()
+        };
+        assert!(bad.validate().is_err());
+        assert!(Combination::Agree.rule(&cfg).contains("third voice"));
+        assert!(!Combination::Either.rule(&cfg).contains("third voice"));
     }
 
     #[test]

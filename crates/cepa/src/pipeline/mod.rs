@@ -25,7 +25,7 @@ use crate::detect::nc::{NcReport, neural_cleanse};
 use crate::detect::scan::verdict_word;
 use crate::detect::{ScanReport, scan_with_progress};
 use crate::error::{Error, Result};
-use crate::eval::{Combination, Outcome, VerdictConfig, combine, explain};
+use crate::eval::{Combination, Outcome, VerdictConfig, combine, explain, stimulation_outcome};
 use crate::model::Classifier;
 use crate::settings::Settings;
 
@@ -242,8 +242,9 @@ pub fn scan_model(
     Ok(run)
 }
 
-/// CEPA and Neural Cleanse as one verdict ([`combine`], as the evaluation tables' `cepa-or-nc`
-/// and `cepa-nc-agree` rows), and where its score comes from ([`explain`]).
+/// CEPA and Neural Cleanse (and, under `agree`, channel stimulation from CEPA's scan) as one
+/// verdict ([`combine`], as the evaluation tables' `cepa-or-nc` and `cepa-nc-agree` rows), and
+/// where its score comes from ([`explain`]).
 pub fn combined_outcome(
     report: &ScanReport,
     nc: &NcReport,
@@ -284,8 +285,14 @@ pub fn combined_outcome(
             nc.seconds,
         ),
     ];
-    let from = explain(&both[0], &both[1], how, cfg);
-    (combine(&both, how, cfg).remove(0), from)
+    let mut all = both.to_vec();
+    let stim = report
+        .stimulation
+        .as_ref()
+        .and_then(|s| stimulation_outcome(&all[0], s, cfg));
+    all.extend(stim.clone());
+    let from = explain(&all[0], &all[1], stim.as_ref(), how, cfg);
+    (combine(&all, how, cfg).remove(0), from)
 }
 
 /// Stage 2 for a scanned model: the trigger of `target` fitted on the images the scan optimised,
