@@ -282,14 +282,22 @@ pub fn run(a: EvalArgs, quiet: bool, device: DeviceChoice) -> Result<ExitStatus>
         );
     }
     // Channel stimulation, from CEPA's saved scans: a row of its own and a voice of `agree`.
-    outcomes.extend(stimulation_outcomes(&a.out, &outcomes, &settings.verdict)?);
+    // Scans saved before it existed have none, and their tables state the two-detector rule
+    // that judged them.
+    let stim = stimulation_outcomes(&a.out, &outcomes, &settings.verdict)?;
+    let verdict = if stim.is_empty() {
+        VerdictConfig {
+            stimulation_threshold: 0.0,
+            ..settings.verdict.clone()
+        }
+    } else {
+        settings.verdict.clone()
+    };
+    let result_lines = outcomes.len();
+    outcomes.extend(stim);
     // Where both detectors judged a model, the tables also show them combined, both ways
     // ("cepa-or-nc", "cepa-nc-agree").
-    let combined = [
-        either(&outcomes, &settings.verdict),
-        agree(&outcomes, &settings.verdict),
-    ]
-    .concat();
+    let combined = [either(&outcomes, &verdict), agree(&outcomes, &verdict)].concat();
     let any_combined = !combined.is_empty();
     // The combined verdicts model by model (derived from results.jsonl, so written whole).
     let combined_lines: String = combined
@@ -307,7 +315,7 @@ pub fn run(a: EvalArgs, quiet: bool, device: DeviceChoice) -> Result<ExitStatus>
         "# Evaluation of {}\n\n{} results from `{}`; {} clean images per class, seed {}.\n\
          Per family: that family's backdoored models with the dataset's clean models.\n\n",
         a.zoo.display(),
-        outcomes.len(),
+        result_lines,
         results.display(),
         settings.scan.per_class,
         settings.scan.seed
@@ -316,9 +324,9 @@ pub fn run(a: EvalArgs, quiet: bool, device: DeviceChoice) -> Result<ExitStatus>
         md.push_str(&format!(
             "The two detectors combined:\n- `{}`: {}.\n- `{}`: {}.\n\n",
             Combination::Either.name(),
-            Combination::Either.rule(&settings.verdict),
+            Combination::Either.rule(&verdict),
             Combination::Agree.name(),
-            Combination::Agree.rule(&settings.verdict)
+            Combination::Agree.rule(&verdict)
         ));
     }
     md.push_str(&markdown(&ev));

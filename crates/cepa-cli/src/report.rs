@@ -355,6 +355,9 @@ fn verdict(h: &mut String, s: &ScanReport, combined: bool) -> std::fmt::Result {
     for n in &d.notes {
         writeln!(h, "<p>note: {}</p>", esc(n))?;
     }
+    if let Some(st) = &s.stimulation {
+        writeln!(h, "<p>{}</p>", esc(&crate::scan::stimulation_line(st)))?;
+    }
     Ok(())
 }
 

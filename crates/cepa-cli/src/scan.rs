@@ -215,11 +215,11 @@ fn text(r: &ScanReport, path: &Path, device: &str, combined: bool) -> anyhow::Re
     Ok(t)
 }
 
-/// One line on channel stimulation: the class that stands out, how, and that it is not part of
-/// the verdict.
+/// One line on channel stimulation: the class that stands out and how (a voice of the combined
+/// `agree` verdict, not of CEPA's own).
 pub fn stimulation_line(s: &cepa::detect::stimulate::StimulationReport) -> String {
     format!(
-        "stimulation (reported only, not in the verdict): class {} stands out, index {:.2}; channel {} of {} \
+        "stimulation (a voice of --verdict agree): class {} stands out, index {:.2}; channel {} of {} \
          at {:.0}% of its clean maximum sends {:.0}% of the other classes' {} images to it ({} channels x {} levels, {:.1} s)",
         s.class,
         s.index,

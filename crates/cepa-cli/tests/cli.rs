@@ -388,8 +388,17 @@ fn scan_is_reproducible_and_its_exit_code_follows_the_verdict() {
     assert_eq!(a["config"]["seed"], 3);
     let code = if a["verdict"] == "backdoored" { 1 } else { 0 };
     assert_eq!(out1.status.code(), Some(code));
-    a.as_object_mut().unwrap().remove("seconds");
-    b.as_object_mut().unwrap().remove("seconds");
+    // Channel stimulation is in the report, at the network's last pooled map.
+    let stim = &a["stimulation"];
+    assert!(
+        stim["layer"].as_str().is_some_and(|l| !l.is_empty()),
+        "{stim}"
+    );
+    assert_eq!(stim["margins"].as_array().map(Vec::len), Some(10), "{stim}");
+    for r in [&mut a, &mut b] {
+        r.as_object_mut().unwrap().remove("seconds");
+        r["stimulation"].as_object_mut().unwrap().remove("seconds");
+    }
     assert_eq!(a, b, "same command, same seed, same report");
     let (_, c) = quick_scan(&["--seed", "4"]);
     assert_ne!(
@@ -603,16 +612,18 @@ fn the_readme_example_is_found_backdoored_with_target_7_by_a_clear_margin() {
         text.contains("baseline verdict: BACKDOORED, target class 7"),
         "{text}"
     );
-    // Where the score comes from: both detectors at class 7, so their mean.
+    // Where the score comes from: both detectors at class 7 (stimulation too, weaker), so the
+    // two detectors' mean.
     assert!(
         text.lines().any(|l| l.starts_with("  from: CEPA ")
             && l.contains(" x its threshold at class 7, Neural Cleanse ")
-            && l.contains(" x at class 7: the same class, their mean ")),
+            && l.contains(" x at class 7, stimulation ")
+            && l.contains(" x at class 7: CEPA and Neural Cleanse at the same class, their mean ")),
         "{text}"
     );
-    // Channel stimulation, reported beside the verdict, points at the same class.
+    // Channel stimulation, the third voice, points at the same class.
     assert!(
-        text.contains("stimulation (reported only, not in the verdict): class 7 stands out"),
+        text.contains("stimulation (a voice of --verdict agree): class 7 stands out"),
         "{text}"
     );
     // The showcase is not one seed from a wrong answer: at least 1.5 times the threshold.

@@ -257,8 +257,9 @@ pub struct ScanReport {
     /// The screening pass, when the model was screened ([`ScreenConfig`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub screen: Option<ScreenReport>,
-    /// Channel stimulation ([`crate::detect::stimulate`]), reported beside the verdict and not
-    /// part of it; absent when turned off or when the model has no spatial layer.
+    /// Channel stimulation ([`crate::detect::stimulate`]): a voice of the combined `agree`
+    /// verdict ([`crate::eval::combine`]), not of CEPA's own; absent when turned off or when the
+    /// model has no spatial layer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stimulation: Option<StimulationReport>,
     /// Stage-1 results of the classes optimised fully, in the decision's order (every class in
