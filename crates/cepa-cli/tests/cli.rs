@@ -1361,11 +1361,26 @@ fn zoo_build_then_eval_both_detectors_resumably() {
     }
     let combined = jsonl(&out_dir.join("combined.jsonl"));
     assert_eq!(combined.len(), 4, "2 models x (agree, either)");
-    let singles: Vec<cepa::eval::Outcome> = lines
+    let mut singles: Vec<cepa::eval::Outcome> = lines
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let want = cepa::eval::agree(&singles, &cepa::settings::Settings::default().verdict);
+    // Channel stimulation's rows come from CEPA's saved scans, not results.jsonl: a row of its
+    // own in the tables, and the third voice of `agree`.
+    let verdict = cepa::settings::Settings::default().verdict;
+    for c in singles.clone().iter().filter(|o| o.detector == "cepa") {
+        let path = out_dir
+            .join("reports/cepa")
+            .join(format!("{}.json", c.model));
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let s: cepa::detect::stimulate::StimulationReport =
+            serde_json::from_value(r["stimulation"].clone()).unwrap();
+        singles.extend(cepa::eval::stimulation_outcome(c, &s, &verdict));
+    }
+    assert_eq!(singles.iter().filter(|o| o.detector == "stim").count(), 2);
+    assert_eq!(ev["stim"]["mnist"]["families"]["all"]["n"], 2, "{ev}");
+    let want = cepa::eval::agree(&singles, &verdict);
     for w in &want {
         let got = combined
             .iter()
