@@ -1664,6 +1664,14 @@ fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
             None,
             None,
         ),
+        // The judge of the rule frozen in session 38: its saved scans carry channel
+        // stimulation, whose rows rescore derives again from them.
+        (
+            "eval/zoo-judge-s38-manifest.json",
+            "eval/judge-s38",
+            None,
+            None,
+        ),
         // The same scans under the session-21 rule (a table without saved scans of its own).
         (
             "eval/zoo-judge-s22-manifest.json",
