@@ -529,9 +529,7 @@ fn the_class_subspace_penalty_makes_natural_classes_dearer_and_leaves_the_trigge
 /// over quadrant c. With `planted`, the fifth channel at the trigger pixel (6,6), black in clean
 /// images, votes for the target with weight 30.
 fn conv_model(planted: bool, dir: &std::path::Path) -> Classifier {
-    use cepa::model::{ModelSpec, cpu_device};
-    use cepa::onnx::Graph;
-    use cepa::onnx::write::{AttrValue, GraphBuilder, save_model};
+    use cepa::onnx::write::{AttrValue, GraphBuilder};
     let ch = CLASSES + 1;
     let d = SIDE * SIDE;
     let mut g = GraphBuilder::new("conv");
@@ -566,15 +564,7 @@ fn conv_model(planted: bool, dir: &std::path::Path) -> Classifier {
     } else {
         "conv-clean"
     };
-    let path = dir.join(format!("{name}.onnx"));
-    save_model(&g.build(13), &path).unwrap();
-    Classifier::new(
-        Graph::load(&path).unwrap(),
-        &ModelSpec::default(),
-        None,
-        &cpu_device(false),
-    )
-    .unwrap()
+    common::save_and_load(g, name, dir)
 }
 
 #[test]

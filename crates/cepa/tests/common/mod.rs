@@ -30,6 +30,12 @@ pub fn two_layer_classifier(
     g.init_f32("w2", &[classes, hidden], w2);
     g.node("Gemm", &[&e, "w2"], Some("logits"), &trans);
     g.output("logits", &[None, Some(classes)]);
+    save_and_load(g, name, dir)
+}
+
+/// Write the graph `g` (opset 13) to `dir/name.onnx` and load it with the default spec on the
+/// autodiff CPU device.
+pub fn save_and_load(g: GraphBuilder, name: &str, dir: &std::path::Path) -> Classifier {
     let path = dir.join(format!("{name}.onnx"));
     save_model(&g.build(13), &path).unwrap();
     Classifier::new(
