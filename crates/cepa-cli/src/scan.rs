@@ -218,14 +218,23 @@ fn text(r: &ScanReport, path: &Path, device: &str, combined: bool) -> anyhow::Re
 /// One line on channel stimulation: the class that stands out and how (a voice of the combined
 /// `agree` verdict, not of CEPA's own).
 pub fn stimulation_line(s: &cepa::detect::stimulate::StimulationReport) -> String {
+    let which = if s.group > 1 {
+        format!(
+            "channels {} and {} more it moves most",
+            s.channel,
+            s.group - 1
+        )
+    } else {
+        format!("channel {}", s.channel)
+    };
     format!(
-        "stimulation (a voice of --verdict agree): class {} stands out, index {:.2}; channel {} of {} \
-         at {:.0}% of its clean maximum sends {:.0}% of the other classes' {} images to it ({} channels x {} levels, {:.1} s)",
+        "stimulation (a voice of --verdict agree): class {} stands out, index {:.2}; {which} of {} \
+         at {:.0}% of {} clean maximum sends {:.0}% of the other classes' {} images to it ({} channels x {} levels, {:.1} s)",
         s.class,
         s.index,
-        s.channel,
         s.layer,
         100.0 * s.level,
+        if s.group > 1 { "their" } else { "its" },
         100.0 * s.carried,
         s.images,
         s.channels,

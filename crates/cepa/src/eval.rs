@@ -1255,6 +1255,7 @@ mod tests {
                 class,
                 index,
                 channel: 3,
+                group: 1,
                 level: 1.0,
                 carried: 1.0,
                 seconds: 0.2,

@@ -610,6 +610,79 @@ fn stimulating_one_channel_finds_the_class_it_was_wired_to_and_not_in_the_clean_
     assert!(
         stimulate(&model(true, dir.path()), &[&set], &cfg)
             .unwrap()
-            .is_none()
+            .is_err()
     );
+    // The map named by the user: the same map by name, the convolution before the ReLU (the
+    // wired channel's clean maximum is the same 0.4), and names that cannot be stimulated.
+    let named = |layer: &str| StimulationConfig {
+        layer: layer.into(),
+        ..Default::default()
+    };
+    let by_name = stimulate(&planted, &[&set], &named("features"))
+        .unwrap()
+        .unwrap();
+    assert_eq!((&by_name.layer, &by_name.margins), (&p.layer, &p.margins));
+    // Channels set together can only raise a class's best margin (the single channels are
+    // still tried); the wired channel still decides.
+    let grouped = StimulationConfig {
+        group: 3,
+        ..Default::default()
+    };
+    let g = stimulate(&planted, &[&set], &grouped).unwrap().unwrap();
+    assert_eq!(g.class, TARGET, "{g:?}");
+    assert_eq!(p.group, 1);
+    for t in 0..CLASSES {
+        assert!(
+            g.margins[t] >= p.margins[t],
+            "{:?} {:?}",
+            g.margins,
+            p.margins
+        );
+    }
+    assert!(
+        (0..CLASSES).any(|t| g.margins[t] > p.margins[t]),
+        "{:?}",
+        g.margins
+    );
+    let at_conv = stimulate(&planted, &[&set], &named("conv"))
+        .unwrap()
+        .unwrap();
+    assert_eq!((at_conv.layer.as_str(), at_conv.class), ("conv", TARGET));
+    for (layer, words) in [("flat", "rank 3"), ("no-such-tensor", "no tensor")] {
+        let e = stimulate(&planted, &[&set], &named(layer)).unwrap_err();
+        assert!(
+            e.to_string().contains(layer) && e.to_string().contains(words),
+            "{e}"
+        );
+    }
+}
+
+/// A convolution whose every channel is negative before its ReLU: nothing to stimulate.
+#[test]
+fn a_map_without_a_live_channel_is_reported_as_not_stimulated() {
+    use cepa::detect::stimulate::{StimulationConfig, stimulate};
+    use cepa::onnx::write::{AttrValue, GraphBuilder};
+    let dir = tempfile::tempdir().unwrap();
+    let d = SIDE * SIDE;
+    let mut g = GraphBuilder::new("dead");
+    g.input("x", &[None, Some(1), Some(SIDE), Some(SIDE)]);
+    g.init_f32("wc", &[2, 1, 1, 1], &[1.0, 1.0]);
+    g.init_f32("bc", &[2], &[-2.0, -3.0]);
+    let c = g.node("Conv", &["x", "wc", "bc"], Some("conv"), &[]);
+    let r = g.node("Relu", &[&c], Some("features"), &[]);
+    let f = g.node("Flatten", &[&r], Some("flat"), &[]);
+    let w: Vec<f32> = (0..CLASSES * 2 * d).map(|i| (i % 7) as f32 * 0.1).collect();
+    g.init_f32("w", &[CLASSES, 2 * d], &w);
+    g.node(
+        "Gemm",
+        &[&f, "w"],
+        Some("logits"),
+        &[("transB", AttrValue::Int(1))],
+    );
+    g.output("logits", &[None, Some(CLASSES)]);
+    let dead = common::save_and_load(g, "dead", dir.path());
+    let why = stimulate(&dead, &[&images(4, 1)], &StimulationConfig::default())
+        .unwrap()
+        .unwrap_err();
+    assert!(why.contains("no channel of features is positive"), "{why}");
 }

@@ -478,15 +478,15 @@ pub fn scan_with_progress(
     let stimulation = if cfg.stimulation.enabled {
         let mut sets = vec![&fit];
         sets.extend(holdout.as_ref());
-        let s = stimulate(model, &sets, &cfg.stimulation)?;
-        if s.is_none() {
-            decision.notes.push(
-                "channel stimulation: no spatial feature map that cuts the graph (a fully \
-                 connected network); not computed"
-                    .into(),
-            );
+        match stimulate(model, &sets, &cfg.stimulation)? {
+            Ok(s) => Some(s),
+            Err(why) => {
+                decision
+                    .notes
+                    .push(format!("channel stimulation: {why}; not computed"));
+                None
+            }
         }
-        s
     } else {
         None
     };

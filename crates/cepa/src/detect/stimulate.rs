@@ -45,6 +45,12 @@ pub struct StimulationConfig {
     /// At most this many images (evenly over the classes, from the optimisation's and the
     /// held-out clean images). Default 400.
     pub max_images: usize,
+    /// The feature map to stimulate, by its ONNX tensor name, or `auto` (the default): the
+    /// deepest one a weighted layer still reads ([`stimulation_layer`]).
+    pub layer: String,
+    /// Also set together, per class, the `group` channels that each move it most (1, the
+    /// default: one channel at a time only).
+    pub group: usize,
 }
 
 impl Default for StimulationConfig {
@@ -55,6 +61,8 @@ impl Default for StimulationConfig {
             reach: 1.0,
             quantile: 0.1,
             max_images: 400,
+            layer: "auto".into(),
+            group: 1,
         }
     }
 }
@@ -63,12 +71,13 @@ impl StimulationConfig {
     pub fn validate(&self) -> Result<()> {
         if self.enabled
             && (self.levels == 0
+                || self.group == 0
                 || self.max_images == 0
                 || !(self.reach > 0.0 && self.reach.is_finite())
                 || !(0.0..=1.0).contains(&self.quantile))
         {
             return Err(Error::Config(
-                "[scan.stimulation]: levels and max_images must be at least 1, reach positive and \
+                "[scan.stimulation]: levels, group and max_images must be at least 1, reach positive and \
                  quantile in [0, 1]"
                     .into(),
             ));
@@ -97,12 +106,21 @@ pub struct StimulationReport {
     /// The class of the largest index, and that index.
     pub class: usize,
     pub index: f64,
-    /// The channel and the level (a fraction of its clean maximum) of that class's margin.
+    /// The channel and the level (a fraction of its clean maximum) of that class's margin; with
+    /// `group` > 1, the first of the channels set together.
     pub channel: usize,
+    /// How many channels were set together for that margin (1 unless `[scan.stimulation]
+    /// group` allows more).
+    #[serde(default = "one")]
+    pub group: usize,
     pub level: f64,
     /// Share of the other classes' images that stimulation sends to that class.
     pub carried: f64,
     pub seconds: f64,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Which axis of a per-image shape of rank 3 holds the channels: ONNX convolutions write
@@ -167,17 +185,59 @@ fn take_evenly(sets: &[&ImageSet], k: usize, max: usize) -> (Vec<f32>, Vec<usize
     (pixels, labels)
 }
 
+/// The feature map `cfg.layer` names (`auto`: [`stimulation_layer`]), its per-image shape and
+/// channel axis; `Ok(None)` when `auto` finds none; an error naming the tensor when the one
+/// named is not a feature map that cuts the graph.
+fn chosen_layer(
+    model: &Classifier,
+    cfg: &StimulationConfig,
+) -> Result<Option<(String, Vec<usize>, usize)>> {
+    if cfg.layer == "auto" {
+        return Ok(stimulation_layer(model));
+    }
+    let Some(l) = model.layers().iter().find(|l| l.name == cfg.layer) else {
+        return Err(Error::Config(format!(
+            "[scan.stimulation] layer = {:?}: the model has no tensor of that name (`cepa \
+             inspect MODEL` lists them)",
+            cfg.layer
+        )));
+    };
+    let spatial =
+        l.shape.len() == 3 && l.shape.iter().product::<usize>() > l.shape[channel_axis(&l.shape)];
+    if !(l.cut && spatial) {
+        return Err(Error::Config(format!(
+            "[scan.stimulation] layer = {:?}: stimulation needs a feature map of rank 3 per image \
+             with more than one position that cuts the graph; this tensor has shape {:?}{}",
+            cfg.layer,
+            l.shape,
+            if l.cut {
+                ""
+            } else {
+                " and does not cut the graph"
+            }
+        )));
+    }
+    Ok(Some((
+        l.name.clone(),
+        l.shape.clone(),
+        channel_axis(&l.shape),
+    )))
+}
+
 /// Channel stimulation of `model` on clean images from `sets` (the optimisation's and the
-/// held-out images); `Ok(None)` when the model has no spatial layer to stimulate.
+/// held-out images). `Ok(Err(why))` when there is nothing to stimulate: no spatial layer (a
+/// fully connected network), or no channel with a positive clean activation.
 pub fn stimulate(
     model: &Classifier,
     sets: &[&ImageSet],
     cfg: &StimulationConfig,
-) -> Result<Option<StimulationReport>> {
+) -> Result<std::result::Result<StimulationReport, String>> {
     cfg.validate()?;
     let start = Instant::now();
-    let Some((layer, shape, axis)) = stimulation_layer(model) else {
-        return Ok(None);
+    let Some((layer, shape, axis)) = chosen_layer(model, cfg)? else {
+        return Ok(Err(
+            "no spatial feature map that cuts the graph (a fully connected network)".into(),
+        ));
     };
     let k = model.num_classes();
     let (pixels, labels) = take_evenly(sets, k, cfg.max_images);
@@ -219,53 +279,113 @@ pub fn stimulate(
             (1..=cfg.levels).map(move |l| (c, (cfg.reach * l as f64 / cfg.levels as f64) as f32))
         })
         .collect();
-    let per_chunk = ((1usize << 24) / (n * d).max(1)).clamp(1, 64);
-    let mut best = vec![f64::NEG_INFINITY; k];
-    let mut best_at = vec![(0usize, 0.0f32, 0.0f64); k];
+    if settings.is_empty() {
+        return Ok(Err(format!(
+            "no channel of {layer} is positive on the clean images (nothing to stimulate)"
+        )));
+    }
+    // One setting: values written over whole channels. Per setting and class: the quantile
+    // margin toward the class over the other classes' images, and the share carried.
     let device = model.device().clone();
-    let mut margins: Vec<f32> = Vec::with_capacity(n);
-    for chunk in settings.chunks(per_chunk) {
-        let mut rows = Vec::with_capacity(chunk.len() * n * d);
-        for &(c, level) in chunk {
-            let v = level * cmax[c];
-            for img in base.chunks(d) {
-                let start = rows.len();
-                rows.extend_from_slice(img);
-                for (j, r) in rows[start..].iter_mut().enumerate() {
-                    if channel_of(j) == c {
-                        *r = v;
+    let per_chunk = ((1usize << 24) / (n * d).max(1)).clamp(1, 64);
+    let run = |settings: &[Vec<(usize, f32)>]| -> Result<Vec<Vec<(f64, f64)>>> {
+        let mut out = Vec::with_capacity(settings.len());
+        let mut margins: Vec<f32> = Vec::with_capacity(n);
+        for chunk in settings.chunks(per_chunk) {
+            let mut rows = Vec::with_capacity(chunk.len() * n * d);
+            for set in chunk {
+                for img in base.chunks(d) {
+                    let start = rows.len();
+                    rows.extend_from_slice(img);
+                    for (j, r) in rows[start..].iter_mut().enumerate() {
+                        let c = channel_of(j);
+                        if let Some(&(_, v)) = set.iter().find(|&&(sc, _)| sc == c) {
+                            *r = v;
+                        }
                     }
                 }
             }
-        }
-        let value = Tensor::<2>::from_data(TensorData::new(rows, [chunk.len() * n, d]), &device);
-        let logits = model
-            .logits_from_layer(&layer, value, None)?
-            .try_into_vec_as::<f32>()
-            .map_err(|e| Error::Mismatch(format!("cannot read logits back: {e:?}")))?;
-        for (s, &(c, level)) in chunk.iter().enumerate() {
-            let block = &logits[s * n * k..(s + 1) * n * k];
-            for t in 0..k {
-                margins.clear();
-                for (i, row) in block.chunks(k).enumerate() {
-                    if labels[i] == t {
-                        continue;
+            let value =
+                Tensor::<2>::from_data(TensorData::new(rows, [chunk.len() * n, d]), &device);
+            let logits = model
+                .logits_from_layer(&layer, value, None)?
+                .try_into_vec_as::<f32>()
+                .map_err(|e| Error::Mismatch(format!("cannot read logits back: {e:?}")))?;
+            for s in 0..chunk.len() {
+                let block = &logits[s * n * k..(s + 1) * n * k];
+                let mut per_class = Vec::with_capacity(k);
+                for t in 0..k {
+                    margins.clear();
+                    for (i, row) in block.chunks(k).enumerate() {
+                        if labels[i] == t {
+                            continue;
+                        }
+                        let other = row
+                            .iter()
+                            .enumerate()
+                            .filter(|&(j, _)| j != t)
+                            .map(|(_, &v)| v)
+                            .fold(f32::NEG_INFINITY, f32::max);
+                        margins.push(row[t] - other);
                     }
-                    let other = row
+                    let carried = margins.iter().filter(|&&m| m > 0.0).count() as f64
+                        / margins.len().max(1) as f64;
+                    per_class.push((quantile(&mut margins, cfg.quantile), carried));
+                }
+                out.push(per_class);
+            }
+        }
+        Ok(out)
+    };
+    let singles: Vec<Vec<(usize, f32)>> = settings
+        .iter()
+        .map(|&(c, level)| vec![(c, level * cmax[c])])
+        .collect();
+    let single = run(&singles)?;
+    let mut best = vec![f64::NEG_INFINITY; k];
+    let mut best_at = vec![(0usize, 0.0f32, 0.0f64, 1usize); k];
+    // Per class, each channel's best single margin toward it (over the levels).
+    let mut by_channel = vec![vec![f64::NEG_INFINITY; channels]; k];
+    for (s, &(c, level)) in settings.iter().enumerate() {
+        for t in 0..k {
+            let (m, carried) = single[s][t];
+            if m > best[t] {
+                best[t] = m;
+                best_at[t] = (c, level, carried, 1);
+            }
+            by_channel[t][c] = by_channel[t][c].max(m);
+        }
+    }
+    // Groups: the `group` channels that each move class t most, set together, at the same
+    // levels; scored toward t only.
+    if cfg.group > 1 {
+        let live = settings.len() / cfg.levels;
+        let g = cfg.group.min(live);
+        let mut groups = Vec::with_capacity(k * cfg.levels);
+        for (t, moves) in by_channel.iter().enumerate() {
+            let mut order: Vec<usize> = (0..channels).filter(|&c| cmax[c] > 0.0).collect();
+            order.sort_by(|&a, &b| moves[b].total_cmp(&moves[a]).then(a.cmp(&b)));
+            order.truncate(g);
+            for l in 1..=cfg.levels {
+                let level = (cfg.reach * l as f64 / cfg.levels as f64) as f32;
+                groups.push((
+                    t,
+                    order[0],
+                    level,
+                    order
                         .iter()
-                        .enumerate()
-                        .filter(|&(j, _)| j != t)
-                        .map(|(_, &v)| v)
-                        .fold(f32::NEG_INFINITY, f32::max);
-                    margins.push(row[t] - other);
-                }
-                let carried = margins.iter().filter(|&&m| m > 0.0).count() as f64
-                    / margins.len().max(1) as f64;
-                let m = quantile(&mut margins, cfg.quantile);
-                if m > best[t] {
-                    best[t] = m;
-                    best_at[t] = (c, level, carried);
-                }
+                        .map(|&c| (c, level * cmax[c]))
+                        .collect::<Vec<_>>(),
+                ));
+            }
+        }
+        let sets: Vec<Vec<(usize, f32)>> = groups.iter().map(|g| g.3.clone()).collect();
+        let res = run(&sets)?;
+        for (i, &(t, c, level, _)) in groups.iter().enumerate() {
+            let (m, carried) = res[i][t];
+            if m > best[t] {
+                best[t] = m;
+                best_at[t] = (c, level, carried, g);
             }
         }
     }
@@ -273,8 +393,8 @@ pub fn stimulate(
     let class = (0..k)
         .max_by(|&a, &b| indices[a].total_cmp(&indices[b]).then(b.cmp(&a)))
         .unwrap_or(0);
-    let (channel, level, carried) = best_at[class];
-    Ok(Some(StimulationReport {
+    let (channel, level, carried, group) = best_at[class];
+    Ok(Ok(StimulationReport {
         layer,
         shape,
         channel_axis: axis,
@@ -287,6 +407,7 @@ pub fn stimulate(
         indices,
         class,
         channel,
+        group,
         level: level as f64,
         carried,
         seconds: start.elapsed().as_secs_f64(),
@@ -331,6 +452,17 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.validate().is_err());
+        let no_group = StimulationConfig {
+            group: 0,
+            ..Default::default()
+        };
+        assert!(
+            no_group
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("group")
+        );
         let off = StimulationConfig {
             levels: 0,
             enabled: false,
