@@ -529,16 +529,8 @@ fn the_class_subspace_penalty_makes_natural_classes_dearer_and_leaves_the_trigge
 /// over quadrant c. With `planted`, the fifth channel at the trigger pixel (6,6), black in clean
 /// images, votes for the target with weight 30.
 fn conv_model(planted: bool, dir: &std::path::Path) -> Classifier {
-    use cepa::onnx::write::{AttrValue, GraphBuilder};
     let ch = CLASSES + 1;
     let d = SIDE * SIDE;
-    let mut g = GraphBuilder::new("conv");
-    g.input("x", &[None, Some(1), Some(SIDE), Some(SIDE)]);
-    g.init_f32("wc", &[ch, 1, 1, 1], &[1.0, 1.0, 1.0, 1.0, 1.0]);
-    g.init_f32("bc", &[ch], &[0.0, 0.0, 0.0, 0.0, -0.5]);
-    let c = g.node("Conv", &["x", "wc", "bc"], Some("conv"), &[]);
-    let r = g.node("Relu", &[&c], Some("features"), &[]);
-    let f = g.node("Flatten", &[&r], Some("flat"), &[]);
     let mut w = vec![0.0f32; CLASSES * ch * d];
     for k in 0..CLASSES {
         let (r0, c0) = ((k / 2) * 3, (k % 2) * 3);
@@ -551,7 +543,27 @@ fn conv_model(planted: bool, dir: &std::path::Path) -> Classifier {
     if planted {
         w[TARGET * ch * d + CLASSES * d + d - 1] = 30.0;
     }
-    g.init_f32("w", &[CLASSES, ch * d], &w);
+    let name = if planted {
+        "conv-planted"
+    } else {
+        "conv-clean"
+    };
+    conv_net(name, &[1.0; 5], &[0.0, 0.0, 0.0, 0.0, -0.5], &w, dir)
+}
+
+/// `x -> Conv 1x1 (weights wc, biases bc: one channel each) -> ReLU ("features") -> Flatten ->
+/// Gemm (w, CLASSES rows) -> logits`.
+fn conv_net(name: &str, wc: &[f32], bc: &[f32], w: &[f32], dir: &std::path::Path) -> Classifier {
+    use cepa::onnx::write::{AttrValue, GraphBuilder};
+    let ch = bc.len();
+    let mut g = GraphBuilder::new(name);
+    g.input("x", &[None, Some(1), Some(SIDE), Some(SIDE)]);
+    g.init_f32("wc", &[ch, 1, 1, 1], wc);
+    g.init_f32("bc", &[ch], bc);
+    let c = g.node("Conv", &["x", "wc", "bc"], Some("conv"), &[]);
+    let r = g.node("Relu", &[&c], Some("features"), &[]);
+    let f = g.node("Flatten", &[&r], Some("flat"), &[]);
+    g.init_f32("w", &[CLASSES, ch * SIDE * SIDE], w);
     g.node(
         "Gemm",
         &[&f, "w"],
@@ -559,11 +571,6 @@ fn conv_model(planted: bool, dir: &std::path::Path) -> Classifier {
         &[("transB", AttrValue::Int(1))],
     );
     g.output("logits", &[None, Some(CLASSES)]);
-    let name = if planted {
-        "conv-planted"
-    } else {
-        "conv-clean"
-    };
     common::save_and_load(g, name, dir)
 }
 
@@ -661,26 +668,11 @@ fn stimulating_one_channel_finds_the_class_it_was_wired_to_and_not_in_the_clean_
 #[test]
 fn a_map_without_a_live_channel_is_reported_as_not_stimulated() {
     use cepa::detect::stimulate::{StimulationConfig, stimulate};
-    use cepa::onnx::write::{AttrValue, GraphBuilder};
     let dir = tempfile::tempdir().unwrap();
-    let d = SIDE * SIDE;
-    let mut g = GraphBuilder::new("dead");
-    g.input("x", &[None, Some(1), Some(SIDE), Some(SIDE)]);
-    g.init_f32("wc", &[2, 1, 1, 1], &[1.0, 1.0]);
-    g.init_f32("bc", &[2], &[-2.0, -3.0]);
-    let c = g.node("Conv", &["x", "wc", "bc"], Some("conv"), &[]);
-    let r = g.node("Relu", &[&c], Some("features"), &[]);
-    let f = g.node("Flatten", &[&r], Some("flat"), &[]);
-    let w: Vec<f32> = (0..CLASSES * 2 * d).map(|i| (i % 7) as f32 * 0.1).collect();
-    g.init_f32("w", &[CLASSES, 2 * d], &w);
-    g.node(
-        "Gemm",
-        &[&f, "w"],
-        Some("logits"),
-        &[("transB", AttrValue::Int(1))],
-    );
-    g.output("logits", &[None, Some(CLASSES)]);
-    let dead = common::save_and_load(g, "dead", dir.path());
+    let w: Vec<f32> = (0..CLASSES * 2 * SIDE * SIDE)
+        .map(|i| (i % 7) as f32 * 0.1)
+        .collect();
+    let dead = conv_net("dead", &[1.0, 1.0], &[-2.0, -3.0], &w, dir.path());
     let why = stimulate(&dead, &[&images(4, 1)], &StimulationConfig::default())
         .unwrap()
         .unwrap_err();
