@@ -227,9 +227,23 @@ pub fn stimulation_line(s: &cepa::detect::stimulate::StimulationReport) -> Strin
     } else {
         format!("channel {}", s.channel)
     };
+    let values = match (&s.positions, s.position_yx()) {
+        (Some(p), Some((y, x))) => format!(
+            "; single values (up to {:.0}x their clean maximum): class {} stands out, index {:.2}; \
+             the value of channel {} at ({y}, {x}) at {:.0}% sends {:.0}% of them to it ({} values)",
+            p.reach,
+            p.class,
+            p.index,
+            p.channel,
+            100.0 * p.level,
+            100.0 * p.carried,
+            p.values
+        ),
+        _ => String::new(),
+    };
     format!(
         "stimulation (a voice of --verdict agree): class {} stands out, index {:.2}; {which} of {} \
-         at {:.0}% of {} clean maximum sends {:.0}% of the other classes' {} images to it ({} channels x {} levels, {:.1} s)",
+         at {:.0}% of {} clean maximum sends {:.0}% of the other classes' {} images to it ({} channels x {} levels, {:.1} s){values}",
         s.class,
         s.index,
         s.layer,

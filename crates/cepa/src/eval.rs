@@ -1256,6 +1256,7 @@ mod tests {
                 index,
                 channel: 3,
                 group: 1,
+                positions: None,
                 level: 1.0,
                 carried: 1.0,
                 seconds: 0.2,

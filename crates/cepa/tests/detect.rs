@@ -678,3 +678,73 @@ fn a_map_without_a_live_channel_is_reported_as_not_stimulated() {
         .unwrap_err();
     assert!(why.contains("no channel of features is positive"), "{why}");
 }
+
+/// The position reading: one value of the map (a channel at one position), dim in every clean
+/// image, wired to the target, is found where the network reads the map position by position,
+/// and not looked for under global pooling.
+#[test]
+fn stimulating_single_values_finds_the_wired_position_where_positions_are_read() {
+    use cepa::detect::stimulate::{StimulationConfig, stimulate};
+    use cepa::onnx::write::{AttrValue, GraphBuilder};
+    let dir = tempfile::tempdir().unwrap();
+    let set = images(8, 3);
+    let d = SIDE * SIDE;
+    // One channel, a copy of the image; class k sums its own quadrant; the value at (6, 5),
+    // outside every quadrant (at most 0.2 on clean images), votes for the target with weight 10.
+    let mut w = vec![0.0f32; CLASSES * d];
+    for k in 0..CLASSES {
+        let (r0, c0) = ((k / 2) * 3, (k % 2) * 3);
+        for y in r0..r0 + 3 {
+            for q in c0..c0 + 3 {
+                w[k * d + y * SIDE + q] = 4.0 / 9.0;
+            }
+        }
+    }
+    w[TARGET * d + (SIDE - 1) * SIDE + SIDE - 2] = 10.0;
+    let net = conv_net("wired-value", &[1.0], &[0.0], &w, dir.path());
+    let r = stimulate(&net, &[&set], &StimulationConfig::default())
+        .unwrap()
+        .unwrap();
+    let p = r.positions.as_ref().expect("a Flatten reads the map by position");
+    assert_eq!(p.class, TARGET, "{p:?}");
+    assert_eq!(r.position_yx(), Some((SIDE - 1, SIDE - 2)), "{p:?}");
+    assert!(p.carried > 0.9 && p.level == 4.0, "{p:?}");
+    for k in (0..CLASSES).filter(|&k| k != TARGET) {
+        assert!(p.margins[TARGET] > p.margins[k] + 3.0, "{:?}", p.margins);
+    }
+    let off = StimulationConfig {
+        positions_reach: 0.0,
+        ..Default::default()
+    };
+    assert!(
+        stimulate(&net, &[&set], &off)
+            .unwrap()
+            .unwrap()
+            .positions
+            .is_none()
+    );
+    // Conv -> ReLU -> GlobalAveragePool -> Gemm: one position is a fraction of its channel.
+    let mut g = GraphBuilder::new("pooled");
+    g.input("x", &[None, Some(1), Some(SIDE), Some(SIDE)]);
+    g.init_f32("wc", &[2, 1, 1, 1], &[1.0, -1.0]);
+    g.init_f32("bc", &[2], &[0.0, 1.0]);
+    let c = g.node("Conv", &["x", "wc", "bc"], Some("conv"), &[]);
+    let r = g.node("Relu", &[&c], Some("features"), &[]);
+    let p = g.node("GlobalAveragePool", &[&r], Some("gap"), &[]);
+    let f = g.node("Flatten", &[&p], Some("flat"), &[]);
+    let w: Vec<f32> = (0..CLASSES * 2).map(|i| i as f32 * 0.1).collect();
+    g.init_f32("w", &[CLASSES, 2], &w);
+    g.node(
+        "Gemm",
+        &[&f, "w"],
+        Some("logits"),
+        &[("transB", AttrValue::Int(1))],
+    );
+    g.output("logits", &[None, Some(CLASSES)]);
+    let pooled = common::save_and_load(g, "pooled", dir.path());
+    let s = stimulate(&pooled, &[&set], &StimulationConfig::default())
+        .unwrap()
+        .unwrap();
+    assert_eq!((s.layer.as_str(), s.channels), ("features", 2));
+    assert!(s.positions.is_none());
+}
