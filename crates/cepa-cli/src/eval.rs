@@ -284,14 +284,21 @@ pub fn run(a: EvalArgs, quiet: bool, device: DeviceChoice) -> Result<ExitStatus>
     // Channel stimulation, from CEPA's saved scans: a row of its own and a voice of `agree`.
     // Scans saved before it existed have none, and their tables state the two-detector rule
     // that judged them.
-    let stim = stimulation_outcomes(&a.out, &outcomes, &settings.verdict)?;
-    let verdict = if stim.is_empty() {
-        VerdictConfig {
-            stimulation_threshold: 0.0,
-            ..settings.verdict.clone()
-        }
-    } else {
-        settings.verdict.clone()
+    // Scans saved before its reading of single values existed are judged, and described, by
+    // the channels' reading alone.
+    let (stim, positions) = stimulation_outcomes(&a.out, &outcomes, &settings.verdict)?;
+    let verdict = VerdictConfig {
+        stimulation_threshold: if stim.is_empty() {
+            0.0
+        } else {
+            settings.verdict.stimulation_threshold
+        },
+        stimulation_positions_threshold: if positions {
+            settings.verdict.stimulation_positions_threshold
+        } else {
+            0.0
+        },
+        ..settings.verdict.clone()
     };
     let result_lines = outcomes.len();
     outcomes.extend(stim);
@@ -380,16 +387,18 @@ pub fn run(a: EvalArgs, quiet: bool, device: DeviceChoice) -> Result<ExitStatus>
 
 /// Channel stimulation's outcome ([`cepa::eval::stimulation_outcome`]) of every model whose
 /// CEPA scan, saved in `out`/reports/cepa, has one (scans saved before stimulation existed, and
-/// fully connected networks, have none); none when `[verdict] stimulation_threshold` is 0.
+/// fully connected networks, have none); none when `[verdict] stimulation_threshold` is 0. And
+/// whether any of them has the reading of single values.
 fn stimulation_outcomes(
     out: &Path,
     outcomes: &[Outcome],
     cfg: &VerdictConfig,
-) -> Result<Vec<Outcome>> {
+) -> Result<(Vec<Outcome>, bool)> {
     if cfg.stimulation_threshold <= 0.0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), false));
     }
     let mut v = Vec::new();
+    let mut positions = false;
     for o in outcomes.iter().filter(|o| o.detector == "cepa") {
         let path = out
             .join("reports")
@@ -405,9 +414,10 @@ fn stimulation_outcomes(
         };
         let s = StimulationReport::deserialize(s)
             .with_context(|| format!("{}: not a stimulation report", path.display()))?;
+        positions |= s.positions.is_some();
         v.extend(stimulation_outcome(o, &s, cfg));
     }
-    Ok(v)
+    Ok((v, positions))
 }
 
 /// The folder results and saved scans are read from: `--from`, or OUT.

@@ -206,6 +206,15 @@ pub struct VerdictConfig {
     /// with the same one clean model flagged; the largest clean index seen was 6.24; frozen
     /// 2026-12-07 in b55636e, before its judge was built).
     pub stimulation_threshold: f64,
+    /// Stimulation's second reading, single values of the map where the network reads it
+    /// position by position ([`crate::detect::stimulate::PositionStimulation`]): its anomaly
+    /// index over this threshold (raised with the class count as the others) is its relative
+    /// score, and the stimulation voice is the larger of its two readings. 0 leaves it out (the
+    /// voice is the channels' reading), the default: not part of the rule (EVALUATION.md,
+    /// "Session 39": on the CIFAR-10 small CNN every threshold from 3 to 5 found all 16
+    /// backdoors at their targets with none of the 10 clean models flagged, but a clean MNIST
+    /// model's reading reached 6.26, which a threshold under 4.3 flags alone).
+    pub stimulation_positions_threshold: f64,
 }
 
 /// How [`Combination::Agree`] scores a model whose two detectors single out the same class.
@@ -237,6 +246,15 @@ impl VerdictConfig {
             return Err(crate::error::Error::Config(format!(
                 "[verdict] lone_factor = {}: must be at least 1",
                 self.lone_factor
+            )));
+        }
+        if !(self.stimulation_positions_threshold.is_finite()
+            && self.stimulation_positions_threshold >= 0.0)
+        {
+            return Err(crate::error::Error::Config(format!(
+                "[verdict] stimulation_positions_threshold = {}: must be 0 (off) or a positive \
+                 anomaly index",
+                self.stimulation_positions_threshold
             )));
         }
         if !(self.stimulation_threshold.is_finite() && self.stimulation_threshold >= 0.0) {
@@ -274,13 +292,30 @@ pub fn stimulation_outcome(
     cfg: &VerdictConfig,
 ) -> Option<Outcome> {
     let threshold = cfg.stimulation_threshold_for(s.margins.len())?;
-    let flagged = s.index > threshold;
+    let factor =
+        crate::detect::verdict::class_factor(s.margins.len(), STIMULATION_REFERENCE_CLASSES);
+    // The larger of the two readings, each over its own threshold.
+    let (index, class, threshold) = match &s.positions {
+        Some(p)
+            if cfg.stimulation_positions_threshold > 0.0
+                && p.index / (cfg.stimulation_positions_threshold * factor)
+                    > s.index / threshold =>
+        {
+            (
+                p.index,
+                p.class,
+                cfg.stimulation_positions_threshold * factor,
+            )
+        }
+        _ => (s.index, s.class, threshold),
+    };
+    let flagged = index > threshold;
     Some(Outcome {
         detector: STIM.into(),
         flagged,
-        target: flagged.then_some(s.class),
-        most_anomalous: Some(s.class),
-        score: s.index,
+        target: flagged.then_some(class),
+        most_anomalous: Some(class),
+        score: index,
         threshold,
         seconds: s.seconds,
         ..cepa.clone()
@@ -294,6 +329,7 @@ impl Default for VerdictConfig {
             lone_factor: 1.5,
             agree_score: AgreeScore::Mean,
             stimulation_threshold: 8.0,
+            stimulation_positions_threshold: 0.0,
         }
     }
 }
@@ -332,6 +368,14 @@ impl Combination {
                  and one alone is divided by {}",
                 cfg.stimulation_threshold, cfg.lone_factor
             );
+            if cfg.stimulation_positions_threshold > 0.0 {
+                r += &format!(
+                    "; where the network reads its map position by position, stimulation's \
+                     reading of single values counts over {} (raised alike), and the larger of \
+                     its two readings is its voice",
+                    cfg.stimulation_positions_threshold
+                );
+            }
         }
         r
     }
@@ -1359,6 +1403,96 @@ mod tests {
         assert!(bad.validate().is_err());
         assert!(Combination::Agree.rule(&cfg).contains("third voice"));
         assert!(!Combination::Either.rule(&cfg).contains("third voice"));
+    }
+
+    #[test]
+    fn the_stimulation_voice_is_the_larger_of_its_two_readings() {
+        use crate::detect::stimulate::{PositionStimulation, StimulationReport};
+        let cepa = o("m", "cepa", "badnets", Some(1), false, None, 1.0);
+        let report = |positions: Option<(usize, f64)>| StimulationReport {
+            layer: "pool2".into(),
+            shape: vec![32, 5, 5],
+            channel_axis: 0,
+            channels: 32,
+            levels: 8,
+            quantile: 0.1,
+            images: 200,
+            margins: vec![0.0; 10],
+            indices: vec![0.0; 10],
+            class: 7,
+            index: 3.31,
+            channel: 3,
+            group: 1,
+            positions: positions.map(|(class, index)| PositionStimulation {
+                reach: 4.0,
+                values: 800,
+                margins: vec![0.0; 10],
+                indices: vec![0.0; 10],
+                class,
+                index,
+                channel: 23,
+                position: 24,
+                level: 4.0,
+                carried: 1.0,
+            }),
+            level: 1.0,
+            carried: 1.0,
+            seconds: 0.2,
+        };
+        let cfg = VerdictConfig {
+            stimulation_positions_threshold: 4.0,
+            ..VerdictConfig::default()
+        };
+        let close = |x: f64, y: f64| (x - y).abs() < 1e-9;
+        // Single values at class 1, 4.49 / 4 = 1.12 x, over the channels' 3.31 / 8 = 0.41 x.
+        let s = stimulation_outcome(&cepa, &report(Some((1, 4.49))), &cfg).unwrap();
+        assert_eq!(
+            (s.most_anomalous, s.flagged, s.target),
+            (Some(1), true, Some(1))
+        );
+        assert!(close(s.score / s.threshold, 4.49 / 4.0));
+        // Weaker than the channels' reading: the channels speak.
+        let s = stimulation_outcome(&cepa, &report(Some((1, 1.2))), &cfg).unwrap();
+        assert_eq!((s.most_anomalous, s.flagged), (Some(7), false));
+        assert!(close(s.score / s.threshold, 3.31 / 8.0));
+        // Off (the default), or no reading of single values (global pooling): the channels'
+        // reading.
+        let off = VerdictConfig::default();
+        let s = stimulation_outcome(&cepa, &report(Some((1, 4.49))), &off).unwrap();
+        assert_eq!(s.most_anomalous, Some(7));
+        let s = stimulation_outcome(&cepa, &report(None), &cfg).unwrap();
+        assert_eq!(s.most_anomalous, Some(7));
+        // Paired in `agree` with Neural Cleanse at class 1: (1.25 + 1.12) / 2.
+        let nc = Outcome {
+            most_anomalous: Some(1),
+            ..o("m", "nc", "badnets", Some(1), true, Some(1), 2.5)
+        };
+        let voices = vec![
+            Outcome {
+                most_anomalous: Some(9),
+                ..cepa.clone()
+            },
+            nc,
+            stimulation_outcome(&cepa, &report(Some((1, 4.49))), &cfg).unwrap(),
+        ];
+        let a = agree(&voices, &cfg);
+        assert!(
+            close(a[0].score, (1.25 + 4.49 / 4.0) / 2.0),
+            "{}",
+            a[0].score
+        );
+        assert_eq!(a[0].target, Some(1));
+        assert!(
+            Combination::Agree
+                .rule(&cfg)
+                .contains("single values counts over 4")
+        );
+        assert!(!Combination::Agree.rule(&off).contains("single values"));
+        let bad = VerdictConfig {
+            stimulation_positions_threshold: f64::NAN,
+            ..VerdictConfig::default()
+        };
+        assert!(bad.validate().is_err());
     }
 
     #[test]

@@ -705,7 +705,10 @@ fn stimulating_single_values_finds_the_wired_position_where_positions_are_read()
     let r = stimulate(&net, &[&set], &StimulationConfig::default())
         .unwrap()
         .unwrap();
-    let p = r.positions.as_ref().expect("a Flatten reads the map by position");
+    let p = r
+        .positions
+        .as_ref()
+        .expect("a Flatten reads the map by position");
     assert_eq!(p.class, TARGET, "{p:?}");
     assert_eq!(r.position_yx(), Some((SIDE - 1, SIDE - 2)), "{p:?}");
     assert!(p.carried > 0.9 && p.level == 4.0, "{p:?}");
