@@ -1672,6 +1672,14 @@ fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
             None,
             None,
         ),
+        // The whole CIFAR-10 small-CNN zoo under that rule (session 29's scans with their
+        // stimulation, and session 39's Blend and WaNet models).
+        (
+            "eval/zoo-standard-cifar10-s39-manifest.json",
+            "eval/standard-cifar10-s39",
+            None,
+            None,
+        ),
         // The same scans under the session-21 rule (a table without saved scans of its own).
         (
             "eval/zoo-judge-s22-manifest.json",
