@@ -1,7 +1,8 @@
 # Session 39, analysis only (no verdict a user sees is computed here): what `agree` would decide on
 # the CIFAR-10 small-CNN zoo if stimulation's position reading (eval/stats-dev-s39/p-cifar-pos-r4.txt)
-# were a fourth voice with threshold TP: relative score index/TP at its class, paired with any
-# other voice at the same class (mean), alone over 1.5. CEPA, Neural Cleanse and the channel
+# joined the stimulation voice with threshold TP, as `[verdict] stimulation_positions_threshold`
+# does: the voice is the larger of the channels' reading (index / 8) and the positions' (index /
+# TP), paired with any other voice at the same class (mean), alone over 1.5. CEPA, Neural Cleanse and the channel
 # reading come from the saved scans (target/s38/merged-standard-cifar10-s29, eval/stats-dev-s38/merge.sh).
 #   python3 eval/stats-dev-s39/position_voice.py 3 4 5 6
 import json, sys
@@ -25,7 +26,8 @@ for tp in [float(x) for x in sys.argv[1:]]:
     found = flagged_clean = wrong = 0
     rows = []
     for m in sorted(pos):
-        v = voices(m) + [(pos[m][0], pos[m][1] / tp)]
+        v = voices(m)
+        v[2] = max(v[2], (pos[m][0], pos[m][1] / tp), key=lambda x: x[1])
         best = max((r / 1.5, c) for c, r in v)
         for i in range(len(v)):
             for j in range(i + 1, len(v)):
