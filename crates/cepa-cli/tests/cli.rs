@@ -1672,6 +1672,13 @@ fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
             None,
             None,
         ),
+        // Its second judge (session 39).
+        (
+            "eval/zoo-judge-s39-manifest.json",
+            "eval/judge-s39",
+            None,
+            None,
+        ),
         // The whole CIFAR-10 small-CNN zoo under that rule (session 29's scans with their
         // stimulation, and session 39's Blend and WaNet models).
         (
