@@ -1276,35 +1276,43 @@ mod tests {
         assert!(rule.contains("mean") && rule.contains("0.978"), "{rule}");
     }
 
+    /// A stimulation report of `classes` classes whose channels' reading singles out `class`.
+    fn stim_report(
+        index: f64,
+        class: usize,
+        classes: usize,
+    ) -> crate::detect::stimulate::StimulationReport {
+        let mut margins = vec![0.0; classes];
+        margins[class] = 1.0;
+        crate::detect::stimulate::StimulationReport {
+            layer: "pool2".into(),
+            shape: vec![32, 5, 5],
+            channel_axis: 0,
+            channels: 32,
+            levels: 8,
+            quantile: 0.1,
+            images: 200,
+            margins,
+            indices: vec![0.0; classes],
+            class,
+            index,
+            channel: 3,
+            group: 1,
+            positions: None,
+            level: 1.0,
+            carried: 1.0,
+            seconds: 0.2,
+        }
+    }
+
     #[test]
     fn stimulation_is_a_third_voice_of_agree_only() {
-        use crate::detect::stimulate::StimulationReport;
         let voice = |m: &str, det: &str, rel: f64, class: usize| Outcome {
             most_anomalous: Some(class),
             ..o(m, det, "clean", None, false, None, 2.0 * rel)
         };
         let stim = |m: &str, index: f64, class: usize, classes: usize| {
-            let mut margins = vec![0.0; classes];
-            margins[class] = 1.0;
-            let report = StimulationReport {
-                layer: "pool2".into(),
-                shape: vec![32, 5, 5],
-                channel_axis: 0,
-                channels: 32,
-                levels: 8,
-                quantile: 0.1,
-                images: 200,
-                margins,
-                indices: vec![0.0; classes],
-                class,
-                index,
-                channel: 3,
-                group: 1,
-                positions: None,
-                level: 1.0,
-                carried: 1.0,
-                seconds: 0.2,
-            };
+            let report = stim_report(index, class, classes);
             stimulation_outcome(
                 &voice(m, "cepa", 0.0, 0),
                 &report,
@@ -1410,19 +1418,7 @@ mod tests {
         use crate::detect::stimulate::{PositionStimulation, StimulationReport};
         let cepa = o("m", "cepa", "badnets", Some(1), false, None, 1.0);
         let report = |positions: Option<(usize, f64)>| StimulationReport {
-            layer: "pool2".into(),
-            shape: vec![32, 5, 5],
-            channel_axis: 0,
-            channels: 32,
-            levels: 8,
-            quantile: 0.1,
-            images: 200,
-            margins: vec![0.0; 10],
-            indices: vec![0.0; 10],
-            class: 7,
             index: 3.31,
-            channel: 3,
-            group: 1,
             positions: positions.map(|(class, index)| PositionStimulation {
                 reach: 4.0,
                 values: 800,
@@ -1435,9 +1431,7 @@ mod tests {
                 level: 4.0,
                 carried: 1.0,
             }),
-            level: 1.0,
-            carried: 1.0,
-            seconds: 0.2,
+            ..stim_report(3.31, 7, 10)
         };
         let cfg = VerdictConfig {
             stimulation_positions_threshold: 4.0,

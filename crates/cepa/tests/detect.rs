@@ -554,6 +554,19 @@ fn conv_model(planted: bool, dir: &std::path::Path) -> Classifier {
 /// `x -> Conv 1x1 (weights wc, biases bc: one channel each) -> ReLU ("features") -> Flatten ->
 /// Gemm (w, CLASSES rows) -> logits`.
 fn conv_net(name: &str, wc: &[f32], bc: &[f32], w: &[f32], dir: &std::path::Path) -> Classifier {
+    conv_net_pooled(name, wc, bc, w, false, dir)
+}
+
+/// [`conv_net`], with `pooled` a GlobalAveragePool between the ReLU and the Flatten (then `w`
+/// has one column a channel).
+fn conv_net_pooled(
+    name: &str,
+    wc: &[f32],
+    bc: &[f32],
+    w: &[f32],
+    pooled: bool,
+    dir: &std::path::Path,
+) -> Classifier {
     use cepa::onnx::write::{AttrValue, GraphBuilder};
     let ch = bc.len();
     let mut g = GraphBuilder::new(name);
@@ -561,9 +574,13 @@ fn conv_net(name: &str, wc: &[f32], bc: &[f32], w: &[f32], dir: &std::path::Path
     g.init_f32("wc", &[ch, 1, 1, 1], wc);
     g.init_f32("bc", &[ch], bc);
     let c = g.node("Conv", &["x", "wc", "bc"], Some("conv"), &[]);
-    let r = g.node("Relu", &[&c], Some("features"), &[]);
+    let mut r = g.node("Relu", &[&c], Some("features"), &[]);
+    if pooled {
+        r = g.node("GlobalAveragePool", &[&r], Some("gap"), &[]);
+    }
     let f = g.node("Flatten", &[&r], Some("flat"), &[]);
-    g.init_f32("w", &[CLASSES, ch * SIDE * SIDE], w);
+    let per_channel = if pooled { 1 } else { SIDE * SIDE };
+    g.init_f32("w", &[CLASSES, ch * per_channel], w);
     g.node(
         "Gemm",
         &[&f, "w"],
@@ -685,7 +702,6 @@ fn a_map_without_a_live_channel_is_reported_as_not_stimulated() {
 #[test]
 fn stimulating_single_values_finds_the_wired_position_where_positions_are_read() {
     use cepa::detect::stimulate::{StimulationConfig, stimulate};
-    use cepa::onnx::write::{AttrValue, GraphBuilder};
     let dir = tempfile::tempdir().unwrap();
     let set = images(8, 3);
     let d = SIDE * SIDE;
@@ -727,24 +743,8 @@ fn stimulating_single_values_finds_the_wired_position_where_positions_are_read()
             .is_none()
     );
     // Conv -> ReLU -> GlobalAveragePool -> Gemm: one position is a fraction of its channel.
-    let mut g = GraphBuilder::new("pooled");
-    g.input("x", &[None, Some(1), Some(SIDE), Some(SIDE)]);
-    g.init_f32("wc", &[2, 1, 1, 1], &[1.0, -1.0]);
-    g.init_f32("bc", &[2], &[0.0, 1.0]);
-    let c = g.node("Conv", &["x", "wc", "bc"], Some("conv"), &[]);
-    let r = g.node("Relu", &[&c], Some("features"), &[]);
-    let p = g.node("GlobalAveragePool", &[&r], Some("gap"), &[]);
-    let f = g.node("Flatten", &[&p], Some("flat"), &[]);
     let w: Vec<f32> = (0..CLASSES * 2).map(|i| i as f32 * 0.1).collect();
-    g.init_f32("w", &[CLASSES, 2], &w);
-    g.node(
-        "Gemm",
-        &[&f, "w"],
-        Some("logits"),
-        &[("transB", AttrValue::Int(1))],
-    );
-    g.output("logits", &[None, Some(CLASSES)]);
-    let pooled = common::save_and_load(g, "pooled", dir.path());
+    let pooled = conv_net_pooled("pooled", &[1.0, -1.0], &[0.0, 1.0], &w, true, dir.path());
     let s = stimulate(&pooled, &[&set], &StimulationConfig::default())
         .unwrap()
         .unwrap();
