@@ -273,6 +273,15 @@ impl VerdictConfig {
                 * crate::detect::verdict::class_factor(classes, STIMULATION_REFERENCE_CLASSES)
         })
     }
+
+    /// The threshold of stimulation's reading of single values for a model of `classes`
+    /// classes; `None` when that reading is no part of the voice.
+    pub fn stimulation_positions_threshold_for(&self, classes: usize) -> Option<f64> {
+        (self.stimulation_positions_threshold > 0.0).then(|| {
+            self.stimulation_positions_threshold
+                * crate::detect::verdict::class_factor(classes, STIMULATION_REFERENCE_CLASSES)
+        })
+    }
 }
 
 /// The class count at which [`VerdictConfig::stimulation_threshold`] holds, as Neural
@@ -292,21 +301,13 @@ pub fn stimulation_outcome(
     cfg: &VerdictConfig,
 ) -> Option<Outcome> {
     let threshold = cfg.stimulation_threshold_for(s.margins.len())?;
-    let factor =
-        crate::detect::verdict::class_factor(s.margins.len(), STIMULATION_REFERENCE_CLASSES);
     // The larger of the two readings, each over its own threshold.
-    let (index, class, threshold) = match &s.positions {
-        Some(p)
-            if cfg.stimulation_positions_threshold > 0.0
-                && p.index / (cfg.stimulation_positions_threshold * factor)
-                    > s.index / threshold =>
-        {
-            (
-                p.index,
-                p.class,
-                cfg.stimulation_positions_threshold * factor,
-            )
-        }
+    let positions = s
+        .positions
+        .as_ref()
+        .zip(cfg.stimulation_positions_threshold_for(s.margins.len()));
+    let (index, class, threshold) = match positions {
+        Some((p, t)) if p.index / t > s.index / threshold => (p.index, p.class, t),
         _ => (s.index, s.class, threshold),
     };
     let flagged = index > threshold;
