@@ -8,6 +8,8 @@
 #   cepa eval target/zoo-standard-s39 --detector all --out target/s39/eval-bw)
 # in one folder, decided again by `cepa eval --rescore` into eval/standard-cifar10-s39.
 #   bash eval/stats-dev-s39/merge-cifar.sh
+# Since session 40 the scans (with the single-value reading) are kept in
+# eval/standard-cifar10-s40/reports only, and this folder keeps its tables.
 set -euo pipefail
 bash eval/stats-dev-s38/merge.sh standard-cifar10-s29 >/dev/null
 src29=target/s38/merged-standard-cifar10-s29

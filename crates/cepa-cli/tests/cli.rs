@@ -1680,10 +1680,18 @@ fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
             None,
         ),
         // The whole CIFAR-10 small-CNN zoo under that rule (session 29's scans with their
-        // stimulation, and session 39's Blend and WaNet models).
+        // stimulation, and session 39's Blend and WaNet models), decided from the scans of
+        // session 40, which carry the reading of single values that rule leaves out.
         (
             "eval/zoo-standard-cifar10-s39-manifest.json",
             "eval/standard-cifar10-s39",
+            Some("eval/stats-dev-s40/rule-b55636e.toml"),
+            Some("eval/standard-cifar10-s40"),
+        ),
+        // The same zoo under the rule frozen in session 40 (the default): single values too.
+        (
+            "eval/zoo-standard-cifar10-s39-manifest.json",
+            "eval/standard-cifar10-s40",
             None,
             None,
         ),
