@@ -1454,11 +1454,18 @@ mod tests {
         let s = stimulation_outcome(&cepa, &report(Some((1, 1.2))), &cfg).unwrap();
         assert_eq!((s.most_anomalous, s.flagged), (Some(7), false));
         assert!(close(s.score / s.threshold, 3.31 / 8.0));
-        // Off (the default), or no reading of single values (global pooling): the channels'
-        // reading.
-        let off = VerdictConfig::default();
+        // Off, or no reading of single values (global pooling): the channels' reading.
+        let off = VerdictConfig {
+            stimulation_positions_threshold: 0.0,
+            ..VerdictConfig::default()
+        };
         let s = stimulation_outcome(&cepa, &report(Some((1, 4.49))), &off).unwrap();
         assert_eq!(s.most_anomalous, Some(7));
+        // The default (5, frozen in session 40): 4.49 / 5 = 0.90 x, still over the channels'.
+        let s = stimulation_outcome(&cepa, &report(Some((1, 4.49))), &VerdictConfig::default())
+            .unwrap();
+        assert_eq!((s.most_anomalous, s.flagged), (Some(1), false));
+        assert!(close(s.score / s.threshold, 4.49 / 5.0));
         let s = stimulation_outcome(&cepa, &report(None), &cfg).unwrap();
         assert_eq!(s.most_anomalous, Some(7));
         // Paired in `agree` with Neural Cleanse at class 1: (1.25 + 1.12) / 2.
