@@ -239,7 +239,11 @@ pub fn stimulation_line(s: &cepa::detect::stimulate::StimulationReport) -> Strin
             100.0 * p.carried,
             p.values
         ),
-        _ => String::new(),
+        _ => s
+            .positions_skipped
+            .as_ref()
+            .map(|why| format!("; {why}"))
+            .unwrap_or_default(),
     };
     format!(
         "stimulation (a voice of --verdict agree): class {} stands out, index {:.2}; {which} of {} \

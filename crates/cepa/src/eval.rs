@@ -1304,6 +1304,7 @@ mod tests {
             channel: 3,
             group: 1,
             positions: None,
+            positions_skipped: None,
             level: 1.0,
             carried: 1.0,
             seconds: 0.2,

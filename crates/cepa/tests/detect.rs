@@ -698,7 +698,8 @@ fn a_map_without_a_live_channel_is_reported_as_not_stimulated() {
 
 /// The position reading: one value of the map (a channel at one position), dim in every clean
 /// image, wired to the target, is found where the network reads the map position by position,
-/// and not looked for under global pooling.
+/// and not looked for under global pooling or over `positions_max_values`, which the report
+/// says.
 #[test]
 fn stimulating_single_values_finds_the_wired_position_where_positions_are_read() {
     use cepa::detect::stimulate::{StimulationConfig, stimulate};
@@ -731,17 +732,22 @@ fn stimulating_single_values_finds_the_wired_position_where_positions_are_read()
     for k in (0..CLASSES).filter(|&k| k != TARGET) {
         assert!(p.margins[TARGET] > p.margins[k] + 3.0, "{:?}", p.margins);
     }
+    assert_eq!(r.positions_skipped, None);
     let off = StimulationConfig {
         positions_reach: 0.0,
         ..Default::default()
     };
-    assert!(
-        stimulate(&net, &[&set], &off)
-            .unwrap()
-            .unwrap()
-            .positions
-            .is_none()
-    );
+    let r = stimulate(&net, &[&set], &off).unwrap().unwrap();
+    assert!(r.positions.is_none() && r.positions_skipped.is_none());
+    // A map larger than allowed: skipped, and the report says so.
+    let small = StimulationConfig {
+        positions_max_values: d - 1,
+        ..Default::default()
+    };
+    let r = stimulate(&net, &[&set], &small).unwrap().unwrap();
+    assert!(r.positions.is_none());
+    let why = r.positions_skipped.expect("a note on the skipped reading");
+    assert!(why.contains(&format!("{d} values")), "{why}");
     // Conv -> ReLU -> GlobalAveragePool -> Gemm: one position is a fraction of its channel.
     let w: Vec<f32> = (0..CLASSES * 2).map(|i| i as f32 * 0.1).collect();
     let pooled = conv_net_pooled("pooled", &[1.0, -1.0], &[0.0, 1.0], &w, true, dir.path());
@@ -750,4 +756,6 @@ fn stimulating_single_values_finds_the_wired_position_where_positions_are_read()
         .unwrap();
     assert_eq!((s.layer.as_str(), s.channels), ("features", 2));
     assert!(s.positions.is_none());
+    let why = s.positions_skipped.expect("a note on the skipped reading");
+    assert!(why.contains("pools features"), "{why}");
 }

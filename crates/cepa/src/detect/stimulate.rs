@@ -56,7 +56,9 @@ pub struct StimulationConfig {
     /// to this multiple of that value's clean maximum, where the network reads the map position
     /// by position (a Flatten into a fully connected layer; under global pooling one position
     /// is a fraction of its channel, which the channel's own levels already cover). A second
-    /// reading, reported beside the channels' (not a voice of the verdict). Default 4 [ours,
+    /// reading beside the channels' (stimulation's voice is the larger of the two, each over its
+    /// own threshold, [`crate::eval::VerdictConfig::stimulation_positions_threshold`]; where it
+    /// is not read, the report's `positions_skipped` says why). Default 4 [ours,
     /// session 39: on the CIFAR-10 small CNN's BadNets models 1, 2 and 4 put the target first on
     /// 1, 2 and 2 of the two the channels miss]; 0: whole channels only.
     pub positions_reach: f64,
@@ -136,6 +138,11 @@ pub struct StimulationReport {
     /// the network reads the map position by position.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub positions: Option<PositionStimulation>,
+    /// Why single values were not read where `positions_reach` asked for them: the network
+    /// pools the map before reading it, or the map has more values than `positions_max_values`
+    /// (stimulation's voice is then the channels' reading alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positions_skipped: Option<String>,
     pub seconds: f64,
 }
 
@@ -333,9 +340,22 @@ pub fn stimulate(
     // The stimulated units, as the values of one image they cover, each with its reach: whole
     // channels (every position of one), then with `positions_reach` each value alone where the
     // network reads the map position by position.
-    let by_position = cfg.positions_reach > 0.0
-        && d <= cfg.positions_max_values
-        && read_by_position(model, &layer, d);
+    let positions_skipped = if cfg.positions_reach <= 0.0 {
+        None
+    } else if !read_by_position(model, &layer, d) {
+        Some(format!(
+            "single values not read: the network pools {layer} before a weighted layer reads it"
+        ))
+    } else if d > cfg.positions_max_values {
+        Some(format!(
+            "single values not read: {layer} has {d} values, over [scan.stimulation] \
+             positions_max_values = {}",
+            cfg.positions_max_values
+        ))
+    } else {
+        None
+    };
+    let by_position = cfg.positions_reach > 0.0 && positions_skipped.is_none();
     let mut units: Vec<(Vec<usize>, f64)> =
         vec![(Vec::with_capacity(d / channels.max(1)), cfg.reach); channels];
     for j in 0..d {
@@ -516,6 +536,7 @@ pub fn stimulate(
         level: level as f64,
         carried,
         positions,
+        positions_skipped,
         seconds: start.elapsed().as_secs_f64(),
     }))
 }
