@@ -591,6 +591,98 @@ fn conv_net_pooled(
     common::save_and_load(g, name, dir)
 }
 
+/// [`conv_net`] with a hidden layer: `... -> Flatten -> Gemm (w, CLASSES rows) ("hidden") ->
+/// ReLU -> Gemm (identity) -> logits`.
+fn conv_net_hidden(name: &str, w: &[f32], dir: &std::path::Path) -> Classifier {
+    use cepa::onnx::write::{AttrValue, GraphBuilder};
+    let mut g = GraphBuilder::new(name);
+    g.input("x", &[None, Some(1), Some(SIDE), Some(SIDE)]);
+    g.init_f32("wc", &[1, 1, 1, 1], &[1.0]);
+    g.init_f32("bc", &[1], &[0.0]);
+    let c = g.node("Conv", &["x", "wc", "bc"], Some("conv"), &[]);
+    let r = g.node("Relu", &[&c], Some("features"), &[]);
+    let f = g.node("Flatten", &[&r], Some("flat"), &[]);
+    let t = ("transB", AttrValue::Int(1));
+    g.init_f32("w", &[CLASSES, SIDE * SIDE], w);
+    g.init_f32("b", &[CLASSES], &[0.1; CLASSES]);
+    let h = g.node(
+        "Gemm",
+        &[&f, "w", "b"],
+        Some("hidden"),
+        std::slice::from_ref(&t),
+    );
+    let a = g.node("Relu", &[&h], Some("hidden_relu"), &[]);
+    let eye: Vec<f32> = (0..CLASSES * CLASSES)
+        .map(|i| f32::from(u8::from(i % (CLASSES + 1) == 0)))
+        .collect();
+    g.init_f32("eye", &[CLASSES, CLASSES], &eye);
+    g.node("Gemm", &[&a, "eye"], Some("logits"), &[t]);
+    g.output("logits", &[None, Some(CLASSES)]);
+    common::save_and_load(g, name, dir)
+}
+
+/// Scored through the fully connected layer's columns, the single values read exactly as when
+/// every setting runs the whole tail, and the wired value is found.
+#[test]
+fn single_values_scored_through_the_linear_layer_read_as_through_the_whole_tail() {
+    use cepa::detect::stimulate::{StimulationConfig, single_value_layer, stimulate};
+    let dir = tempfile::tempdir().unwrap();
+    let set = images(8, 3);
+    let d = SIDE * SIDE;
+    let mut w = vec![0.0f32; CLASSES * d];
+    for k in 0..CLASSES {
+        let (r0, c0) = ((k / 2) * 3, (k % 2) * 3);
+        for y in r0..r0 + 3 {
+            for q in c0..c0 + 3 {
+                w[k * d + y * SIDE + q] = 4.0 / 9.0;
+            }
+        }
+    }
+    w[TARGET * d + (SIDE - 1) * SIDE + SIDE - 2] = 10.0;
+    let net = conv_net_hidden("hidden-wired", &w, dir.path());
+    assert_eq!(
+        single_value_layer(&net, "features").as_deref(),
+        Some("hidden")
+    );
+    // No layer between the Flatten and the output, or a pooled map: nothing to go through.
+    let plain = conv_net("plain", &[1.0], &[0.0], &w, dir.path());
+    assert_eq!(single_value_layer(&plain, "features"), None);
+    let fast = stimulate(&net, &[&set], &StimulationConfig::default())
+        .unwrap()
+        .unwrap();
+    let whole = StimulationConfig {
+        positions_affine: false,
+        ..Default::default()
+    };
+    let slow = stimulate(&net, &[&set], &whole).unwrap().unwrap();
+    let (p, q) = (fast.positions.unwrap(), slow.positions.unwrap());
+    assert_eq!(
+        (p.class, p.position, p.channel),
+        (q.class, q.position, q.channel)
+    );
+    assert_eq!(
+        (p.class, p.position),
+        (TARGET, (SIDE - 1) * SIDE + SIDE - 2)
+    );
+    for (a, b) in p.margins.iter().zip(&q.margins) {
+        assert!(
+            (a - b).abs() < 1e-4 * (1.0 + b.abs()),
+            "{:?} {:?}",
+            p.margins,
+            q.margins
+        );
+    }
+    assert!(
+        (p.index - q.index).abs() < 1e-3 * (1.0 + q.index),
+        "{} {}",
+        p.index,
+        q.index
+    );
+    assert_eq!(p.carried, q.carried);
+    // The channels' reading does not go through it.
+    assert_eq!(fast.margins, slow.margins);
+}
+
 #[test]
 fn stimulating_one_channel_finds_the_class_it_was_wired_to_and_not_in_the_clean_twin() {
     use cepa::detect::stimulate::{StimulationConfig, stimulate, stimulation_layer};

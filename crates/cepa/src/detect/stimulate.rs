@@ -65,6 +65,13 @@ pub struct StimulationConfig {
     /// The position reading is skipped for a map of more values than this (its cost grows with
     /// the square of the map's size). Default 4096.
     pub positions_max_values: usize,
+    /// Score the single values through the fully connected layer's linearity where the map
+    /// reaches it through affine ops only (Flatten, Gemm): that layer's output for one value
+    /// set is the clean output plus the value's change times the layer's column for it, so only
+    /// the rest of the network runs per setting. Checked on the clean images (the columns must
+    /// reproduce the layer's output) before it is used. Default true; false runs every setting
+    /// through the whole tail (the same readings, slower).
+    pub positions_affine: bool,
 }
 
 impl Default for StimulationConfig {
@@ -79,6 +86,7 @@ impl Default for StimulationConfig {
             group: 1,
             positions_reach: 4.0,
             positions_max_values: 4096,
+            positions_affine: true,
         }
     }
 }
@@ -390,9 +398,12 @@ pub fn stimulate(
     // settings.
     let device = model.device().clone();
     let per_chunk = ((1usize << 24) / (n * d).max(1)).clamp(1, 64);
+    let read_back = |t: Tensor<2>| -> Result<Vec<f32>> {
+        t.try_into_vec_as::<f32>()
+            .map_err(|e| Error::Mismatch(format!("cannot read logits back: {e:?}")))
+    };
     let run = |settings: &[Vec<(usize, f32)>]| -> Result<Vec<Vec<(f64, f64)>>> {
         let mut out = Vec::with_capacity(settings.len());
-        let mut margins: Vec<f32> = Vec::with_capacity(n);
         for chunk in settings.chunks(per_chunk) {
             let mut rows = Vec::with_capacity(chunk.len() * n * d);
             for set in chunk {
@@ -408,33 +419,39 @@ pub fn stimulate(
             }
             let value =
                 Tensor::<2>::from_data(TensorData::new(rows, [chunk.len() * n, d]), &device);
-            let logits = model
-                .logits_from_layer(&layer, value, None)?
-                .try_into_vec_as::<f32>()
-                .map_err(|e| Error::Mismatch(format!("cannot read logits back: {e:?}")))?;
-            for s in 0..chunk.len() {
-                let block = &logits[s * n * k..(s + 1) * n * k];
-                let mut per_class = Vec::with_capacity(k);
-                for t in 0..k {
-                    margins.clear();
-                    for (i, row) in block.chunks(k).enumerate() {
-                        if labels[i] == t {
-                            continue;
-                        }
-                        let other = row
-                            .iter()
-                            .enumerate()
-                            .filter(|&(j, _)| j != t)
-                            .map(|(_, &v)| v)
-                            .fold(f32::NEG_INFINITY, f32::max);
-                        margins.push(row[t] - other);
-                    }
-                    let carried = margins.iter().filter(|&&m| m > 0.0).count() as f64
-                        / margins.len().max(1) as f64;
-                    per_class.push((quantile(&mut margins, cfg.quantile), carried));
+            let logits = read_back(model.logits_from_layer(&layer, value, None)?)?;
+            out.extend(score_settings(&logits, &labels, k, cfg.quantile));
+        }
+        Ok(out)
+    };
+    // Single values through the affine layer after the map, where there is one: its output
+    // moves by the value's change times the layer's column for the value.
+    let affine = if by_position && cfg.positions_affine {
+        affine_layer(model, &layer, d, &base, n)?
+    } else {
+        None
+    };
+    let run_single = |settings: &[Vec<(usize, f32)>], a: &Affine| -> Result<Vec<Vec<(f64, f64)>>> {
+        let h = a.size;
+        let per_chunk = ((1usize << 24) / (n * h).max(1)).clamp(1, 4096);
+        let mut out = Vec::with_capacity(settings.len());
+        for chunk in settings.chunks(per_chunk) {
+            let mut rows = Vec::with_capacity(chunk.len() * n * h);
+            for set in chunk {
+                let &[(u, v)] = set.as_slice() else {
+                    unreachable!("one value a setting")
+                };
+                let j = units[u].0[0];
+                let col = &a.columns[j * h..(j + 1) * h];
+                for (img, at) in base.chunks(d).zip(a.clean.chunks(h)) {
+                    let change = v - img[j];
+                    rows.extend(at.iter().zip(col).map(|(&y, &w)| y + change * w));
                 }
-                out.push(per_class);
             }
+            let value =
+                Tensor::<2>::from_data(TensorData::new(rows, [chunk.len() * n, h]), &device);
+            let logits = read_back(model.logits_from_layer(&a.layer, value, None)?)?;
+            out.extend(score_settings(&logits, &labels, k, cfg.quantile));
         }
         Ok(out)
     };
@@ -446,7 +463,16 @@ pub fn stimulate(
         .iter()
         .map(|&(u, level)| vec![(u, level * umax[u])])
         .collect();
-    let single = run(&singles)?;
+    // Whole channels first, then single values (`live` is in unit order).
+    let split = settings
+        .iter()
+        .position(|&(u, _)| u >= channels)
+        .unwrap_or(settings.len());
+    let mut single = run(&singles[..split])?;
+    single.extend(match &affine {
+        Some(a) => run_single(&singles[split..], a)?,
+        None => run(&singles[split..])?,
+    });
     // Two readings: whole channels (units below `channels`) and single values (the rest).
     let mut best = vec![f64::NEG_INFINITY; k];
     let mut best_at = vec![(0usize, 0.0f32, 0.0f64, 1usize); k];
@@ -538,6 +564,154 @@ pub fn stimulate(
         positions,
         positions_skipped,
         seconds: start.elapsed().as_secs_f64(),
+    }))
+}
+
+/// Per setting (a block of `labels.len()` rows of `k` logits each), per class: the
+/// `quantile` of the margin toward the class over the other classes' images, and the share of
+/// them it carries.
+fn score_settings(logits: &[f32], labels: &[usize], k: usize, q: f64) -> Vec<Vec<(f64, f64)>> {
+    let n = labels.len();
+    let mut margins: Vec<f32> = Vec::with_capacity(n);
+    logits
+        .chunks(n * k)
+        .map(|block| {
+            (0..k)
+                .map(|t| {
+                    margins.clear();
+                    for (i, row) in block.chunks(k).enumerate() {
+                        if labels[i] == t {
+                            continue;
+                        }
+                        let other = row
+                            .iter()
+                            .enumerate()
+                            .filter(|&(j, _)| j != t)
+                            .map(|(_, &v)| v)
+                            .fold(f32::NEG_INFINITY, f32::max);
+                        margins.push(row[t] - other);
+                    }
+                    let carried = margins.iter().filter(|&&m| m > 0.0).count() as f64
+                        / margins.len().max(1) as f64;
+                    (quantile(&mut margins, q), carried)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Ops that carry a tensor affinely (with constant weights: past a map that cuts the graph,
+/// the map is the only input that depends on the image).
+const AFFINE_OPS: [&str; 11] = [
+    "Flatten",
+    "Reshape",
+    "Identity",
+    "Dropout",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Gemm",
+    "MatMul",
+    "Add",
+    "Sub",
+];
+
+/// The first layer after the map that the map reaches through affine ops only and that has
+/// another size (a Flatten into a Gemm: the Gemm's output), with its columns (the change of its
+/// output per unit of each value of the map) and its value on the clean images.
+struct Affine {
+    layer: String,
+    size: usize,
+    /// `d x size`: row `j` is the layer's change per unit of value `j`.
+    columns: Vec<f32>,
+    /// `n x size`: the layer's output on the clean images.
+    clean: Vec<f32>,
+}
+
+/// The layer through which single values of the map `layer` are scored without running it
+/// once per setting: the first layer after the map that has another size and cuts the graph,
+/// where every op on the way is affine (a Flatten into a Gemm: the Gemm's output); `None` where
+/// there is none (the next such layer is the model's output, or an op on the way is not
+/// affine). The scan still checks on the clean images that the layer's columns reproduce it.
+pub fn single_value_layer(model: &Classifier, layer: &str) -> Option<String> {
+    let d = model.layer(layer).ok()?.shape.iter().product();
+    affine_next(model, layer, d).map(|(name, _)| name)
+}
+
+fn affine_next(model: &Classifier, layer: &str, d: usize) -> Option<(String, usize)> {
+    let layers = model.layers();
+    let at = layers.iter().position(|l| l.name == layer)?;
+    for l in &layers[at + 1..] {
+        if !AFFINE_OPS.contains(&l.op.as_str()) {
+            return None;
+        }
+        let size: usize = l.shape.iter().product();
+        if l.cut && size != d {
+            return Some((l.name.clone(), size));
+        }
+    }
+    None
+}
+
+/// [`Affine`] for `layer` (of `d` values an image, `base` on `n` clean images), or `None`
+/// where an op on the way is not affine, the next layer is the model's output, or the columns
+/// do not reproduce the layer's output on the clean images (then every setting runs the whole
+/// tail).
+fn affine_layer(
+    model: &Classifier,
+    layer: &str,
+    d: usize,
+    base: &[f32],
+    n: usize,
+) -> Result<Option<Affine>> {
+    let Some((to, h)) = affine_next(model, layer, d) else {
+        return Ok(None);
+    };
+    let device = model.device().clone();
+    let carry = |rows: Vec<f32>, m: usize| -> Result<Vec<f32>> {
+        let v = Tensor::<2>::from_data(TensorData::new(rows, [m, d]), &device);
+        model
+            .layer_from_layer(layer, v, &to)?
+            .try_into_vec_as::<f32>()
+            .map_err(|e| Error::Mismatch(format!("cannot read {to} back: {e:?}")))
+    };
+    let bias = carry(vec![0.0; d], 1)?;
+    let mut columns = Vec::with_capacity(d * h);
+    let per_chunk = ((1usize << 22) / d.max(1)).max(1);
+    for start in (0..d).step_by(per_chunk) {
+        let m = per_chunk.min(d - start);
+        let mut rows = vec![0.0f32; m * d];
+        for r in 0..m {
+            rows[r * d + start + r] = 1.0;
+        }
+        let out = carry(rows, m)?;
+        for row in out.chunks(h) {
+            columns.extend(row.iter().zip(&bias).map(|(&y, &b)| y - b));
+        }
+    }
+    let clean = carry(base.to_vec(), n)?;
+    // The columns must give the layer's output back on (up to 32 of) the clean images.
+    for (img, out) in base.chunks(d).zip(clean.chunks(h)).take(32) {
+        let mut predicted = bias.clone();
+        for (j, &x) in img.iter().enumerate().filter(|&(_, &x)| x != 0.0) {
+            for (p, &w) in predicted.iter_mut().zip(&columns[j * h..(j + 1) * h]) {
+                *p += x * w;
+            }
+        }
+        let scale = 1.0 + out.iter().fold(0.0f32, |m, &y| m.max(y.abs()));
+        if predicted
+            .iter()
+            .zip(out)
+            .any(|(&p, &y)| (p - y).abs() > 1e-3 * scale)
+        {
+            return Ok(None);
+        }
+    }
+    Ok(Some(Affine {
+        layer: to,
+        size: h,
+        columns,
+        clean,
     }))
 }
 

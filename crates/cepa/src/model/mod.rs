@@ -489,6 +489,25 @@ impl Classifier {
         Ok(self.finish_logits(l))
     }
 
+    /// The values of layer `to` (flattened per image) when layer `from`, which cuts the graph,
+    /// is replaced by `value` (flattened per image); only what `to` needs is computed.
+    pub fn layer_from_layer(&self, from: &str, value: Tensor<2>, to: &str) -> Result<Tensor<2>> {
+        let info = self.layer(from)?;
+        let mut shape = vec![value.dims()[0]];
+        shape.extend_from_slice(&info.shape);
+        let r = self.interp.run(Run {
+            replace: vec![(from.to_string(), FTensor::R2(value).reshape(&shape))],
+            capture: vec![to.to_string()],
+            output: false,
+            ..Default::default()
+        })?;
+        Ok(r.captured
+            .into_iter()
+            .next()
+            .map(FTensor::flatten2)
+            .expect("one capture"))
+    }
+
     /// Logits with `delta` (flattened per image, or one row for all) added at `layer`.
     pub fn logits_with_added(
         &self,
