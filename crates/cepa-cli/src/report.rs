@@ -358,7 +358,53 @@ fn verdict(h: &mut String, s: &ScanReport, combined: bool) -> std::fmt::Result {
     if let Some(st) = &s.stimulation {
         writeln!(h, "<p>{}</p>", esc(&crate::scan::stimulation_line(st)))?;
     }
+    if let Some(f) = position_figure(s) {
+        writeln!(h, "{f}")?;
+    }
     Ok(())
+}
+
+/// Where stimulation's deciding single value sits: a clean image of another class with the
+/// value's cell of the map outlined (the cell's share of the input; the value's receptive field
+/// is wider). `None` without a reading of single values or the scan's images.
+fn position_figure(s: &ScanReport) -> Option<String> {
+    let st = s.stimulation.as_ref()?;
+    let p = st.positions.as_ref()?;
+    let (y, x) = st.position_yx()?;
+    let (mh, mw) = if st.channel_axis == 0 {
+        (st.shape[1], st.shape[2])
+    } else {
+        (st.shape[0], st.shape[1])
+    };
+    let fit = s.fit_images.as_ref()?;
+    let i = (0..fit.len()).find(|&i| fit.labels[i] != p.class)?;
+    let [c, hi, wi] = fit.size();
+    let png = to_png_bytes(fit.image(i), c, hi, wi).ok()?;
+    let (r0, r1) = (y * hi / mh, ((y + 1) * hi).div_ceil(mh));
+    let (c0, c1) = (x * wi / mw, ((x + 1) * wi).div_ceil(mw));
+    let pct = |a: usize, n: usize| 100.0 * a as f64 / n as f64;
+    let side = 128.0;
+    Some(format!(
+        "<figure style=\"max-width:360px\"><div style=\"position:relative;display:inline-block;width:{side}px;height:{:.0}px\">\
+         <img class=\"px\" style=\"width:100%;height:100%\" src=\"data:image/png;base64,{}\" alt=\"a clean image of class {}\">\
+         <div style=\"position:absolute;left:{:.2}%;top:{:.2}%;width:{:.2}%;height:{:.2}%;outline:2px solid #e00\"></div></div>\
+         <figcaption>stimulation's deciding single value: channel {} at ({y}, {x}) of the {mh}x{mw} map, \
+         over about rows {r0}-{} and columns {c0}-{} of the input (its receptive field is wider); \
+         set alone to {:.1} times its clean maximum, it sends {:.0}% of the other classes' images to class {}</figcaption></figure>",
+        side * hi as f64 / wi as f64,
+        base64(&png),
+        fit.labels[i],
+        pct(c0, wi),
+        pct(r0, hi),
+        pct(c1 - c0, wi),
+        pct(r1 - r0, hi),
+        p.channel,
+        r1 - 1,
+        c1 - 1,
+        p.level,
+        100.0 * p.carried,
+        p.class
+    ))
 }
 
 /// The estimated trigger, its numbers, and clean vs triggered examples.

@@ -840,8 +840,9 @@ fn scan_out_of_the_example_estimates_the_trigger_and_writes_a_self_contained_rep
     assert!(share > 0.5, "bottom-right share {share}");
 
     let (html, imgs) = check_self_contained_html(&dir);
-    // Trigger, 9 clean/triggered pairs, 90 perturbed/perturbation pairs.
-    assert_eq!(imgs, 1 + 2 * 9 + 2 * 90);
+    // Trigger, 9 clean/triggered pairs, 90 perturbed/perturbation pairs, and the clean image
+    // under stimulation's deciding single value.
+    assert_eq!(imgs, 1 + 2 * 9 + 2 * 90 + 1);
     // A browser shows every picture, the chart and the table.
     if let Some(shown) = rendered_in_chromium(&dir) {
         assert_eq!(shown, (imgs, 0, 1, 1), "images, broken, charts, tables");
@@ -852,6 +853,8 @@ fn scan_out_of_the_example_estimates_the_trigger_and_writes_a_self_contained_rep
         "stroke-dasharray",
         "Estimated trigger for class 7",
         "Clean vs triggered",
+        // The value at the map's bottom-right cell, over the trigger's patch (rows 24-26).
+        "at (3, 3) of the 4x4 map, over about rows 21-27 and columns 21-27 of the input",
         "Resolved configuration</h2>\n<pre>",
         "&quot;inversion&quot;",
     ] {
