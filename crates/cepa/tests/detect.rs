@@ -621,13 +621,10 @@ fn conv_net_hidden(name: &str, w: &[f32], dir: &std::path::Path) -> Classifier {
     common::save_and_load(g, name, dir)
 }
 
-/// Scored through the fully connected layer's columns, the single values read exactly as when
-/// every setting runs the whole tail, and the wired value is found.
-#[test]
-fn single_values_scored_through_the_linear_layer_read_as_through_the_whole_tail() {
-    use cepa::detect::stimulate::{StimulationConfig, single_value_layer, stimulate};
-    let dir = tempfile::tempdir().unwrap();
-    let set = images(8, 3);
+/// Weights of a Gemm reading one channel (a copy of the image) position by position: class k
+/// sums its own quadrant; the value at (6, 5), outside every quadrant (at most 0.2 on clean
+/// images), votes for the target with weight 10.
+fn wired_value_weights() -> Vec<f32> {
     let d = SIDE * SIDE;
     let mut w = vec![0.0f32; CLASSES * d];
     for k in 0..CLASSES {
@@ -639,6 +636,17 @@ fn single_values_scored_through_the_linear_layer_read_as_through_the_whole_tail(
         }
     }
     w[TARGET * d + (SIDE - 1) * SIDE + SIDE - 2] = 10.0;
+    w
+}
+
+/// Scored through the fully connected layer's columns, the single values read exactly as when
+/// every setting runs the whole tail, and the wired value is found.
+#[test]
+fn single_values_scored_through_the_linear_layer_read_as_through_the_whole_tail() {
+    use cepa::detect::stimulate::{StimulationConfig, single_value_layer, stimulate};
+    let dir = tempfile::tempdir().unwrap();
+    let set = images(8, 3);
+    let w = wired_value_weights();
     let net = conv_net_hidden("hidden-wired", &w, dir.path());
     assert_eq!(
         single_value_layer(&net, "features").as_deref(),
@@ -798,18 +806,7 @@ fn stimulating_single_values_finds_the_wired_position_where_positions_are_read()
     let dir = tempfile::tempdir().unwrap();
     let set = images(8, 3);
     let d = SIDE * SIDE;
-    // One channel, a copy of the image; class k sums its own quadrant; the value at (6, 5),
-    // outside every quadrant (at most 0.2 on clean images), votes for the target with weight 10.
-    let mut w = vec![0.0f32; CLASSES * d];
-    for k in 0..CLASSES {
-        let (r0, c0) = ((k / 2) * 3, (k % 2) * 3);
-        for y in r0..r0 + 3 {
-            for q in c0..c0 + 3 {
-                w[k * d + y * SIDE + q] = 4.0 / 9.0;
-            }
-        }
-    }
-    w[TARGET * d + (SIDE - 1) * SIDE + SIDE - 2] = 10.0;
+    let w = wired_value_weights();
     let net = conv_net("wired-value", &[1.0], &[0.0], &w, dir.path());
     let r = stimulate(&net, &[&set], &StimulationConfig::default())
         .unwrap()

@@ -456,16 +456,30 @@ impl Classifier {
     /// The values of `layer`, flattened per image.
     pub fn embed(&self, x01: Tensor<4>, layer: &str) -> Result<Tensor<2>> {
         let input = self.to_model_input(x01);
-        let r = self.interp.run(Run {
+        self.capture_one(Run {
             input: Some(input),
             capture: vec![layer.to_string()],
             ..Default::default()
-        })?;
-        Ok(r.captured
+        })
+    }
+
+    /// The one tensor `run` captures, flattened per image.
+    fn capture_one(&self, run: Run) -> Result<Tensor<2>> {
+        Ok(self
+            .interp
+            .run(run)?
+            .captured
             .into_iter()
             .next()
             .map(FTensor::flatten2)
             .expect("one capture"))
+    }
+
+    /// `value` (flattened per image) in the shape of `layer`, batch first.
+    fn shaped_as(&self, layer: &str, value: Tensor<2>) -> Result<FTensor> {
+        let mut shape = vec![value.dims()[0]];
+        shape.extend_from_slice(&self.layer(layer)?.shape);
+        Ok(FTensor::R2(value).reshape(&shape))
     }
 
     /// Logits when `layer` (flattened per image) is replaced by `value`; `x01` is needed only
@@ -476,13 +490,9 @@ impl Classifier {
         value: Tensor<2>,
         x01: Option<Tensor<4>>,
     ) -> Result<Tensor<2>> {
-        let info = self.layer(layer)?;
-        let mut shape = vec![value.dims()[0]];
-        shape.extend_from_slice(&info.shape);
-        let v = FTensor::R2(value).reshape(&shape);
         let run = Run {
             input: x01.map(|x| self.to_model_input(x)),
-            replace: vec![(layer.to_string(), v)],
+            replace: vec![(layer.to_string(), self.shaped_as(layer, value)?)],
             ..Default::default()
         };
         let (l, _) = self.run_model(run)?;
@@ -492,20 +502,12 @@ impl Classifier {
     /// The values of layer `to` (flattened per image) when layer `from`, which cuts the graph,
     /// is replaced by `value` (flattened per image); only what `to` needs is computed.
     pub fn layer_from_layer(&self, from: &str, value: Tensor<2>, to: &str) -> Result<Tensor<2>> {
-        let info = self.layer(from)?;
-        let mut shape = vec![value.dims()[0]];
-        shape.extend_from_slice(&info.shape);
-        let r = self.interp.run(Run {
-            replace: vec![(from.to_string(), FTensor::R2(value).reshape(&shape))],
+        self.capture_one(Run {
+            replace: vec![(from.to_string(), self.shaped_as(from, value)?)],
             capture: vec![to.to_string()],
             output: false,
             ..Default::default()
-        })?;
-        Ok(r.captured
-            .into_iter()
-            .next()
-            .map(FTensor::flatten2)
-            .expect("one capture"))
+        })
     }
 
     /// Logits with `delta` (flattened per image, or one row for all) added at `layer`.
@@ -515,12 +517,9 @@ impl Classifier {
         layer: &str,
         delta: Tensor<2>,
     ) -> Result<Tensor<2>> {
-        let info = self.layer(layer)?;
-        let mut shape = vec![delta.dims()[0]];
-        shape.extend_from_slice(&info.shape);
         let run = Run {
             input: Some(self.to_model_input(x01)),
-            add: vec![(layer.to_string(), FTensor::R2(delta).reshape(&shape))],
+            add: vec![(layer.to_string(), self.shaped_as(layer, delta)?)],
             ..Default::default()
         };
         let (l, _) = self.run_model(run)?;
