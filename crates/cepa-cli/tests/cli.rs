@@ -1691,6 +1691,13 @@ fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
             Some("eval/stats-dev-s40/rule-b55636e.toml"),
             Some("eval/standard-cifar10-s40"),
         ),
+        // The judges of the rule frozen in session 40 (the default).
+        (
+            "eval/zoo-judge-s40-manifest.json",
+            "eval/judge-s40",
+            None,
+            None,
+        ),
         // The same zoo under the rule frozen in session 40 (the default): single values too.
         (
             "eval/zoo-standard-cifar10-s39-manifest.json",
