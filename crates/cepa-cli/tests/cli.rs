@@ -1698,6 +1698,12 @@ fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
             None,
             None,
         ),
+        (
+            "eval/zoo-judge-s40-mnist-manifest.json",
+            "eval/judge-s40-mnist",
+            None,
+            None,
+        ),
         // The same zoo under the rule frozen in session 40 (the default): single values too.
         (
             "eval/zoo-standard-cifar10-s39-manifest.json",
