@@ -890,7 +890,11 @@ fn a_clean_verdict_gets_a_report_without_inversion() {
     let (html, imgs) = check_self_contained_html(&dir);
     assert!(html.contains("<p class=\"verdict ok\">clean"));
     assert!(!html.contains("Estimated trigger"));
-    assert_eq!(imgs, 2 * 9 * 3, "only the per-sample perturbations");
+    assert_eq!(
+        imgs,
+        2 * 9 * 3 + 1,
+        "only the per-sample perturbations and stimulation's single value"
+    );
 }
 
 #[test]
@@ -945,8 +949,8 @@ fn baseline_nc_is_reported_beside_cepa_without_changing_its_verdict() {
     assert!(html.contains("The detectors disagree"));
     assert_eq!(
         imgs,
-        2 * 9 * 5 + 2,
-        "perturbations, then NC's mask and mask x pattern"
+        2 * 9 * 5 + 1 + 2,
+        "perturbations, stimulation's single value, then NC's mask and mask x pattern"
     );
     // --verdict either: Neural Cleanse's flag makes the model backdoored, and stage 2 estimates
     // the trigger of its target.
