@@ -6,7 +6,7 @@
 #   - CIFAR-10: the 36 saved scans of eval/standard-cifar10-s39, each with its stimulation
 #     measured again by the binary of d680b5d (one-step CEPA: stimulation does not depend on it;
 #     the channels' reading is checked equal to the saved one), in target/s40/pos-cifar:
-#       target/s40/dump.sh target/s40/pos-cifar <the 36 models of target/zoo-dev-s3{6,7,8} and
+#       CEPA=<binary of d680b5d> bash eval/stats-dev-s40/dump.sh target/s40/pos-cifar <the 36 models of target/zoo-dev-s3{6,7,8} and
 #       target/zoo-standard-s39>
 #   - MNIST and Fashion-MNIST: the 23 full scans of eval/stats-dev-s39/mnist-fashion-small-cnn
 #     (made by the binary that has the reading).
