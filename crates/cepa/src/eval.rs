@@ -1436,6 +1436,7 @@ mod tests {
                 position: 24,
                 level: 4.0,
                 carried: 1.0,
+                through: None,
             }),
             ..stim_report(3.31, 7, 10)
         };

@@ -665,6 +665,10 @@ fn single_values_scored_through_the_linear_layer_read_as_through_the_whole_tail(
     let slow = stimulate(&net, &[&set], &whole).unwrap().unwrap();
     let (p, q) = (fast.positions.unwrap(), slow.positions.unwrap());
     assert_eq!(
+        (p.through.as_deref(), q.through.as_deref()),
+        (Some("hidden"), None)
+    );
+    assert_eq!(
         (p.class, p.position, p.channel),
         (q.class, q.position, q.channel)
     );

@@ -171,6 +171,10 @@ pub struct PositionStimulation {
     pub position: usize,
     pub level: f64,
     pub carried: f64,
+    /// The fully connected layer whose columns scored the settings (`positions_affine`); absent
+    /// where every setting ran the whole tail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub through: Option<String>,
 }
 
 impl StimulationReport {
@@ -543,6 +547,7 @@ pub fn stimulate(
             position: j,
             level: level as f64,
             carried,
+            through: affine.as_ref().map(|a| a.layer.clone()),
         }
     });
     Ok(Ok(StimulationReport {
