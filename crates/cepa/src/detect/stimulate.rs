@@ -31,7 +31,7 @@ use crate::model::Classifier;
 #[serde(default, deny_unknown_fields)]
 pub struct StimulationConfig {
     /// Compute it in every scan. Default true (forward passes only: the channels under a
-    /// second on the project's networks, the single values 1-3 s where they are read,
+    /// second on the project's networks, the single values up to about 3 s where read,
     /// BENCHMARKS.md).
     pub enabled: bool,
     /// Values per channel, evenly spaced in `(0, reach x max]` of the channel's clean
