@@ -371,11 +371,7 @@ fn position_figure(s: &ScanReport) -> Option<String> {
     let st = s.stimulation.as_ref()?;
     let p = st.positions.as_ref()?;
     let (y, x) = st.position_yx()?;
-    let (mh, mw) = if st.channel_axis == 0 {
-        (st.shape[1], st.shape[2])
-    } else {
-        (st.shape[0], st.shape[1])
-    };
+    let (mh, mw) = st.plane();
     let fit = s.fit_images.as_ref()?;
     let i = (0..fit.len()).find(|&i| fit.labels[i] != p.class)?;
     let [c, hi, wi] = fit.size();

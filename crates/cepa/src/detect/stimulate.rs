@@ -178,14 +178,19 @@ pub struct PositionStimulation {
 }
 
 impl StimulationReport {
-    /// Where the position reading's deciding value sits: its (row, column) in the map's plane.
-    pub fn position_yx(&self) -> Option<(usize, usize)> {
-        let j = self.positions.as_ref()?.position;
-        let (h, w) = if self.channel_axis == 0 {
+    /// The map's plane: (height, width), the shape without its channel axis.
+    pub fn plane(&self) -> (usize, usize) {
+        if self.channel_axis == 0 {
             (self.shape[1], self.shape[2])
         } else {
             (self.shape[0], self.shape[1])
-        };
+        }
+    }
+
+    /// Where the position reading's deciding value sits: its (row, column) in the map's plane.
+    pub fn position_yx(&self) -> Option<(usize, usize)> {
+        let j = self.positions.as_ref()?.position;
+        let (h, w) = self.plane();
         let pixel = if self.channel_axis == 0 {
             j % (h * w)
         } else {
