@@ -18,9 +18,8 @@ grid = sorted({float(p.name[len("cifar-tp"):]) for p in work.glob("cifar-tp*") i
 
 def rows(tp):
     out = {}
-    for group in ("cifar", "mf"):
-        name = f"{group}-tp{tp:g}"
-        for line in open(work / name / "combined.jsonl"):
+    for folder in sorted(work.glob(f"*-tp{tp:g}")):
+        for line in open(folder / "combined.jsonl"):
             r = json.loads(line)
             if r["detector"] == "cepa-nc-agree":
                 out[r["model"]] = r
