@@ -235,6 +235,10 @@ pub enum AgreeScore {
     /// The larger of the two relative scores (sessions 6 to 19): one detector sure enough
     /// flags the model when the other merely points at the same class.
     Larger,
+    /// The relative scores of every voice that singles out the class, summed, over 2: the same
+    /// as `mean` where two voices agree, more where all three (CEPA, Neural Cleanse,
+    /// stimulation) do. Measured in session 41 (EVALUATION.md), not the default.
+    Sum,
 }
 
 impl VerdictConfig {
@@ -373,6 +377,9 @@ impl Combination {
                  and one alone is divided by {}",
                 cfg.stimulation_threshold, cfg.lone_factor
             );
+            if cfg.agree_score == AgreeScore::Sum {
+                r += "; where all three voices single out the same class, their sum over 2";
+            }
             if cfg.stimulation_positions_threshold > 0.0 {
                 r += &format!(
                     "; where the network reads its map position by position, stimulation's \
@@ -395,7 +402,7 @@ impl Combination {
             Combination::Agree => {
                 let lone = cfg.lone_factor;
                 match cfg.agree_score {
-                    AgreeScore::Mean => format!(
+                    AgreeScore::Mean | AgreeScore::Sum => format!(
                         "score = the larger of CEPA's and Neural Cleanse's scores, each over its \
                          own threshold, divided by {lone} (one detector alone), or the mean of \
                          the two where that is more and the two detectors' most anomalous \
@@ -421,6 +428,8 @@ enum Term {
     Alone,
     /// The mean of two voices that single out the same class.
     Mean,
+    /// Three voices at one class, their sum over 2 ([`AgreeScore::Sum`]).
+    Sum,
 }
 
 /// Whether two voices single out the same class (a voice with none shares nothing).
@@ -475,7 +484,7 @@ fn score_of(
                 continue;
             }
             let (score, term) = match cfg.agree_score {
-                AgreeScore::Mean => ((rel[i] + rel[j]) / 2.0, Term::Mean),
+                AgreeScore::Mean | AgreeScore::Sum => ((rel[i] + rel[j]) / 2.0, Term::Mean),
                 AgreeScore::Larger => (rel[i].max(rel[j]), Term::Larger),
             };
             let better = score > best.score || (score == best.score && best.term == Term::Alone);
@@ -487,6 +496,21 @@ fn score_of(
                     voices: (i, Some(j)),
                 };
             }
+        }
+    }
+    if cfg.agree_score == AgreeScore::Sum
+        && voices.len() == 3
+        && same_class(voices[0], voices[1])
+        && same_class(voices[1], voices[2])
+    {
+        let score = rel.iter().sum::<f64>() / 2.0;
+        if score > best.score {
+            best = Scored {
+                score,
+                term: Term::Sum,
+                class: voices[0].most_anomalous,
+                voices: (0, None),
+            };
         }
     }
     best
@@ -523,7 +547,7 @@ pub fn explain(
         let why = match d.term {
             Term::Larger if same => "the same class, the larger".to_string(),
             Term::Larger => "the larger".to_string(),
-            Term::Mean => "the same class, their mean".to_string(),
+            Term::Mean | Term::Sum => "the same class, their mean".to_string(),
             Term::Alone if same => format!(
                 "the same class, but the larger divided by {} (one detector alone) is more than \
                  their mean",
@@ -537,6 +561,7 @@ pub fn explain(
         return format!("{head}: {why} {score:.2}");
     };
     let why = match (d.term, d.voices) {
+        (Term::Sum, _) => "all three at the same class, their sum over 2".to_string(),
         (Term::Alone, (i, _)) => format!(
             "{} alone, the largest divided by {} (no two at one class say more)",
             names[i], cfg.lone_factor
@@ -1309,6 +1334,70 @@ mod tests {
             carried: 1.0,
             seconds: 0.2,
         }
+    }
+
+    #[test]
+    fn agree_sum_adds_a_third_voice_at_the_same_class_and_is_the_mean_of_two() {
+        let voice = |m: &str, det: &str, rel: f64, class: usize| Outcome {
+            most_anomalous: Some(class),
+            ..o(m, det, "clean", None, false, None, 2.0 * rel)
+        };
+        let stim = |m: &str, index: f64, class: usize| {
+            let report = stim_report(index, class, 10);
+            stimulation_outcome(
+                &voice(m, "cepa", 0.0, 0),
+                &report,
+                &VerdictConfig::default(),
+            )
+            .unwrap()
+        };
+        let v = vec![
+            // m1: all three at class 6, each under its threshold (judge-s40's BadNets s4000).
+            voice("m1", "cepa", 0.65, 6),
+            voice("m1", "nc", 0.65, 6),
+            stim("m1", 8.0 * 0.73, 6),
+            // m2: two at class 3, stimulation elsewhere: `sum` is the pair's mean.
+            voice("m2", "cepa", 1.2, 3),
+            voice("m2", "nc", 0.6, 3),
+            stim("m2", 8.0 * 0.9, 5),
+        ];
+        let mean = VerdictConfig::default();
+        let sum = VerdictConfig {
+            agree_score: AgreeScore::Sum,
+            ..VerdictConfig::default()
+        };
+        let get = |cfg: &VerdictConfig, m: &str| {
+            agree(&v, cfg).into_iter().find(|x| x.model == m).unwrap()
+        };
+        let close = |x: f64, y: f64| (x - y).abs() < 1e-9;
+        let (a, b) = (get(&mean, "m1"), get(&sum, "m1"));
+        assert!(
+            close(a.score, (0.73 + 0.65) / 2.0) && !a.flagged,
+            "{}",
+            a.score
+        );
+        assert!(close(b.score, (0.65 + 0.65 + 0.73) / 2.0), "{}", b.score);
+        assert_eq!((b.flagged, b.target), (true, Some(6)));
+        let (a, b) = (get(&mean, "m2"), get(&sum, "m2"));
+        assert!(close(a.score, 0.9) && close(b.score, 0.9));
+        let of = |det: &str| {
+            v.iter()
+                .find(|x| x.model == "m1" && x.detector == det)
+                .unwrap()
+        };
+        let words = explain(
+            of("cepa"),
+            of("nc"),
+            Some(of(STIM)),
+            Combination::Agree,
+            &sum,
+        );
+        assert!(
+            words.ends_with("all three at the same class, their sum over 2 1.02"),
+            "{words}"
+        );
+        assert!(Combination::Agree.rule(&sum).contains("their sum over 2"));
+        assert!(!Combination::Agree.rule(&mean).contains("sum"));
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! steps = 300
 //! [verdict]         # CEPA and Neural Cleanse combined (scan --verdict agree|either)
 //! threshold = 0.978
-//! agree_score = "mean"  # or "larger"
+//! agree_score = "mean"  # or "larger", "sum"
 //! ```
 //!
 //! Command-line flags override the file. The resolved settings are written into every report.
