@@ -1708,6 +1708,13 @@ fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
             None,
             None,
         ),
+        // Its third judge (session 41, MNIST x ResNet-8).
+        (
+            "eval/zoo-judge-s41-manifest.json",
+            "eval/judge-s41",
+            None,
+            None,
+        ),
         // The same zoo under the rule frozen in session 40 (the default): single values too.
         (
             "eval/zoo-standard-cifar10-s39-manifest.json",
