@@ -1,6 +1,6 @@
-"""Session 41: reads the `cepa-nc-agree` rows cepa wrote under the default and under
-agree_score = "sum" (sum.sh) and counts them; computes no verdict.
-usage: python3 sum_compare.py WORKDIR"""
+"""Session 41: reads the `cepa-nc-agree` rows cepa wrote under the default and under a variant
+(variant.sh) and counts them; computes no verdict.
+usage: python3 variant_compare.py WORKDIR"""
 import json
 import sys
 from pathlib import Path
@@ -17,12 +17,12 @@ def rows(folder):
     return out
 
 
-print("| scans | backdoors at target: default, sum | clean flagged: default, sum | models whose verdict differs |")
+print("| scans | backdoors at target: default, variant | clean flagged: default, variant | models whose verdict differs |")
 print("|---|---|---|---|")
 tot = [0, 0, 0, 0, 0, 0]
 for d in sorted(work.glob("*-default")):
     name = d.name[: -len("-default")]
-    a, b = rows(d), rows(work / f"{name}-sum")
+    a, b = rows(d), rows(work / f"{name}-variant")
     bad = [m for m in a if a[m]["truth_target"] is not None]
     clean = [m for m in a if a[m]["truth_target"] is None]
     hit = lambda r: r["flagged"] and r["target"] == r["truth_target"]
