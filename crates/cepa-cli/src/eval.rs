@@ -749,7 +749,14 @@ fn run_nc(
     images: &ImageSet,
 ) -> Result<(Outcome, String)> {
     let cfg = &settings.nc;
-    let sample = images.balanced_sample(settings.scan.per_class, settings.scan.seed)?;
+    // The images `cepa scan` gives Neural Cleanse: those CEPA optimises on.
+    let scan = &settings.scan;
+    let (sample, _) = cepa::detect::invert::split_sample(
+        images,
+        scan.per_class,
+        scan.holdout_per_class,
+        scan.seed,
+    )?;
     let r = neural_cleanse(model, &sample, cfg, &|_| {})
         .with_context(|| format!("Neural Cleanse on {}", m.id))?;
     let o = Outcome {

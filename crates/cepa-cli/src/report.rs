@@ -60,7 +60,7 @@ h1{font-size:1.4em}h2{font-size:1.15em;border-bottom:1px solid #ccc;padding-bott
 .wide{overflow-x:auto}table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}\
 th{background:#f3f3f3}tr.target td{background:#fde2e2;font-weight:bold}\
 .verdict{font-size:1.2em;padding:.6em 1em;border-radius:6px;display:inline-block}\
-.bad{background:#fde2e2;color:#900}.ok{background:#e2f5e2;color:#060}\
+.bad{background:#fde2e2;color:#900}.ok{background:#e2f5e2;color:#060}.caution{background:#fff4d6;color:#6b4700;padding:.4em .8em;border-radius:6px}\
 img.px{image-rendering:pixelated;width:96px;height:96px;border:1px solid #ccc;background:#888}\
 figure{display:inline-block;margin:.3em;text-align:center;font-size:.8em}\
 .flip{color:#900;font-weight:bold}pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:.8em}\
@@ -302,6 +302,10 @@ fn verdict(h: &mut String, s: &ScanReport, combined: bool) -> std::fmt::Result {
             "<p class=\"verdict ok\">{label}clean: largest score {:.2} at class {} (threshold {threshold:.2}, p = {:.2e})</p>",
             s.score, d.most_anomalous, s.p_value
         )?,
+    }
+    // The combined verdict's text carries its own caution.
+    if let (false, Some(c)) = (combined, cepa::detect::verdict::sink_caution(d, s.target)) {
+        writeln!(h, "<p class=\"caution\">caution: {}</p>", esc(&c))?;
     }
     writeln!(h, "<h2>Anomaly index per class</h2>")?;
     let bars: Vec<(usize, f64)> = d

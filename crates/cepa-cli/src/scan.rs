@@ -212,6 +212,13 @@ fn text(r: &ScanReport, path: &Path, device: &str, combined: bool) -> anyhow::Re
             r.score, r.decision.most_anomalous, r.decision.threshold, r.p_value, r.seconds
         )?,
     }
+    // The combined verdict's lines carry their own caution.
+    if let (false, Some(c)) = (
+        combined,
+        cepa::detect::verdict::sink_caution(&r.decision, r.target),
+    ) {
+        writeln!(t, "  caution: {c}")?;
+    }
     Ok(t)
 }
 
@@ -339,8 +346,13 @@ fn combined_text(combined: &Combined) -> String {
         ),
         None => format!("clean (score {:.3} <= {})", c.score, c.threshold),
     };
+    let caution = combined
+        .caution
+        .as_ref()
+        .map(|c| format!("  caution: {c}\n"))
+        .unwrap_or_default();
     format!(
-        "verdict ({name}, CEPA and Neural Cleanse combined): {verdict}; it sets the exit status.\n  from: {}\n  rule: {}\n",
+        "verdict ({name}, CEPA and Neural Cleanse combined): {verdict}; it sets the exit status.\n  from: {}\n{caution}  rule: {}\n",
         combined.from, combined.rule
     )
 }
@@ -585,5 +597,37 @@ mod tests {
             many.contains("clean (largest index 2.30 at class 1, threshold 2.56)"),
             "{many}"
         );
+    }
+
+    #[test]
+    fn the_combined_verdict_shows_its_caution_between_where_it_comes_from_and_the_rule() {
+        use cepa::eval::{Combination, Outcome};
+        let outcome = Outcome {
+            model: String::new(),
+            detector: "cepa-nc-agree".into(),
+            dataset: String::new(),
+            attack: String::new(),
+            truth_target: None,
+            flagged: true,
+            target: Some(8),
+            most_anomalous: Some(8),
+            score: 1.13,
+            threshold: 0.978,
+            seconds: 0.0,
+        };
+        let mut c = cepa::pipeline::Combined {
+            how: Combination::Agree,
+            outcome,
+            rule: "the rule".into(),
+            from: "where".into(),
+            caution: Some("look again".into()),
+        };
+        let text = super::combined_text(&c);
+        assert!(
+            text.contains("  from: where\n  caution: look again\n  rule: the rule"),
+            "{text}"
+        );
+        c.caution = None;
+        assert!(!super::combined_text(&c).contains("caution"));
     }
 }

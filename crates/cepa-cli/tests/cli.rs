@@ -1288,6 +1288,7 @@ fn zoo_build_then_eval_both_detectors_resumably() {
     );
     let lines = std::fs::read_to_string(out_dir.join("results.jsonl")).unwrap();
     assert_eq!(lines.lines().count(), 4, "2 models x 2 detectors");
+    eval_judges_what_scan_runs(&zoo, &out_dir, &dir);
     sharded_eval_equals_the_single_run(&zoo, &dir.join("eval-sharded"), &lines);
     subset_manifest_equals_the_single_run(&zoo, &dir.join("eval-subset"), &lines);
     let ev: serde_json::Value =
@@ -2120,6 +2121,59 @@ fn subset_manifest_equals_the_single_run(zoo: &Path, out: &Path, lines: &str) {
 
 /// `cepa eval` of a tiny zoo with few steps (both detectors, every model kept), `extra` flags
 /// after the others, `env` set (and no shard variable of the calling shell).
+/// `cepa scan` with tiny_eval's settings gives the backdoored model's CEPA score and Neural
+/// Cleanse's per-class masks the evaluation saved: the evaluation judges what a user runs (Neural
+/// Cleanse on the images CEPA optimises, as the scan does).
+fn eval_judges_what_scan_runs(zoo: &Path, eval: &Path, dir: &Path) {
+    let settings = dir.join("tiny-eval.toml");
+    std::fs::write(
+        &settings,
+        "[scan]\nper_class = 3\n[scan.cepa]\nsteps = 10\n[nc]\nsteps = 20\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_cepa"))
+        .args([
+            "scan",
+            zoo.join("badnets-s1.onnx").to_str().unwrap(),
+            "--data",
+        ])
+        .arg(shared().join("data/mnist"))
+        .args([
+            "--config",
+            settings.to_str().unwrap(),
+            "--format",
+            "json",
+            "-q",
+        ])
+        .output()
+        .expect("run cepa");
+    let scan: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let read = |det: &str| -> serde_json::Value {
+        let path = eval.join(format!("reports/{det}/badnets-s1.json"));
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    };
+    let (cepa, nc) = (read("cepa"), read("nc"));
+    assert_eq!(
+        scan["cepa"]["score"], cepa["score"],
+        "CEPA: the same images"
+    );
+    let l1 = |r: &serde_json::Value| -> Vec<f64> {
+        r["classes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["l1"].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        l1(&scan["baseline_nc"]),
+        l1(&nc),
+        "Neural Cleanse: the same images"
+    );
+    assert_eq!(scan["baseline_nc"]["images"], nc["images"]);
+}
+
 fn tiny_eval(zoo: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let mut args = vec![
         "eval",

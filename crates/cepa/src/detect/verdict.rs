@@ -524,6 +524,12 @@ pub struct ClassReport {
     /// the class itself; empty without held-out images): kept so that a saved scan can be
     /// decided again with [`Statistic::InputReachMax`].
     pub source_input_reach: Vec<f64>,
+    /// The sink check ([`DecisionConfig::suspect_rank`]) found the class is not among the
+    /// cheapest to reach from its hardest source class: one the classes resembling it fall
+    /// into. Its combined index was capped at 0 there; a statistic that counts on its own may
+    /// have raised it again ([`DecisionConfig::raise_sinks`]). Written only where true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sink: bool,
 }
 
 /// Mean `||delta||` of the detected target's samples from one source class.
@@ -1092,21 +1098,25 @@ pub fn decide_pool(
     let (sources, source_stats) = suspected_sources(&results[best], cfg.source_threshold);
     let classes = results
         .iter()
+        .enumerate()
         .zip(per_class)
         .zip(combined.iter().zip(&mean_index))
         .zip(source_medians(results))
-        .map(|(((r, statistics), (&c, &m)), source_delta)| ClassReport {
-            class: r.target,
-            feasible: r.feasible,
-            steps: r.steps,
-            rho: r.rho,
-            lambda: r.lambda,
-            statistics,
-            mean_index: m,
-            anomaly_index: c,
-            source_delta,
-            source_input_reach: r.input_reach_sources.clone(),
-        })
+        .map(
+            |((((i, r), statistics), (&c, &m)), source_delta)| ClassReport {
+                class: r.target,
+                sink: sinks.contains(&i),
+                feasible: r.feasible,
+                steps: r.steps,
+                rho: r.rho,
+                lambda: r.lambda,
+                statistics,
+                mean_index: m,
+                anomaly_index: c,
+                source_delta,
+                source_input_reach: r.input_reach_sources.clone(),
+            },
+        )
         .collect();
     let best_class = results[best].target;
     Ok(Decision {
@@ -1127,6 +1137,27 @@ pub fn decide_pool(
         notes,
         pool: pool.cloned(),
         reach_gap: gap,
+    })
+}
+
+/// A caution on a verdict (CEPA's or a combined one) that flags class `target` where CEPA's
+/// sink check marked it ([`ClassReport::sink`]): one the classes resembling it fall into, which
+/// a network can make cheap to reach without a backdoor. On the held-out populations 2 of the 8
+/// `agree` flags at such a class were clean models, against 7 of 72 at other classes
+/// (EVALUATION.md, "Session 41"; `eval/stats-dev-s41/flags_at_sinks.py`). The verdict is
+/// unchanged; the caution says how to check it.
+pub fn sink_caution(decision: &Decision, target: Option<usize>) -> Option<String> {
+    let t = target?;
+    let class = decision.classes.iter().find(|c| c.class == t)?;
+    class.sink.then(|| {
+        format!(
+            "CEPA's sink check finds class {t} is not among the cheapest classes to reach from \
+             its hardest source class (the classes resembling it fall into it), as a class a \
+             network makes cheap to reach without a backdoor can be; on the held-out populations \
+             2 of the 8 flags at such a class were clean models (7 of 72 elsewhere). Scan a \
+             clean model of the same task and compare (--reference), or scan again with other \
+             seeds"
+        )
     })
 }
 
@@ -1441,6 +1472,22 @@ mod tests {
         assert_eq!(sink_classes(&rs, 2), [2, 3, 4]);
         let raised = decide(&rs, &layers, &DecisionConfig::default()).unwrap();
         assert!(raised.backdoored && raised.most_anomalous == 4);
+        // The report marks the sinks, the one raised among them.
+        let marked: Vec<usize> = raised
+            .classes
+            .iter()
+            .filter(|c| c.sink)
+            .map(|c| c.class)
+            .collect();
+        assert_eq!(marked, [2, 3, 4]);
+        // A verdict at the raised sink carries the caution; one at another class does not.
+        let caution = sink_caution(&raised, raised.target).expect("a caution at class 4");
+        assert!(
+            caution.contains("class 4") && caution.contains("--reference"),
+            "{caution}"
+        );
+        assert_eq!(sink_caution(&raised, Some(0)), None);
+        assert_eq!(sink_caution(&raised, None), None);
         let kept = DecisionConfig {
             raise_sinks: false,
             ..Default::default()

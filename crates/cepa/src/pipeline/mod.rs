@@ -71,6 +71,9 @@ pub struct Combined {
     pub rule: String,
     /// Where the score comes from ([`crate::eval::explain`]).
     pub from: String,
+    /// Why a flag deserves a second look ([`crate::detect::verdict::sink_caution`]); `None`
+    /// for most verdicts.
+    pub caution: Option<String>,
 }
 
 /// Everything a scan found.
@@ -157,6 +160,7 @@ impl ScanRun {
                         "verdict": self.verdict.name(),
                         "rule": c.rule,
                         "from": c.from,
+                        "caution": c.caution,
                         "backdoored": o.flagged,
                         "target": o.target,
                         "most_anomalous": o.most_anomalous,
@@ -214,6 +218,7 @@ pub fn scan_model(
             let (outcome, from) = combined_outcome(&report, nc, how, &s.verdict);
             Some(Combined {
                 how,
+                caution: crate::detect::verdict::sink_caution(&report.decision, outcome.target),
                 outcome,
                 rule: how.rule(&s.verdict),
                 from,
