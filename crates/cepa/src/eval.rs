@@ -1336,21 +1336,28 @@ mod tests {
         }
     }
 
-    #[test]
-    fn agree_sum_adds_a_third_voice_at_the_same_class_and_is_the_mean_of_two() {
-        let voice = |m: &str, det: &str, rel: f64, class: usize| Outcome {
+    /// A clean model's outcome of detector `det`: `rel` times its threshold, at `class`.
+    fn voice(m: &str, det: &str, rel: f64, class: usize) -> Outcome {
+        Outcome {
             most_anomalous: Some(class),
             ..o(m, det, "clean", None, false, None, 2.0 * rel)
-        };
-        let stim = |m: &str, index: f64, class: usize| {
-            let report = stim_report(index, class, 10);
-            stimulation_outcome(
-                &voice(m, "cepa", 0.0, 0),
-                &report,
-                &VerdictConfig::default(),
-            )
-            .unwrap()
-        };
+        }
+    }
+
+    /// Stimulation's outcome under the default rule for a reading of `index` at `class`.
+    fn stim_voice(m: &str, index: f64, class: usize, classes: usize) -> Outcome {
+        let report = stim_report(index, class, classes);
+        stimulation_outcome(
+            &voice(m, "cepa", 0.0, 0),
+            &report,
+            &VerdictConfig::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn agree_sum_adds_a_third_voice_at_the_same_class_and_is_the_mean_of_two() {
+        let stim = |m: &str, index: f64, class: usize| stim_voice(m, index, class, 10);
         let v = vec![
             // m1: all three at class 6, each under its threshold (judge-s40's BadNets s4000).
             voice("m1", "cepa", 0.65, 6),
@@ -1402,19 +1409,7 @@ mod tests {
 
     #[test]
     fn stimulation_is_a_third_voice_of_agree_only() {
-        let voice = |m: &str, det: &str, rel: f64, class: usize| Outcome {
-            most_anomalous: Some(class),
-            ..o(m, det, "clean", None, false, None, 2.0 * rel)
-        };
-        let stim = |m: &str, index: f64, class: usize, classes: usize| {
-            let report = stim_report(index, class, classes);
-            stimulation_outcome(
-                &voice(m, "cepa", 0.0, 0),
-                &report,
-                &VerdictConfig::default(),
-            )
-            .unwrap()
-        };
+        let stim = stim_voice;
         let v = vec![
             // m1: CEPA 1.03 x at class 9, NC 0.62 x at 9, stimulation 14.32 / 8 = 1.79 x at 9:
             // the best pair is CEPA and stimulation, (1.03 + 1.79) / 2 = 1.41.
