@@ -2119,8 +2119,6 @@ fn subset_manifest_equals_the_single_run(zoo: &Path, out: &Path, lines: &str) {
     std::fs::remove_file(&subset).unwrap();
 }
 
-/// `cepa eval` of a tiny zoo with few steps (both detectors, every model kept), `extra` flags
-/// after the others, `env` set (and no shard variable of the calling shell).
 /// `cepa scan` with tiny_eval's settings gives the backdoored model's CEPA score and Neural
 /// Cleanse's per-class masks the evaluation saved: the evaluation judges what a user runs (Neural
 /// Cleanse on the images CEPA optimises, as the scan does).
@@ -2174,6 +2172,8 @@ fn eval_judges_what_scan_runs(zoo: &Path, eval: &Path, dir: &Path) {
     assert_eq!(scan["baseline_nc"]["images"], nc["images"]);
 }
 
+/// `cepa eval` of a tiny zoo with few steps (both detectors, every model kept), `extra` flags
+/// after the others, `env` set (and no shard variable of the calling shell).
 fn tiny_eval(zoo: &Path, out: &Path, extra: &[&str], env: &[(&str, &str)]) -> Output {
     let mut args = vec![
         "eval",
