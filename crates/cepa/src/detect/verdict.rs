@@ -1456,6 +1456,30 @@ mod tests {
         assert_eq!(old.most_anomalous, 0);
     }
 
+    /// Judge-s41's clean ResNet-8 s4202 (committed scan): CEPA flags the digit 8, which its
+    /// sink check marks and the largest margin raises again; the decision made again from the
+    /// saved scan marks it, and a verdict at 8 carries the caution, one at a backdoored model's
+    /// target of the same judge (Blend s4200, class 1) does not.
+    #[test]
+    fn a_flag_at_a_marked_sink_carries_the_caution_on_a_committed_scan() {
+        let decide_again = |model: &str| {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../eval/judge-s41/reports/cepa")
+                .join(format!("{model}.json"));
+            let saved: SavedScan =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            redecide(&saved, &DecisionConfig::default()).unwrap()
+        };
+        let clean = decide_again("mnist-resnet-clean-s4202");
+        assert_eq!(clean.target, Some(8));
+        assert!(clean.classes[8].sink);
+        assert!(sink_caution(&clean, clean.target).is_some_and(|c| c.contains("class 8")));
+        let blend = decide_again("mnist-resnet-blend-s4200");
+        assert_eq!(blend.target, Some(1));
+        assert!(!blend.classes[1].sink);
+        assert_eq!(sink_caution(&blend, blend.target), None);
+    }
+
     /// `raise_sinks = false`: a class the sink check caps (here class 4, the most expensive to
     /// reach from its hardest source) is not raised by its margin; the default raises it.
     #[test]
