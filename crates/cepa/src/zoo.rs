@@ -23,8 +23,8 @@ use crate::data::{ImageSet, Split, load};
 use crate::error::{Error, Result};
 use crate::onnx::write::save_model;
 use crate::train::{
-    ARCH_NAMES, AllConvArch, Architecture, CnnArch, LateTrigger, MlpArch, NetArch, Network,
-    PreActArch, ResNetArch, Shapes, TrainConfig, Trainer, TrainerState, VggArch, predict,
+    ARCH_NAMES, AllConvArch, Architecture, CnnArch, LateTrigger, MlpArch, MobileNetArch, NetArch,
+    Network, PreActArch, ResNetArch, Shapes, TrainConfig, Trainer, TrainerState, VggArch, predict,
 };
 use burn::prelude::Device;
 
@@ -52,8 +52,9 @@ fn default_data_root() -> PathBuf {
 pub struct Recipe {
     /// Network architecture: `"cnn"` (the small CNN of [`crate::train::cnn`]), `"resnet"`
     /// ([`crate::train::resnet`]), `"vgg"` ([`crate::train::vgg`]), `"preact-resnet"`
-    /// ([`crate::train::preact`], with BatchNorm), `"allconv"` ([`crate::train::allconv`]) or
-    /// `"mlp"` ([`crate::train::mlp`], fully connected).
+    /// ([`crate::train::preact`], with BatchNorm), `"allconv"` ([`crate::train::allconv`]),
+    /// `"mlp"` ([`crate::train::mlp`], fully connected) or `"mobilenet"`
+    /// ([`crate::train::mobilenet`], depthwise-separable, with BatchNorm).
     /// Default `"cnn"`.
     #[serde(default = "default_arch")]
     pub arch: String,
@@ -77,6 +78,9 @@ pub struct Recipe {
     /// The fully connected net's shape when `arch = "mlp"` (input and classes from the data).
     #[serde(default)]
     pub mlp: MlpArch,
+    /// The MobileNet's shape when `arch = "mobilenet"` (input and classes from the data).
+    #[serde(default)]
+    pub mobilenet: MobileNetArch,
     /// Optimisation.
     #[serde(default)]
     pub train: TrainConfig,
@@ -95,6 +99,7 @@ impl Recipe {
             preact: &self.preact,
             allconv: &self.allconv,
             mlp: &self.mlp,
+            mobilenet: &self.mobilenet,
         }
     }
 }

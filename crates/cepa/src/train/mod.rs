@@ -9,6 +9,8 @@
 //! - [`allconv`]: an all-convolutional net after All-CNN-C: stride-2 convolutions for pools,
 //!   a 1x1 convolution and a global average pool for the classifier ([`AllConvArch`]).
 //! - [`preact`]: PreAct-ResNet-18 with BatchNorm, the field's standard victim ([`PreActArch`]).
+//! - [`mobilenet`]: a CIFAR-style MobileNet, depthwise-separable blocks with BatchNorm
+//!   ([`MobileNetArch`]).
 //! - [`Trainer`]: Adam or SGD with momentum on cross-entropy, mini-batches drawn in a seeded
 //!   shuffled order; a network with BatchNorm gets its running statistics afterwards
 //!   ([`Trainer::calibrated_weights`]).
@@ -19,6 +21,7 @@
 pub mod allconv;
 pub mod cnn;
 pub mod mlp;
+pub mod mobilenet;
 pub mod net;
 pub mod preact;
 pub mod resnet;
@@ -36,6 +39,7 @@ use serde::{Deserialize, Serialize};
 pub use allconv::{AllConvArch, AllConvWeights};
 pub use cnn::{Cnn, CnnArch, CnnWeights};
 pub use mlp::{MlpArch, MlpWeights};
+pub use mobilenet::{MobileNetArch, MobileNetWeights};
 pub use net::{ARCH_NAMES, Architecture, FlatArch, FlatWeights, Net, NetArch, Network, Shapes};
 pub use preact::{PreActArch, PreActWeights};
 pub use resnet::{ResNetArch, ResNetWeights};

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::allconv::{AllConvArch, AllConvWeights};
 use super::cnn::{CnnArch, CnnWeights};
 use super::mlp::{MlpArch, MlpWeights};
+use super::mobilenet::{MobileNetArch, MobileNetWeights};
 use super::preact::{PreActArch, PreActWeights};
 use super::resnet::{ResNetArch, ResNetWeights};
 use super::vgg::{VggArch, VggWeights};
@@ -446,6 +447,21 @@ pub(crate) fn conv_nobias(
     crate::kernels::conv2d_train(x, w, None, opts)
 }
 
+/// A depthwise 3x3 convolution without bias (one group per channel, padding 1), its weight
+/// `[C, 1, 3, 3]` read from `params` as `NAME.weight`.
+pub(crate) fn depthwise_nobias(
+    layout: &Layout,
+    params: &Tensor<1>,
+    name: &str,
+    x: Tensor<4>,
+    stride: usize,
+) -> Tensor<4> {
+    let w = layout.tensor::<4>(params, &format!("{name}.weight"));
+    let groups = x.dims()[1];
+    let opts = ConvOptions::new([stride, stride], [1, 1], [1, 1], groups);
+    crate::kernels::conv2d_train(x, w, None, opts)
+}
+
 /// BatchNorm's `epsilon`: PyTorch's default, written into the export.
 pub const NORM_EPS: f64 = 1e-5;
 
@@ -682,6 +698,30 @@ pub(crate) fn onnx_conv_nobias(
     )
 }
 
+/// The ONNX twin of [`depthwise_nobias`]: a 3x3 Conv node with `group` = `channels`, padding 1,
+/// reading initializer `NAME.weight`.
+pub(crate) fn onnx_depthwise_nobias(
+    g: &mut GraphBuilder,
+    x: &str,
+    name: &str,
+    channels: usize,
+    stride: usize,
+    out: &str,
+) -> String {
+    let s = stride as i64;
+    g.node(
+        "Conv",
+        &[x, &format!("{name}.weight")],
+        Some(out),
+        &[
+            ("kernel_shape", AttrValue::Ints(vec![3, 3])),
+            ("strides", AttrValue::Ints(vec![s, s])),
+            ("pads", AttrValue::Ints(vec![1, 1, 1, 1])),
+            ("group", AttrValue::Int(channels as i64)),
+        ],
+    )
+}
+
 /// The ONNX twin of [`batch_norm`] in [`NormMode::Running`]: BatchNormalization (inference
 /// mode) reading `NAME.weight`, `NAME.bias`, `NAME.running_mean`, `NAME.running_var`.
 pub(crate) fn onnx_batch_norm(g: &mut GraphBuilder, x: &str, name: &str, out: &str) -> String {
@@ -735,10 +775,18 @@ pub(crate) fn onnx_linear(g: &mut GraphBuilder, x: &str, name: &str, out: &str) 
 }
 
 /// Names [`NetArch::select`] accepts.
-pub const ARCH_NAMES: [&str; 6] = ["cnn", "resnet", "vgg", "preact-resnet", "allconv", "mlp"];
+pub const ARCH_NAMES: [&str; 7] = [
+    "cnn",
+    "resnet",
+    "vgg",
+    "preact-resnet",
+    "allconv",
+    "mlp",
+    "mobilenet",
+];
 
 /// The shapes a run-time choice of network picks from (a zoo recipe's `cnn`, `resnet`, `vgg`,
-/// `preact`, `allconv` and `mlp` tables).
+/// `preact`, `allconv`, `mlp` and `mobilenet` tables).
 #[derive(Clone, Copy, Debug)]
 pub struct Shapes<'a> {
     pub cnn: &'a CnnArch,
@@ -747,6 +795,7 @@ pub struct Shapes<'a> {
     pub preact: &'a PreActArch,
     pub allconv: &'a AllConvArch,
     pub mlp: &'a MlpArch,
+    pub mobilenet: &'a MobileNetArch,
 }
 
 /// One of the project's networks, chosen at run time. Serialises as the chosen network's own
@@ -760,6 +809,7 @@ pub enum NetArch {
     PreAct(PreActArch),
     AllConv(AllConvArch),
     Mlp(MlpArch),
+    MobileNet(MobileNetArch),
 }
 
 impl NetArch {
@@ -772,6 +822,7 @@ impl NetArch {
             "preact-resnet" => Ok(NetArch::PreAct(shapes.preact.clone())),
             "allconv" => Ok(NetArch::AllConv(shapes.allconv.clone())),
             "mlp" => Ok(NetArch::Mlp(shapes.mlp.clone())),
+            "mobilenet" => Ok(NetArch::MobileNet(shapes.mobilenet.clone())),
             _ => Err(Error::Config(format!(
                 "unknown arch '{name}' (one of {})",
                 ARCH_NAMES.map(|n| format!("\"{n}\"")).join(", ")
@@ -779,7 +830,7 @@ impl NetArch {
         }
     }
 
-    /// `"cnn"`, `"resnet"`, `"vgg"`, `"preact-resnet"`, `"allconv"` or `"mlp"`.
+    /// `"cnn"`, `"resnet"`, `"vgg"`, `"preact-resnet"`, `"allconv"`, `"mlp"` or `"mobilenet"`.
     pub fn name(&self) -> &'static str {
         match self {
             NetArch::Cnn(_) => "cnn",
@@ -788,6 +839,7 @@ impl NetArch {
             NetArch::PreAct(_) => "preact-resnet",
             NetArch::AllConv(_) => "allconv",
             NetArch::Mlp(_) => "mlp",
+            NetArch::MobileNet(_) => "mobilenet",
         }
     }
 
@@ -836,6 +888,13 @@ impl NetArch {
                 num_classes,
                 ..a
             }),
+            NetArch::MobileNet(a) => NetArch::MobileNet(MobileNetArch {
+                channels,
+                height,
+                width,
+                num_classes,
+                ..a
+            }),
         }
     }
 }
@@ -851,6 +910,8 @@ pub enum Net {
     PreAct(PreActWeights),
     AllConv(AllConvWeights),
     Mlp(MlpWeights),
+    #[serde(rename = "mobilenet")]
+    MobileNet(MobileNetWeights),
 }
 
 /// `$body` with `$a` bound to the architecture inside any variant of `$arch`.
@@ -863,6 +924,7 @@ macro_rules! each_arch {
             NetArch::PreAct($a) => $body,
             NetArch::AllConv($a) => $body,
             NetArch::Mlp($a) => $body,
+            NetArch::MobileNet($a) => $body,
         }
     };
 }
@@ -894,6 +956,7 @@ impl Architecture for NetArch {
             NetArch::PreAct(a) => Net::PreAct(a.init(seed)?),
             NetArch::AllConv(a) => Net::AllConv(a.init(seed)?),
             NetArch::Mlp(a) => Net::Mlp(a.init(seed)?),
+            NetArch::MobileNet(a) => Net::MobileNet(a.init(seed)?),
         })
     }
 
@@ -905,6 +968,7 @@ impl Architecture for NetArch {
             NetArch::PreAct(a) => Net::PreAct(a.unflatten(flat)?),
             NetArch::AllConv(a) => Net::AllConv(a.unflatten(flat)?),
             NetArch::Mlp(a) => Net::Mlp(a.unflatten(flat)?),
+            NetArch::MobileNet(a) => Net::MobileNet(a.unflatten(flat)?),
         })
     }
 
@@ -940,6 +1004,7 @@ impl Network for Net {
             Net::PreAct(w) => NetArch::PreAct(w.arch.clone()),
             Net::AllConv(w) => NetArch::AllConv(w.arch.clone()),
             Net::Mlp(w) => NetArch::Mlp(w.arch.clone()),
+            Net::MobileNet(w) => NetArch::MobileNet(w.arch.clone()),
         }
     }
 
@@ -951,6 +1016,7 @@ impl Network for Net {
             Net::PreAct(w) => w.validate(),
             Net::AllConv(w) => w.validate(),
             Net::Mlp(w) => w.validate(),
+            Net::MobileNet(w) => w.validate(),
         }
     }
 
@@ -962,6 +1028,7 @@ impl Network for Net {
             Net::PreAct(w) => w.to_flat(),
             Net::AllConv(w) => w.to_flat(),
             Net::Mlp(w) => w.to_flat(),
+            Net::MobileNet(w) => w.to_flat(),
         }
     }
 
@@ -973,6 +1040,7 @@ impl Network for Net {
             Net::PreAct(w) => w.to_onnx(),
             Net::AllConv(w) => w.to_onnx(),
             Net::Mlp(w) => w.to_onnx(),
+            Net::MobileNet(w) => w.to_onnx(),
         }
     }
 }

@@ -410,6 +410,7 @@ fn arch_names_select_their_network() {
         AllConvArch::default(),
         MlpArch::default(),
     );
+    let mobilenet = MobileNetArch::default();
     let shapes = Shapes {
         cnn: &cnn,
         resnet: &resnet,
@@ -417,6 +418,7 @@ fn arch_names_select_their_network() {
         preact: &preact,
         allconv: &allconv,
         mlp: &mlp,
+        mobilenet: &mobilenet,
     };
     for name in ARCH_NAMES {
         let a = NetArch::select(name, shapes)
@@ -434,6 +436,7 @@ fn arch_names_select_their_network() {
     assert!(err.to_string().contains("\"preact-resnet\""), "{err}");
     assert!(err.to_string().contains("\"allconv\""), "{err}");
     assert!(err.to_string().contains("\"mlp\""), "{err}");
+    assert!(err.to_string().contains("\"mobilenet\""), "{err}");
     // The manifest records the chosen network's own config.
     assert_eq!(
         serde_json::to_value(NetArch::ResNet(resnet.clone())).unwrap(),
@@ -639,6 +642,79 @@ fn preact_trains_on_batch_statistics_and_calibrates_its_running_ones() {
         train(&set, arch, &cfg, &device).unwrap().weights,
         calibrated
     );
+}
+
+/// The MobileNet's export (Conv without bias, depthwise Conv with `group` = channels,
+/// BatchNormalization, Relu, GlobalAveragePool, Flatten, Gemm) computes its inference forward
+/// in both readers: CIFAR-sized input with three strided blocks, and an odd-sized grey input.
+#[test]
+fn mobilenet_export_matches_the_inference_forward() {
+    for arch in [
+        MobileNetArch {
+            stem: 8,
+            blocks: vec![[16, 1], [16, 2], [32, 2], [32, 1], [48, 2]],
+            ..MobileNetArch::default()
+        },
+        MobileNetArch {
+            channels: 1,
+            height: 15,
+            width: 18,
+            num_classes: 3,
+            stem: 4,
+            blocks: vec![[6, 2], [6, 1]],
+        },
+    ] {
+        let mut w = arch.init(1).unwrap();
+        perturb_zeros(&arch.layout(), &mut w.params, 2);
+        perturb_ones(&arch.layout(), &mut w.params, 3);
+        assert!(w.values("layers.0.bn1.running_mean").unwrap()[0] != 0.0);
+        assert!(w.values("layers.1.bn2.running_var").unwrap()[0] != 1.0);
+        check_export(&w, "flatten");
+    }
+}
+
+/// A MobileNet learns the stripes task with SGD and BatchNorm, and its calibrated inference
+/// forward on the training batch equals the training forward: the depthwise convolutions train
+/// through burn's grouped convolution.
+#[test]
+fn mobilenet_trains_and_calibrates() {
+    let arch = MobileNetArch {
+        channels: 1,
+        height: 16,
+        width: 16,
+        num_classes: 2,
+        stem: 8,
+        blocks: vec![[16, 2], [16, 1]],
+    };
+    let cfg = TrainConfig {
+        epochs: 4,
+        batch_size: 8,
+        optimizer: Optimizer::Sgd,
+        lr: 0.05,
+        schedule: Schedule::Cosine,
+        weight_decay: 5e-4,
+        seed: 5,
+        ..Default::default()
+    };
+    let device = cpu_device(true);
+    let (set, held_out) = (stripes(64, 0), stripes(64, 1));
+    let trained = train(&set, arch.clone(), &cfg, &device).unwrap();
+    let first = trained.history.first().unwrap().loss;
+    let last = trained.history.last().unwrap().loss;
+    assert!(last < 0.5 * first, "loss {first} -> {last}");
+    let fresh = arch.init(cfg.seed).unwrap();
+    assert_ne!(
+        trained.weights.values("layers.0.conv1.weight").unwrap(),
+        fresh.values("layers.0.conv1.weight").unwrap(),
+        "the depthwise weights train"
+    );
+    assert_ne!(
+        trained.weights.values("layers.1.bn2.running_var").unwrap(),
+        fresh.values("layers.1.bn2.running_var").unwrap(),
+        "calibrated"
+    );
+    let acc = accuracy(&trained.weights, &held_out, &device).unwrap();
+    assert!(acc >= 0.9, "held-out accuracy {acc}");
 }
 
 #[test]
