@@ -21,6 +21,13 @@
 //!   ([`conv_forward_gemm`]: im2col and one gemm per image; burn-flex first copies the batch to
 //!   NHWC on one thread), equal to burn's up to float rounding. The scan keeps burn's forward
 //!   pass, so its numbers do not move.
+//! - [`conv2d`] and [`conv2d_train`] on a depthwise convolution (one group per channel, as in
+//!   MobileNets): burn's forward pass, and a backward pass of ours ([`depthwise`]). burn
+//!   computes a grouped convolution's weight gradient with one convolution and one slice
+//!   assignment per group, and its input gradient with a grouped transposed convolution; ours
+//!   walks each channel's plane directly.
+
+mod depthwise;
 
 use std::sync::Arc;
 
@@ -61,6 +68,23 @@ pub trait CepaKernels: burn::backend::Backend {
         pads: [usize; 4],
         ours: bool,
     ) -> FloatTensor<Self>;
+
+    /// A depthwise convolution (weight `C x 1 x KH x KW`, one group per channel of `x`) with a
+    /// bias; `geom` is stride (rows, columns), pads (top, bottom, left, right), dilation (rows,
+    /// columns). burn's forward pass, our backward pass.
+    fn depthwise2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        geom: [usize; 8],
+    ) -> FloatTensor<Self>;
+
+    /// [`CepaKernels::depthwise2d`] without a bias.
+    fn depthwise2d_nobias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        geom: [usize; 8],
+    ) -> FloatTensor<Self>;
 }
 
 impl CepaKernels for Flex {
@@ -85,6 +109,23 @@ impl CepaKernels for Flex {
         ours: bool,
     ) -> FloatTensor<Self> {
         conv_forward(x, weight, None, pads, ours).1
+    }
+
+    fn depthwise2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        geom: [usize; 8],
+    ) -> FloatTensor<Self> {
+        depthwise::forward(x, weight, Some(bias), geom)
+    }
+
+    fn depthwise2d_nobias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        geom: [usize; 8],
+    ) -> FloatTensor<Self> {
+        depthwise::forward(x, weight, None, geom)
     }
 }
 
@@ -131,6 +172,23 @@ impl<C: CheckpointStrategy> CepaKernels for Autodiff<Flex, C> {
         ours: bool,
     ) -> FloatTensor<Self> {
         tracked_conv::<C>(x, weight, None, pads, ours)
+    }
+
+    fn depthwise2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        geom: [usize; 8],
+    ) -> FloatTensor<Self> {
+        depthwise::tracked::<C>(x, weight, Some(bias), geom)
+    }
+
+    fn depthwise2d_nobias(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        geom: [usize; 8],
+    ) -> FloatTensor<Self> {
+        depthwise::tracked::<C>(x, weight, None, geom)
     }
 }
 
@@ -332,6 +390,9 @@ pub(crate) fn conv2d_train(
     if stride1(&opts) && on_flex(&x) && x.device().is_autodiff() {
         return extension_conv(x, w, b, opts.padding, true);
     }
+    if let Some(geom) = depthwise::applies(&x, &w, &opts) {
+        return depthwise::extension(x, w, b, geom);
+    }
     burn::tensor::module::conv2d(x, w, b, opts)
 }
 
@@ -346,6 +407,9 @@ pub(crate) fn conv2d(
         && let Some(out) = conv2d_stride1(&x, &w, b.as_ref(), opts.padding)
     {
         return out;
+    }
+    if let Some(geom) = depthwise::applies(&x, &w, &opts) {
+        return depthwise::extension(x, w, b, geom);
     }
     burn::tensor::module::conv2d(x, w, b, opts)
 }
