@@ -1716,6 +1716,13 @@ fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
             None,
             None,
         ),
+        // Its fourth judge (session 42, Fashion-MNIST x MobileNet).
+        (
+            "eval/zoo-judge-s42-manifest.json",
+            "eval/judge-s42",
+            None,
+            None,
+        ),
         // The same zoo under the rule frozen in session 40 (the default): single values too.
         (
             "eval/zoo-standard-cifar10-s39-manifest.json",
