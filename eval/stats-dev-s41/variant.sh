@@ -2,7 +2,8 @@
 # Session 41 (issue 14): a decision variant (a settings file) against the default, on every saved
 # scan that carries stimulation, and judge-s36's. Each folder is decided twice by
 # `cepa eval --rescore` (the default, then CONFIG); variant_compare.py counts cepa's `agree` rows
-# and lists the models whose verdict differs. judge-s41 joined the list after its scan.
+# and lists the models whose verdict differs. judge-s41 joined the list after its scan, judge-s42
+# after its (session 42: rank3, rank-off and confirm-off in eval/stats-dev-s42).
 #   bash eval/stats-dev-s41/variant.sh eval/stats-dev-s41/sum.toml > eval/stats-dev-s41/sum.txt
 #   bash eval/stats-dev-s41/variant.sh eval/stats-dev-s33/sinks-stay.toml > eval/stats-dev-s41/sinks-stay.txt
 set -euo pipefail
@@ -20,7 +21,8 @@ for g in \
   "judge-s39 eval/zoo-judge-s39-manifest.json eval/judge-s39" \
   "judge-s40 eval/zoo-judge-s40-manifest.json eval/judge-s40" \
   "judge-s40-mnist eval/zoo-judge-s40-mnist-manifest.json eval/judge-s40-mnist" \
-  "judge-s41 eval/zoo-judge-s41-manifest.json eval/judge-s41"; do
+  "judge-s41 eval/zoo-judge-s41-manifest.json eval/judge-s41" \
+  "judge-s42 eval/zoo-judge-s42-manifest.json eval/judge-s42"; do
   read -r name manifest from <<<"$g"
   "$cepa" eval "$manifest" --rescore --from "$from" --out "$work/$name-default" >/dev/null 2>&1
   "$cepa" eval "$manifest" --rescore --from "$from" --config "$config" \

@@ -31,6 +31,7 @@ mod depthwise;
 
 use std::sync::Arc;
 
+use burn::backend::autodiff::NodeId;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
@@ -279,11 +280,10 @@ impl Backward<Flex, 3> for ConvBackward {
         let grad = grads.consume::<Flex>(&ops.node);
         let want = [nx.is_some(), nw.is_some(), nb.is_some()];
         let [gx, gw, gb] = conv_grads(grad, &ops.state, want);
-        for (node, g) in [(nx, gx), (nw, gw), (nb, gb)] {
-            if let (Some(node), Some(g)) = (node, g) {
-                grads.register::<Flex>(node.id, g);
-            }
-        }
+        register(
+            grads,
+            [(nx, gx), (nw, gw), (nb, gb)].map(|(n, g)| (n.map(|n| n.id), g)),
+        );
     }
 }
 
@@ -294,10 +294,21 @@ impl Backward<Flex, 2> for ConvBackward {
         let [nx, nw] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
         let [gx, gw, _] = conv_grads(grad, &ops.state, [nx.is_some(), nw.is_some(), false]);
-        for (node, g) in [(nx, gx), (nw, gw)] {
-            if let (Some(node), Some(g)) = (node, g) {
-                grads.register::<Flex>(node.id, g);
-            }
+        register(
+            grads,
+            [(nx, gx), (nw, gw)].map(|(n, g)| (n.map(|n| n.id), g)),
+        );
+    }
+}
+
+/// Give each parent its gradient, where the parent is tracked and the gradient computed.
+fn register<const N: usize>(
+    grads: &mut Gradients,
+    pairs: [(Option<NodeId>, Option<FlexTensor>); N],
+) {
+    for (id, g) in pairs {
+        if let (Some(id), Some(g)) = (id, g) {
+            grads.register::<Flex>(id, g);
         }
     }
 }

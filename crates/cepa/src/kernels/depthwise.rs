@@ -21,7 +21,7 @@ use burn::tensor::TensorData;
 use burn::tensor::ops::ConvOptions;
 use burn_flex::FlexTensor;
 
-use super::{CepaKernels, contiguous_f32, four, on_flex};
+use super::{CepaKernels, contiguous_f32, four, on_flex, register};
 
 /// Stride (rows, columns), pads (top, bottom, left, right), dilation (rows, columns).
 pub(super) type Geom = [usize; 8];
@@ -139,11 +139,10 @@ impl Backward<Flex, 3> for DepthwiseBackward {
         let grad = grads.consume::<Flex>(&ops.node);
         let want = [nx.is_some(), nw.is_some(), nb.is_some()];
         let [gx, gw, gb] = grads_of(grad, &ops.state, want);
-        for (node, g) in [(nx, gx), (nw, gw), (nb, gb)] {
-            if let (Some(node), Some(g)) = (node, g) {
-                grads.register::<Flex>(node.id, g);
-            }
-        }
+        register(
+            grads,
+            [(nx, gx), (nw, gw), (nb, gb)].map(|(n, g)| (n.map(|n| n.id), g)),
+        );
     }
 }
 
@@ -154,11 +153,10 @@ impl Backward<Flex, 2> for DepthwiseBackward {
         let [nx, nw] = ops.parents;
         let grad = grads.consume::<Flex>(&ops.node);
         let [gx, gw, _] = grads_of(grad, &ops.state, [nx.is_some(), nw.is_some(), false]);
-        for (node, g) in [(nx, gx), (nw, gw)] {
-            if let (Some(node), Some(g)) = (node, g) {
-                grads.register::<Flex>(node.id, g);
-            }
-        }
+        register(
+            grads,
+            [(nx, gx), (nw, gw)].map(|(n, g)| (n.map(|n| n.id), g)),
+        );
     }
 }
 

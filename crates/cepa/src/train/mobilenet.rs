@@ -20,10 +20,9 @@ use serde::{Deserialize, Serialize};
 use super::cnn::{INPUT, OPSET, OUTPUT};
 use super::net::{
     Architecture, FlatArch, FlatWeights, Init, Layout, NormMode, ParamSpec, batch_norm,
-    calibrate_norms, conv_nobias, depthwise_nobias, linear, onnx_batch_norm, onnx_conv_nobias,
+    conv_nobias, depthwise_nobias, linear, onnx_batch_norm, onnx_conv_nobias,
     onnx_depthwise_nobias, onnx_linear, onnx_start,
 };
-use crate::data::ImageSet;
 use crate::error::{Error, Result};
 
 /// Shape of the MobileNet. The defaults are MobileNet-v1's first eight blocks at half width
@@ -189,30 +188,7 @@ impl Architecture for MobileNetArch {
 
     super::net::flat_arch_methods!();
 
-    fn forward(&self, params: Tensor<1>, x: Tensor<4>) -> Tensor<2> {
-        self.run(params, x, &mut NormMode::Running)
-    }
-
-    fn forward_train(&self, params: Tensor<1>, x: Tensor<4>) -> Tensor<2> {
-        self.run(params, x, &mut NormMode::Batch)
-    }
-
-    fn trainable_mask(&self) -> Option<Vec<f32>> {
-        self.layout().trainable_mask()
-    }
-
-    fn calibrate(&self, flat: Vec<f32>, set: &ImageSet, device: &Device) -> Result<Vec<f32>> {
-        calibrate_norms(
-            &self.layout(),
-            &self.norms(),
-            flat,
-            set,
-            device,
-            |p, x, mode| {
-                self.run(p, x, mode);
-            },
-        )
-    }
+    super::net::norm_arch_methods!();
 }
 
 /// The MobileNet's parameters and running statistics on the host: one flat vector in the order

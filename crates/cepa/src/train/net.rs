@@ -145,6 +145,45 @@ macro_rules! flat_arch_methods {
 }
 pub(crate) use flat_arch_methods;
 
+/// The [`Architecture`] methods of a network with BatchNorm (the PreAct-ResNet, the MobileNet):
+/// inference on running statistics, training on batch statistics, the running statistics left
+/// out of the optimiser and calibrated after training. The network has `layout()`, `norms()`
+/// (its BatchNorm layers in the order the forward pass runs them) and `run(params, x, mode)`.
+macro_rules! norm_arch_methods {
+    () => {
+        fn forward(&self, params: Tensor<1>, x: Tensor<4>) -> Tensor<2> {
+            self.run(params, x, &mut $crate::train::net::NormMode::Running)
+        }
+
+        fn forward_train(&self, params: Tensor<1>, x: Tensor<4>) -> Tensor<2> {
+            self.run(params, x, &mut $crate::train::net::NormMode::Batch)
+        }
+
+        fn trainable_mask(&self) -> Option<Vec<f32>> {
+            self.layout().trainable_mask()
+        }
+
+        fn calibrate(
+            &self,
+            flat: Vec<f32>,
+            set: &$crate::data::ImageSet,
+            device: &Device,
+        ) -> $crate::error::Result<Vec<f32>> {
+            $crate::train::net::calibrate_norms(
+                &self.layout(),
+                &self.norms(),
+                flat,
+                set,
+                device,
+                |p, x, mode| {
+                    self.run(p, x, mode);
+                },
+            )
+        }
+    };
+}
+pub(crate) use norm_arch_methods;
+
 /// The parameter values of a [`FlatArch`] network on the host, in the order of its layout; conv
 /// weights `[out, in, k, k]`, linear weights `[out, in]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -26,10 +26,8 @@ use serde::{Deserialize, Serialize};
 use super::cnn::{INPUT, OPSET, OUTPUT};
 use super::net::{
     Architecture, FlatArch, FlatWeights, Init, Layout, NormMode, ParamSpec, batch_norm,
-    calibrate_norms, conv_nobias, linear, onnx_batch_norm, onnx_conv_nobias, onnx_linear,
-    onnx_start,
+    conv_nobias, linear, onnx_batch_norm, onnx_conv_nobias, onnx_linear, onnx_start,
 };
-use crate::data::ImageSet;
 use crate::error::{Error, Result};
 
 /// Shape of the PreAct-ResNet. The defaults are PreAct-ResNet-18 for CIFAR-10 at full width.
@@ -184,30 +182,7 @@ impl Architecture for PreActArch {
 
     super::net::flat_arch_methods!();
 
-    fn forward(&self, params: Tensor<1>, x: Tensor<4>) -> Tensor<2> {
-        self.run(params, x, &mut NormMode::Running)
-    }
-
-    fn forward_train(&self, params: Tensor<1>, x: Tensor<4>) -> Tensor<2> {
-        self.run(params, x, &mut NormMode::Batch)
-    }
-
-    fn trainable_mask(&self) -> Option<Vec<f32>> {
-        self.layout().trainable_mask()
-    }
-
-    fn calibrate(&self, flat: Vec<f32>, set: &ImageSet, device: &Device) -> Result<Vec<f32>> {
-        calibrate_norms(
-            &self.layout(),
-            &self.norms(),
-            flat,
-            set,
-            device,
-            |p, x, mode| {
-                self.run(p, x, mode);
-            },
-        )
-    }
+    super::net::norm_arch_methods!();
 }
 
 /// The PreAct-ResNet's parameters and running statistics on the host: one flat vector in the
