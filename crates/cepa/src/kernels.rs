@@ -272,34 +272,50 @@ struct ConvState {
 #[derive(Debug)]
 struct ConvBackward;
 
-impl Backward<Flex, 3> for ConvBackward {
-    type State = ConvState;
+/// The backward passes of a convolution-like op `$op` with state `$state` whose gradients
+/// `$grads(grad, state, want)` gives as `[input, weight, bias]`: with a bias (three parents)
+/// and without (two).
+macro_rules! input_weight_bias_backward {
+    ($op:ty, $state:ty, $grads:path) => {
+        impl Backward<Flex, 3> for $op {
+            type State = $state;
 
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [nx, nw, nb] = ops.parents;
-        let grad = grads.consume::<Flex>(&ops.node);
-        let want = [nx.is_some(), nw.is_some(), nb.is_some()];
-        let [gx, gw, gb] = conv_grads(grad, &ops.state, want);
-        register(
-            grads,
-            [(nx, gx), (nw, gw), (nb, gb)].map(|(n, g)| (n.map(|n| n.id), g)),
-        );
-    }
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let [nx, nw, nb] = ops.parents;
+                let grad = grads.consume::<Flex>(&ops.node);
+                let want = [nx.is_some(), nw.is_some(), nb.is_some()];
+                let [gx, gw, gb] = $grads(grad, &ops.state, want);
+                let pairs = [(nx, gx), (nw, gw), (nb, gb)];
+                $crate::kernels::register(grads, pairs.map(|(n, g)| (n.map(|n| n.id), g)));
+            }
+        }
+
+        impl Backward<Flex, 2> for $op {
+            type State = $state;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _: &mut Checkpointer,
+            ) {
+                let [nx, nw] = ops.parents;
+                let grad = grads.consume::<Flex>(&ops.node);
+                let [gx, gw, _] = $grads(grad, &ops.state, [nx.is_some(), nw.is_some(), false]);
+                let pairs = [(nx, gx), (nw, gw)];
+                $crate::kernels::register(grads, pairs.map(|(n, g)| (n.map(|n| n.id), g)));
+            }
+        }
+    };
 }
+use input_weight_bias_backward;
 
-impl Backward<Flex, 2> for ConvBackward {
-    type State = ConvState;
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [nx, nw] = ops.parents;
-        let grad = grads.consume::<Flex>(&ops.node);
-        let [gx, gw, _] = conv_grads(grad, &ops.state, [nx.is_some(), nw.is_some(), false]);
-        register(
-            grads,
-            [(nx, gx), (nw, gw)].map(|(n, g)| (n.map(|n| n.id), g)),
-        );
-    }
-}
+input_weight_bias_backward!(ConvBackward, ConvState, conv_grads);
 
 /// Give each parent its gradient, where the parent is tracked and the gradient computed.
 fn register<const N: usize>(

@@ -21,7 +21,7 @@ use burn::tensor::TensorData;
 use burn::tensor::ops::ConvOptions;
 use burn_flex::FlexTensor;
 
-use super::{CepaKernels, contiguous_f32, four, on_flex, register};
+use super::{CepaKernels, contiguous_f32, four, on_flex};
 
 /// Stride (rows, columns), pads (top, bottom, left, right), dilation (rows, columns).
 pub(super) type Geom = [usize; 8];
@@ -131,34 +131,7 @@ pub(super) struct State {
 #[derive(Debug)]
 pub(super) struct DepthwiseBackward;
 
-impl Backward<Flex, 3> for DepthwiseBackward {
-    type State = State;
-
-    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [nx, nw, nb] = ops.parents;
-        let grad = grads.consume::<Flex>(&ops.node);
-        let want = [nx.is_some(), nw.is_some(), nb.is_some()];
-        let [gx, gw, gb] = grads_of(grad, &ops.state, want);
-        register(
-            grads,
-            [(nx, gx), (nw, gw), (nb, gb)].map(|(n, g)| (n.map(|n| n.id), g)),
-        );
-    }
-}
-
-impl Backward<Flex, 2> for DepthwiseBackward {
-    type State = State;
-
-    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let [nx, nw] = ops.parents;
-        let grad = grads.consume::<Flex>(&ops.node);
-        let [gx, gw, _] = grads_of(grad, &ops.state, [nx.is_some(), nw.is_some(), false]);
-        register(
-            grads,
-            [(nx, gx), (nw, gw)].map(|(n, g)| (n.map(|n| n.id), g)),
-        );
-    }
-}
+super::input_weight_bias_backward!(DepthwiseBackward, State, grads_of);
 
 /// The gradients of the input, weight and bias, each where `want` says: ours where the values
 /// are f32, burn's otherwise; the bias's burn's.
