@@ -195,6 +195,50 @@ impl<C: CheckpointStrategy> CepaKernels for Autodiff<Flex, C> {
 
 type AdTensor<C> = FloatTensor<Autodiff<Flex, C>>;
 
+/// An op of an input, a weight and an optional bias on the autodiff backend: `run` computes
+/// its output and what its backward pass `op` keeps; untracked, only the output is kept.
+fn tracked_input_weight_bias<C, Op, S>(
+    op: Op,
+    x: AdTensor<C>,
+    weight: AdTensor<C>,
+    bias: Option<AdTensor<C>>,
+    run: impl FnOnce(FlexTensor, FlexTensor, Option<FlexTensor>) -> (S, FlexTensor),
+) -> AdTensor<C>
+where
+    C: CheckpointStrategy,
+    Op: Backward<Flex, 3, State = S> + Backward<Flex, 2, State = S>,
+    S: Clone + Send + std::fmt::Debug + 'static,
+{
+    let (xp, wp) = (x.primitive().clone(), weight.primitive().clone());
+    match bias {
+        Some(bias) => {
+            let bp = bias.primitive().clone();
+            match op
+                .prepare::<C>([x.node(), weight.node(), bias.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let (state, out) = run(xp, wp, Some(bp));
+                    prep.finish(state, out)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(run(xp, wp, Some(bp)).1),
+            }
+        }
+        None => match op
+            .prepare::<C>([x.node(), weight.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (state, out) = run(xp, wp, None);
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(run(xp, wp, None).1),
+        },
+    }
+}
+
 /// The stride-1 convolution on the autodiff backend: its forward pass burn's, or ours where
 /// `ours` (training), and its backward pass [`ConvBackward`].
 fn tracked_conv<C: CheckpointStrategy>(
@@ -204,36 +248,9 @@ fn tracked_conv<C: CheckpointStrategy>(
     pads: [usize; 4],
     ours: bool,
 ) -> AdTensor<C> {
-    let (xp, wp) = (x.primitive().clone(), weight.primitive().clone());
-    match bias {
-        Some(bias) => {
-            let bp = bias.primitive().clone();
-            match ConvBackward
-                .prepare::<C>([x.node(), weight.node(), bias.node()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => {
-                    let (state, out) = conv_forward(xp, wp, Some(bp), pads, ours);
-                    prep.finish(state, out)
-                }
-                OpsKind::UnTracked(prep) => {
-                    prep.finish(conv_forward(xp, wp, Some(bp), pads, ours).1)
-                }
-            }
-        }
-        None => match ConvBackward
-            .prepare::<C>([x.node(), weight.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let (state, out) = conv_forward(xp, wp, None, pads, ours);
-                prep.finish(state, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(conv_forward(xp, wp, None, pads, ours).1),
-        },
-    }
+    tracked_input_weight_bias::<C, _, _>(ConvBackward, x, weight, bias, |x, w, b| {
+        conv_forward(x, w, b, pads, ours)
+    })
 }
 
 /// The convolution of `x` (ours where `ours` and [`conv_forward_gemm`] applies, else burn's),

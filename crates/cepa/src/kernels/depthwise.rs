@@ -12,16 +12,15 @@
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::ops::{Backward, Ops};
 use burn::backend::ops::ModuleOps;
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Dispatch, Flex};
+use burn::backend::{Dispatch, Flex};
 use burn::prelude::Tensor;
 use burn::tensor::TensorData;
 use burn::tensor::ops::ConvOptions;
 use burn_flex::FlexTensor;
 
-use super::{CepaKernels, contiguous_f32, four, on_flex};
+use super::{AdTensor, CepaKernels, contiguous_f32, four, on_flex, tracked_input_weight_bias};
 
 /// Stride (rows, columns), pads (top, bottom, left, right), dilation (rows, columns).
 pub(super) type Geom = [usize; 8];
@@ -74,8 +73,6 @@ pub(super) fn forward(
     Flex::conv2d(x, weight, bias, opts)
 }
 
-type AdTensor<C> = FloatTensor<Autodiff<Flex, C>>;
-
 /// The depthwise convolution on the autodiff backend, its backward pass [`DepthwiseBackward`].
 pub(super) fn tracked<C: CheckpointStrategy>(
     x: AdTensor<C>,
@@ -83,40 +80,16 @@ pub(super) fn tracked<C: CheckpointStrategy>(
     bias: Option<AdTensor<C>>,
     geom: Geom,
 ) -> AdTensor<C> {
-    let (xp, wp) = (x.primitive().clone(), weight.primitive().clone());
-    let state = |bias: Option<FlexTensor>| State {
-        x: xp.clone(),
-        weight: wp.clone(),
-        bias,
-        geom,
-    };
-    match bias {
-        Some(bias) => {
-            let bp = bias.primitive().clone();
-            match DepthwiseBackward
-                .prepare::<C>([x.node(), weight.node(), bias.node()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => {
-                    let out = forward(xp.clone(), wp.clone(), Some(bp.clone()), geom);
-                    prep.finish(state(Some(bp)), out)
-                }
-                OpsKind::UnTracked(prep) => prep.finish(forward(xp, wp, Some(bp), geom)),
-            }
-        }
-        None => match DepthwiseBackward
-            .prepare::<C>([x.node(), weight.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let out = forward(xp.clone(), wp.clone(), None, geom);
-                prep.finish(state(None), out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(forward(xp, wp, None, geom)),
-        },
-    }
+    tracked_input_weight_bias::<C, _, _>(DepthwiseBackward, x, weight, bias, |x, w, b| {
+        let out = forward(x.clone(), w.clone(), b.clone(), geom);
+        let state = State {
+            x,
+            weight: w,
+            bias: b,
+            geom,
+        };
+        (state, out)
+    })
 }
 
 /// What the backward pass keeps: the convolution's inputs and geometry.
