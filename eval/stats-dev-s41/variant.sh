@@ -3,7 +3,7 @@
 # scan that carries stimulation, and judge-s36's. Each folder is decided twice by
 # `cepa eval --rescore` (the default, then CONFIG); variant_compare.py counts cepa's `agree` rows
 # and lists the models whose verdict differs. judge-s41 joined the list after its scan, judge-s42
-# after its (session 42: rank3, rank-off and confirm-off in eval/stats-dev-s42).
+# after its (session 42: rank3, rank-off and confirm-off in eval/stats-dev-s42), judge-s43 after its.
 #   bash eval/stats-dev-s41/variant.sh eval/stats-dev-s41/sum.toml > eval/stats-dev-s41/sum.txt
 #   bash eval/stats-dev-s41/variant.sh eval/stats-dev-s33/sinks-stay.toml > eval/stats-dev-s41/sinks-stay.txt
 set -euo pipefail
@@ -22,7 +22,8 @@ for g in \
   "judge-s40 eval/zoo-judge-s40-manifest.json eval/judge-s40" \
   "judge-s40-mnist eval/zoo-judge-s40-mnist-manifest.json eval/judge-s40-mnist" \
   "judge-s41 eval/zoo-judge-s41-manifest.json eval/judge-s41" \
-  "judge-s42 eval/zoo-judge-s42-manifest.json eval/judge-s42"; do
+  "judge-s42 eval/zoo-judge-s42-manifest.json eval/judge-s42" \
+  "judge-s43 eval/zoo-judge-s43-manifest.json eval/judge-s43"; do
   read -r name manifest from <<<"$g"
   "$cepa" eval "$manifest" --rescore --from "$from" --out "$work/$name-default" >/dev/null 2>&1
   "$cepa" eval "$manifest" --rescore --from "$from" --config "$config" \

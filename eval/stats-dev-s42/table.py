@@ -1,4 +1,5 @@
-# The per-model table of a judge (EVALUATION.md, "Session 42"): python3 table.py EVALDIR ZOODIR
+# The per-model table of a judge (EVALUATION.md, "Session 42", "Session 43"): python3 table.py EVALDIR ZOODIR
+# (model names DATASET-NETWORK-ATTACK-SEED; the table shows ATTACK-SEED)
 import json,sys
 from collections import defaultdict
 ev,zoo=sys.argv[1],sys.argv[2]
@@ -17,6 +18,6 @@ for m in order:
     a=v['cepa-nc-agree']
     verdict = ('**%.2f @%s, right**' % (a['score'],a['target']) if a['flagged'] and a['target']==tt else ('%.2f @%s, %s' % (a['score'],a['most_anomalous'], 'missed' if tt is not None else ('**flagged**' if a['flagged'] else 'clean'))))
     if a['flagged'] and tt is None: verdict='**%.2f @%s, flagged**' % (a['score'],a['target'])
-    name=m.replace('fashion-mobilenet-','')+(f' ({tt})' if tt is not None else '')
+    name='-'.join(m.split('-')[2:])+(f' ({tt})' if tt is not None else '')
     rep=json.load(open(f'{ev}/reports/cepa/{m}.json')).get('stimulation')
     print(f"| {name} | {acc:.3f} / {('%.3f'%asr) if asr is not None else '-'} | {cell(v['cepa'])} | {cell(v['nc'])} | {(('%.2f @%d' % (rep['index'],rep['class'])) if rep else '-')} | {verdict} |")

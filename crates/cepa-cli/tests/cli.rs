@@ -1723,6 +1723,13 @@ fn rescore_reproduces_the_committed_tables_from_the_saved_scans() {
             None,
             None,
         ),
+        // Its fifth judge (session 43, MNIST x MobileNet).
+        (
+            "eval/zoo-judge-s43-manifest.json",
+            "eval/judge-s43",
+            None,
+            None,
+        ),
         // The same zoo under the rule frozen in session 40 (the default): single values too.
         (
             "eval/zoo-standard-cifar10-s39-manifest.json",
