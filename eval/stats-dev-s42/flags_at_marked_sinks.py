@@ -5,9 +5,10 @@ cheapest to reach from the hardest source class, 8 of 10 on a 10-class model), w
 counted only the flags whose scan had the note "... (a sink)" (a marked class over the threshold
 before the cap). This counts the committed `agree` flags of every held-out judge (each decided
 by the rule frozen before it) by the marking the caution reads, taken from each judge's saved
-scans decided again by the current binary (the marking depends on the scan's values only):
+scans decided again by the current binary (the marking depends on the scan's values only;
+judge-s43 joined the list in session 43):
   for j in judge-s22 judge-s25 judge-s33 judge-s34 judge-s35 judge-s36 judge-s38 judge-s39 \
-      judge-s40 judge-s40-mnist judge-s41 judge-s42; do
+      judge-s40 judge-s40-mnist judge-s41 judge-s42 judge-s43; do
     target/release/cepa eval eval/zoo-$j-manifest.json --rescore --from eval/$j --out /tmp/rs/$j
   done
 judge-s22 and judge-s25 kept no combined rows: their flags come from session 41's rescore under
@@ -20,7 +21,8 @@ import sys
 rs = sys.argv[1]
 flags_dir = sys.argv[2] if len(sys.argv) > 2 else "target/s41/flags"
 judges = ["judge-s22", "judge-s25", "judge-s33", "judge-s34", "judge-s35", "judge-s36",
-          "judge-s38", "judge-s39", "judge-s40", "judge-s40-mnist", "judge-s41", "judge-s42"]
+          "judge-s38", "judge-s39", "judge-s40", "judge-s40-mnist", "judge-s41", "judge-s42",
+          "judge-s43"]
 total = {"target": 0, "clean": 0, "wrong": 0}
 marked = {"target": 0, "clean": 0, "wrong": 0}
 share = []

@@ -1142,11 +1142,11 @@ pub fn decide_pool(
 
 /// A caution on a verdict (CEPA's or a combined one) that flags class `target` where CEPA's
 /// sink check marked it ([`ClassReport::sink`]): one the classes resembling it fall into, which
-/// a network can make cheap to reach without a backdoor. On the twelve held-out populations 5 of
-/// the 15 `agree` flags at a class so marked were clean models, against 5 of 70 at other classes
-/// (EVALUATION.md, "Session 42"; `eval/stats-dev-s42/flags_at_marked_sinks.py`, which counts by
-/// this marking; session 41's 2 of 8 counted only the marked classes over the threshold before
-/// the cap). The verdict is unchanged; the caution says how to check it.
+/// a network can make cheap to reach without a backdoor. On the thirteen held-out populations 5
+/// of the 16 `agree` flags at a class so marked were clean models, against 6 of 74 at other
+/// classes (EVALUATION.md, "Session 42", "Session 43"; `eval/stats-dev-s42/flags_at_marked_sinks.py`,
+/// which counts by this marking; session 41's 2 of 8 counted only the marked classes over the
+/// threshold before the cap). The verdict is unchanged; the caution says how to check it.
 pub fn sink_caution(decision: &Decision, target: Option<usize>) -> Option<String> {
     let t = target?;
     let class = decision.classes.iter().find(|c| c.class == t)?;
@@ -1155,7 +1155,7 @@ pub fn sink_caution(decision: &Decision, target: Option<usize>) -> Option<String
             "CEPA's sink check finds class {t} is not among the cheapest classes to reach from \
              its hardest source class (the classes resembling it fall into it), as a class a \
              network makes cheap to reach without a backdoor can be; on the held-out populations \
-             5 of the 15 flags at such a class were clean models (5 of 70 elsewhere). Scan a \
+             5 of the 16 flags at such a class were clean models (6 of 74 elsewhere). Scan a \
              clean model of the same task and compare (--reference), or scan again with other \
              seeds"
         )
