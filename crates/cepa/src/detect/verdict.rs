@@ -1146,7 +1146,8 @@ pub fn decide_pool(
 /// of the 16 `agree` flags at a class so marked were clean models, against 6 of 74 at other
 /// classes (EVALUATION.md, "Session 42", "Session 43";
 /// `eval/stats-dev-s42/flags_at_marked_sinks.py`, which counts by this marking; session 41's 2
-/// of 8 counted only the marked classes over the threshold before the cap). The verdict is unchanged; the caution says how to check it.
+/// of 8 counted only the marked classes over the threshold before the cap). The verdict is
+/// unchanged; the caution says how to check it.
 pub fn sink_caution(decision: &Decision, target: Option<usize>) -> Option<String> {
     let t = target?;
     let class = decision.classes.iter().find(|c| c.class == t)?;
